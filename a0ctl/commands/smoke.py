@@ -1,0 +1,34 @@
+"""``a0ctl smoke``: is the running stack healthy, end to end?"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from a0ctl.console import console, print_json, settings
+from a0ctl.smoke.checks import run_smoke
+
+
+def smoke(
+    json_out: Annotated[bool, typer.Option("--json", help="Print {ok, checks} for CI.")] = False,
+    infra_only: Annotated[
+        bool, typer.Option(help="Check only Kafka, topics, Redis, PostgreSQL and OPA.")
+    ] = False,
+    lag_threshold: Annotated[int, typer.Option(help="Most messages a consumer group may lag.")] = 500,
+) -> None:
+    """Run one check per concern; exit 1 if any fails.
+
+    Example: a0ctl smoke --json
+    """
+    report = asyncio.run(run_smoke(settings(), lag_threshold=lag_threshold, with_services=not infra_only))
+    if json_out:
+        print_json(report)
+    else:
+        for check in report.checks:
+            mark = "[green]✔[/]" if check.ok else "[red]✘[/]"
+            console.print(f"{mark} {check.name}: ", end="")
+            console.print(check.detail, markup=False, highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,149 @@
+"""``a0ctl up | down | status | logs | doctor``: the stack's lifecycle."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from a0ctl.console import console, errors_to_exit, print_json, settings
+from a0ctl.doctor import run_doctor
+from a0ctl.runtime import ServiceStatus, get_runtime
+from a0ctl.runtime.stack import bring_up
+
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option("--runtime", help="local | compose (default: compose when a Docker engine answers)"),
+]
+
+
+def status_table(statuses: list[ServiceStatus]) -> Table:
+    table = Table(title="a0 stack", title_justify="left")
+    for column in ("service", "state", "endpoint", "pid", "health"):
+        table.add_column(column)
+    for status in statuses:
+        mark = "[green]healthy[/]" if status.healthy else f"[red]unhealthy[/] {status.detail}"
+        colour = "green" if status.state == "running" else "red"
+        table.add_row(
+            status.name,
+            f"[{colour}]{status.state}[/]",
+            status.endpoint,
+            str(status.pid or "-"),
+            mark if status.state != "stopped" else "-",
+        )
+    return table
+
+
+def up(
+    runtime: RuntimeOpt = None,
+    infra_only: Annotated[bool, typer.Option(help="Start only Kafka, Redis, PostgreSQL and OPA.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the final status as JSON.")] = False,
+) -> None:
+    """Start the stack (idempotent) and wait until every service is healthy.
+
+    Example: a0ctl up
+    """
+    progress: dict[str, str] = {}
+
+    def render() -> Table:
+        table = Table(show_header=False, box=None)
+        for name, state in progress.items():
+            icon = "[green]✔[/]" if state == "healthy" else "[yellow]…[/]"
+            table.add_row(icon, name, state)
+        return table
+
+    with errors_to_exit():
+        with Live(render(), console=console, transient=True, refresh_per_second=8) as live:
+
+            def report(name: str, state: str) -> None:
+                progress[name] = state
+                live.update(render())
+
+            stack_runtime, statuses = bring_up(
+                settings(), runtime_name=runtime, progress=report, with_apps=not infra_only
+            )
+    if json_out:
+        print_json({"services": [s.model_dump() for s in statuses]})
+        return
+    console.print(status_table(statuses))
+    unhealthy = [s.name for s in statuses if s.state != "stopped" and not s.healthy]
+    if unhealthy:
+        raise typer.Exit(1)
+
+
+def down(
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete the stack's data and logs.")] = False,
+    runtime: RuntimeOpt = None,
+) -> None:
+    """Stop every service the stack started.
+
+    Example: a0ctl down --purge
+    """
+    with errors_to_exit():
+        stopped = get_runtime(settings(), runtime).down(purge=purge)
+    console.print(
+        f"stopped: {', '.join(stopped) or 'nothing was running'}" + (" (data purged)" if purge else "")
+    )
+
+
+def status(
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    runtime: RuntimeOpt = None,
+) -> None:
+    """Show each service: state, endpoint, pid and health. Exit 1 if a started service is unhealthy.
+
+    Example: a0ctl status --json
+    """
+    with errors_to_exit():
+        statuses = get_runtime(settings(), runtime).status()
+    if json_out:
+        print_json({"services": [s.model_dump() for s in statuses]})
+    else:
+        console.print(status_table(statuses))
+    if any(s.state == "unhealthy" for s in statuses):
+        raise typer.Exit(1)
+
+
+def logs(
+    service: Annotated[str, typer.Argument(help="kafka, redis, postgres, opa, gateway, ...")],
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines from the end.")] = 50,
+    runtime: RuntimeOpt = None,
+) -> None:
+    """Print a service's log.
+
+    Example: a0ctl logs kafka -n 100 -f
+    """
+    with errors_to_exit():
+        try:
+            for line in get_runtime(settings(), runtime).logs(service, lines=lines, follow=follow):
+                typer.echo(line, nl=False)
+        except KeyboardInterrupt:
+            pass
+
+
+def doctor(
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check every prerequisite and say how to fix each missing one.
+
+    Example: a0ctl doctor
+    """
+    checks = run_doctor(settings())
+    if json_out:
+        print_json({"ok": all(c.ok for c in checks), "checks": [c.model_dump() for c in checks]})
+    else:
+        for check in checks:
+            mark = "[green]✔[/]" if check.ok else "[red]✘[/]"
+            console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+            if not check.ok and check.fix:
+                console.print(f"    [yellow]fix:[/] {check.fix}", highlight=False)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (up, down, status, logs, doctor):
+        app.command()(command)

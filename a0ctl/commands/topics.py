@@ -1,0 +1,162 @@
+"""``a0ctl topics plan | apply | describe | lag``: topics as code, from topics.yaml."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from a0ctl.console import console, errors_to_exit, print_json, settings
+from a0ctl.topics.admin import consumer_lag, describe_topics
+from a0ctl.topics.apply import plan_topics
+from a0ctl.topics.plan import TopicPlan
+
+app = typer.Typer(
+    help="Topics as code: compare topics.yaml with the cluster and apply it.", no_args_is_help=True
+)
+
+FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Topics file (default: topics.yaml).")]
+EnvOpt = Annotated[
+    str | None, typer.Option("--env", "-e", help="local | staging | production (default: A0_ENV).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ACTION_STYLE = {
+    "create": "green",
+    "alter_config": "yellow",
+    "increase_partitions": "yellow",
+    "delete": "red",
+    "refused": "red",
+}
+
+
+def render_plan(plan: TopicPlan) -> None:
+    if not plan.has_changes:
+        console.print(f"[green]No changes.[/] topics.yaml ({plan.env}) matches the cluster.")
+    else:
+        table = Table(title=f"topics plan ({plan.env})", title_justify="left")
+        table.add_column("topic")
+        table.add_column("action")
+        table.add_column("change")
+        for change in plan.changes:
+            style = ACTION_STYLE[change.action]
+            table.add_row(change.topic, f"[{style}]{change.action}[/]", change.detail)
+        console.print(table)
+    if plan.unchanged:
+        console.print(f"unchanged: {', '.join(plan.unchanged)}", highlight=False)
+    if plan.unmanaged:
+        console.print(f"[dim]on the cluster, not in the file (left alone): {', '.join(plan.unmanaged)}[/]")
+
+
+def _plan_json(plan: TopicPlan) -> dict[str, object]:
+    return {**plan.model_dump(), "has_changes": plan.has_changes}
+
+
+@app.command()
+def plan(
+    file: FileOpt = None,
+    env: EnvOpt = None,
+    json_out: JsonOpt = False,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 0: no changes, 2: changes pending, 1: error.")
+    ] = False,
+) -> None:
+    """Show what `apply` would change on the cluster.
+
+    Example: a0ctl topics plan --env local --detailed-exitcode
+    """
+    with errors_to_exit():
+        result = asyncio.run(plan_topics(settings(), file, env))
+    if json_out:
+        print_json(_plan_json(result))
+    else:
+        render_plan(result)
+    if detailed_exitcode and result.has_changes:
+        raise typer.Exit(2)
+
+
+@app.command()
+def apply(
+    file: FileOpt = None,
+    env: EnvOpt = None,
+    allow_delete: Annotated[bool, typer.Option("--allow-delete", help="Carry out topic deletions.")] = False,
+    allow_repartition: Annotated[
+        bool,
+        typer.Option(
+            "--allow-repartition",
+            help="Allow more partitions on keyed topics (breaks ordering while old records drain).",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make the cluster match topics.yaml (idempotent). Refuses what loses data or Kafka cannot do.
+
+    Example: a0ctl topics apply --env local
+    """
+    with errors_to_exit():
+        result = asyncio.run(
+            plan_topics(
+                settings(),
+                file,
+                env,
+                allow_delete=allow_delete,
+                allow_repartition=allow_repartition,
+                apply=True,
+            )
+        )
+    if json_out:
+        print_json(_plan_json(result))
+        return
+    render_plan(result)
+    if result.has_changes:
+        console.print("[green]Applied.[/]")
+
+
+@app.command()
+def describe(
+    topic: Annotated[str | None, typer.Argument(help="One topic (default: all).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Partitions, leaders, replicas, configs and end offsets of topics on the cluster.
+
+    Example: a0ctl topics describe conversation.inbound --json
+    """
+    with errors_to_exit():
+        topics = asyncio.run(describe_topics(settings().kafka_bootstrap, [topic] if topic else None))
+    if json_out:
+        print_json({"topics": [t.model_dump() for t in topics]})
+        return
+    for described in topics:
+        table = Table(title=described.name, title_justify="left")
+        for column in ("partition", "leader", "replicas", "isr", "end offset"):
+            table.add_column(column)
+        for p in described.partitions:
+            table.add_row(str(p.partition), str(p.leader), str(p.replicas), str(p.isr), str(p.end_offset))
+        console.print(table)
+        console.print("configs: " + ", ".join(f"{k}={v}" for k, v in sorted(described.configs.items())))
+
+
+@app.command()
+def lag(
+    group: Annotated[
+        str | None, typer.Option("--group", "-g", help="One consumer group (default: all).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Lag of consumer groups, per partition (end offset minus committed offset).
+
+    Example: a0ctl topics lag --group a0-conversation-worker
+    """
+    with errors_to_exit():
+        rows = asyncio.run(consumer_lag(settings().kafka_bootstrap, group))
+    if json_out:
+        print_json({"lag": [r.model_dump() for r in rows], "total": sum(r.lag for r in rows)})
+        return
+    table = Table(title="consumer lag", title_justify="left")
+    for column in ("group", "topic", "partition", "committed", "end offset", "lag"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r.group, r.topic, str(r.partition), str(r.committed), str(r.end_offset), str(r.lag))
+    console.print(table)

@@ -1,0 +1,109 @@
+"""``a0ctl doctor``: every prerequisite of the local runtime, each with its fix."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from pydantic import BaseModel
+
+from a0ctl.runtime import artifacts, docker_engine_answers
+from services.common.secrets_env import secrets_path
+from services.common.settings import Settings
+
+BOOTSTRAP = "run scripts/bootstrap.sh (idempotent), or"
+
+
+class DoctorCheck(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _binary(name: str, fix: str, version_args: tuple[str, ...] = ("--version",)) -> DoctorCheck:
+    path = shutil.which(name)
+    if not path:
+        return DoctorCheck(name=name, ok=False, detail="not found on PATH", fix=fix)
+    try:
+        out = subprocess.run([path, *version_args], capture_output=True, text=True, timeout=20)
+        first = (
+            (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else path
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return DoctorCheck(name=name, ok=False, detail=f"{path} does not run: {exc}", fix=fix)
+    return DoctorCheck(name=name, ok=True, detail=first)
+
+
+def run_doctor(settings: Settings) -> list[DoctorCheck]:
+    checks = [
+        DoctorCheck(
+            name="python",
+            ok=sys.version_info >= (3, 11),
+            detail=sys.version.split()[0],
+            fix="a0 needs Python 3.11 or newer",
+        ),
+        _binary("java", f"{BOOTSTRAP} apt-get install openjdk-17-jre-headless", ("-version",)),
+        _binary("mvn", f"{BOOTSTRAP} apt-get install maven", ("-v",)),
+        _binary("redis-server", f"{BOOTSTRAP} apt-get install redis-server"),
+    ]
+    try:
+        from a0ctl.runtime.local_services import _pg_bin
+
+        pg = _pg_bin("postgres")
+        checks.append(DoctorCheck(name="postgresql", ok=True, detail=pg))
+    except Exception as exc:
+        checks.append(
+            DoctorCheck(
+                name="postgresql", ok=False, detail=str(exc), fix=f"{BOOTSTRAP} apt-get install postgresql"
+            )
+        )
+    libs = artifacts.kafka_libs(settings)
+    kafka_ok = (libs.parent / ".complete").exists()
+    checks.append(
+        DoctorCheck(
+            name="kafka broker jars",
+            ok=kafka_ok,
+            detail=str(libs) if kafka_ok else f"Apache Kafka {settings.kafka.version} not resolved yet",
+            fix="`a0ctl up` resolves them with mvn from stack/kafka/pom.xml (needs java and mvn)",
+        )
+    )
+    opa = artifacts.opa_path(settings)
+    opa_ok = opa.exists() or shutil.which("opa") is not None
+    checks.append(
+        DoctorCheck(
+            name="opa",
+            ok=opa_ok,
+            detail=str(opa) if opa.exists() else (shutil.which("opa") or "not built yet"),
+            fix=f"`a0ctl up` builds opa {settings.opa.version} with `go install` (needs go)",
+        )
+    )
+    if not opa_ok:
+        checks.append(_binary("go", f"{BOOTSTRAP} apt-get install golang", ("version",)))
+    checks.append(
+        DoctorCheck(
+            name="generated secrets",
+            ok=secrets_path(settings.stack.conf_path).exists(),
+            detail=str(secrets_path(settings.stack.conf_path)),
+            fix="`a0ctl up` generates them on first start (mode 0600)",
+        )
+    )
+    chromium = shutil.which("chromium")
+    checks.append(
+        DoctorCheck(
+            name="chromium (browser tests)",
+            ok=chromium is not None,
+            detail=chromium or "not found",
+            fix=f"{BOOTSTRAP} apt-get install chromium",
+        )
+    )
+    engine = docker_engine_answers()
+    checks.append(
+        DoctorCheck(
+            name="docker engine (compose runtime, optional)",
+            ok=True,
+            detail="answers" if engine else "none: the local runtime is used",
+        )
+    )
+    return checks

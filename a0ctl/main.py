@@ -1,0 +1,21 @@
+"""The a0ctl entry point: one sub-app per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from a0ctl.commands import smoke, stack, topics
+
+app = typer.Typer(
+    name="a0ctl",
+    help="Bring the a0 stack up on real services and operate it.\n\nExample: a0ctl up && a0ctl smoke",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+stack.register(app)
+app.add_typer(topics.app, name="topics")
+app.command()(smoke.smoke)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,295 @@
+"""The services of the local runtime: how each is prepared, started and probed.
+
+Each :class:`LocalService` is a real server process: Apache Kafka (KRaft), redis-server,
+PostgreSQL, OPA, and a0's own services. Nothing here is a stand-in.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from a0ctl.runtime import artifacts, health
+from services.common.errors import StackError
+from services.common.settings import Settings
+
+
+@dataclass
+class LocalService:
+    name: str
+    port: int
+    probe: health.Probe
+    command: Callable[[], list[str]]
+    prepare: Callable[[], None] = lambda: None
+    user: str | None = None
+    stop_signal: int = signal.SIGTERM
+    extra_ports: tuple[int, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    app: bool = False
+
+
+def _run_checked(argv: list[str], service: str, what: str, user: str | None = None) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, user=user)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-10:])
+        raise StackError(f"{what} failed:\n{tail}", service=service)
+
+
+def _non_root_user() -> str | None:
+    """PostgreSQL refuses to run as root; when we are root, run it as 'postgres'."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError as exc:
+        raise StackError(
+            "running as root but there is no 'postgres' user to run PostgreSQL as",
+            service="postgres",
+            hint="install Debian's postgresql package (scripts/bootstrap.sh does)",
+        ) from exc
+    return "postgres"
+
+
+def _chown(path: Path, user: str | None) -> None:
+    if user:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _dir_is_corrupt(path: Path, marker: str) -> bool:
+    return path.exists() and any(path.iterdir()) and not (path / marker).exists()
+
+
+def _corrupt(service: str, path: Path, marker: str) -> StackError:
+    return StackError(
+        f"the {service} data directory {path} is corrupt (no {marker})",
+        service=service,
+        hint="remove it with `a0ctl down --purge` (this deletes the stack's data) and run `a0ctl up` again",
+    )
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    raise StackError(
+        f"{name} not found", service="postgres", hint="apt-get install postgresql (scripts/bootstrap.sh does)"
+    )
+
+
+def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
+    host = settings.stack.host
+    data = state / "data"
+    run = state / "run"
+
+    # --- Kafka ---------------------------------------------------------------
+    kafka_dir = data / "kafka"
+    kafka_props = run / "kafka-server.properties"
+
+    def kafka_prepare() -> None:
+        if _dir_is_corrupt(kafka_dir, "meta.properties"):
+            raise _corrupt("kafka", kafka_dir, "meta.properties")
+        artifacts.ensure_kafka(settings)
+        k = settings.kafka
+        kafka_props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@{host}:{k.controller_port}",
+                    f"listeners=PLAINTEXT://{host}:{k.port},CONTROLLER://{host}:{k.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{host}:{k.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={kafka_dir}",
+                    "auto.create.topics.enable=false",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=6",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "",
+                ]
+            )
+        )
+        if not (kafka_dir / "meta.properties").exists():
+            kafka_dir.mkdir(parents=True, exist_ok=True)
+            _run_checked(
+                [
+                    *kafka_java(),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--ignore-formatted",
+                    "-t",
+                    settings.kafka.cluster_id,
+                    "-c",
+                    str(kafka_props),
+                ],
+                "kafka",
+                "formatting Kafka storage",
+            )
+
+    def kafka_java() -> list[str]:
+        java = shutil.which("java")
+        if not java:
+            raise StackError("java not found", service="kafka", hint="install a Java 17+ runtime")
+        libs = artifacts.kafka_libs(settings)
+        return [
+            java,
+            "-Xms256m",
+            f"-Xmx{settings.kafka.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={artifacts.KAFKA_LOG4J}",
+            "-cp",
+            f"{libs}/*",
+        ]
+
+    # --- PostgreSQL ----------------------------------------------------------
+    pg_dir = data / "postgres"
+    pg_sock = run / "postgres"
+    pg_user = _non_root_user()
+
+    def pg_prepare() -> None:
+        if _dir_is_corrupt(pg_dir, "PG_VERSION"):
+            raise _corrupt("postgres", pg_dir, "PG_VERSION")
+        for path in (pg_sock, pg_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            _chown(path, pg_user)
+        os.chmod(pg_dir, 0o700)
+        if not (pg_dir / "PG_VERSION").exists():
+            _run_checked(
+                [
+                    _pg_bin("initdb"),
+                    "-D",
+                    str(pg_dir),
+                    "-U",
+                    settings.postgres.user,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                "postgres",
+                "initdb",
+                user=pg_user,
+            )
+
+    # --- the services ----------------------------------------------------------
+    def app_command(name: str) -> Callable[[], list[str]]:
+        return lambda: [sys.executable, "-m", "a0ctl", "run", name]
+
+    services = [
+        LocalService(
+            name="kafka",
+            port=settings.kafka.port,
+            extra_ports=(settings.kafka.controller_port,),
+            probe=health.kafka_probe,
+            prepare=kafka_prepare,
+            command=lambda: [*kafka_java(), "kafka.Kafka", str(kafka_props)],
+        ),
+        LocalService(
+            name="redis",
+            port=settings.redis.port,
+            probe=health.redis_probe,
+            prepare=lambda: (data / "redis").mkdir(parents=True, exist_ok=True),
+            command=lambda: [
+                artifacts.require_binary("redis-server", "redis", "apt-get install redis-server"),
+                "--port",
+                str(settings.redis.port),
+                "--bind",
+                host,
+                "--dir",
+                str(data / "redis"),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+        ),
+        LocalService(
+            name="postgres",
+            port=settings.postgres.port,
+            probe=health.postgres_probe,
+            prepare=pg_prepare,
+            user=pg_user,
+            stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
+            command=lambda: [
+                _pg_bin("postgres"),
+                "-D",
+                str(pg_dir),
+                "-p",
+                str(settings.postgres.port),
+                "-k",
+                str(pg_sock),
+                "-c",
+                f"listen_addresses={host}",
+                "-c",
+                "max_connections=300",
+            ],
+        ),
+        LocalService(
+            name="opa",
+            port=settings.opa.port,
+            probe=health.opa_probe,
+            command=lambda: [
+                str(artifacts.ensure_opa(settings)),
+                "run",
+                "--server",
+                "--addr",
+                f"{host}:{settings.opa.port}",
+                "--disable-telemetry",
+                "--log-level",
+                "error",
+                "--ignore",
+                "*_test.rego",
+                str(artifacts.OPA_POLICY_DIR),
+            ],
+        ),
+        LocalService(
+            name="llm-sim",
+            port=settings.llm_sim.port,
+            probe=health.llm_sim_probe,
+            command=app_command("llm-sim"),
+            app=True,
+        ),
+        LocalService(
+            name="tool-executor",
+            port=settings.tools.metrics_port,
+            probe=health.metrics_probe(lambda s: s.tools.metrics_port),
+            command=app_command("tool-executor"),
+            app=True,
+        ),
+        LocalService(
+            name="conversation-worker",
+            port=settings.worker.metrics_port,
+            probe=health.metrics_probe(lambda s: s.worker.metrics_port),
+            command=app_command("conversation-worker"),
+            app=True,
+        ),
+        LocalService(
+            name="gateway",
+            port=settings.gateway.port,
+            probe=health.gateway_probe,
+            command=app_command("gateway"),
+            app=True,
+        ),
+    ]
+    return {service.name: service for service in services}

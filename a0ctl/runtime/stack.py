@@ -1,0 +1,39 @@
+"""Bring the whole stack up in order: infrastructure, then topics and the database
+schema, then a0's own services. ``a0ctl up`` and the test fixtures both call
+:func:`bring_up`, so tests run the exact start-up path users do."""
+
+from __future__ import annotations
+
+import asyncio
+
+from a0ctl.runtime import get_runtime
+from a0ctl.runtime.base import APPS, INFRA, ProgressFn, Runtime, ServiceStatus
+from services.common.secrets_env import apply_generated_secrets, ensure_generated_secrets
+from services.common.settings import Settings
+
+
+def bring_up(
+    settings: Settings,
+    *,
+    runtime_name: str | None = None,
+    progress: ProgressFn | None = None,
+    with_apps: bool = True,
+) -> tuple[Runtime, list[ServiceStatus]]:
+    ensure_generated_secrets(settings.stack.conf_path)
+    # Generated secrets (JWT key, simulator key) now exist: fill them into the settings.
+    settings = apply_generated_secrets(settings)
+    runtime = get_runtime(settings, runtime_name)
+    runtime.up(progress, services=INFRA)
+    if progress:
+        progress("topics", "applying topics.yaml")
+    from a0ctl.topics.apply import apply_topics_file
+
+    apply_topics_file(settings)
+    if progress:
+        progress("postgres", "migrating schema")
+    from services.common.db import migrate
+
+    asyncio.run(migrate(settings))
+    if with_apps:
+        runtime.up(progress, services=APPS)
+    return runtime, runtime.status()

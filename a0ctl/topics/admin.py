@@ -1,0 +1,205 @@
+"""Talk to the live cluster through Kafka's admin API (aiokafka): read topics, carry a
+plan out, describe topics and consumer-group lag."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel
+
+from a0ctl.topics.model import CONFIG_RULES, DesiredTopic
+from a0ctl.topics.plan import LiveTopic, TopicPlan
+from services.common.errors import StackError, TopicPlanError
+
+
+@asynccontextmanager
+async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise StackError(
+            f"cannot reach Kafka at {bootstrap}: {exc}",
+            service="kafka",
+            hint="is the stack up? run `a0ctl up`",
+        ) from exc
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+def _check(response: Any, what: str) -> None:
+    obj = response.to_object()
+    for entry in obj.get("resources", obj.get("topic_errors", [])):
+        if entry.get("error_code"):
+            name = entry.get("resource_name") or entry.get("topic")
+            raise TopicPlanError(f"{what} {name} failed: {entry.get('error_message') or entry['error_code']}")
+
+
+async def topic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    if not names:
+        return {}
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    )
+    configs: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            configs[resource["resource_name"]] = {
+                entry["config_names"]: entry["config_value"] for entry in resource["config_entries"]
+            }
+    return configs
+
+
+async def live_topics(admin: AIOKafkaAdminClient) -> dict[str, LiveTopic]:
+    names = [name for name in await admin.list_topics() if not name.startswith("__")]
+    if not names:
+        return {}
+    described = await admin.describe_topics(names)
+    configs = await topic_configs(admin, names)
+    live = {}
+    for topic in described:
+        partitions = topic["partitions"]
+        live[topic["topic"]] = LiveTopic(
+            name=topic["topic"],
+            partitions=len(partitions),
+            replication_factor=len(partitions[0]["replicas"]) if partitions else 0,
+            configs={k: v for k, v in configs.get(topic["topic"], {}).items() if k in CONFIG_RULES},
+        )
+    return live
+
+
+async def apply_plan(admin: AIOKafkaAdminClient, plan: TopicPlan, desired: list[DesiredTopic]) -> None:
+    """Carry a plan out. A plan with any refused change is rejected before anything changes."""
+    if plan.refused:
+        raise TopicPlanError(
+            "refusing to apply; nothing was changed:\n"
+            + "\n".join(f"  {change.topic}: {change.detail}" for change in plan.refused)
+        )
+    by_name = {topic.name: topic for topic in desired}
+    creates = [by_name[c.topic] for c in plan.changes if c.action == "create"]
+    if creates:
+        response = await admin.create_topics(
+            [NewTopic(t.name, t.partitions, t.replication_factor, topic_configs=t.configs) for t in creates]
+        )
+        _check(response, "create topic")
+    grow = {c.topic: NewPartitions(c.partitions) for c in plan.changes if c.action == "increase_partitions"}
+    if grow:
+        await admin.create_partitions(grow)
+    alters = [c for c in plan.changes if c.action == "alter_config"]
+    if alters:
+        # AlterConfigs replaces a topic's dynamic configs as a whole: send the full managed set.
+        responses = await admin.alter_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, c.topic, configs=by_name[c.topic].configs)
+                for c in alters
+            ]
+        )
+        for response in responses:
+            _check(response, "alter configs of")
+    deletes = [c.topic for c in plan.changes if c.action == "delete"]
+    if deletes:
+        await admin.delete_topics(deletes)
+
+
+class PartitionInfo(BaseModel):
+    partition: int
+    leader: int
+    replicas: list[int]
+    isr: list[int]
+    end_offset: int
+
+
+class TopicDescription(BaseModel):
+    name: str
+    partitions: list[PartitionInfo]
+    configs: dict[str, str]
+
+
+async def end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    if not partitions:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+
+
+async def describe_topics(bootstrap: str, names: list[str] | None) -> list[TopicDescription]:
+    async with admin_client(bootstrap) as admin:
+        existing = [n for n in await admin.list_topics() if not n.startswith("__")]
+        if names:
+            missing = sorted(set(names) - set(existing))
+            if missing:
+                raise TopicPlanError(f"no such topic: {', '.join(missing)}", hint="see `a0ctl topics plan`")
+        wanted = sorted(names or existing)
+        described = await admin.describe_topics(wanted) if wanted else []
+        configs = await topic_configs(admin, wanted)
+    tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+    offsets = await end_offsets(bootstrap, tps)
+    return [
+        TopicDescription(
+            name=t["topic"],
+            partitions=sorted(
+                (
+                    PartitionInfo(
+                        partition=p["partition"],
+                        leader=p["leader"],
+                        replicas=p["replicas"],
+                        isr=p["isr"],
+                        end_offset=offsets.get(TopicPartition(t["topic"], p["partition"]), 0),
+                    )
+                    for p in t["partitions"]
+                ),
+                key=lambda info: info.partition,
+            ),
+            configs={k: v for k, v in configs.get(t["topic"], {}).items() if k in CONFIG_RULES},
+        )
+        for t in sorted(described, key=lambda t: t["topic"])
+    ]
+
+
+class PartitionLag(BaseModel):
+    group: str
+    topic: str
+    partition: int
+    committed: int
+    end_offset: int
+    lag: int
+
+
+async def consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]:
+    async with admin_client(bootstrap) as admin:
+        groups = [group] if group else sorted(g[0] for g in await admin.list_consumer_groups())
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for name in groups:
+            offsets = await admin.list_consumer_group_offsets(name)
+            committed[name] = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    if group and not committed.get(group):
+        raise TopicPlanError(
+            f"consumer group {group!r} has no committed offsets", hint="see `a0ctl topics lag`"
+        )
+    all_tps = sorted({tp for offsets in committed.values() for tp in offsets})
+    ends = await end_offsets(bootstrap, all_tps)
+    return [
+        PartitionLag(
+            group=name,
+            topic=tp.topic,
+            partition=tp.partition,
+            committed=offset,
+            end_offset=ends.get(tp, offset),
+            lag=max(0, ends.get(tp, offset) - offset),
+        )
+        for name, offsets in committed.items()
+        for tp, offset in sorted(offsets.items())
+    ]

@@ -1,0 +1,140 @@
+"""The plan: what ``topics apply`` would change on the cluster, computed from the file
+and the cluster's live state. Pure code: it takes both states and returns the changes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from a0ctl.topics.model import DesiredTopic
+
+Action = Literal["create", "alter_config", "increase_partitions", "delete", "refused"]
+
+
+class LiveTopic(BaseModel):
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str]
+
+
+class TopicChange(BaseModel):
+    topic: str
+    action: Action
+    detail: str
+    partitions: int | None = None
+    replication_factor: int | None = None
+    configs: dict[str, dict[str, str | None]] = Field(default_factory=dict)  # key -> {"old", "new"}
+    requires_flag: str | None = None  # --allow-delete / --allow-repartition
+
+
+class TopicPlan(BaseModel):
+    env: str
+    changes: list[TopicChange]
+    unchanged: list[str]
+    unmanaged: list[str]
+
+    @property
+    def refused(self) -> list[TopicChange]:
+        return [change for change in self.changes if change.action == "refused"]
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+
+def compute_plan(
+    desired: list[DesiredTopic],
+    live: dict[str, LiveTopic],
+    env: str,
+    *,
+    allow_delete: bool = False,
+    allow_repartition: bool = False,
+) -> TopicPlan:
+    changes: list[TopicChange] = []
+    unchanged: list[str] = []
+    for topic in desired:
+        current = live.get(topic.name)
+        if topic.deleted:
+            if current is not None:
+                changes.append(
+                    TopicChange(
+                        topic=topic.name,
+                        action="delete" if allow_delete else "refused",
+                        detail="delete topic and all its records"
+                        + ("" if allow_delete else ": refused without --allow-delete"),
+                        requires_flag="--allow-delete",
+                    )
+                )
+            continue
+        if current is None:
+            changes.append(
+                TopicChange(
+                    topic=topic.name,
+                    action="create",
+                    detail=f"create with {topic.partitions} partitions, replication {topic.replication_factor}",
+                    partitions=topic.partitions,
+                    replication_factor=topic.replication_factor,
+                    configs={key: {"old": None, "new": value} for key, value in topic.configs.items()},
+                )
+            )
+            continue
+        changed = False
+        if topic.replication_factor != current.replication_factor:
+            changed = True
+            changes.append(
+                TopicChange(
+                    topic=topic.name,
+                    action="refused",
+                    detail=f"replication factor {current.replication_factor} → {topic.replication_factor}: "
+                    "Kafka cannot change it in place (reassign partitions instead)",
+                )
+            )
+        if topic.partitions < current.partitions:
+            changed = True
+            changes.append(
+                TopicChange(
+                    topic=topic.name,
+                    action="refused",
+                    detail=f"partitions {current.partitions} → {topic.partitions}: Kafka cannot decrease "
+                    "partitions (create a new topic and migrate)",
+                )
+            )
+        elif topic.partitions > current.partitions:
+            changed = True
+            why = (
+                "moves conversation keys to other partitions and breaks per-conversation ordering "
+                "while old records drain"
+            )
+            allowed = allow_repartition or not topic.keyed
+            changes.append(
+                TopicChange(
+                    topic=topic.name,
+                    action="increase_partitions" if allowed else "refused",
+                    detail=f"partitions {current.partitions} → {topic.partitions}"
+                    + ("" if allowed else f": {why}; refused without --allow-repartition"),
+                    partitions=topic.partitions,
+                    requires_flag="--allow-repartition" if topic.keyed else None,
+                )
+            )
+        diff = {
+            key: {"old": current.configs.get(key), "new": value}
+            for key, value in topic.configs.items()
+            if current.configs.get(key) != value
+        }
+        if diff:
+            changed = True
+            changes.append(
+                TopicChange(
+                    topic=topic.name,
+                    action="alter_config",
+                    detail=", ".join(f"{k}: {v['old']} → {v['new']}" for k, v in diff.items()),
+                    configs=diff,
+                )
+            )
+        if not changed:
+            unchanged.append(topic.name)
+    declared = {topic.name for topic in desired}
+    unmanaged = sorted(name for name in live if name not in declared and not name.startswith("__"))
+    return TopicPlan(env=env, changes=changes, unchanged=unchanged, unmanaged=unmanaged)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything a0 needs on a Debian machine, idempotently:
+#   - Debian packages: redis-server, postgresql, maven, a Java runtime, chromium (browser tests)
+#   - the Python environment in .venv (re-installed only when pyproject.toml changes)
+# Kafka's jars (Maven Central) and the opa binary (go install) are fetched into
+# ~/.cache/a0 by `a0ctl up` itself, once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+declare -A NEEDS=(
+  [redis-server]=redis-server
+  [postgresql]=/usr/lib/postgresql
+  [maven]=mvn
+  [default-jre-headless]=java
+  [chromium]=chromium
+)
+missing=()
+for pkg in "${!NEEDS[@]}"; do
+  probe="${NEEDS[$pkg]}"
+  if [[ "$probe" == /* ]]; then [[ -e "$probe" ]] || missing+=("$pkg")
+  else command -v "$probe" >/dev/null 2>&1 || missing+=("$pkg"); fi
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null 2>&1 && [[ ! -x "$HOME/.cache/a0/opa-v1.22.3/opa" ]] && ! command -v opa >/dev/null; then
+  echo "bootstrap: neither go nor opa found; installing golang to build opa"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+stamp=".venv/.a0-installed"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -x .venv/bin/python ]]; then
+  echo "bootstrap: creating .venv"
+  "$PY" -m venv .venv
+fi
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  echo "bootstrap: installing Python packages into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+echo "bootstrap: ok"

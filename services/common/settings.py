@@ -1,0 +1,236 @@
+"""The one settings model of a0.
+
+Every port, data directory, version and credential location is read here, from
+environment variables (``A0_*``) and an optional ``.env`` file, with pydantic-settings.
+Each concern has its own prefix; :func:`load_settings` builds them all once and the
+result is passed down — nothing deeper reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_FILE = ".env"
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=ENV_FILE, extra="ignore")
+
+
+class StackSettings(BaseSettings):
+    """Where the stack lives and how it is run."""
+
+    model_config = _config("A0_")
+
+    home: Path = Field(default=Path("."), description="Project root; relative paths resolve from here.")
+    state_dir: Path = Field(default=Path(".a0"), description="Data, logs and pid files of the local runtime.")
+    conf_dir: Path = Field(
+        default=Path("conf/env"), description="Generated secrets (mode 0600, never committed)."
+    )
+    cache_dir: Path = Field(default=Path.home() / ".cache" / "a0", description="Downloaded artifacts.")
+    runtime: str = Field(default="auto", description="auto | local | compose")
+    env: str = Field(default="local", description="Environment selected in topics.yaml.")
+    host: str = "127.0.0.1"
+    startup_timeout_s: float = 90.0
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.home / path).resolve()
+
+    @property
+    def state_path(self) -> Path:
+        return self.resolve(self.state_dir)
+
+    @property
+    def conf_path(self) -> Path:
+        return self.resolve(self.conf_dir)
+
+    @property
+    def topics_file(self) -> Path:
+        return self.resolve(Path("topics.yaml"))
+
+
+class KafkaSettings(BaseSettings):
+    model_config = _config("A0_KAFKA_")
+
+    port: int = 19092
+    controller_port: int = 19093
+    version: str = "4.2.1"
+    cluster_id: str = "YTAtbG9jYWwta3JhZnQtMQ"  # base64 of 16 bytes, as KRaft requires
+    heap: str = "768m"
+    bootstrap_servers: str | None = None
+
+    def bootstrap(self, host: str) -> str:
+        return self.bootstrap_servers or f"{host}:{self.port}"
+
+
+class RedisSettings(BaseSettings):
+    model_config = _config("A0_REDIS_")
+
+    port: int = 16379
+    url: str | None = None
+
+    def dsn(self, host: str) -> str:
+        return self.url or f"redis://{host}:{self.port}/0"
+
+
+class PostgresSettings(BaseSettings):
+    model_config = _config("A0_POSTGRES_")
+
+    port: int = 15432
+    user: str = "a0"
+    database: str = "a0"
+    password: SecretStr = SecretStr("")
+    url: str | None = None
+
+    def dsn(self, host: str) -> str:
+        if self.url:
+            return self.url
+        auth = self.user
+        if self.password.get_secret_value():
+            auth += ":" + self.password.get_secret_value()
+        return f"postgresql://{auth}@{host}:{self.port}/{self.database}"
+
+
+class OpaSettings(BaseSettings):
+    model_config = _config("A0_OPA_")
+
+    port: int = 18181
+    version: str = "v1.22.3"
+    url: str | None = None
+
+    def base_url(self, host: str) -> str:
+        return self.url or f"http://{host}:{self.port}"
+
+
+class GatewaySettings(BaseSettings):
+    model_config = _config("A0_GATEWAY_")
+
+    port: int = 18080
+    jwt_secret: SecretStr = SecretStr("")
+    jwt_issuer: str = "a0"
+    token_ttl_s: int = 12 * 3600
+    dev_login: bool = True
+    max_body_bytes: int = 64 * 1024
+    max_message_chars: int = 16_000
+    max_inflight_turns: int = 2000
+    workers: int = 1
+    rate_per_user_per_min: int = 600
+    replica: str = "gw-1"
+
+
+class WorkerSettings(BaseSettings):
+    model_config = _config("A0_WORKER_")
+
+    max_inflight: int = 256
+    max_tool_rounds: int = 4
+    metrics_port: int = 19101
+    llm_timeout_s: float = 60.0
+
+
+class ToolSettings(BaseSettings):
+    model_config = _config("A0_TOOLS_")
+
+    max_inflight: int = 16
+    metrics_port: int = 19102
+    cpu_seconds: int = 5
+    memory_mb: int = 256
+    wall_seconds: float = 10.0
+    output_bytes: int = 16_384
+
+
+class LLMSettings(BaseSettings):
+    """The upstream OpenAI-compatible provider used when no stored credential overrides it."""
+
+    model_config = _config("A0_LLM_")
+
+    base_url: str | None = None
+    model: str = "a0-sim-1"
+    api_key: SecretStr | None = None
+
+
+class LLMSimSettings(BaseSettings):
+    model_config = _config("A0_LLM_SIM_")
+
+    port: int = 18000
+    api_key: SecretStr = SecretStr("")
+    latency_ms: int = 20
+    tokens_per_s: float = 400.0
+    model: str = "a0-sim-1"
+
+
+class TelemetrySettings(BaseSettings):
+    model_config = _config("A0_OTEL_")
+
+    exporter_otlp_endpoint: str | None = None
+    service_namespace: str = "a0"
+
+
+class Settings(BaseModel):
+    """All of a0's settings, built once per process by :func:`load_settings`."""
+
+    stack: StackSettings
+    kafka: KafkaSettings
+    redis: RedisSettings
+    postgres: PostgresSettings
+    opa: OpaSettings
+    gateway: GatewaySettings
+    worker: WorkerSettings
+    tools: ToolSettings
+    llm: LLMSettings
+    llm_sim: LLMSimSettings
+    telemetry: TelemetrySettings
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    @cached_property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka.bootstrap(self.stack.host)
+
+    @cached_property
+    def redis_url(self) -> str:
+        return self.redis.dsn(self.stack.host)
+
+    @cached_property
+    def postgres_dsn(self) -> str:
+        return self.postgres.dsn(self.stack.host)
+
+    @cached_property
+    def opa_url(self) -> str:
+        return self.opa.base_url(self.stack.host)
+
+    @cached_property
+    def gateway_url(self) -> str:
+        return f"http://{self.stack.host}:{self.gateway.port}"
+
+    @cached_property
+    def llm_sim_url(self) -> str:
+        return f"http://{self.stack.host}:{self.llm_sim.port}/v1"
+
+    @property
+    def llm_base_url(self) -> str:
+        """The configured provider, or the local simulator when none is configured."""
+        return self.llm.base_url or self.llm_sim_url
+
+
+def load_settings() -> Settings:
+    """Read every settings group, then fill generated secrets from ``conf/env``."""
+    from services.common.secrets_env import apply_generated_secrets
+
+    settings = Settings(
+        stack=StackSettings(),
+        kafka=KafkaSettings(),
+        redis=RedisSettings(),
+        postgres=PostgresSettings(),
+        opa=OpaSettings(),
+        gateway=GatewaySettings(),
+        worker=WorkerSettings(),
+        tools=ToolSettings(),
+        llm=LLMSettings(),
+        llm_sim=LLMSimSettings(),
+        telemetry=TelemetrySettings(),
+    )
+    return apply_generated_secrets(settings)

@@ -1,0 +1,158 @@
+# a0 authorization policy.
+#
+# Services query POST /v1/data/a0/authz/decision with {"input": <input>} and read
+# result = {"allow": bool, "reason": str}. The decision is always defined: anything
+# not explicitly allowed is denied with a short human-readable reason.
+#
+# Input contract:
+#   {
+#     "action": "conversation.create" | "conversation.list" | "conversation.read"
+#             | "conversation.write" | "conversation.cancel" | "tool.call"
+#             | "credentials.read" | "credentials.set" | "credentials.delete"
+#             | "credentials.use",
+#     "subject": {"user_id": "alice", "roles": ["user"]},
+#     "resource": {"owner_id": "alice", "conversation_id": "c1",
+#                  "tool": "calculator", "provider": "openai"}
+#   }
+#
+# Data (data.json): data.a0.tools.allowed, data.a0.tools.restricted[tool] (roles
+# of which the subject needs one), data.a0.credentials.providers.
+package a0.authz
+
+conversation_actions := {
+	"conversation.create",
+	"conversation.list",
+	"conversation.read",
+	"conversation.write",
+	"conversation.cancel",
+}
+
+# Conversation actions an admin may perform on conversations of other users.
+conversation_read_actions := {"conversation.list", "conversation.read"}
+
+tool_actions := {"tool.call"}
+
+credential_actions := {
+	"credentials.read",
+	"credentials.set",
+	"credentials.delete",
+	"credentials.use",
+}
+
+known_actions := (conversation_actions | tool_actions) | credential_actions
+
+# --- The decision ------------------------------------------------------------
+
+default decision := {"allow": false, "reason": "denied: invalid input"}
+
+decision := refuse("missing action") if {
+	action == ""
+} else := refuse(sprintf("unknown action %v", [action])) if {
+	not action in known_actions
+} else := refuse("missing subject.user_id") if {
+	not authenticated
+} else := conversation_decision if {
+	action in conversation_actions
+} else := tool_decision if {
+	action in tool_actions
+} else := credentials_decision if {
+	action in credential_actions
+}
+
+# Convenience views of the decision.
+allow := decision.allow
+
+reason := decision.reason
+
+# --- Input accessors (tolerant of missing or mistyped fields) ----------------
+
+default action := ""
+
+action := input.action if is_string(input.action)
+
+default user_id := ""
+
+user_id := input.subject.user_id if is_string(input.subject.user_id)
+
+authenticated if trim_space(user_id) != ""
+
+default roles := set()
+
+roles := {r | some r in input.subject.roles; is_string(r)} if is_array(input.subject.roles)
+
+is_admin if "admin" in roles
+
+default resource_field(_) := ""
+
+resource_field(name) := input.resource[name] if is_string(input.resource[name])
+
+owner_id := resource_field("owner_id")
+
+conversation_id := resource_field("conversation_id")
+
+tool := resource_field("tool")
+
+provider := resource_field("provider")
+
+is_owner if {
+	owner_id != ""
+	user_id == owner_id
+}
+
+permit(msg) := {"allow": true, "reason": concat("", ["allowed: ", msg])}
+
+refuse(msg) := {"allow": false, "reason": concat("", ["denied: ", msg])}
+
+# --- Conversations -------------------------------------------------------------
+
+conversation_target := sprintf("conversation %v", [conversation_id]) if {
+	conversation_id != ""
+} else := sprintf("conversations of %v", [owner_id]) if {
+	owner_id != ""
+} else := "conversation with unknown owner"
+
+conversation_decision := permit("authenticated user") if {
+	action == "conversation.create"
+} else := refuse("resource.owner_id missing") if {
+	owner_id == ""
+} else := permit("owner") if {
+	is_owner
+} else := permit("admin read") if {
+	is_admin
+	action in conversation_read_actions
+} else := refuse(sprintf("admin %v may read but not modify %v", [user_id, conversation_target])) if {
+	is_admin
+} else := refuse(sprintf("user %v does not own %v", [user_id, conversation_target]))
+
+# --- Tools ---------------------------------------------------------------------
+
+tool_required_roles := {r | some r in data.a0.tools.restricted[tool]}
+
+tool_decision := refuse("resource.tool missing") if {
+	tool == ""
+} else := refuse(sprintf("tool %v is not allowed", [tool])) if {
+	not tool in data.a0.tools.allowed
+} else := refuse(sprintf("tool %v requires one of roles %v", [tool, concat(", ", sort(tool_required_roles))])) if {
+	data.a0.tools.restricted[tool]
+	count(tool_required_roles & roles) == 0
+} else := permit(sprintf("tool %v", [tool]))
+
+# --- Credentials -------------------------------------------------------------
+
+# credentials.read may list every provider (no provider given); the others name one.
+provider_required if action != "credentials.read"
+
+credentials_decision := refuse("resource.owner_id missing") if {
+	owner_id == ""
+} else := refuse("resource.provider missing") if {
+	provider == ""
+	provider_required
+} else := refuse(sprintf("provider %v is not supported", [provider])) if {
+	provider != ""
+	not provider in data.a0.credentials.providers
+} else := permit("owner") if {
+	is_owner
+} else := permit("admin read (masked)") if {
+	is_admin
+	action == "credentials.read"
+} else := refuse(sprintf("user %v does not own credentials of %v", [user_id, owner_id]))

@@ -1,0 +1,119 @@
+"""The stack runtime on real services: what `a0ctl up/status/down` promise."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from a0ctl.runtime.base import INFRA
+from a0ctl.runtime.local import LocalRuntime, port_in_use, process_alive
+from a0ctl.runtime.stack import bring_up
+from services.common.policy import PolicyClient
+from services.common.settings import Settings, load_settings
+from tests.support.cli import a0ctl, a0ctl_json
+
+pytestmark = pytest.mark.integration
+
+
+def test_status_json_shows_infrastructure_healthy_with_endpoints(stack: LocalRuntime) -> None:
+    services = {s["name"]: s for s in a0ctl_json("status")["services"]}
+    for name in INFRA:
+        assert services[name]["healthy"] is True, services[name]
+        assert services[name]["state"] == "running"
+        assert services[name]["endpoint"].startswith("127.0.0.1:")
+        assert isinstance(services[name]["pid"], int)
+        assert services[name]["runtime"] == "local"
+
+
+async def test_kafka_produces_and_consumes_a_record(settings: Settings) -> None:
+    topic = "tool.requests"
+    key = f"probe-{uuid.uuid4()}".encode()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(topic, b"hello", key=key)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        from aiokafka import TopicPartition
+
+        tp = TopicPartition(topic, meta.partition)
+        consumer.assign([tp])
+        consumer.seek(tp, meta.offset)
+        batch = await consumer.getmany(tp, timeout_ms=10_000)
+        record = batch[tp][0]
+        assert (record.key, record.value) == (key, b"hello")
+    finally:
+        await consumer.stop()
+
+
+async def test_redis_set_get(settings: Settings) -> None:
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        await client.set("a0:test", "value", ex=60)
+        assert await client.get("a0:test") == b"value"
+    finally:
+        await client.aclose()
+
+
+async def test_postgres_answers_a_query(settings: Settings) -> None:
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
+        row = await (await conn.execute("SELECT current_database(), 6 * 7")).fetchone()
+    assert row == (settings.postgres.database, 42)
+
+
+async def test_opa_decides_from_the_real_policy(settings: Settings) -> None:
+    async with PolicyClient(settings) as policy:
+        owner = await policy.decide("conversation.read", "alice", owner_id="alice", conversation_id="c1")
+        other = await policy.decide("conversation.read", "bob", owner_id="alice", conversation_id="c1")
+        tool = await policy.decide("tool.call", "alice", tool="shell")
+    assert owner.allow and not other.allow and not tool.allow
+    assert "bob" in other.reason and "shell" in tool.reason
+
+
+def test_second_up_is_a_no_op(stack: LocalRuntime) -> None:
+    before = {s.name: s.pid for s in stack.status()}
+    started = time.monotonic()
+    result = a0ctl("up", "--infra-only")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    after = {s.name: s.pid for s in stack.status()}
+    assert before == after
+    assert "kafka" in result.stdout and "healthy" in result.stdout
+    assert elapsed < 30
+
+
+def test_down_stops_every_process_and_frees_ports_then_up_restores(stack: LocalRuntime) -> None:
+    settings = load_settings()
+    pids = {s.name: s.pid for s in stack.status() if s.pid}
+    ports = [
+        settings.kafka.port,
+        settings.kafka.controller_port,
+        settings.redis.port,
+        settings.postgres.port,
+        settings.opa.port,
+    ]
+    result = a0ctl("down")
+    assert result.returncode == 0, result.stderr
+    for name, pid in pids.items():
+        assert not process_alive(pid), f"{name} (pid {pid}) still running"
+    assert not [port for port in ports if port_in_use("127.0.0.1", port)]
+    _, statuses = bring_up(settings, runtime_name="local", with_apps=False)
+    assert all(s.healthy for s in statuses if s.name in INFRA)
+
+
+def test_logs_prints_the_tail_of_a_service_log(stack: LocalRuntime) -> None:
+    result = a0ctl("logs", "kafka", "-n", "5")
+    assert result.returncode == 0
+    assert 0 < len(result.stdout.splitlines()) <= 5
+    unknown = a0ctl("logs", "nope")
+    assert unknown.returncode == 1 and "unknown service" in unknown.stderr

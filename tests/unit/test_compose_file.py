@@ -1,0 +1,233 @@
+"""Static checks of stack/docker-compose.yaml (there is no Docker engine in CI)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic_settings import BaseSettings
+
+import services.common.settings as settings_module
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = REPO / "stack"
+COMPOSE_FILE = STACK / "docker-compose.yaml"
+
+INFRA_SERVICES = ("kafka", "redis", "postgres", "opa")
+APP_SERVICES = ("gateway", "conversation-worker", "tool-executor", "llm-sim")
+REQUIRED_SERVICES = {*INFRA_SERVICES, *APP_SERVICES}
+
+# Bind-mounted paths that do not live in the repository but are generated at runtime
+# (``a0ctl up`` writes the secrets of StackSettings.conf_dir; it is git-ignored).
+GENERATED_PATHS = {
+    (REPO / settings_module.StackSettings.model_fields["conf_dir"].default).resolve(),
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    assert COMPOSE_FILE.is_file(), "stack/docker-compose.yaml is missing"
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    svcs = compose.get("services")
+    assert isinstance(svcs, dict) and svcs, "no services in compose file"
+    return svcs
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def _settings_env_vars() -> dict[str, str]:
+    """Every environment variable the settings model reads -> "Class.field"."""
+    names: dict[str, str] = {}
+    for _, cls in inspect.getmembers(settings_module, inspect.isclass):
+        if not issubclass(cls, BaseSettings) or cls is BaseSettings:
+            continue
+        prefix = cls.model_config.get("env_prefix", "")
+        for field in cls.model_fields:
+            names[f"{prefix}{field}".upper()] = f"{cls.__name__}.{field}"
+    return names
+
+
+def _image_tag(image: str) -> str | None:
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+# --- the file ----------------------------------------------------------------------
+
+
+def test_compose_file_parses(compose: dict[str, Any]) -> None:
+    assert "services" in compose
+
+
+def test_required_services_exist_with_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    missing = REQUIRED_SERVICES - services.keys()
+    assert not missing, f"missing services: {sorted(missing)}"
+    for name in sorted(REQUIRED_SERVICES):
+        check = services[name].get("healthcheck")
+        assert isinstance(check, dict) and check.get("test"), f"{name} has no healthcheck"
+        assert not check.get("disable"), f"{name} disables its healthcheck"
+
+
+def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        image = svc.get("image")
+        if image is None:
+            assert "build" in svc, f"{name} has neither image nor build"
+            continue
+        if "build" in svc:
+            continue  # locally built image
+        tag = _image_tag(image)
+        assert tag and tag != "latest", f"{name} image {image!r} is not pinned"
+
+
+# --- kafka ------------------------------------------------------------------------
+
+
+def test_kafka_is_pinned_cp_kafka_in_kraft_mode(services: dict[str, dict[str, Any]]) -> None:
+    kafka = services["kafka"]
+    image = kafka["image"]
+    assert image.split(":", 1)[0] == "confluentinc/cp-kafka"
+    tag = _image_tag(image)
+    assert tag and tag != "latest" and re.fullmatch(r"\d+\.\d+\.\d+", tag), f"unpinned tag {tag!r}"
+
+    env = _env(kafka)
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    node_id = env["KAFKA_NODE_ID"]
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{node_id}@kafka:9093"
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
+    assert "CONTROLLER://" in env["KAFKA_LISTENERS"]
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "PLAINTEXT"
+    protocol_map = dict(p.split(":", 1) for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = {entry.split("://", 1)[0] for entry in env["KAFKA_LISTENERS"].split(",")}
+    assert listeners <= protocol_map.keys()
+    assert env["CLUSTER_ID"], "CLUSTER_ID is required in KRaft mode"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"].lower() == "false"
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"
+    assert kafka.get("volumes"), "kafka has no data volume"
+    assert "kafka-broker-api-versions" in kafka["healthcheck"]["test"]
+
+
+# --- app services ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_depends_on_healthy_infrastructure(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    depends = services[name].get("depends_on")
+    assert isinstance(depends, dict), f"{name}: depends_on must use the long form with conditions"
+    for infra in INFRA_SERVICES:
+        assert infra in depends, f"{name} does not depend on {infra}"
+        assert depends[infra].get("condition") == "service_healthy", f"{name} -> {infra}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_runs_a0ctl_from_the_shared_image(services: dict[str, dict[str, Any]], name: str) -> None:
+    svc = services[name]
+    build = svc.get("build")
+    assert isinstance(build, dict), f"{name} is not built from stack/Dockerfile"
+    assert (STACK / build["context"] / build["dockerfile"]).resolve() == (STACK / "Dockerfile").resolve()
+    assert svc.get("command") == ["run", name]
+    assert 'ENTRYPOINT ["a0ctl"]' in (STACK / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_env_maps_to_settings(services: dict[str, dict[str, Any]], name: str) -> None:
+    known = _settings_env_vars()
+    env = _env(services[name])
+    assert env, f"{name} has no environment"
+    for key in env:
+        assert key.startswith("A0_"), f"{name}: {key} is not an A0_ variable"
+        assert key in known, f"{name}: {key} matches no field of services.common.settings"
+
+
+def test_app_services_share_one_environment(services: dict[str, dict[str, Any]]) -> None:
+    envs = [_env(services[name]) for name in APP_SERVICES]
+    assert all(env == envs[0] for env in envs), "app services should share the x-a0-env block"
+    env = envs[0]
+    assert env["A0_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert env["A0_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["A0_OPA_URL"] == "http://opa:8181"
+    assert env["A0_HOST"] == "0.0.0.0"
+    assert re.fullmatch(
+        r"postgresql://a0:\$\{A0_POSTGRES_PASSWORD[^}]*\}@postgres:5432/a0", env["A0_POSTGRES_URL"]
+    )
+
+
+def test_settings_env_map_is_built_from_the_model() -> None:
+    known = _settings_env_vars()
+    assert known["A0_KAFKA_BOOTSTRAP_SERVERS"] == "KafkaSettings.bootstrap_servers"
+    assert known["A0_HOST"] == "StackSettings.host"
+    assert known["A0_CONF_DIR"] == "StackSettings.conf_dir"
+    assert known["A0_LLM_SIM_PORT"] == "LLMSimSettings.port"
+
+
+# --- mounts and ports -----------------------------------------------------------------
+
+
+def _volume_sources(service: dict[str, Any]) -> list[str]:
+    sources = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str):
+            sources.append(volume.split(":", 1)[0])
+        elif isinstance(volume, dict) and volume.get("type", "bind") == "bind":
+            sources.append(str(volume.get("source", "")))
+    return sources
+
+
+def test_relative_volume_paths_exist(services: dict[str, dict[str, Any]]) -> None:
+    checked = 0
+    for name, svc in services.items():
+        for source in _volume_sources(svc):
+            if not source.startswith(("./", "../")):
+                continue
+            path = (STACK / source).resolve()
+            if path in GENERATED_PATHS:
+                continue
+            checked += 1
+            assert path.exists(), f"{name}: volume source {source} ({path}) does not exist"
+            assert path.is_relative_to(REPO), f"{name}: {source} points outside the repository"
+    assert checked, "no repository path is mounted"
+
+
+def _published(port: Any) -> tuple[str | None, str]:
+    """(host_ip, text) of one ``ports`` entry; host_ip None when none is given."""
+    if isinstance(port, dict):
+        return port.get("host_ip"), str(port)
+    text = str(port)
+    # Strip ${VAR:-default} interpolations so their ':' do not split the entry.
+    plain = re.sub(r"\$\{[^}]*\}", "VAR", text)
+    parts = plain.split(":")
+    return (parts[0] if len(parts) == 3 else None), text
+
+
+def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        for port in svc.get("ports") or []:
+            host_ip, text = _published(port)
+            assert host_ip == "127.0.0.1", f"{name}: port {text} is not bound to 127.0.0.1"
+
+
+def test_gateway_port_is_published(services: dict[str, dict[str, Any]]) -> None:
+    ports = [str(p) for p in services["gateway"].get("ports") or []]
+    assert any(p.startswith("127.0.0.1:") and p.endswith(":8080") for p in ports)

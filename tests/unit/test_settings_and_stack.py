@@ -1,0 +1,110 @@
+"""Settings, status rendering and the stack's error messages, without services."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from a0ctl.commands.stack import status_table
+from a0ctl.runtime.base import ServiceStatus
+from a0ctl.runtime.local import LocalRuntime
+from a0ctl.runtime.local_services import build_services
+from services.common.errors import StackError
+from services.common.secrets_env import ensure_generated_secrets, read_generated_secret
+from services.common.settings import load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_settings_read_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("A0_KAFKA_PORT", "39092")
+    monkeypatch.setenv("A0_REDIS_URL", "redis://example:1/0")
+    settings = load_settings()
+    assert settings.kafka_bootstrap == "127.0.0.1:39092"
+    assert settings.redis_url == "redis://example:1/0"
+
+
+def test_llm_defaults_to_local_simulator_until_a_provider_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().llm_base_url.endswith(f":{load_settings().llm_sim.port}/v1")
+    monkeypatch.setenv("A0_LLM_BASE_URL", "https://llm.example/v1")
+    assert load_settings().llm_base_url == "https://llm.example/v1"
+
+
+def test_generated_secrets_are_private_and_stable(tmp_path: Path) -> None:
+    path = ensure_generated_secrets(tmp_path / "conf")
+    assert path.stat().st_mode & 0o777 == 0o600
+    first = read_generated_secret(tmp_path / "conf", "A0_GATEWAY_JWT_SECRET")
+    ensure_generated_secrets(tmp_path / "conf")
+    assert first and read_generated_secret(tmp_path / "conf", "A0_GATEWAY_JWT_SECRET") == first
+
+
+def test_status_table_shows_each_service_and_its_health() -> None:
+    statuses = [
+        ServiceStatus(
+            name="kafka", runtime="local", state="running", healthy=True, endpoint="127.0.0.1:1", pid=5
+        ),
+        ServiceStatus(
+            name="redis",
+            runtime="local",
+            state="unhealthy",
+            healthy=False,
+            endpoint="127.0.0.1:2",
+            pid=6,
+            detail="ConnectionError",
+        ),
+    ]
+    console = Console(width=200, record=True)
+    console.print(status_table(statuses))
+    text = console.export_text()
+    assert "kafka" in text and "healthy" in text and "127.0.0.1:1" in text
+    assert "ConnectionError" in text
+
+
+def test_port_taken_by_another_process_names_service_and_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        monkeypatch.setenv("A0_REDIS_PORT", str(port))
+        monkeypatch.setenv("A0_STATE_DIR", str(tmp_path / "state"))
+        runtime = LocalRuntime(load_settings())
+        with pytest.raises(StackError) as info:
+            runtime.up(services=("redis",))
+    assert info.value.service == "redis"
+    assert f"port {port}" in info.value.message and "already in use" in info.value.message
+
+
+def test_corrupt_postgres_data_dir_is_reported_with_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "data" / "postgres").mkdir(parents=True)
+    (tmp_path / "data" / "postgres" / "garbage").write_text("x")
+    services = build_services(load_settings(), tmp_path)
+    with pytest.raises(StackError) as info:
+        services["postgres"].prepare()
+    assert "corrupt" in info.value.message and "a0ctl down --purge" in str(info.value)
+
+
+def test_missing_binary_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    services = build_services(load_settings(), tmp_path)
+    with pytest.raises(StackError) as info:
+        services["redis"].command()
+    assert "redis-server not found" in info.value.message and "apt-get install redis-server" in str(
+        info.value
+    )
+
+
+def test_compose_runtime_without_engine_says_what_to_do() -> None:
+    from a0ctl.runtime import docker_engine_answers, get_runtime
+
+    if docker_engine_answers():
+        pytest.skip("a Docker engine answers on this machine")
+    with pytest.raises(StackError) as info:
+        get_runtime(load_settings(), "compose")
+    assert "needs a Docker engine" in info.value.message and "--runtime local" in str(info.value)
