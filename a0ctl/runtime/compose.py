@@ -48,7 +48,13 @@ class ComposeRuntime:
             health = state.health.status if state.health else None
             ports = container.network_settings.ports or {}
             endpoint = next(
-                (f"{b['HostIp']}:{b['HostPort']}" for bindings in ports.values() if bindings for b in bindings), ""
+                (
+                    f"{b['HostIp']}:{b['HostPort']}"
+                    for bindings in ports.values()
+                    if bindings
+                    for b in bindings
+                ),
+                "",
             )
             statuses.append(
                 ServiceStatus(
