@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from a0ctl.commands import smoke, stack, topics
+from a0ctl.commands import chat, creds, run, smoke, stack, token, topics
 
 app = typer.Typer(
     name="a0ctl",
@@ -15,7 +15,11 @@ app = typer.Typer(
 )
 stack.register(app)
 app.add_typer(topics.app, name="topics")
+app.add_typer(creds.app, name="creds")
 app.command()(smoke.smoke)
+app.command()(run.run)
+app.command()(token.token)
+app.command()(chat.chat)
 
 if __name__ == "__main__":
     app()

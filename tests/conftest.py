@@ -7,22 +7,33 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_STATE = ROOT / ".a0-test"
+# Several test stacks can run side by side on one machine: each offset gets its own ports
+# and state directory.
+PORT_OFFSET = int(os.environ.get("A0_TEST_PORT_OFFSET", "0"))
+TEST_STATE = ROOT / (".a0-test" + (f"-{PORT_OFFSET}" if PORT_OFFSET else ""))
+
+
+def _port(base: int) -> str:
+    return str(base + PORT_OFFSET)
+
 
 TEST_ENV = {
     "A0_HOME": str(ROOT),
     "A0_STATE_DIR": str(TEST_STATE),
     "A0_CONF_DIR": str(TEST_STATE / "conf"),
-    "A0_KAFKA_PORT": "29092",
-    "A0_KAFKA_CONTROLLER_PORT": "29093",
-    "A0_REDIS_PORT": "26379",
-    "A0_POSTGRES_PORT": "25432",
-    "A0_OPA_PORT": "28181",
-    "A0_GATEWAY_PORT": "28080",
-    "A0_LLM_SIM_PORT": "28000",
-    "A0_WORKER_METRICS_PORT": "29101",
-    "A0_TOOLS_METRICS_PORT": "29102",
+    "A0_KAFKA_PORT": _port(29092),
+    "A0_KAFKA_CONTROLLER_PORT": _port(29093),
+    "A0_REDIS_PORT": _port(26379),
+    "A0_POSTGRES_PORT": _port(25432),
+    "A0_OPA_PORT": _port(28181),
+    "A0_GATEWAY_PORT": _port(28080),
+    "A0_LLM_SIM_PORT": _port(28000),
+    "A0_WORKER_METRICS_PORT": _port(29101),
+    "A0_TOOLS_METRICS_PORT": _port(29102),
     "A0_RUNTIME": "local",
+    # Slow enough that a test can cancel or disconnect mid-answer.
+    "A0_LLM_SIM_TOKENS_PER_S": "80",
+    "A0_LLM_SIM_LATENCY_MS": "20",
 }
 # Set before any settings are read, and inherited by every process the tests start.
 os.environ.update(TEST_ENV)

@@ -58,7 +58,7 @@ class ComposeRuntime:
             )
             statuses.append(
                 ServiceStatus(
-                    name=container.config.labels.get("com.docker.compose.service", container.name),
+                    name=(container.config.labels or {}).get("com.docker.compose.service", container.name),
                     runtime=self.name,
                     state="running" if state.running else "stopped",
                     healthy=health == "healthy",

@@ -193,7 +193,10 @@ class LocalRuntime:
         pid = self.pid(name)
         if pid is not None:
             os.killpg(pid, signal.SIGKILL)
-            _reap(pid)
+            deadline = time.monotonic() + 10
+            while process_alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.05)
         return pid
 
     def status(self) -> list[ServiceStatus]:

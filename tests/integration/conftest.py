@@ -14,7 +14,7 @@ from services.common.settings import Settings, load_settings
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalRuntime]:
-    runtime, statuses = bring_up(load_settings(), runtime_name="local", with_apps=False)
+    runtime, statuses = bring_up(load_settings(), runtime_name="local")
     unhealthy = [s for s in statuses if s.state != "stopped" and not s.healthy]
     assert not unhealthy, f"stack did not come up healthy: {unhealthy}"
     assert isinstance(runtime, LocalRuntime)

@@ -83,7 +83,7 @@ async def test_opa_decides_from_the_real_policy(settings: Settings) -> None:
 def test_second_up_is_a_no_op(stack: LocalRuntime) -> None:
     before = {s.name: s.pid for s in stack.status()}
     started = time.monotonic()
-    result = a0ctl("up", "--infra-only")
+    result = a0ctl("up")
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     after = {s.name: s.pid for s in stack.status()}
@@ -107,8 +107,8 @@ def test_down_stops_every_process_and_frees_ports_then_up_restores(stack: LocalR
     for name, pid in pids.items():
         assert not process_alive(pid), f"{name} (pid {pid}) still running"
     assert not [port for port in ports if port_in_use("127.0.0.1", port)]
-    _, statuses = bring_up(settings, runtime_name="local", with_apps=False)
-    assert all(s.healthy for s in statuses if s.name in INFRA)
+    _, statuses = bring_up(settings, runtime_name="local")
+    assert all(s.healthy for s in statuses)
 
 
 def test_logs_prints_the_tail_of_a_service_log(stack: LocalRuntime) -> None:

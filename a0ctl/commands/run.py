@@ -1,0 +1,36 @@
+"""``a0ctl run SERVICE``: run one of a0's services in the foreground (what the local
+runtime supervises and what the compose services call)."""
+
+from __future__ import annotations
+
+import importlib
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from a0ctl.console import settings
+
+
+class Service(StrEnum):
+    gateway = "gateway"
+    conversation_worker = "conversation-worker"
+    tool_executor = "tool-executor"
+    llm_sim = "llm-sim"
+
+
+ENTRY_POINTS = {
+    Service.gateway: "services.gateway.main",
+    Service.conversation_worker: "services.conversation_worker.main",
+    Service.tool_executor: "services.tool_executor.main",
+    Service.llm_sim: "services.llm_sim.main",
+}
+
+
+def run(service: Annotated[Service, typer.Argument(help="The service to run.")]) -> None:
+    """Run one service in the foreground until interrupted.
+
+    Example: a0ctl run gateway
+    """
+    module = importlib.import_module(ENTRY_POINTS[service])
+    module.serve(settings())

@@ -1,0 +1,321 @@
+"""The credential store: LLM provider keys, encrypted at rest in PostgreSQL.
+
+- AES-256-GCM (cryptography) under a key-encryption key (KEK) from ``conf/env/``
+  (``A0_CREDENTIALS_KEK``, generated on first ``a0ctl up``, mode 0600, never committed);
+  a fresh 96-bit nonce per secret; the owner and provider are bound to the ciphertext as
+  associated data, so a row copied to another user or provider does not decrypt.
+- Keys are returned only masked; saving verifies the key against the provider's
+  ``/models`` first. Who may set, read, use or remove a key is an OPA decision, and each
+  set, use and removal is written to ``credential_audit`` (never the key).
+- A change is announced on Redis (``a0:credentials:changed``); workers drop their
+  cached entry and use the new key on their next upstream call, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from services.common.errors import ConfigError, CredentialError, PolicyDenied
+from services.common.logging import register_secret
+from services.common.policy import PolicyClient
+from services.common.secrets_env import read_generated_secret, write_generated_secrets
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+CHANNEL = "a0:credentials:changed"
+KEK_KEY = "A0_CREDENTIALS_KEK"
+PREVIOUS_KEK_KEY = "A0_CREDENTIALS_KEK_PREVIOUS"
+
+
+def mask(secret: str) -> str:
+    if len(secret) <= 10:
+        return "*" * len(secret)
+    return f"{secret[:3]}…{secret[-4:]}"
+
+
+def kek_id(kek: bytes) -> str:
+    return hashlib.sha256(b"a0-kek:" + kek).hexdigest()[:16]
+
+
+def _decode_kek(value: str) -> bytes:
+    raw = base64.urlsafe_b64decode(value.encode())
+    if len(raw) != 32:
+        raise ConfigError(f"{KEK_KEY} must be 32 bytes, base64url-encoded")
+    return raw
+
+
+def _aad(owner_id: str, provider: str) -> bytes:
+    return f"a0-credential\x00{owner_id}\x00{provider}".encode()
+
+
+class Keyring:
+    """The current KEK and, during a rotation, the previous one."""
+
+    def __init__(self, settings: Settings) -> None:
+        conf = settings.stack.conf_path
+        current = read_generated_secret(conf, KEK_KEY)
+        if not current:
+            raise ConfigError(
+                f"no {KEK_KEY} in {conf}", hint="run `a0ctl up` once: it generates the key-encryption key"
+            )
+        register_secret(current)
+        self.current = _decode_kek(current)
+        self.keys = {kek_id(self.current): self.current}
+        previous = read_generated_secret(conf, PREVIOUS_KEK_KEY)
+        if previous:
+            register_secret(previous)
+            old = _decode_kek(previous)
+            self.keys[kek_id(old)] = old
+
+    def encrypt(self, owner_id: str, provider: str, secret: str) -> tuple[bytes, bytes, str]:
+        nonce = os.urandom(12)
+        ciphertext = AESGCM(self.current).encrypt(nonce, secret.encode(), _aad(owner_id, provider))
+        return nonce, ciphertext, kek_id(self.current)
+
+    def decrypt(self, owner_id: str, provider: str, nonce: bytes, ciphertext: bytes, key_id: str) -> str:
+        kek = self.keys.get(key_id)
+        if kek is None:
+            raise CredentialError(
+                f"credential of {owner_id}/{provider} is sealed with an unknown key {key_id}"
+            )
+        try:
+            return AESGCM(kek).decrypt(nonce, ciphertext, _aad(owner_id, provider)).decode()
+        except InvalidTag:
+            raise CredentialError(f"credential of {owner_id}/{provider} failed authentication") from None
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Where a turn's upstream calls go, with which key and model."""
+
+    base_url: str
+    api_key: str
+    model: str
+    source: str  # "credential" | "settings"
+
+    def __repr__(self) -> str:  # never print the key
+        return f"LLMConfig(base_url={self.base_url!r}, model={self.model!r}, source={self.source!r})"
+
+
+class CredentialView(BaseModel):
+    provider: str
+    base_url: str
+    model: str
+    key_masked: str
+    updated_at: datetime
+
+
+class CredentialStore:
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool, redis: Redis) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.redis = redis
+        self.keyring = Keyring(settings)
+        self._cache: dict[str, LLMConfig | None] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    # --- operator and API actions -------------------------------------------------
+    async def _authorize(
+        self,
+        policy: PolicyClient,
+        action: str,
+        actor: str,
+        roles: list[str],
+        owner_id: str,
+        provider: str | None,
+    ) -> None:
+        decision = await policy.decide(action, actor, roles=roles, owner_id=owner_id, provider=provider)
+        if not decision.allow:
+            await self._audit(actor, owner_id, provider or "*", action, "denied", decision.reason)
+            raise PolicyDenied(decision.reason)
+
+    async def verify_with_provider(self, base_url: str, api_key: str) -> None:
+        url = base_url.rstrip("/") + "/models"
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                response = await client.get(url, headers={"Authorization": f"Bearer {api_key}"})
+        except httpx.HTTPError as exc:
+            raise CredentialError(
+                f"could not reach the provider at {url} ({type(exc).__name__}); check the base URL"
+            ) from None
+        if response.status_code in (401, 403):
+            raise CredentialError(f"the provider at {base_url} refused this API key ({response.status_code})")
+        if response.status_code >= 400:
+            raise CredentialError(
+                f"the provider at {url} answered {response.status_code}; check the base URL"
+            )
+
+    async def set(
+        self,
+        policy: PolicyClient,
+        *,
+        actor: str,
+        roles: list[str],
+        owner_id: str,
+        provider: str,
+        base_url: str,
+        model: str,
+        api_key: str,
+        verify: bool = True,
+    ) -> CredentialView:
+        register_secret(api_key)
+        await self._authorize(policy, "credentials.set", actor, roles, owner_id, provider)
+        if verify:
+            try:
+                await self.verify_with_provider(base_url, api_key)
+            except CredentialError as exc:
+                await self._audit(actor, owner_id, provider, "set", "rejected", exc.message)
+                raise
+        nonce, ciphertext, key_id = self.keyring.encrypt(owner_id, provider, api_key)
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "INSERT INTO credentials (owner_id, provider, base_url, model, key_masked, nonce, ciphertext, "
+                    "kek_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (owner_id, provider) DO UPDATE SET base_url = EXCLUDED.base_url, "
+                    "model = EXCLUDED.model, key_masked = EXCLUDED.key_masked, nonce = EXCLUDED.nonce, "
+                    "ciphertext = EXCLUDED.ciphertext, kek_id = EXCLUDED.kek_id, updated_at = now() "
+                    "RETURNING updated_at",
+                    (owner_id, provider, base_url, model, mask(api_key), nonce, ciphertext, key_id),
+                )
+            ).fetchone()
+        await self._audit(actor, owner_id, provider, "set", "ok", f"base_url={base_url} model={model}")
+        await self._announce(owner_id, provider)
+        assert row is not None
+        return CredentialView(
+            provider=provider, base_url=base_url, model=model, key_masked=mask(api_key), updated_at=row[0]
+        )
+
+    async def list_for(
+        self, policy: PolicyClient, *, actor: str, roles: list[str], owner_id: str
+    ) -> list[CredentialView]:
+        await self._authorize(policy, "credentials.read", actor, roles, owner_id, None)
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT provider, base_url, model, key_masked, updated_at FROM credentials "
+                    "WHERE owner_id = %s ORDER BY provider",
+                    (owner_id,),
+                )
+            ).fetchall()
+        return [
+            CredentialView(provider=r[0], base_url=r[1], model=r[2], key_masked=r[3], updated_at=r[4])
+            for r in rows
+        ]
+
+    async def remove(
+        self, policy: PolicyClient, *, actor: str, roles: list[str], owner_id: str, provider: str
+    ) -> bool:
+        await self._authorize(policy, "credentials.delete", actor, roles, owner_id, provider)
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM credentials WHERE owner_id = %s AND provider = %s", (owner_id, provider)
+            )
+        removed = cursor.rowcount > 0
+        await self._audit(actor, owner_id, provider, "remove", "ok" if removed else "absent")
+        await self._announce(owner_id, provider)
+        return removed
+
+    async def rotate_kek(self) -> int:
+        """Re-encrypt every credential under a new KEK in one transaction.
+
+        The new key is written first, with the old one kept as previous, so a crash at any
+        point leaves every row readable; the previous key is dropped after the commit."""
+        conf = self.settings.stack.conf_path
+        old_value = read_generated_secret(conf, KEK_KEY)
+        new_value = base64.urlsafe_b64encode(os.urandom(32)).decode()
+        write_generated_secrets(conf, {KEK_KEY: new_value, PREVIOUS_KEK_KEY: old_value or ""})
+        self.keyring = Keyring(self.settings)
+        async with self.pool.connection() as conn, conn.transaction():
+            rows = await (
+                await conn.execute(
+                    "SELECT owner_id, provider, nonce, ciphertext, kek_id FROM credentials FOR UPDATE"
+                )
+            ).fetchall()
+            for owner_id, provider, nonce, ciphertext, key_id in rows:
+                secret = self.keyring.decrypt(owner_id, provider, nonce, ciphertext, key_id)
+                new_nonce, new_ciphertext, new_id = self.keyring.encrypt(owner_id, provider, secret)
+                await conn.execute(
+                    "UPDATE credentials SET nonce = %s, ciphertext = %s, kek_id = %s "
+                    "WHERE owner_id = %s AND provider = %s",
+                    (new_nonce, new_ciphertext, new_id, owner_id, provider),
+                )
+        write_generated_secrets(conf, {PREVIOUS_KEK_KEY: ""})
+        self.keyring = Keyring(self.settings)
+        await self._audit("a0ctl", "*", "*", "rotate-key", "ok", f"{len(rows)} credential(s) re-encrypted")
+        for owner_id, provider, *_ in rows:
+            await self._announce(owner_id, provider)
+        return len(rows)
+
+    # --- the worker's side: use, with a cache invalidated by change notices ---------------
+    async def llm_config_for(self, user_id: str, provider: str = "openai") -> LLMConfig | None:
+        if user_id in self._cache:
+            cached = self._cache[user_id]
+        else:
+            async with self.pool.connection() as conn:
+                row = await (
+                    await conn.execute(
+                        "SELECT base_url, model, nonce, ciphertext, kek_id FROM credentials "
+                        "WHERE owner_id = %s AND provider = %s",
+                        (user_id, provider),
+                    )
+                ).fetchone()
+            if row is None:
+                cached = None
+            else:
+                secret = self.keyring.decrypt(user_id, provider, row[2], row[3], row[4])
+                register_secret(secret)
+                cached = LLMConfig(base_url=row[0], api_key=secret, model=row[1], source="credential")
+            self._cache[user_id] = cached
+        if cached is not None:
+            await self._audit("conversation-worker", user_id, provider, "use", "ok")
+        return cached
+
+    async def start_listening(self) -> None:
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(CHANNEL)
+
+        async def listen() -> None:
+            try:
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        owner = message["data"].decode().split(":", 1)[0]
+                        self._cache.pop(owner, None)
+            finally:
+                await pubsub.aclose()
+
+        self._listener = asyncio.create_task(listen())
+
+    async def stop_listening(self) -> None:
+        if self._listener:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+
+    async def _announce(self, owner_id: str, provider: str) -> None:
+        self._cache.pop(owner_id, None)
+        await self.redis.publish(CHANNEL, f"{owner_id}:{provider}")
+
+    async def _audit(
+        self, actor: str, owner_id: str, provider: str, action: str, outcome: str, detail: str = ""
+    ) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO credential_audit (actor, owner_id, provider, action, outcome, detail) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (actor, owner_id, provider, action, outcome, detail),
+            )

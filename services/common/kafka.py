@@ -1,0 +1,274 @@
+"""The one Kafka client factory of a0 (aiokafka), and the consumer loop every service uses.
+
+Producers: ``acks=all`` with idempotence, keyed by conversation so one conversation is
+strictly ordered. Consumers: manual commits, only past records whose handler finished
+(so a crash redelivers, and idempotent handlers make that invisible); a bounded number
+of records in flight, with partitions paused past it; poison records to the service's
+dead-letter topic with the reason; transient errors retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from services.common import metrics, telemetry
+from services.common.envelope import Envelope, EnvelopeError
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INBOUND = "conversation.inbound"
+OUTBOUND = "conversation.outbound"
+TOOL_REQUESTS = "tool.requests"
+TOOL_RESULTS = "tool.results"
+
+
+def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        request_timeout_ms=15_000,
+        max_request_size=1_048_576,
+    )
+
+
+async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
+    """Every partition of a topic (for consumers that read all of them, without a group)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"]:
+        raise TransientError(f"topic {topic} is not available (error {described['error_code']})")
+    return sorted(
+        (TopicPartition(topic, p["partition"]) for p in described["partitions"]), key=lambda tp: tp.partition
+    )
+
+
+async def publish(producer: AIOKafkaProducer, topic: str, envelope: Envelope) -> asyncio.Future[object]:
+    """Queue an envelope (W3C trace context in the headers); await the result for the ack."""
+    return await producer.send(
+        topic, envelope.to_bytes(), key=envelope.key(), headers=telemetry.kafka_headers()
+    )
+
+
+class PoisonRecord(Exception):
+    """The record can never be handled: it goes to the dead-letter topic with this reason."""
+
+
+class TransientError(Exception):
+    """Worth retrying with backoff (a dependency briefly unavailable)."""
+
+
+Handler = Callable[[Envelope, ConsumerRecord[bytes, bytes]], Awaitable[None]]
+
+
+@dataclass
+class _PartitionState:
+    in_flight: set[int] = field(default_factory=set)
+    highest_done: int = -1
+
+    def committable(self) -> int | None:
+        """The offset to commit: everything below it has been handled."""
+        if self.in_flight:
+            low = min(self.in_flight)
+            return low if low > 0 else None
+        return self.highest_done + 1 if self.highest_done >= 0 else None
+
+
+class ConsumerLoop:
+    """Consume topics as a group, run ``handler`` per record, commit only what is done."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topics: list[str],
+        group_id: str,
+        handler: Handler,
+        dead_letter_topic: str,
+        producer: AIOKafkaProducer,
+        max_in_flight: int,
+        retries: int = 5,
+    ) -> None:
+        self.topics = topics
+        self.group_id = group_id
+        self.handler = handler
+        self.dead_letter_topic = dead_letter_topic
+        self.producer = producer
+        self.max_in_flight = max_in_flight
+        self.retries = retries
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=group_id,
+            client_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6_000,
+            heartbeat_interval_ms=1_000,
+            max_poll_interval_ms=300_000,
+            isolation_level="read_committed",
+        )
+        self._partitions: dict[TopicPartition, _PartitionState] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused = False
+        self._stopping = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        self.consumer.subscribe(self.topics, listener=_Rebalance(self))
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.consumer.stop()
+
+    async def run(self) -> None:
+        """Fetch, dispatch and commit until stopped."""
+        committer = asyncio.create_task(self._commit_periodically())
+        try:
+            while not self._stopping.is_set():
+                self._apply_backpressure()
+                batches = await self.consumer.getmany(timeout_ms=200, max_records=200)
+                for tp, records in batches.items():
+                    for record in records:
+                        self._dispatch(tp, record)
+        finally:
+            committer.cancel()
+            await self._commit()
+
+    def _apply_backpressure(self) -> None:
+        assigned = list(self.consumer.assignment())
+        if not self._paused and self.in_flight >= self.max_in_flight:
+            self.consumer.pause(*assigned)
+            self._paused = True
+        elif self._paused and self.in_flight < self.max_in_flight * 3 // 4:
+            self.consumer.resume(*assigned)
+            self._paused = False
+        metrics.CONSUMER_INFLIGHT.labels(self.group_id).set(self.in_flight)
+
+    def _dispatch(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        state = self._partitions.setdefault(tp, _PartitionState())
+        state.in_flight.add(record.offset)
+        task = asyncio.create_task(self._handle(tp, record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            await self._handle_with_retries(record)
+        except asyncio.CancelledError:
+            # Stopped or revoked mid-handler: leave the offset uncommitted so it is redelivered.
+            raise
+        else:
+            state = self._partitions.get(tp)
+            if state is not None:
+                state.in_flight.discard(record.offset)
+                state.highest_done = max(state.highest_done, record.offset)
+
+    async def _handle_with_retries(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        lag_s = max(0.0, (telemetry.now_ms() - record.timestamp) / 1000)
+        metrics.CONSUMER_LAG_SECONDS.labels(self.group_id, record.topic).observe(lag_s)
+        try:
+            envelope = Envelope.from_bytes(record.value)
+        except EnvelopeError as exc:
+            await self._dead_letter(record, str(exc))
+            return
+        for attempt in range(self.retries + 1):
+            try:
+                with telemetry.consume_span(f"{self.group_id} {envelope.type}", record, envelope):
+                    await self.handler(envelope, record)
+                return
+            except PoisonRecord as exc:
+                await self._dead_letter(record, str(exc))
+                return
+            except (TransientError, KafkaError, OSError) as exc:
+                if attempt == self.retries:
+                    await self._dead_letter(record, f"gave up after {attempt + 1} attempts: {exc}")
+                    return
+                delay = min(10.0, 0.2 * 2**attempt) * (0.5 + random.random())
+                log.warning(
+                    "transient error handling %s (attempt %d), retrying in %.1fs: %s",
+                    envelope.id,
+                    attempt + 1,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a handler bug must not stop the partition forever
+                log.exception("handler failed on %s", envelope.id)
+                await self._dead_letter(record, f"handler error: {type(exc).__name__}: {exc}")
+                return
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+        metrics.DEAD_LETTERS.labels(self.group_id).inc()
+        headers = [
+            ("a0-dlq-reason", reason.encode()),
+            ("a0-dlq-source-topic", record.topic.encode()),
+            ("a0-dlq-source-partition", str(record.partition).encode()),
+            ("a0-dlq-source-offset", str(record.offset).encode()),
+        ]
+        future = await self.producer.send(
+            self.dead_letter_topic, record.value or b"", key=record.key, headers=headers
+        )
+        await future
+
+    async def _commit(self) -> None:
+        offsets = {}
+        for tp, state in self._partitions.items():
+            offset = state.committable()
+            if offset is not None:
+                offsets[tp] = offset
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance in progress: the next commit (or the new owner) covers it.
+            log.info("commit skipped: %s", exc)
+
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            await self._commit()
+
+    def _revoke(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            self._partitions.pop(tp, None)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.loop._commit()
+        self.loop._revoke(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self.loop._partitions.setdefault(tp, _PartitionState())

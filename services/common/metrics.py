@@ -1,0 +1,36 @@
+"""Prometheus metrics shared by the services (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30)
+
+REQUESTS = Counter("a0_gateway_requests_total", "HTTP requests", ["method", "route", "status"])
+REQUEST_LATENCY = Histogram(
+    "a0_gateway_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS
+)
+EVENTS_FANNED_OUT = Counter("a0_gateway_events_total", "Outbound events delivered to clients", ["type"])
+CLIENTS = Gauge("a0_gateway_clients", "Connected streaming clients", ["transport"])
+SHED = Counter("a0_gateway_shed_total", "Requests refused with 429", ["reason"])
+
+EVENT_LATENCY = Histogram(
+    "a0_event_latency_seconds",
+    "Time from an event's creation to its fan-out by the gateway",
+    ["type"],
+    buckets=LATENCY_BUCKETS,
+)
+CONSUMER_LAG_SECONDS = Histogram(
+    "a0_consumer_lag_seconds",
+    "Age of a record when its handler starts",
+    ["group", "topic"],
+    buckets=LATENCY_BUCKETS,
+)
+CONSUMER_INFLIGHT = Gauge("a0_consumer_inflight", "Records being handled", ["group"])
+DEAD_LETTERS = Counter("a0_dead_letters_total", "Records sent to a dead-letter topic", ["group"])
+
+TURNS = Counter("a0_turns_total", "Turns finished by the worker", ["outcome"])
+TURNS_INFLIGHT = Gauge("a0_turns_inflight", "Turns the worker is running")
+TURN_SECONDS = Histogram("a0_turn_seconds", "Turn duration in the worker", buckets=LATENCY_BUCKETS)
+LLM_SECONDS = Histogram("a0_llm_call_seconds", "Upstream LLM call duration", buckets=LATENCY_BUCKETS)
+TOOL_CALLS = Counter("a0_tool_calls_total", "Tool calls", ["tool", "outcome"])

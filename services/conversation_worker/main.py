@@ -1,0 +1,83 @@
+"""The conversation worker service: consumes ``conversation.inbound`` (as a group) and
+``tool.results`` (every partition), runs turns, publishes ``conversation.outbound`` and
+``tool.requests``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import redis.asyncio as aioredis
+from prometheus_client import start_http_server
+
+from services.common.credentials import CredentialStore
+from services.common.db import migrate, open_pool
+from services.common.kafka import INBOUND, ConsumerLoop, make_producer
+from services.common.logging import setup_logging
+from services.common.settings import Settings
+from services.common.telemetry import setup_tracing
+from services.conversation_worker.events import EventLog
+from services.conversation_worker.handlers import TurnRunner
+from services.conversation_worker.llm import LLMClients
+from services.conversation_worker.results import ToolResults
+from services.tool_executor.tools import load_tools
+
+log = logging.getLogger(__name__)
+GROUP = "a0-conversation-worker"
+
+
+async def run(settings: Settings) -> None:
+    await migrate(settings)
+    pool = await open_pool(settings, min_size=4, max_size=40)
+    redis = aioredis.from_url(settings.redis_url)
+    producer = make_producer(settings, "conversation-worker")
+    results = ToolResults(settings)
+    credentials = CredentialStore(settings, pool, redis)
+    llm = LLMClients(settings, credentials)
+    await producer.start()
+    await credentials.start_listening()
+    await results.start()
+    runner = TurnRunner(
+        settings,
+        pool=pool,
+        producer=producer,
+        redis=redis,
+        events=EventLog(pool, producer),
+        results=results,
+        llm=llm,
+        tool_specs=[tool.spec.openai_tool() for tool in load_tools().values()],
+    )
+    loop = ConsumerLoop(
+        settings,
+        topics=[INBOUND],
+        group_id=GROUP,
+        handler=runner.handle,
+        dead_letter_topic="dlq.conversation-worker",
+        producer=producer,
+        max_in_flight=settings.worker.max_inflight,
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    try:
+        await loop.start()
+        log.info("conversation worker consuming %s", INBOUND)
+        consuming = asyncio.create_task(loop.run())
+        await asyncio.wait([consuming, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        consuming.cancel()
+    finally:
+        await loop.stop()
+        await results.stop()
+        await credentials.stop_listening()
+        await producer.stop()
+        await llm.aclose()
+        await redis.aclose()
+        await pool.close()
+
+
+def serve(settings: Settings) -> None:
+    setup_logging("conversation-worker")
+    setup_tracing(settings, "conversation-worker")
+    start_http_server(settings.worker.metrics_port, addr=settings.stack.host)
+    asyncio.run(run(settings))

@@ -1,0 +1,95 @@
+"""The gateway's runtime state and its FastAPI dependencies, as ``Annotated`` aliases
+(``State``, ``CurrentUser``, ``StreamUser``, ``Db``) so routes stay short."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Query, Request
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from services.common.auth import Principal, verify_token
+from services.common.policy import PolicyClient
+from services.common.settings import Settings
+from services.gateway.errors import Unauthorized, Unavailable
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+    from redis.asyncio import Redis
+
+    from services.gateway.fanout import Hub, OutboundConsumer
+
+
+@dataclass
+class GatewayState:
+    """Every client the gateway holds, opened and closed by the app's lifespan."""
+
+    settings: Settings
+    pool: AsyncConnectionPool
+    redis: Redis
+    producer: AIOKafkaProducer
+    policy: PolicyClient
+    hub: Hub
+    outbound: OutboundConsumer
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_state(request: Request) -> GatewayState:
+    state: GatewayState | None = getattr(request.app.state, "gateway", None)
+    if state is None:
+        raise Unavailable("the gateway is starting; try again")
+    return state
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+State = Annotated[GatewayState, Depends(get_state)]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authenticate(settings: Settings, token: str | None) -> Principal:
+    if not token:
+        raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+    return verify_token(settings, token)
+
+
+def current_user(request: Request, settings: SettingsDep) -> Principal:
+    return authenticate(settings, bearer_token(request.headers.get("authorization")))
+
+
+def stream_user(
+    request: Request,
+    settings: SettingsDep,
+    access_token: Annotated[
+        str | None, Query(description="For EventSource, which cannot set headers.")
+    ] = None,
+) -> Principal:
+    token = bearer_token(request.headers.get("authorization")) or access_token
+    return authenticate(settings, token)
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+StreamUser = Annotated[Principal, Depends(stream_user)]
+
+
+async def db_connection(state: State) -> AsyncIterator[AsyncConnection]:
+    async with state.pool.connection(timeout=10) as conn:
+        yield conn
+
+
+Db = Annotated[AsyncConnection, Depends(db_connection)]

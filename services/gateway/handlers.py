@@ -1,0 +1,300 @@
+"""What each gateway request does, independent of the transport: REST routes and the
+WebSocket call these same functions (one code path for messages and cancels)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from opentelemetry.trace import SpanKind
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from pydantic import ValidationError
+
+from services.common.auth import Principal
+from services.common.envelope import Envelope, EventType, new_id
+from services.common.kafka import INBOUND, publish
+from services.common.telemetry import tracer
+from services.gateway import ratelimit
+from services.gateway.deps import GatewayState
+from services.gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
+from services.gateway.fanout import envelope_from_row
+from services.gateway.models import (
+    CancelAccepted,
+    ConversationCreated,
+    ConversationDetail,
+    ConversationSummary,
+    CreateConversation,
+    MessageAccepted,
+    TurnPolicy,
+    UpdateConversation,
+)
+
+log = logging.getLogger("a0.gateway")
+
+PUBLISH_TIMEOUT_S = 10.0
+BROKER_DOWN = "the message broker is unavailable; nothing was accepted, try again"
+BUSY = "a turn is already running; wait for it or cancel it"
+
+# last_seq from the events themselves too, whichever of the two the worker advanced.
+_SUMMARY = """
+SELECT c.id, c.owner_id, c.title, c.policy, c.created_at, c.updated_at,
+       GREATEST(c.last_seq, COALESCE((SELECT max(e.seq) FROM events e WHERE e.conversation_id = c.id), 0))
+           AS last_seq
+FROM conversations c
+"""
+
+
+async def _conversation_row(conn: AsyncConnection, conversation_id: str) -> dict[str, Any] | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_SUMMARY + " WHERE c.id = %s", (conversation_id,))
+        return await cur.fetchone()
+
+
+async def authorize(
+    state: GatewayState,
+    principal: Principal,
+    action: str,
+    conversation_id: str,
+    conn: AsyncConnection | None = None,
+) -> dict[str, Any]:
+    """The conversation row, if it exists (else 404) and OPA allows ``action`` on it (else 403).
+
+    Pass the request's connection when it holds one: taking a second from the pool while
+    holding the first can starve the pool under load."""
+    if conn is not None:
+        row = await _conversation_row(conn, conversation_id)
+    else:
+        async with state.pool.connection(timeout=10) as own:
+            row = await _conversation_row(own, conversation_id)
+    if row is None:
+        raise NotFound(f"no conversation {conversation_id}")
+    decision = await state.policy.decide(
+        action,
+        principal.user_id,
+        roles=principal.roles,
+        owner_id=row["owner_id"],
+        conversation_id=conversation_id,
+    )
+    if not decision.allow:
+        raise Forbidden(decision.reason)
+    return row
+
+
+async def _allow(state: GatewayState, principal: Principal, action: str) -> None:
+    decision = await state.policy.decide(
+        action, principal.user_id, roles=principal.roles, owner_id=principal.user_id
+    )
+    if not decision.allow:
+        raise Forbidden(decision.reason)
+
+
+# --- conversations ----------------------------------------------------------------------
+
+
+async def create_conversation(
+    state: GatewayState, principal: Principal, body: CreateConversation
+) -> ConversationCreated:
+    await _allow(state, principal, "conversation.create")
+    async with state.pool.connection(timeout=10) as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "INSERT INTO conversations (id, owner_id, title, policy) VALUES (%s, %s, %s, %s) "
+            "RETURNING id, title, policy, created_at, last_seq",
+            (new_id(), principal.user_id, body.title or "", body.policy.value),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return ConversationCreated.model_validate(row)
+
+
+async def list_conversations(
+    state: GatewayState, conn: AsyncConnection, principal: Principal
+) -> list[ConversationSummary]:
+    await _allow(state, principal, "conversation.list")
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _SUMMARY + " WHERE c.owner_id = %s ORDER BY c.updated_at DESC, c.created_at DESC",
+            (principal.user_id,),
+        )
+        rows = await cur.fetchall()
+    return [ConversationSummary.model_validate(row) for row in rows]
+
+
+def history_message(turn_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A transcript row (OpenAI chat format) as the client sees it."""
+    message: dict[str, Any] = {
+        "role": body.get("role", role),
+        "content": body.get("content"),
+        "turn_id": turn_id,
+    }
+    for key in ("tool_calls", "tool_call_id", "name"):
+        if body.get(key) is not None:
+            message[key] = body[key]
+    return message
+
+
+def client_event_from_row(data: Any) -> dict[str, Any]:
+    try:
+        return envelope_from_row(data).client_event()
+    except ValidationError:  # a row this version cannot read: show it as stored, minus the version
+        return {key: value for key, value in dict(data).items() if key != "v"}
+
+
+async def conversation_detail(
+    state: GatewayState, conn: AsyncConnection, principal: Principal, conversation_id: str
+) -> ConversationDetail:
+    row = await authorize(state, principal, "conversation.read", conversation_id, conn)
+    messages = await conn.execute(
+        "SELECT turn_id, role, body FROM messages WHERE conversation_id = %s ORDER BY position",
+        (conversation_id,),
+    )
+    history = [history_message(turn_id, role, body) for turn_id, role, body in await messages.fetchall()]
+    events = await conn.execute(
+        "SELECT envelope FROM events WHERE conversation_id = %s ORDER BY seq", (conversation_id,)
+    )
+    client_events = [client_event_from_row(data) for (data,) in await events.fetchall()]
+    last_seq = max([row["last_seq"], *(event.get("seq", 0) for event in client_events)])
+    return ConversationDetail.model_validate(
+        {**row, "last_seq": last_seq, "messages": history, "events": client_events}
+    )
+
+
+async def update_conversation(
+    state: GatewayState, principal: Principal, conversation_id: str, body: UpdateConversation
+) -> ConversationSummary:
+    await authorize(state, principal, "conversation.write", conversation_id)
+    async with state.pool.connection(timeout=10) as conn:
+        await conn.execute(
+            "UPDATE conversations SET title = COALESCE(%s, title), policy = COALESCE(%s, policy), "
+            "updated_at = now() WHERE id = %s",
+            (body.title, body.policy.value if body.policy else None, conversation_id),
+        )
+        row = await _conversation_row(conn, conversation_id)
+    if row is None:
+        raise NotFound(f"no conversation {conversation_id}")
+    return ConversationSummary.model_validate(row)
+
+
+# --- messages and cancels -------------------------------------------------------------------
+
+
+async def publish_confirmed(state: GatewayState, envelope: Envelope) -> None:
+    """Publish to conversation.inbound and wait for the broker's ack; 503 if it cannot."""
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            delivery = await publish(state.producer, INBOUND, envelope)
+            await delivery
+    except (KafkaError, TimeoutError, OSError) as exc:
+        log.warning("publishing %s %s failed: %s: %s", envelope.type, envelope.id, type(exc).__name__, exc)
+        raise Unavailable(BROKER_DOWN) from exc
+
+
+def _cancel_envelope(
+    principal: Principal, conversation_id: str, turn_id: str | None, reason: str
+) -> Envelope:
+    return Envelope(
+        type=EventType.CANCEL,
+        conversation_id=conversation_id,
+        turn_id=turn_id or "*",
+        user_id=principal.user_id,
+        payload={"reason": reason},
+    )
+
+
+async def submit_message(
+    state: GatewayState, principal: Principal, conversation_id: str, content: str
+) -> MessageAccepted:
+    """Authorize, rate-limit, shed, apply the conversation's turn policy, then accept: the
+    turn row is written and the message acknowledged by Kafka before this returns."""
+    limits = state.settings.gateway
+    if not content:
+        raise InvalidRequest("content: must not be empty")
+    if len(content) > limits.max_message_chars:
+        raise InvalidRequest(f"content: at most {limits.max_message_chars} characters")
+    await authorize(state, principal, "conversation.write", conversation_id)
+    await ratelimit.check_rate(state.redis, principal.user_id, limits.rate_per_user_per_min)
+    await ratelimit.reserve_turn(state.redis, limits.max_inflight_turns)
+    accepted = False
+    turn_id, message_id = new_id(), new_id()
+    try:
+        with tracer.start_as_current_span(
+            "gateway message",
+            kind=SpanKind.PRODUCER,
+            attributes={"a0.conversation_id": conversation_id, "a0.turn_id": turn_id},
+        ):
+            async with state.pool.connection(timeout=10) as conn, conn.transaction():
+                # The row lock serialises messages of one conversation across replicas.
+                locked = await conn.execute(
+                    "SELECT policy FROM conversations WHERE id = %s FOR UPDATE", (conversation_id,)
+                )
+                found = await locked.fetchone()
+                if found is None:
+                    raise NotFound(f"no conversation {conversation_id}")
+                busy = await conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM turns WHERE conversation_id = %s "
+                    "AND status IN ('queued', 'running'))",
+                    (conversation_id,),
+                )
+                busy_row = await busy.fetchone()
+                if busy_row and busy_row[0]:
+                    if found[0] == TurnPolicy.reject:
+                        raise Conflict(BUSY)
+                    if found[0] == TurnPolicy.interrupt:
+                        # Before this turn exists, so the cancel cannot catch it.
+                        await publish_confirmed(
+                            state,
+                            _cancel_envelope(
+                                principal, conversation_id, None, "interrupted by a new message"
+                            ),
+                        )
+                await conn.execute(
+                    "INSERT INTO turns (turn_id, conversation_id, status) VALUES (%s, %s, 'queued')",
+                    (turn_id, conversation_id),
+                )
+                await conn.execute(
+                    "UPDATE conversations SET updated_at = now() WHERE id = %s", (conversation_id,)
+                )
+            message = Envelope(
+                type=EventType.USER_MESSAGE,
+                conversation_id=conversation_id,
+                turn_id=turn_id,
+                user_id=principal.user_id,
+                payload={"message_id": message_id, "content": content},
+            )
+            try:
+                await publish_confirmed(state, message)
+            except Unavailable:
+                async with state.pool.connection(timeout=10) as conn:
+                    await conn.execute(
+                        "UPDATE turns SET status = 'failed', updated_at = now() WHERE turn_id = %s",
+                        (turn_id,),
+                    )
+                raise
+        accepted = True
+    finally:
+        if not accepted:
+            await ratelimit.release_turn(state.redis)
+    return MessageAccepted(conversation_id=conversation_id, message_id=message_id, turn_id=turn_id)
+
+
+async def cancel_turn(
+    state: GatewayState, principal: Principal, conversation_id: str, turn_id: str | None
+) -> CancelAccepted:
+    """Ask the worker to cancel one turn, or every open turn of the conversation (``*``)."""
+    await authorize(state, principal, "conversation.cancel", conversation_id)
+    if turn_id is not None:
+        async with state.pool.connection(timeout=10) as conn:
+            found = await conn.execute(
+                "SELECT 1 FROM turns WHERE turn_id = %s AND conversation_id = %s", (turn_id, conversation_id)
+            )
+            if await found.fetchone() is None:
+                raise NotFound(f"no turn {turn_id} in conversation {conversation_id}")
+    with tracer.start_as_current_span(
+        "gateway cancel", kind=SpanKind.PRODUCER, attributes={"a0.conversation_id": conversation_id}
+    ):
+        await publish_confirmed(
+            state, _cancel_envelope(principal, conversation_id, turn_id, "cancelled by user")
+        )
+    return CancelAccepted(conversation_id=conversation_id, turn_id=turn_id)

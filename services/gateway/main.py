@@ -1,0 +1,136 @@
+"""The gateway app: ``create_app(settings)`` builds it, ``serve(settings)`` runs it.
+
+The lifespan opens every client (PostgreSQL pool, Redis, Kafka producer, OPA) and the
+outbound consumer, and closes them all in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from starlette.staticfiles import StaticFiles
+
+from services.common.db import migrate, open_pool
+from services.common.kafka import make_producer
+from services.common.logging import register_secret, setup_logging
+from services.common.policy import PolicyClient
+from services.common.settings import Settings
+from services.common.telemetry import setup_tracing
+from services.gateway import routes_conversations, routes_ops, routes_stream
+from services.gateway.deps import GatewayState
+from services.gateway.errors import NotFound, install_error_handlers
+from services.gateway.fanout import Hub, OutboundConsumer
+from services.gateway.middleware import GatewayMiddleware
+
+log = logging.getLogger("a0.gateway")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+KAFKA_START_ATTEMPTS = 30
+
+
+async def _start_producer(settings: Settings) -> AIOKafkaProducer:
+    """Start the producer, waiting for Kafka a little while if it is still coming up."""
+    for attempt in range(1, KAFKA_START_ATTEMPTS + 1):
+        producer = make_producer(settings, f"gateway-{settings.gateway.replica}")
+        try:
+            await producer.start()
+            return producer
+        except Exception as exc:  # KafkaConnectionError and friends: retry, then give up loudly
+            await producer.stop()
+            if attempt == KAFKA_START_ATTEMPTS:
+                raise
+            log.warning("Kafka at %s not reachable yet (%s); retrying", settings.kafka_bootstrap, exc)
+            await asyncio.sleep(1)
+    raise AssertionError("unreachable")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    register_secret(settings.gateway.jwt_secret.get_secret_value())
+    await migrate(settings)
+    pool = await open_pool(settings)
+    redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+    policy = PolicyClient(settings)
+    producer: AIOKafkaProducer | None = None
+    consumer_task: asyncio.Task[None] | None = None
+    try:
+        producer = await _start_producer(settings)
+        hub = Hub()
+        outbound = OutboundConsumer(settings, hub, producer)
+        consumer_task = asyncio.create_task(outbound.run(), name="outbound-consumer")
+        app.state.gateway = GatewayState(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            producer=producer,
+            policy=policy,
+            hub=hub,
+            outbound=outbound,
+        )
+        log.info("gateway %s listening on %s", settings.gateway.replica, settings.gateway_url)
+        yield
+    finally:
+        app.state.gateway = None
+        if consumer_task is not None:
+            consumer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer_task
+        if producer is not None:
+            await producer.stop()
+        await policy.aclose()
+        await redis.aclose()
+        await pool.close()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="a0 gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        strict_content_type=False,  # a JSON body without a Content-Type header is still JSON
+    )
+    app.state.settings = settings
+    app.state.gateway = None
+    install_error_handlers(app)
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.gateway.max_body_bytes)
+    app.include_router(routes_ops.router)
+    app.include_router(routes_conversations.router)
+    app.include_router(routes_stream.router)
+
+    # The chat UI: checked per request, so the files may appear after the app is built.
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        page = STATIC_DIR / "index.html"
+        if not page.is_file():
+            raise NotFound("the chat UI is not installed (services/gateway/static/index.html)")
+        return FileResponse(page)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway with uvicorn on ``stack.host:gateway.port`` until interrupted."""
+    setup_logging("gateway")
+    setup_tracing(settings, "gateway")
+    # No access log: request lines are noise under load, and SSE URLs may carry a token.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.stack.host,
+        port=settings.gateway.port,
+        access_log=False,
+        log_config=None,
+        ws_max_size=max(settings.gateway.max_body_bytes, 65536),
+    )

@@ -1,0 +1,130 @@
+"""One pure-ASGI middleware for every request: a request id (``X-Request-ID``), the body
+size limit (Content-Length checked up front, streamed bodies counted as they arrive),
+and the request metrics. Pure ASGI, not ``BaseHTTPMiddleware``, so SSE streams pass
+through untouched."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common import metrics
+from services.common.envelope import new_id
+from services.gateway.errors import REQUEST_ID_HEADER, BodyTooLarge, error_body
+
+# A caller's own request id is kept when it is short and plain, so it can be correlated.
+_CALLER_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def pick_request_id(incoming: str | None) -> str:
+    if incoming and _CALLER_REQUEST_ID.match(incoming):
+        return incoming
+    return new_id()
+
+
+def route_label(scope: Scope) -> str:
+    """The route template (``/v1/conversations/{conversation_id}``), never the raw path:
+    unknown paths share one label so they cannot blow up the metric's cardinality."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) and path else "unmatched"
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = pick_request_id(headers.get(REQUEST_ID_HEADER))
+        scope.setdefault("state", {})["request_id"] = request_id
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        started = time.perf_counter()
+        status = 500
+        streaming = False
+        limit = self.max_body_bytes
+
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject_too_large(send, request_id)
+            self._observe(scope, 413, started, streaming=False)
+            return
+
+        if scope.get("method") in _BODY_METHODS and not _is_json(headers.get("content-type")):
+            # A JSON-only API: a body sent as form or text (``curl -d``) is read as JSON too.
+            scope["headers"] = [
+                (name, b"application/json" if name == b"content-type" else value)
+                for name, value in scope["headers"]
+            ]
+
+        received = 0
+
+        async def receive_capped() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, streaming
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_headers = MutableHeaders(scope=message)
+                response_headers[REQUEST_ID_HEADER] = request_id
+                streaming = response_headers.get("content-type", "").startswith("text/event-stream")
+            await send(message)
+
+        try:
+            await self.app(scope, receive_capped, send_with_id)
+        finally:
+            self._observe(scope, status, started, streaming=streaming)
+
+    async def _reject_too_large(self, send: Send, request_id: str) -> None:
+        message = f"the request body is larger than {self.max_body_bytes} bytes"
+        body = json.dumps(
+            error_body("payload_too_large", message, request_id), separators=(",", ":")
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _observe(scope: Scope, status: int, started: float, *, streaming: bool) -> None:
+        route = route_label(scope)
+        metrics.REQUESTS.labels(scope.get("method", "GET"), route, str(status)).inc()
+        if not streaming:  # an SSE stream's duration is a session length, not a latency
+            metrics.REQUEST_LATENCY.labels(route).observe(time.perf_counter() - started)

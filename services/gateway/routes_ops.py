@@ -1,0 +1,86 @@
+"""Operations: ``/health`` (alive), ``/ready`` (every dependency answers), ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.common.kafka import INBOUND, OUTBOUND
+from services.gateway.deps import GatewayState, SettingsDep
+from services.gateway.errors import error_body, request_id_of
+
+router = APIRouter()
+
+CHECK_TIMEOUT_S = 3.0
+
+
+@router.get("/health")
+async def health(settings: SettingsDep) -> dict[str, str]:
+    return {"status": "ok", "replica": settings.gateway.replica}
+
+
+async def _kafka(state: GatewayState) -> None:
+    cluster = await state.producer.client.fetch_all_metadata()
+    missing = sorted({INBOUND, OUTBOUND} - set(cluster.topics()))
+    if missing:
+        raise RuntimeError(f"topics missing: {', '.join(missing)} (run `a0ctl topics apply`)")
+    if not state.outbound.connected:
+        raise RuntimeError(f"outbound consumer not running: {state.outbound.last_error}")
+
+
+async def _redis(state: GatewayState) -> None:
+    await state.redis.ping()
+
+
+async def _postgres(state: GatewayState) -> None:
+    async with state.pool.connection(timeout=CHECK_TIMEOUT_S) as conn:
+        await conn.execute("SELECT 1")
+
+
+async def _opa(state: GatewayState) -> None:
+    decision = await state.policy.decide("conversation.list", "ready-probe", owner_id="ready-probe")
+    if not decision.allow:
+        raise RuntimeError(f"policy answers unexpectedly: {decision.reason}")
+
+
+async def _check(probe: Awaitable[None]) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await probe
+        return "ok"
+    except TimeoutError:
+        return f"no answer within {CHECK_TIMEOUT_S:g} s"
+    except Exception as exc:  # a failed probe is a readiness answer, not an error
+        return f"{type(exc).__name__}: {exc}"[:300]
+
+
+@router.get("/ready", response_model=None)
+async def ready(request: Request) -> dict[str, Any] | JSONResponse:
+    state: GatewayState | None = getattr(request.app.state, "gateway", None)
+    if state is None:
+        return JSONResponse({"status": "starting", "checks": {}}, status_code=503)
+    names = ("kafka", "redis", "postgres", "opa")
+    results = await asyncio.gather(
+        _check(_kafka(state)), _check(_redis(state)), _check(_postgres(state)), _check(_opa(state))
+    )
+    checks = dict(zip(names, results, strict=True))
+    if all(result == "ok" for result in results):
+        return {"status": "ready", "checks": checks}
+    failing = ", ".join(name for name, result in checks.items() if result != "ok")
+    # The readiness report, plus the one error shape every other failure uses.
+    body = {
+        "status": "not ready",
+        "checks": checks,
+        **error_body("unavailable", f"not ready: {failing}", request_id_of(request)),
+    }
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

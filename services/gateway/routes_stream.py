@@ -1,0 +1,278 @@
+"""Live events: ``GET /v1/conversations/{id}/events`` (SSE) and ``/v1/ws`` (WebSocket).
+
+Both carry each event as ``Envelope.client_event()`` and resume from a seq cursor (SSE:
+``Last-Event-ID`` or ``?after=``; WebSocket: ``subscribe.after``). Messages and cancels
+over the WebSocket go through :mod:`services.gateway.handlers`, like REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import psycopg
+import psycopg_pool
+import redis.exceptions
+from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
+from pydantic import TypeAdapter, ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from services.common import metrics
+from services.common.auth import AuthError, Principal
+from services.common.envelope import Envelope, new_id
+from services.common.policy import PolicyUnavailable
+from services.gateway import handlers
+from services.gateway.deps import GatewayState, State, StreamUser, authenticate, bearer_token
+from services.gateway.errors import ApiError, InvalidRequest, error_body, validation_message
+from services.gateway.fanout import SlowConsumer, Subscription
+from services.gateway.models import ConversationId, WsCancel, WsCommand, WsMessage, WsSubscribe, WsUnsubscribe
+
+log = logging.getLogger("a0.gateway.stream")
+
+router = APIRouter()
+
+PING_S = 15
+WS_UNAUTHORIZED = 4401
+WS_TRY_AGAIN_LATER = 1013
+_COMMAND: TypeAdapter[WsCommand] = TypeAdapter(WsCommand)
+_COMMAND_TYPES = frozenset({"subscribe", "unsubscribe", "message", "cancel"})
+
+
+def resume_cursor(last_event_id: str | None, after: int | None) -> int:
+    """Where a stream resumes: ``Last-Event-ID`` (sent by a reconnecting EventSource) wins
+    over ``?after=``; neither means from the beginning."""
+    if last_event_id is not None and last_event_id.strip():
+        value = last_event_id.strip()
+        if not value.isdigit():
+            raise InvalidRequest("Last-Event-ID: must be a non-negative integer (an event seq)")
+        return int(value)
+    return after or 0
+
+
+def sse_event(envelope: Envelope) -> ServerSentEvent:
+    return ServerSentEvent(
+        data=json.dumps(envelope.client_event(), separators=(",", ":")),
+        event=str(envelope.type),
+        id=str(envelope.seq),
+    )
+
+
+async def _sse_stream(
+    state: GatewayState, conversation_id: str, after: int
+) -> AsyncIterator[ServerSentEvent]:
+    metrics.CLIENTS.labels("sse").inc()
+    try:
+        async with Subscription(state.hub, state.pool, conversation_id, after) as events:
+            async for envelope in events:
+                metrics.EVENTS_FANNED_OUT.labels(str(envelope.type)).inc()
+                yield sse_event(envelope)
+    except SlowConsumer as exc:
+        log.info("closing SSE stream of %s: %s", conversation_id, exc)  # the client resumes
+    finally:
+        metrics.CLIENTS.labels("sse").dec()
+
+
+@router.get("/v1/conversations/{conversation_id}/events", response_model=None)
+async def conversation_events(
+    conversation_id: ConversationId,
+    user: StreamUser,
+    state: State,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    cursor = resume_cursor(last_event_id, after)
+    await handlers.authorize(state, user, "conversation.read", conversation_id)
+    return EventSourceResponse(
+        _sse_stream(state, conversation_id, cursor), ping=PING_S, headers={"X-Accel-Buffering": "no"}
+    )
+
+
+# --- WebSocket ------------------------------------------------------------------------
+
+_UNAVAILABLE = (
+    PolicyUnavailable,
+    psycopg.OperationalError,
+    psycopg_pool.PoolTimeout,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+class WsSession:
+    """One WebSocket: its subscriptions (one task each) and its commands."""
+
+    def __init__(self, websocket: WebSocket, state: GatewayState, principal: Principal) -> None:
+        self.websocket = websocket
+        self.state = state
+        self.principal = principal
+        self._send_lock = asyncio.Lock()
+        self._follows: dict[str, asyncio.Task[None]] = {}
+
+    async def send(self, data: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.websocket.send_text(json.dumps(data, separators=(",", ":")))
+
+    async def send_error(
+        self, code: str, message: str, request_id: str | None, conversation_id: str | None = None
+    ) -> None:
+        reply: dict[str, Any] = {"type": "error", **error_body(code, message, request_id or new_id())}
+        if conversation_id:
+            reply["conversation_id"] = conversation_id
+        await self.send(reply)
+
+    async def ack(
+        self,
+        request_id: str | None,
+        conversation_id: str,
+        message_id: str | None = None,
+        turn_id: str | None = None,
+    ) -> None:
+        await self.send(
+            {
+                "type": "ack",
+                "request_id": request_id or new_id(),
+                "conversation_id": conversation_id,
+                "message_id": message_id,
+                "turn_id": turn_id,
+            }
+        )
+
+    async def run(self) -> None:
+        metrics.CLIENTS.labels("ws").inc()
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                raw = message.get("text")
+                if raw is None and message.get("bytes") is not None:
+                    raw = message["bytes"].decode(errors="replace")
+                await self.handle(raw or "")
+        except WebSocketDisconnect:
+            return
+        finally:
+            metrics.CLIENTS.labels("ws").dec()
+            for task in self._follows.values():
+                task.cancel()
+            await asyncio.gather(*self._follows.values(), return_exceptions=True)
+
+    async def handle(self, raw: str) -> None:
+        request_id: str | None = None
+        conversation_id: str | None = None
+        try:
+            if len(raw.encode()) > self.state.settings.gateway.max_body_bytes:
+                await self.send_error(
+                    "payload_too_large",
+                    f"the message is larger than {self.state.settings.gateway.max_body_bytes} bytes",
+                    None,
+                )
+                return
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                await self.send_error("malformed_json", f"the message is not valid JSON: {exc.msg}", None)
+                return
+            if isinstance(data, dict):
+                request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
+                conversation_id = (
+                    data.get("conversation_id") if isinstance(data.get("conversation_id"), str) else None
+                )
+            try:
+                command = _COMMAND.validate_python(data)
+            except ValidationError as exc:
+                _, text = validation_message(exc.errors(), _COMMAND_TYPES)
+                await self.send_error("invalid_request", text, request_id, conversation_id)
+                return
+            await self.dispatch(command)
+        except ApiError as exc:
+            await self.send_error(exc.code, exc.message, request_id, conversation_id)
+        except AuthError as exc:
+            await self.send_error("unauthorized", exc.message, request_id, conversation_id)
+        except _UNAVAILABLE as exc:
+            log.warning("ws command failed: %s: %s", type(exc).__name__, exc)
+            await self.send_error(
+                "unavailable", "a backing service is unavailable; try again", request_id, conversation_id
+            )
+        except WebSocketDisconnect:
+            raise
+        except Exception:  # a bug answers this command, it does not drop the connection
+            log.exception("ws command failed")
+            await self.send_error(
+                "internal",
+                "internal error; quote the request id when reporting it",
+                request_id,
+                conversation_id,
+            )
+
+    async def dispatch(self, command: WsCommand) -> None:
+        cid = command.conversation_id
+        if isinstance(command, WsSubscribe):
+            await handlers.authorize(self.state, self.principal, "conversation.read", cid)
+            await self._stop_following(cid)
+            await self.ack(command.request_id, cid)
+            self._follows[cid] = asyncio.create_task(self._follow(cid, command.after, command.request_id))
+        elif isinstance(command, WsUnsubscribe):
+            await self._stop_following(cid)
+            await self.ack(command.request_id, cid)
+        elif isinstance(command, WsMessage):
+            accepted = await handlers.submit_message(self.state, self.principal, cid, command.content)
+            await self.ack(command.request_id, cid, accepted.message_id, accepted.turn_id)
+        elif isinstance(command, WsCancel):
+            cancelled = await handlers.cancel_turn(self.state, self.principal, cid, command.turn_id)
+            await self.ack(command.request_id, cid, None, cancelled.turn_id)
+
+    async def _stop_following(self, conversation_id: str) -> None:
+        task = self._follows.pop(conversation_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self, conversation_id: str, after: int, request_id: str | None) -> None:
+        try:
+            async with Subscription(self.state.hub, self.state.pool, conversation_id, after) as events:
+                async for envelope in events:
+                    await self.send(envelope.client_event())
+                    metrics.EVENTS_FANNED_OUT.labels(str(envelope.type)).inc()
+        except SlowConsumer as exc:
+            log.info("closing WebSocket following %s: %s", conversation_id, exc)
+            with contextlib.suppress(Exception):
+                await self.websocket.close(
+                    WS_TRY_AGAIN_LATER, "too slow: reconnect and resubscribe with after"
+                )
+        except _UNAVAILABLE as exc:
+            log.warning("ws subscription to %s failed: %s", conversation_id, exc)
+            with contextlib.suppress(Exception):
+                await self.send_error(
+                    "unavailable",
+                    "event history is unavailable; subscribe again",
+                    request_id,
+                    conversation_id,
+                )
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            log.debug("ws subscription to %s ended: %s", conversation_id, exc)  # the socket is gone
+        except Exception:
+            log.exception("ws subscription to %s failed", conversation_id)
+        finally:
+            if self._follows.get(conversation_id) is asyncio.current_task():
+                del self._follows[conversation_id]
+
+
+@router.websocket("/v1/ws")
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    await websocket.accept()
+    token = bearer_token(websocket.headers.get("authorization")) or websocket.query_params.get("access_token")
+    try:
+        principal = authenticate(websocket.app.state.settings, token)
+    except (AuthError, ApiError) as exc:
+        await websocket.close(WS_UNAUTHORIZED, exc.message[:120])
+        return
+    state: GatewayState | None = getattr(websocket.app.state, "gateway", None)
+    if state is None:
+        await websocket.close(WS_TRY_AGAIN_LATER, "the gateway is starting")
+        return
+    await WsSession(websocket, state, principal).run()

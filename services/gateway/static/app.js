@@ -1,0 +1,1139 @@
+// a0 chat: the browser client of the a0 gateway. Plain ES module, no build step, no
+// third-party code. Everything it shows comes from the gateway's HTTP API:
+//
+//   POST /v1/auth/dev-login                      sign in (404: dev sign-in is off → paste a token)
+//   GET  /v1/conversations                       the sidebar
+//   POST /v1/conversations                       a new conversation (created on the first message)
+//   GET  /v1/conversations/{id}                  history: messages and events
+//   POST /v1/conversations/{id}/messages         send
+//   POST /v1/conversations/{id}/cancel           stop the running turn
+//   GET  /v1/conversations/{id}/events           the live stream (server-sent events)
+//   GET/PUT/DELETE /v1/settings/credentials[...] the LLM provider's key
+//
+// The transcript is always drawn from events, by one renderer, whether they come from the
+// history or from the live stream; events are deduplicated by their sequence number.
+
+const STORAGE = window.sessionStorage;
+const TOKEN_KEY = "a0.token";
+const USER_KEY = "a0.user";
+const EXPIRES_KEY = "a0.expires_at";
+const PROVIDER = "openai";
+const EVENT_TYPES = [
+  "message.accepted",
+  "message.delta",
+  "tool.call",
+  "tool.result",
+  "message.completed",
+  "error",
+  "cancelled",
+];
+const RECONNECT_MIN_MS = 1000;
+const RECONNECT_MAX_MS = 15000;
+const SETTINGS_CODES = new Set([
+  "llm_auth",
+  "llm_model",
+  "llm_forbidden",
+  "llm_model_not_found",
+  "model_not_found",
+  "no_credentials",
+  "credential_missing",
+  "credential_error",
+]);
+
+// What a person should read for each error code the worker or gateway may send.
+const ERROR_TEXT = {
+  llm_auth: "The LLM provider rejected your API key. Open Settings to fix it.",
+  llm_model: "The LLM provider does not know the model set in Settings. Open Settings to fix it.",
+  llm_forbidden: "The LLM provider refused this request for your API key. Open Settings to check it.",
+  llm_model_not_found: "The model set in Settings does not exist at the LLM provider. Open Settings to fix it.",
+  model_not_found: "The model set in Settings does not exist at the LLM provider. Open Settings to fix it.",
+  no_credentials: "No LLM provider is set up yet. Open Settings to add an API key.",
+  credential_missing: "No LLM provider is set up yet. Open Settings to add an API key.",
+  credential_error: "The stored API key could not be used. Open Settings to enter it again.",
+  llm_rate_limited: "The LLM provider is limiting requests right now. Wait a moment and try again.",
+  llm_unavailable: "The LLM provider cannot be reached right now. Try again in a moment.",
+  llm_timeout: "The LLM provider took too long to answer. Try again.",
+  llm_bad_request: "The LLM provider refused the request.",
+  llm_error: "The LLM provider returned an error.",
+  tool_denied: "A tool call was blocked by policy.",
+  policy_denied: "This was blocked by policy.",
+  forbidden: "You are not allowed to do this.",
+  tool_rounds_exceeded: "The assistant called tools too many times in a row and was stopped.",
+  max_tool_rounds: "The assistant called tools too many times in a row and was stopped.",
+  tool_error: "A tool failed.",
+  tool_timeout: "A tool took too long and was stopped.",
+  timeout: "The answer took too long and was stopped.",
+  overloaded: "The service is busy right now. Try again in a moment.",
+  internal: "Something went wrong on the server. Try again.",
+  internal_error: "Something went wrong on the server. Try again.",
+};
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
+  return node;
+}
+
+function show(node, visible = true) {
+  node.hidden = !visible;
+}
+
+function formatWhen(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return "";
+  const now = new Date();
+  const sameDay = date.toDateString() === now.toDateString();
+  return sameDay
+    ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+    : date.toLocaleDateString([], { month: "short", day: "numeric" });
+}
+
+function titleFrom(text) {
+  const line = text.trim().split("\n")[0].trim();
+  return line.length > 60 ? `${line.slice(0, 57)}…` : line || "New chat";
+}
+
+function friendlyError(code, message) {
+  if (code === "rate_limited" || code === "too_many_requests") return rateLimitText(null, message);
+  const text = ERROR_TEXT[code];
+  if (!text) return message || `Something went wrong (${code || "unknown error"}).`;
+  // Add the provider's or tool's own words where ours are generic.
+  const generic = !SETTINGS_CODES.has(code) && !text.includes("Try again") && message && message !== text;
+  return generic ? `${text} ${message}` : text;
+}
+
+function rateLimitText(seconds, message) {
+  if (!seconds && message) {
+    const match = /(\d+)\s*(?:s\b|sec|second)/i.exec(message);
+    if (match) seconds = Number(match[1]);
+  }
+  return seconds ? `Too many messages, wait ${seconds} s.` : "Too many messages, wait a moment.";
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API
+
+class ApiError extends Error {
+  constructor(status, code, message, requestId = null, retryAfter = null) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.requestId = requestId;
+    this.retryAfter = retryAfter;
+  }
+}
+
+const STATUS_TEXT = {
+  400: "The request was not accepted.",
+  401: "Your session has expired. Please sign in again.",
+  403: "You are not allowed to do this.",
+  404: "Not found.",
+  413: "That message is too long.",
+  429: "Too many requests. Wait a moment.",
+  500: "Something went wrong on the server. Try again.",
+  502: "The gateway could not reach a service behind it. Try again in a moment.",
+  503: "The service is not available right now. Try again in a moment.",
+};
+
+async function api(method, path, body, { signOutOn401 = true } = {}) {
+  const headers = { Accept: "application/json" };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+    });
+  } catch {
+    throw new ApiError(0, "network", "Cannot reach the a0 gateway. Check your connection and try again.");
+  }
+  const text = response.status === 204 ? "" : await response.text();
+  let data = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null;
+    }
+  }
+  if (response.ok) return data;
+
+  const error = (data && typeof data.error === "object" && data.error) || {};
+  let message = error.message;
+  if (!message && data && typeof data.detail === "string") message = data.detail;
+  if (!message) message = STATUS_TEXT[response.status] || `The gateway answered ${response.status}.`;
+  const header = Number(response.headers.get("Retry-After"));
+  const retryAfter = Number.isFinite(header) && header > 0 ? Math.ceil(header) : error.retry_after_s || null;
+  const failure = new ApiError(
+    response.status,
+    error.code || `http_${response.status}`,
+    message,
+    error.request_id || null,
+    retryAfter,
+  );
+  if (response.status === 401 && signOutOn401 && state.token) {
+    signOut("Your session has expired. Please sign in again.");
+  }
+  throw failure;
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+const state = {
+  token: null,
+  user: null,
+  conversations: [],
+  convId: null,
+  convTitle: null,
+  lastSeq: 0,
+  loadGen: 0, // bumps on every conversation switch: late answers of an older one are dropped
+  source: null,
+  streamGen: 0,
+  reconnectMs: RECONNECT_MIN_MS,
+  reconnectTimer: null,
+  turns: new Map(), // turn_id → Turn
+  pending: [], // turns sent but not yet confirmed by the gateway (no turn id yet)
+  sending: false,
+  wasRunning: false,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Sign-in
+
+function loadSession() {
+  const token = STORAGE.getItem(TOKEN_KEY);
+  const expires = Number(STORAGE.getItem(EXPIRES_KEY) || 0);
+  if (!token || (expires && Date.now() > expires)) {
+    clearSession();
+    return false;
+  }
+  state.token = token;
+  state.user = STORAGE.getItem(USER_KEY) || "";
+  return true;
+}
+
+function saveSession(token, user, expiresIn) {
+  state.token = token;
+  state.user = user;
+  STORAGE.setItem(TOKEN_KEY, token);
+  STORAGE.setItem(USER_KEY, user);
+  if (expiresIn) STORAGE.setItem(EXPIRES_KEY, String(Date.now() + Number(expiresIn) * 1000));
+  else STORAGE.removeItem(EXPIRES_KEY);
+}
+
+function clearSession() {
+  for (const key of [TOKEN_KEY, USER_KEY, EXPIRES_KEY]) STORAGE.removeItem(key);
+  state.token = null;
+  state.user = null;
+}
+
+function subjectOf(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
+    return claims.name || claims.preferred_username || claims.sub || "";
+  } catch {
+    return "";
+  }
+}
+
+function showSignin(message = "") {
+  show($("app"), false);
+  show($("signin"));
+  const error = $("signin-error");
+  error.textContent = message;
+  show(error, Boolean(message));
+  const tokenMode = !$("token-form").hidden;
+  (tokenMode ? $("signin-token") : $("signin-user")).focus();
+}
+
+function showTokenForm(message) {
+  show($("signin-form"), false);
+  show($("token-form"));
+  if (message) $("token-hint").textContent = message;
+  $("signin-token").focus();
+}
+
+async function onDevLogin(event) {
+  event.preventDefault();
+  const user = $("signin-user").value.trim();
+  if (!user) {
+    showSignin("Enter a user name.");
+    return;
+  }
+  const button = event.submitter || $("signin-form").querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const answer = await api("POST", "/v1/auth/dev-login", { user }, { signOutOn401: false });
+    saveSession(answer.token, user, answer.expires_in);
+    await enterApp();
+  } catch (error) {
+    if (error.status === 404) {
+      showSignin();
+      showTokenForm();
+    } else if (error.code === "invalid_request") {
+      showSignin("Use letters, digits, “.”, “_”, “@” or “-” (at most 64), starting with a letter or digit.");
+    } else {
+      showSignin(error.message);
+    }
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function onTokenLogin(event) {
+  event.preventDefault();
+  const token = $("signin-token").value.trim().replace(/^Bearer\s+/i, "");
+  if (!token) {
+    showSignin("Paste a bearer token.");
+    return;
+  }
+  state.token = token;
+  try {
+    await api("GET", "/v1/conversations", undefined, { signOutOn401: false });
+  } catch (error) {
+    state.token = null;
+    showSignin(error.status === 401 ? "That token was not accepted (expired or invalid)." : error.message);
+    return;
+  }
+  saveSession(token, subjectOf(token) || "token user", null);
+  await enterApp();
+}
+
+function signOut(message = "") {
+  closeStream();
+  clearSession();
+  resetTranscript();
+  state.convId = null;
+  state.conversations = [];
+  $("conversation-list").replaceChildren();
+  if ($("settings").open) $("settings").close();
+  history.replaceState(null, "", location.pathname + location.search);
+  showSignin(message);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The app shell: sidebar, routing
+
+async function enterApp() {
+  show($("signin"), false);
+  show($("signin-error"), false);
+  show($("app"));
+  $("user-name").textContent = state.user || "";
+  $("user-name").title = state.user || "";
+  await refreshConversations();
+  await route();
+  $("composer-input").focus();
+}
+
+function conversationIdFromHash() {
+  const match = /^#\/c\/([^/?#]+)/.exec(location.hash);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+async function route() {
+  if (!state.token) return;
+  const id = conversationIdFromHash();
+  if (id === state.convId && id !== null) return;
+  if (id) await openConversation(id);
+  else startNewChat();
+}
+
+async function refreshConversations() {
+  try {
+    const answer = await api("GET", "/v1/conversations");
+    state.conversations = (answer && answer.conversations) || [];
+  } catch (error) {
+    if (error.status !== 401) showBanner(error.message);
+    return;
+  }
+  renderConversationList();
+}
+
+function renderConversationList() {
+  const list = $("conversation-list");
+  const items = [...state.conversations].sort((a, b) =>
+    String(b.updated_at || b.created_at || "").localeCompare(String(a.updated_at || a.created_at || "")),
+  );
+  list.replaceChildren(
+    ...items.map((conversation) =>
+      el(
+        "li",
+        {},
+        el(
+          "button",
+          {
+            type: "button",
+            class: "conversation-item",
+            "data-testid": "conversation-item",
+            "data-conversation-id": conversation.id,
+            "aria-current": conversation.id === state.convId ? "true" : "false",
+            title: conversation.title || "Untitled",
+            onclick: () => selectConversation(conversation.id),
+          },
+          el("span", { class: "conversation-item-title", text: conversation.title || "Untitled" }),
+          el("span", { class: "when", text: formatWhen(conversation.updated_at || conversation.created_at) }),
+        ),
+      ),
+    ),
+  );
+  show($("conversation-empty"), items.length === 0);
+}
+
+function markCurrentConversation() {
+  for (const item of document.querySelectorAll("[data-testid=conversation-item]")) {
+    item.setAttribute("aria-current", item.dataset.conversationId === state.convId ? "true" : "false");
+  }
+}
+
+function selectConversation(id) {
+  closeSidebar();
+  if (id === state.convId) return;
+  location.hash = `#/c/${encodeURIComponent(id)}`; // → hashchange → route()
+}
+
+function startNewChat() {
+  closeStream();
+  state.loadGen += 1;
+  state.convId = null;
+  state.convTitle = null;
+  resetTranscript();
+  setTitle("New chat");
+  markCurrentConversation();
+  if (conversationIdFromHash()) history.replaceState(null, "", location.pathname + location.search);
+  closeSidebar();
+  $("composer-input").focus();
+}
+
+function setTitle(title) {
+  $("conversation-title").textContent = title;
+  document.title = title && title !== "New chat" ? `${title} · a0 chat` : "a0 chat";
+}
+
+function openSidebar() {
+  $("app").classList.add("sidebar-open");
+  $("sidebar-toggle").setAttribute("aria-expanded", "true");
+  $("sidebar-toggle").setAttribute("aria-label", "Hide conversations");
+}
+
+function closeSidebar() {
+  $("app").classList.remove("sidebar-open");
+  $("sidebar-toggle").setAttribute("aria-expanded", "false");
+  $("sidebar-toggle").setAttribute("aria-label", "Show conversations");
+}
+
+function showBanner(message) {
+  $("banner-text").textContent = message;
+  show($("banner"), Boolean(message));
+}
+
+function setConnection(text) {
+  const badge = $("connection-status");
+  badge.textContent = text || "";
+  show(badge, Boolean(text));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A conversation: history, then the live stream
+
+async function openConversation(id) {
+  closeStream();
+  const gen = ++state.loadGen;
+  state.convId = id;
+  resetTranscript();
+  showBanner("");
+  markCurrentConversation();
+  const known = state.conversations.find((c) => c.id === id);
+  setTitle(known ? known.title || "Untitled" : "Loading…");
+  $("transcript").setAttribute("aria-busy", "true");
+  let conversation;
+  try {
+    conversation = await api("GET", `/v1/conversations/${encodeURIComponent(id)}`);
+  } catch (error) {
+    if (gen !== state.loadGen) return;
+    $("transcript").setAttribute("aria-busy", "false");
+    if (error.status === 401) return;
+    if (error.status === 404 || error.status === 403) {
+      startNewChat();
+      showBanner("That conversation does not exist or is not yours.");
+    } else {
+      setTitle(known ? known.title || "Untitled" : "Conversation");
+      showBanner(error.message);
+      scheduleReopen(() => openConversation(id));
+    }
+    return;
+  }
+  if (gen !== state.loadGen) return;
+  $("transcript").setAttribute("aria-busy", "false");
+  state.convTitle = conversation.title || "Untitled";
+  setTitle(state.convTitle);
+  renderHistory(conversation);
+  state.lastSeq = Math.max(state.lastSeq, Number(conversation.last_seq) || 0);
+  updateRunning();
+  scrollToBottom(true);
+  openStream();
+}
+
+function renderHistory(conversation) {
+  const events = Array.isArray(conversation.events) ? conversation.events : [];
+  if (events.length) {
+    [...events].sort((a, b) => Number(a.seq) - Number(b.seq)).forEach((event) => applyEvent(event));
+  } else if (Array.isArray(conversation.messages) && conversation.messages.length) {
+    renderMessages(conversation.messages);
+  }
+}
+
+// Fallback when a history carries no events: draw the stored messages.
+function renderMessages(messages) {
+  for (const message of messages) {
+    const turn = turnFor(message.turn_id || `m-${Math.random()}`);
+    if (message.role === "user") {
+      turn.el.prepend(userBubble(message.content || ""));
+    } else if (message.role === "assistant") {
+      for (const call of message.tool_calls || []) {
+        const fn = call.function || call;
+        turn.el.append(toolCallBlock(call.id || call.call_id, fn.name, fn.arguments));
+      }
+      if (message.content) {
+        const answer = answerBubble(turn);
+        setAnswerText(turn, message.content);
+        answer.dataset.state = "complete";
+        turn.answer = null;
+      }
+    } else if (message.role === "tool") {
+      turn.el.append(toolResultBlock({ call_id: message.tool_call_id, name: message.name, output: message.content }));
+    }
+    turn.ended = true;
+    turn.el.dataset.state = "completed";
+  }
+}
+
+function openStream() {
+  closeStream();
+  if (!state.convId || !state.token) return;
+  const gen = ++state.streamGen;
+  const id = state.convId;
+  const url =
+    `/v1/conversations/${encodeURIComponent(id)}/events` +
+    `?after=${encodeURIComponent(state.lastSeq)}&access_token=${encodeURIComponent(state.token)}`;
+  const source = new EventSource(url);
+  state.source = source;
+  const onEvent = (message) => {
+    if (gen !== state.streamGen || id !== state.convId) return;
+    let event;
+    try {
+      event = JSON.parse(message.data);
+    } catch {
+      return;
+    }
+    if (!event || (event.conversation_id && event.conversation_id !== id)) return;
+    if (event.type === undefined) event.type = message.type;
+    if (event.seq === undefined && message.lastEventId) event.seq = Number(message.lastEventId);
+    const stick = nearBottom();
+    applyEvent(event);
+    updateRunning();
+    scrollToBottom(stick);
+  };
+  for (const type of EVENT_TYPES) source.addEventListener(type, onEvent);
+  source.onmessage = onEvent; // events sent without a name
+  source.onopen = () => {
+    if (gen !== state.streamGen) return;
+    state.reconnectMs = RECONNECT_MIN_MS;
+    setConnection(null);
+  };
+  source.onerror = () => {
+    if (gen !== state.streamGen) return;
+    setConnection("Reconnecting…");
+    // CONNECTING: the browser retries by itself, sending Last-Event-ID. CLOSED: it gave up
+    // (an HTTP error): find out why, then reopen from the last event we have.
+    if (source.readyState === EventSource.CLOSED) {
+      closeStream(false);
+      checkAfterStreamFailure(id).then((retry) => {
+        if (retry && id === state.convId) scheduleReopen(openStream);
+      });
+    }
+  };
+}
+
+async function checkAfterStreamFailure(id) {
+  try {
+    await api("GET", `/v1/conversations/${encodeURIComponent(id)}`);
+    return true;
+  } catch (error) {
+    if (error.status === 401) return false; // signed out already
+    if (error.status === 404 || error.status === 403) {
+      setConnection(null);
+      showBanner("This conversation is no longer available.");
+      return false;
+    }
+    return true; // network or server trouble: keep trying
+  }
+}
+
+function scheduleReopen(action) {
+  clearTimeout(state.reconnectTimer);
+  const delay = state.reconnectMs;
+  state.reconnectMs = Math.min(state.reconnectMs * 2, RECONNECT_MAX_MS);
+  state.reconnectTimer = setTimeout(action, delay);
+}
+
+function closeStream(resetStatus = true) {
+  clearTimeout(state.reconnectTimer);
+  state.reconnectTimer = null;
+  if (state.source) {
+    state.source.close();
+    state.source = null;
+  }
+  state.streamGen += 1;
+  if (resetStatus) setConnection(null);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The renderer: one function for history and live events
+
+function resetTranscript() {
+  state.turns = new Map();
+  state.pending = [];
+  state.lastSeq = 0;
+  $("transcript").replaceChildren();
+  show($("welcome"), true);
+  updateRunning();
+}
+
+function newTurnElement(turnId) {
+  show($("welcome"), false);
+  const node = el("li", {
+    class: "turn",
+    "data-testid": "turn",
+    "data-turn-id": turnId || undefined,
+    "data-state": "running",
+  });
+  $("transcript").append(node);
+  return node;
+}
+
+function turnFor(turnId) {
+  let turn = state.turns.get(turnId);
+  if (!turn) {
+    turn = { id: turnId, el: newTurnElement(turnId), answer: null, ended: false, userMessageId: null };
+    state.turns.set(turnId, turn);
+  }
+  return turn;
+}
+
+function userBubble(content, messageId) {
+  return el("div", {
+    class: "msg user",
+    "data-testid": "user-message",
+    "data-message-id": messageId || undefined,
+    "data-state": "sent",
+    text: content,
+  });
+}
+
+function answerBubble(turn) {
+  if (!turn.answer) {
+    const node = el("div", { class: "msg assistant", "data-testid": "assistant-message", "data-state": "streaming" });
+    node.append(document.createTextNode(""));
+    turn.el.append(node);
+    turn.answer = node;
+  }
+  return turn.answer;
+}
+
+function appendAnswerText(turn, text) {
+  answerBubble(turn).firstChild.appendData(text);
+}
+
+function setAnswerText(turn, text) {
+  const node = answerBubble(turn);
+  node.firstChild.data = text;
+}
+
+function finishAnswer(turn, finalState) {
+  if (turn.answer) {
+    turn.answer.dataset.state = finalState;
+    turn.answer = null;
+  }
+}
+
+const ANNOUNCE = { completed: "The answer is complete.", cancelled: "The answer was cancelled.", error: "" };
+
+function endTurn(turn, finalState) {
+  turn.ended = true;
+  turn.el.dataset.state = finalState;
+  // Screen readers hear one short line per answer, not every streamed word.
+  $("sr-status").textContent = ANNOUNCE[finalState] || "";
+}
+
+function formatArguments(args) {
+  let value = args;
+  if (typeof value === "string") {
+    try {
+      value = JSON.parse(value);
+    } catch {
+      return value;
+    }
+  }
+  if (value && typeof value === "object" && !Array.isArray(value)) {
+    const entries = Object.values(value);
+    if (entries.length === 0) return "";
+    if (entries.length === 1 && typeof entries[0] !== "object") return String(entries[0]);
+  }
+  return JSON.stringify(value);
+}
+
+function toolCallBlock(callId, name, args) {
+  return el(
+    "div",
+    {
+      class: "tool call",
+      "data-testid": "tool-call",
+      "data-call-id": callId || undefined,
+      "data-tool-name": name || undefined,
+    },
+    el("span", { class: "tool-label", text: "Tool call" }),
+    el("pre", { class: "tool-signature", text: `${name || "tool"}(${formatArguments(args)})` }),
+  );
+}
+
+function toolResultBlock(payload) {
+  const failed = Boolean(payload.error);
+  let text;
+  if (failed) {
+    const error = typeof payload.error === "object" ? payload.error : { message: String(payload.error) };
+    text = `⚠ ${error.message || "The tool failed."}${error.code ? ` (${error.code})` : ""}`;
+  } else {
+    text = typeof payload.output === "string" ? payload.output : JSON.stringify(payload.output ?? "");
+  }
+  return el(
+    "div",
+    {
+      class: "tool result",
+      "data-testid": "tool-result",
+      "data-call-id": payload.call_id || undefined,
+      "data-tool-name": payload.name || undefined,
+      "data-status": failed ? "error" : "ok",
+    },
+    el("span", { class: "tool-label", text: `${failed ? "Tool error" : "Result"} · ${payload.name || "tool"}` }),
+    el("pre", { text }),
+  );
+}
+
+function errorBlock(code, message) {
+  const text = friendlyError(code, message);
+  const node = el("div", { class: "turn-error", "data-testid": "turn-error", "data-code": code || undefined, role: "alert" });
+  node.append(el("span", { text }));
+  if (SETTINGS_CODES.has(code)) {
+    node.append(
+      el("button", {
+        type: "button",
+        class: "turn-error-action",
+        "data-testid": "turn-error-settings",
+        text: "Open Settings",
+        onclick: openSettings,
+      }),
+    );
+  }
+  return node;
+}
+
+function cancelledMarker(reason) {
+  const label = reason && !/cancel|^user$/i.test(reason) ? `Cancelled (${reason})` : "Cancelled";
+  return el("div", { class: "cancelled-marker", "data-testid": "cancelled-marker", text: `■ ${label}` });
+}
+
+// Adopt a message we drew optimistically (before the gateway confirmed it) for this turn.
+function adoptPending(turnId, messageId, content) {
+  const index = state.pending.findIndex(
+    (p) => (p.turnId && p.turnId === turnId) || (!p.turnId && p.content === content),
+  );
+  if (index < 0) return null;
+  const [pending] = state.pending.splice(index, 1);
+  pending.turn.id = turnId;
+  pending.turn.el.dataset.turnId = turnId;
+  if (messageId) pending.bubble.dataset.messageId = messageId;
+  pending.bubble.dataset.state = "sent";
+  state.turns.set(turnId, pending.turn);
+  return pending.turn;
+}
+
+function applyEvent(event) {
+  const seq = event.seq === null || event.seq === undefined ? NaN : Number(event.seq);
+  if (Number.isFinite(seq)) {
+    if (seq <= state.lastSeq) return; // seen already (replay after a reconnect)
+    state.lastSeq = seq;
+  }
+  const payload = event.payload || {};
+  const turnId = event.turn_id;
+  if (!turnId) {
+    if (event.type === "error") showBanner(friendlyError(payload.code, payload.message));
+    return;
+  }
+  let turn = state.turns.get(turnId);
+
+  switch (event.type) {
+    case "message.accepted": {
+      if (turn && turn.userMessageId) return;
+      turn = turn || adoptPending(turnId, payload.message_id, payload.content) || turnFor(turnId);
+      if (!turn.el.querySelector("[data-testid=user-message]")) {
+        turn.el.prepend(userBubble(payload.content || "", payload.message_id));
+      }
+      turn.userMessageId = payload.message_id || true;
+      return;
+    }
+    case "message.delta": {
+      turn = turn || turnFor(turnId);
+      if (turn.ended || typeof payload.text !== "string") return;
+      appendAnswerText(turn, payload.text);
+      return;
+    }
+    case "tool.call": {
+      turn = turn || turnFor(turnId);
+      if (turn.ended) return;
+      finishAnswer(turn, "complete");
+      turn.el.append(toolCallBlock(payload.call_id, payload.name, payload.arguments));
+      return;
+    }
+    case "tool.result": {
+      turn = turn || turnFor(turnId);
+      if (turn.ended) return;
+      turn.el.append(toolResultBlock(payload));
+      return;
+    }
+    case "message.completed": {
+      turn = turn || turnFor(turnId);
+      if (turn.ended) return;
+      const content = typeof payload.content === "string" ? payload.content : "";
+      if (payload.finish_reason === "tool_calls") {
+        // The model asked for tools; the turn goes on with their results.
+        if (content && turn.answer) setAnswerText(turn, content);
+        finishAnswer(turn, "complete");
+        return;
+      }
+      if (content) setAnswerText(turn, content);
+      else if (!turn.answer && !turn.el.querySelector("[data-testid=assistant-message]")) {
+        setAnswerText(turn, "(The model gave an empty answer.)");
+      }
+      if (turn.answer) {
+        turn.answer.dataset.finishReason = payload.finish_reason || "";
+      }
+      finishAnswer(turn, "complete");
+      endTurn(turn, "completed");
+      return;
+    }
+    case "error": {
+      turn = turn || turnFor(turnId);
+      if (turn.ended) return;
+      finishAnswer(turn, "interrupted");
+      turn.el.append(errorBlock(payload.code, payload.message));
+      endTurn(turn, "error");
+      return;
+    }
+    case "cancelled": {
+      turn = turn || turnFor(turnId);
+      if (turn.ended) return;
+      finishAnswer(turn, "cancelled");
+      turn.el.append(cancelledMarker(payload.reason));
+      endTurn(turn, "cancelled");
+      return;
+    }
+    default:
+      return; // a type this client does not know: nothing to draw
+  }
+}
+
+function runningTurn() {
+  let running = null;
+  for (const turn of state.turns.values()) {
+    if (!turn.ended && turn.id) running = turn;
+  }
+  return running;
+}
+
+function updateRunning() {
+  const running = runningTurn();
+  const cancel = $("cancel-button");
+  show(cancel, Boolean(running));
+  if (!running) cancel.disabled = false;
+  $("transcript").dataset.running = running ? "true" : "false";
+  const wasRunning = state.wasRunning;
+  state.wasRunning = Boolean(running);
+  if (wasRunning && !running) refreshConversations();
+}
+
+function nearBottom() {
+  const scroller = $("transcript-scroll");
+  return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
+}
+
+function scrollToBottom(stick) {
+  if (!stick) return;
+  const scroller = $("transcript-scroll");
+  scroller.scrollTop = scroller.scrollHeight;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sending and cancelling
+
+async function ensureConversation(text) {
+  if (state.convId) return state.convId;
+  const created = await api("POST", "/v1/conversations", { title: titleFrom(text) });
+  state.loadGen += 1;
+  state.convId = created.id;
+  state.convTitle = created.title || titleFrom(text);
+  state.lastSeq = 0;
+  setTitle(state.convTitle);
+  // The URL names the conversation, so a reload opens it again; route() sees it is current.
+  history.replaceState(null, "", `#/c/${encodeURIComponent(created.id)}`);
+  state.conversations = [created, ...state.conversations.filter((c) => c.id !== created.id)];
+  renderConversationList();
+  openStream();
+  return created.id;
+}
+
+async function send(text) {
+  if (!text.trim() || state.sending) return;
+  state.sending = true;
+  showBanner("");
+  const input = $("composer-input");
+  input.value = "";
+  autoGrow();
+
+  // Show the message at once; the gateway's message.accepted event confirms it.
+  const turn = { id: null, el: newTurnElement(null), answer: null, ended: false, userMessageId: null };
+  const bubble = userBubble(text);
+  bubble.dataset.state = "sending";
+  turn.el.append(bubble);
+  const pending = { turn, bubble, content: text, turnId: null };
+  state.pending.push(pending);
+  scrollToBottom(true);
+
+  try {
+    const id = await ensureConversation(text);
+    const answer = await api("POST", `/v1/conversations/${encodeURIComponent(id)}/messages`, { content: text });
+    if (id !== state.convId) return;
+    if (state.pending.includes(pending)) {
+      const other = state.turns.get(answer.turn_id);
+      if (other && other !== turn) {
+        // The live stream drew this turn already: keep that one.
+        state.pending.splice(state.pending.indexOf(pending), 1);
+        turn.el.remove();
+      } else {
+        adoptPending(answer.turn_id, answer.message_id, text);
+      }
+    }
+    updateRunning();
+  } catch (error) {
+    const index = state.pending.indexOf(pending);
+    if (index >= 0) state.pending.splice(index, 1);
+    bubble.dataset.state = "failed";
+    turn.ended = true;
+    turn.el.dataset.state = "failed";
+    let message = friendlyError(error.code, error.message);
+    if (error.code === "overloaded") {
+      message = `The service is busy right now. Try again${error.retryAfter ? ` in ${error.retryAfter} s` : " in a moment"}.`;
+    } else if (error.status === 429) {
+      message = rateLimitText(error.retryAfter, error.message);
+    }
+    turn.el.append(
+      el("div", { class: "turn-error", "data-testid": "send-error", "data-code": error.code, role: "alert", text: message }),
+    );
+    if (!input.value) {
+      input.value = text; // nothing is lost: the text is back in the composer
+      autoGrow();
+    }
+    scrollToBottom(true);
+  } finally {
+    state.sending = false;
+  }
+}
+
+async function cancelRunning() {
+  const turn = runningTurn();
+  if (!turn || !state.convId) return;
+  const button = $("cancel-button");
+  button.disabled = true;
+  try {
+    await api("POST", `/v1/conversations/${encodeURIComponent(state.convId)}/cancel`, { turn_id: turn.id });
+    // The "cancelled" event ends the turn on screen.
+  } catch (error) {
+    button.disabled = false;
+    if (error.status !== 409) showBanner(error.message);
+  }
+}
+
+function autoGrow() {
+  const input = $("composer-input");
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight + 2, window.innerHeight * 0.4)}px`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings: the LLM provider's credential
+
+function settingsMessage(kind, text, code) {
+  const error = $("settings-error");
+  const status = $("settings-status");
+  error.textContent = kind === "error" ? text : "";
+  status.textContent = kind === "status" ? text : "";
+  if (kind === "error" && code) error.dataset.code = code;
+  else delete error.dataset.code;
+  show(error, kind === "error" && Boolean(text));
+  show(status, kind === "status" && Boolean(text));
+}
+
+function showCredential(credential) {
+  $("settings-key-masked").textContent = credential ? credential.key_masked || "(stored)" : "none";
+  $("settings-updated").textContent =
+    credential && credential.updated_at ? `updated ${new Date(credential.updated_at).toLocaleString()}` : "";
+  $("settings-remove").disabled = !credential;
+  if (credential) {
+    $("settings-base-url").value = credential.base_url || "";
+    $("settings-model").value = credential.model || "";
+  }
+}
+
+async function openSettings() {
+  const dialog = $("settings");
+  settingsMessage(null);
+  $("settings-api-key").value = "";
+  if (!dialog.open) dialog.showModal();
+  $("settings-key-masked").textContent = "loading…";
+  try {
+    const answer = await api("GET", "/v1/settings/credentials");
+    const credential = ((answer && answer.credentials) || []).find((c) => c.provider === PROVIDER) || null;
+    showCredential(credential);
+    if (!credential) settingsMessage("status", "No key stored: the stack's default provider is used.");
+  } catch (error) {
+    $("settings-key-masked").textContent = "unknown";
+    settingsMessage("error", error.message, error.code);
+  }
+  (($("settings-base-url").value && $("settings-api-key")) || $("settings-base-url")).focus();
+}
+
+async function saveSettings(event) {
+  event.preventDefault();
+  const baseUrl = $("settings-base-url").value.trim();
+  const model = $("settings-model").value.trim();
+  const apiKey = $("settings-api-key").value.trim();
+  const missing = !baseUrl ? "the base URL" : !model ? "the model" : !apiKey ? "the API key" : null;
+  if (missing) {
+    settingsMessage("error", `Enter ${missing}.`, "missing_field");
+    return;
+  }
+  const button = $("settings-save");
+  button.disabled = true;
+  button.textContent = "Checking…";
+  settingsMessage("status", "Checking the key with the provider…");
+  try {
+    const saved = await api("PUT", `/v1/settings/credentials/${PROVIDER}`, {
+      base_url: baseUrl,
+      model,
+      api_key: apiKey,
+    });
+    $("settings-api-key").value = "";
+    showCredential(saved);
+    settingsMessage("status", "Saved. The next message uses this key.");
+  } catch (error) {
+    settingsMessage("error", error.message, error.code);
+  } finally {
+    button.disabled = false;
+    button.textContent = "Save";
+  }
+}
+
+async function removeCredential() {
+  const button = $("settings-remove");
+  button.disabled = true;
+  try {
+    await api("DELETE", `/v1/settings/credentials/${PROVIDER}`);
+    showCredential(null);
+    $("settings-api-key").value = "";
+    settingsMessage("status", "Removed. The stack's default provider is used again.");
+  } catch (error) {
+    if (error.status === 404) {
+      showCredential(null);
+      settingsMessage("status", "No key was stored.");
+    } else {
+      button.disabled = false;
+      settingsMessage("error", error.message, error.code);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wiring
+
+function wire() {
+  $("signin-form").addEventListener("submit", onDevLogin);
+  $("token-form").addEventListener("submit", onTokenLogin);
+  $("use-token").addEventListener("click", () => showTokenForm());
+  $("sign-out").addEventListener("click", () => signOut());
+  $("new-chat").addEventListener("click", () => {
+    if (conversationIdFromHash()) location.hash = "";
+    startNewChat();
+  });
+  $("sidebar-toggle").addEventListener("click", () =>
+    $("app").classList.contains("sidebar-open") ? closeSidebar() : openSidebar(),
+  );
+  $("scrim").addEventListener("click", closeSidebar);
+  $("banner-close").addEventListener("click", () => showBanner(""));
+
+  const input = $("composer-input");
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    send(input.value);
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      send(input.value);
+    }
+  });
+  input.addEventListener("input", autoGrow);
+  $("cancel-button").addEventListener("click", cancelRunning);
+
+  $("open-settings").addEventListener("click", () => {
+    closeSidebar();
+    openSettings();
+  });
+  $("settings-close").addEventListener("click", () => $("settings").close());
+  $("settings-form").addEventListener("submit", saveSettings);
+  $("settings-remove").addEventListener("click", removeCredential);
+
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && $("app").classList.contains("sidebar-open")) closeSidebar();
+  });
+  window.addEventListener("hashchange", route);
+  window.addEventListener("online", () => {
+    if (state.convId && !state.source) openStream();
+  });
+}
+
+async function main() {
+  wire();
+  if (loadSession()) await enterApp();
+  else showSignin();
+}
+
+main();

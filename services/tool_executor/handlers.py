@@ -1,0 +1,149 @@
+"""What a record on ``tool.requests`` does: ask OPA, run the tool, publish ``tool.results``.
+
+Idempotent by call id: a result is stored in PostgreSQL before it is published, and a
+redelivered request is answered from there, never run twice. ``tool.cancel`` kills a
+running call (its process group, for the code runner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from services.common import metrics
+from services.common.envelope import Envelope, EventType
+from services.common.kafka import TOOL_RESULTS, PoisonRecord, TransientError, publish
+from services.common.policy import PolicyClient, PolicyUnavailable
+from services.tool_executor.sandbox import SandboxLimits
+from services.tool_executor.tools import Tool, ToolContext, ToolError
+
+log = logging.getLogger(__name__)
+
+
+class ToolExecutor:
+    def __init__(
+        self,
+        *,
+        pool: AsyncConnectionPool,
+        producer: AIOKafkaProducer,
+        policy: PolicyClient,
+        tools: dict[str, Tool],
+        limits: SandboxLimits,
+    ) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.policy = policy
+        self.tools = tools
+        self.limits = limits
+        self.running: dict[str, asyncio.Task[str]] = {}
+        self.cancelled: set[str] = set()
+
+    async def handle(self, envelope: Envelope, record: ConsumerRecord[bytes, bytes]) -> None:
+        if envelope.type == EventType.TOOL_CANCEL:
+            self._cancel(str(envelope.payload.get("call_id", "")))
+            return
+        if envelope.type != EventType.TOOL_REQUEST:
+            raise PoisonRecord(f"unexpected event type {envelope.type} on tool.requests")
+        call_id = envelope.payload.get("call_id")
+        name = envelope.payload.get("name")
+        if not isinstance(call_id, str) or not isinstance(name, str):
+            raise PoisonRecord("tool.request needs payload.call_id and payload.name (strings)")
+        stored = await self._stored_result(call_id)
+        if stored is not None:
+            # Redelivery (or the worker asking again after a restart): answer from the store.
+            await (await publish(self.producer, TOOL_RESULTS, stored))
+            return
+        result_payload = await self._execute(envelope, call_id, name)
+        result = Envelope(
+            id=f"result-{call_id}",
+            type=EventType.TOOL_RESPONSE,
+            conversation_id=envelope.conversation_id,
+            turn_id=envelope.turn_id,
+            user_id=envelope.user_id,
+            payload=result_payload,
+        )
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO tool_results (call_id, envelope) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (call_id, Jsonb(result.model_dump(mode="json"))),
+            )
+        await (await publish(self.producer, TOOL_RESULTS, result))
+
+    async def _stored_result(self, call_id: str) -> Envelope | None:
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute("SELECT envelope FROM tool_results WHERE call_id = %s", (call_id,))
+            ).fetchone()
+        return Envelope.model_validate(row[0]) if row else None
+
+    def _cancel(self, call_id: str) -> None:
+        self.cancelled.add(call_id)
+        task = self.running.get(call_id)
+        if task is not None:
+            task.cancel()
+
+    async def _execute(self, envelope: Envelope, call_id: str, name: str) -> dict[str, Any]:
+        base = {"call_id": call_id, "name": name}
+        arguments = envelope.payload.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments or "{}")
+            except json.JSONDecodeError:
+                return {
+                    **base,
+                    "error": {"code": "bad_arguments", "message": "tool arguments are not valid JSON"},
+                }
+        if not isinstance(arguments, dict):
+            return {
+                **base,
+                "error": {"code": "bad_arguments", "message": "tool arguments must be a JSON object"},
+            }
+        try:
+            decision = await self.policy.decide(
+                "tool.call", envelope.user_id, tool=name, conversation_id=envelope.conversation_id
+            )
+        except PolicyUnavailable as exc:
+            raise TransientError(str(exc)) from exc
+        if not decision.allow:
+            metrics.TOOL_CALLS.labels(name, "denied").inc()
+            return {**base, "error": {"code": "denied", "message": f"policy {decision.reason}"}}
+        tool = self.tools.get(name)
+        if tool is None:
+            metrics.TOOL_CALLS.labels(name, "unknown").inc()
+            return {**base, "error": {"code": "unknown_tool", "message": f"no tool named {name!r}"}}
+        if call_id in self.cancelled:
+            return {**base, "error": {"code": "cancelled", "message": "the turn was cancelled"}}
+        ctx = ToolContext(
+            call_id=call_id,
+            user_id=envelope.user_id,
+            conversation_id=envelope.conversation_id,
+            limits=self.limits,
+        )
+        task = asyncio.create_task(tool.run(arguments, ctx))
+        self.running[call_id] = task
+        started = time.monotonic()
+        try:
+            output = await task
+        except ToolError as exc:
+            metrics.TOOL_CALLS.labels(name, "error").inc()
+            return {**base, "error": {"code": exc.code, "message": str(exc)}}
+        except asyncio.CancelledError:
+            if call_id not in self.cancelled:
+                raise  # the executor itself is stopping: leave the request for redelivery
+            metrics.TOOL_CALLS.labels(name, "cancelled").inc()
+            return {**base, "error": {"code": "cancelled", "message": "the turn was cancelled"}}
+        except Exception as exc:  # a broken tool is reported to the turn, not fatal to the executor
+            log.exception("tool %s crashed", name)
+            metrics.TOOL_CALLS.labels(name, "crashed").inc()
+            return {**base, "error": {"code": "tool_crashed", "message": f"{type(exc).__name__}: {exc}"}}
+        finally:
+            self.running.pop(call_id, None)
+        metrics.TOOL_CALLS.labels(name, "ok").inc()
+        return {**base, "output": output, "seconds": round(time.monotonic() - started, 3)}

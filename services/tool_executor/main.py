@@ -1,0 +1,68 @@
+"""The tool executor service: consumes ``tool.requests``, runs tools under policy,
+publishes ``tool.results``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from prometheus_client import start_http_server
+
+from services.common.db import migrate, open_pool
+from services.common.kafka import TOOL_REQUESTS, ConsumerLoop, make_producer
+from services.common.logging import setup_logging
+from services.common.policy import PolicyClient
+from services.common.settings import Settings
+from services.common.telemetry import setup_tracing
+from services.tool_executor.handlers import ToolExecutor
+from services.tool_executor.sandbox import SandboxLimits
+from services.tool_executor.tools import load_tools
+
+log = logging.getLogger(__name__)
+GROUP = "a0-tool-executor"
+
+
+async def run(settings: Settings) -> None:
+    await migrate(settings)
+    pool = await open_pool(settings, max_size=settings.tools.max_inflight + 2)
+    producer = make_producer(settings, "tool-executor")
+    policy = PolicyClient(settings)
+    await producer.start()
+    executor = ToolExecutor(
+        pool=pool,
+        producer=producer,
+        policy=policy,
+        tools=load_tools(),
+        limits=SandboxLimits.from_settings(settings.tools),
+    )
+    loop = ConsumerLoop(
+        settings,
+        topics=[TOOL_REQUESTS],
+        group_id=GROUP,
+        handler=executor.handle,
+        dead_letter_topic="dlq.tool-executor",
+        producer=producer,
+        max_in_flight=settings.tools.max_inflight,
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    try:
+        await loop.start()
+        log.info("tool executor consuming %s with tools %s", TOOL_REQUESTS, sorted(executor.tools))
+        runner = asyncio.create_task(loop.run())
+        await asyncio.wait([runner, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        runner.cancel()
+    finally:
+        await loop.stop()
+        await producer.stop()
+        await policy.aclose()
+        await pool.close()
+
+
+def serve(settings: Settings) -> None:
+    setup_logging("tool-executor")
+    setup_tracing(settings, "tool-executor")
+    start_http_server(settings.tools.metrics_port, addr=settings.stack.host)
+    asyncio.run(run(settings))

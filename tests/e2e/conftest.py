@@ -1,0 +1,199 @@
+"""The e2e tier: the chat UI in Debian's Chromium, driven by Playwright, against the
+whole stack brought up by the same code as ``a0ctl up`` (tests/conftest.py has already
+pointed every ``A0_*`` variable at a private test stack).
+
+Fixtures:
+
+- ``e2e_stack`` (session): the stack, apps included; ``down(purge=True)`` at the end.
+- ``second_llm_sim`` (session): one more ``a0ctl run llm-sim`` on a free port, with an API
+  key only the tests know: a provider the UI's Settings can switch to.
+- ``browser`` (session), ``context`` and ``page`` (per test): a fresh browser context per
+  test; the page's final state is saved to ``test-artifacts/screenshots/<test>.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+
+from a0ctl.runtime import get_runtime
+from a0ctl.runtime.stack import bring_up
+from services.common.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+SCREENSHOTS = ARTIFACTS / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+# The stack's simulator streams slowly enough to click "Stop" mid-answer (~200 words in 5 s).
+SIM_TOKENS_PER_S = "40"
+SIM_MODEL = "a0-sim-1"
+
+
+@dataclass(frozen=True)
+class Stack:
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return self.settings.gateway_url
+
+
+@dataclass(frozen=True)
+class LLMSim:
+    base_url: str
+    api_key: str
+    model: str
+
+
+@pytest.fixture(scope="session")
+def e2e_stack() -> Iterator[Stack]:
+    # Set only around start-up: the stack's processes inherit it, later tiers never see it.
+    previous = os.environ.get("A0_LLM_SIM_TOKENS_PER_S")
+    os.environ["A0_LLM_SIM_TOKENS_PER_S"] = SIM_TOKENS_PER_S
+    try:
+        runtime, statuses = bring_up(load_settings(), runtime_name="local")
+    except BaseException:
+        # Stop what did start; keep the logs (no purge) for whoever reads the failure.
+        get_runtime(load_settings(), "local").down()
+        raise
+    finally:
+        if previous is None:
+            os.environ.pop("A0_LLM_SIM_TOKENS_PER_S", None)
+        else:
+            os.environ["A0_LLM_SIM_TOKENS_PER_S"] = previous
+    try:
+        unhealthy = [s for s in statuses if not s.healthy]
+        assert not unhealthy, f"stack did not come up healthy: {unhealthy}"
+        yield Stack(load_settings())
+    finally:
+        runtime.down(purge=True)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the second llm-sim exited with {process.returncode}; see {log}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the second llm-sim did not answer {url} within {timeout_s} s; see {log}")
+
+
+@pytest.fixture(scope="session")
+def second_llm_sim(e2e_stack: Stack) -> Iterator[LLMSim]:
+    host = e2e_stack.settings.stack.host
+    port = _free_port(host)
+    api_key = "sk-e2e-" + secrets.token_urlsafe(24)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = ARTIFACTS / "llm-sim-2.log"
+    env = {**os.environ, "A0_LLM_SIM_PORT": str(port), "A0_LLM_SIM_API_KEY": api_key}
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "a0ctl", "run", "llm-sim"],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_healthy(f"http://{host}:{port}/health", process, log)
+        yield LLMSim(base_url=f"http://{host}:{port}/v1", api_key=api_key, model=SIM_MODEL)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def playwright_driver(e2e_stack: Stack) -> Iterator[Playwright]:
+    # After the stack: bring_up runs asyncio loops, which cannot start inside the one the
+    # sync Playwright API keeps running in this thread.
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver: Playwright) -> Iterator[Browser]:
+    chromium = playwright_driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture
+def context(browser: Browser, e2e_stack: Stack) -> Iterator[BrowserContext]:
+    fresh = browser.new_context(base_url=e2e_stack.url, viewport={"width": 1280, "height": 800})
+    yield fresh
+    fresh.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext, request: pytest.FixtureRequest) -> Iterator[Page]:
+    tab = context.new_page()
+    crashes: list[str] = []
+    tab.on("pageerror", lambda error: crashes.append(str(error)))
+    yield tab
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^\w.-]+", "_", request.node.name)
+    try:
+        tab.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    except Exception as exc:  # a screenshot must never hide the test's own result
+        print(f"screenshot of {name} failed: {exc}")
+    assert not crashes, f"uncaught JavaScript errors in the page: {crashes}"
+
+
+@pytest.fixture
+def user_name(request: pytest.FixtureRequest) -> str:
+    """A user of its own for each test: conversations and credentials never mix."""
+    test = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:32]
+    return f"e2e-{test}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def forget_credential(e2e_stack: Stack, user_name: str) -> Iterator[None]:
+    """Remove the test user's stored LLM credential afterwards, so later tests use the default."""
+    yield
+    try:
+        login = httpx.post(f"{e2e_stack.url}/v1/auth/dev-login", json={"user": user_name}, timeout=10)
+        token = login.json()["token"]
+        httpx.delete(
+            f"{e2e_stack.url}/v1/settings/credentials/openai",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        print(f"could not remove the credential of {user_name}: {exc}")

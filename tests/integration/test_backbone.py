@@ -1,0 +1,346 @@
+"""The messaging backbone end to end: gateway → Kafka → worker ⇄ tool executor → client.
+
+Everything is real: the gateway, worker and tool executor processes, Kafka, Redis,
+PostgreSQL, OPA; the upstream LLM is llm_sim, speaking the OpenAI protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import websockets
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from a0ctl.runtime.local import LocalRuntime
+from services.common.auth import mint_token
+from services.common.settings import Settings
+from tests.conftest import ROOT
+from tests.support.gateway import (
+    answer_text,
+    auth,
+    collect_turn,
+    comparable,
+    create_conversation,
+    post_message,
+    sse_events,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:
+        yield http
+
+
+async def send_and_stream(
+    client: httpx.AsyncClient, headers: dict[str, str], conversation_id: str, content: str, after: int = 0
+) -> list[dict]:
+    events = sse_events(client, headers, conversation_id, last_event_id=after)
+    first = asyncio.ensure_future(anext(events))  # the stream is open before the message is posted
+    await asyncio.sleep(0.3)
+    accepted = await post_message(client, headers, conversation_id, content)
+    pending = [await first]
+
+    async def rest() -> AsyncIterator[dict]:
+        for event in pending:
+            yield event
+        async for event in events:
+            yield event
+
+    turn = await asyncio.wait_for(collect_turn(rest(), accepted["turn_id"]), 60)
+    await events.aclose()
+    return turn
+
+
+async def test_rest_message_streams_answer_with_tool_call_over_sse(settings: Settings, client) -> None:
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    events = await send_and_stream(client, headers, conversation_id, "compute 6*7")
+    types = [e["type"] for e in events]
+    assert types[0] == "message.accepted" and types[-1] == "message.completed"
+    assert "tool.call" in types and "tool.result" in types
+    call = next(e for e in events if e["type"] == "tool.call")
+    result = next(e for e in events if e["type"] == "tool.result")
+    assert (
+        call["payload"]["name"] == "calculator" and call["payload"]["call_id"] == result["payload"]["call_id"]
+    )
+    assert result["payload"]["output"] == "42"
+    assert "42" in events[-1]["payload"]["content"]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs)) and all(str(e["seq"]) == e["_sse_id"] for e in events)
+    assert all(e["_sse_event"] == e["type"] for e in events)
+
+
+async def test_websocket_carries_the_same_events_as_sse(settings: Settings, client) -> None:
+    headers = auth(settings, "alice")
+    via_sse = await send_and_stream(
+        client, headers, await create_conversation(client, headers), "compute 6*7"
+    )
+    conversation_id = await create_conversation(client, headers)
+    token = mint_token(settings, "alice")
+    url = settings.gateway_url.replace("http", "ws") + f"/v1/ws?access_token={token}"
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "conversation_id": conversation_id, "after": 0}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "message",
+                    "conversation_id": conversation_id,
+                    "content": "compute 6*7",
+                    "request_id": "r1",
+                }
+            )
+        )
+        via_ws: list[dict] = []
+        turn_id = None
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if message["type"] == "ack":
+                turn_id = message["turn_id"]
+                continue
+            assert "seq" in message, message
+            via_ws.append(message)
+            if message["type"] == "message.completed":
+                break
+    assert turn_id and all(e["turn_id"] == turn_id for e in via_ws)
+
+    # Same prompt, same deterministic upstream: the same events, payloads included, except
+    # ids that are per message (message_id) or per conversation (tool call ids).
+    def normalised(events: list[dict]) -> list[tuple[str, str]]:
+        out = []
+        for kind, payload in comparable(events):
+            data = json.loads(payload)
+            data.pop("message_id", None)
+            data.pop("call_id", None)
+            data.pop("seconds", None)
+            out.append((kind, json.dumps(data, sort_keys=True)))
+        return out
+
+    assert normalised(via_ws) == normalised(via_sse)
+
+
+async def test_multi_turn_second_answer_depends_on_the_first(settings: Settings, client) -> None:
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    first = await send_and_stream(client, headers, conversation_id, "remember banana")
+    second = await send_and_stream(
+        client, headers, conversation_id, "what did I ask you to remember?", after=first[-1]["seq"]
+    )
+    assert "banana" in second[-1]["payload"]["content"]
+    history = (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).json()
+    assert [m["role"] for m in history["messages"]] == ["user", "assistant", "user", "assistant"]
+
+
+async def test_cancel_mid_stream_stops_the_answer(settings: Settings, client) -> None:
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    events = sse_events(client, headers, conversation_id)
+    accepted = await post_message(client, headers, conversation_id, "long answer please")
+    seen = []
+    async for event in events:
+        seen.append(event)
+        if event["type"] == "message.delta":
+            break
+    response = await client.post(
+        f"/v1/conversations/{conversation_id}/cancel", json={"turn_id": accepted["turn_id"]}, headers=headers
+    )
+    assert response.status_code == 202
+    seen += await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 30)
+    await events.aclose()
+    types = [e["type"] for e in seen]
+    assert types[-1] == "cancelled" and "message.completed" not in types
+    assert len(answer_text(seen).split()) < 150  # stopped well before the ~200 words
+    await asyncio.sleep(1.0)
+    history = (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).json()
+    after = [e for e in history["events"] if e["seq"] > seen[-1]["seq"]]
+    assert after == []  # nothing was streamed after "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "code"),
+    [("compute 1/0", "tool_failed"), ("please use the shell", "denied")],
+    ids=["tool-raises", "tool-denied-by-opa"],
+)
+async def test_failing_or_denied_tool_reaches_client_and_turn_completes(
+    settings: Settings, client, prompt: str, code: str
+) -> None:
+    headers = auth(settings, "alice")
+    events = await send_and_stream(client, headers, await create_conversation(client, headers), prompt)
+    result = next(e for e in events if e["type"] == "tool.result")
+    assert result["payload"]["error"]["code"] == code, result
+    assert events[-1]["type"] == "message.completed"
+    assert "failed" in events[-1]["payload"]["content"]
+
+
+async def test_malformed_record_goes_to_dead_letter_and_consumer_carries_on(
+    settings: Settings, client
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    dlq = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    await dlq.start()
+    try:
+        tp = TopicPartition("dlq.conversation-worker", 0)
+        dlq.assign([tp])
+        await dlq.seek_to_end(tp)
+        end = await dlq.position(tp)
+        await producer.send_and_wait("conversation.inbound", b"{not json", key=b"poison")
+        record = await asyncio.wait_for(dlq.getone(), 30)
+        assert record.offset >= end and record.value == b"{not json"
+        headers = dict(record.headers)
+        assert (
+            b"not JSON" in headers["a0-dlq-reason"]
+            and headers["a0-dlq-source-topic"] == b"conversation.inbound"
+        )
+    finally:
+        await producer.stop()
+        await dlq.stop()
+    alice = auth(settings, "alice")
+    events = await send_and_stream(client, alice, await create_conversation(client, alice), "hello again")
+    assert events[-1]["type"] == "message.completed"
+
+
+async def test_worker_killed_mid_turn_the_turn_completes_once(
+    settings: Settings, client, stack: LocalRuntime
+) -> None:
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    events = sse_events(client, headers, conversation_id)
+    accepted = await post_message(client, headers, conversation_id, "long answer please")
+    seen = []
+    async for event in events:
+        seen.append(event)
+        if event["type"] == "message.delta":
+            break
+    stack.kill_service("conversation-worker")
+    await asyncio.to_thread(stack.up, services=("conversation-worker",))
+    seen += await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 90)
+    await events.aclose()
+    seqs = [e["seq"] for e in seen]
+    assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs), seqs
+    assert [e["type"] for e in seen].count("message.completed") == 1
+    answer = answer_text(seen)
+    assert answer == seen[-1]["payload"]["content"]  # no text lost, none repeated
+    assert "word1 " in answer and "word150" in answer
+
+
+async def test_sse_reconnect_with_last_event_id_has_no_gap_and_no_duplicate(
+    settings: Settings, client
+) -> None:
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    events = sse_events(client, headers, conversation_id)
+    accepted = await post_message(client, headers, conversation_id, "long answer please")
+    first_part = []
+    async for event in events:
+        first_part.append(event)
+        if sum(e["type"] == "message.delta" for e in first_part) == 3:
+            break
+    await events.aclose()  # disconnect mid-answer
+    await asyncio.sleep(0.5)
+    resumed = sse_events(client, headers, conversation_id, last_event_id=first_part[-1]["seq"])
+    second_part = await asyncio.wait_for(collect_turn(resumed, accepted["turn_id"]), 60)
+    await resumed.aclose()
+    seqs = [e["seq"] for e in first_part + second_part]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs  # contiguous: no gap, no duplicate
+    assert answer_text(first_part + second_part) == second_part[-1]["payload"]["content"]
+
+
+async def test_message_posted_on_one_gateway_streams_to_a_client_on_another(
+    settings: Settings, client
+) -> None:
+    port = settings.gateway.port + 7
+    env = {**os.environ, "A0_GATEWAY_PORT": str(port), "A0_GATEWAY_REPLICA": "gw-2"}
+    second = subprocess.Popen(  # noqa: ASYNC220 - a server process, not awaited
+        [sys.executable, "-m", "a0ctl", "run", "gateway"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as other:
+            for _ in range(100):
+                try:
+                    if (await other.get("/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+            assert (await other.get("/health")).json()["replica"] == "gw-2"
+            headers = auth(settings, "alice")
+            conversation_id = await create_conversation(client, headers)
+            events = sse_events(other, headers, conversation_id)
+            first = asyncio.ensure_future(anext(events))
+            await asyncio.sleep(0.5)
+            accepted = await post_message(client, headers, conversation_id, "compute 2+3")
+
+            async def rest():
+                yield await first
+                async for event in events:
+                    yield event
+
+            turn = await asyncio.wait_for(collect_turn(rest(), accepted["turn_id"]), 60)
+            await events.aclose()
+        assert turn[-1]["type"] == "message.completed" and "5" in turn[-1]["payload"]["content"]
+    finally:
+        second.terminate()
+        second.wait(20)
+
+
+async def test_another_user_cannot_read_or_write_a_conversation(settings: Settings, client) -> None:
+    alice, bob = auth(settings, "alice"), auth(settings, "bob")
+    conversation_id = await create_conversation(client, alice)
+    for method, path, body in [
+        ("GET", f"/v1/conversations/{conversation_id}", None),
+        ("GET", f"/v1/conversations/{conversation_id}/events", None),
+        ("POST", f"/v1/conversations/{conversation_id}/messages", {"content": "hi"}),
+        ("POST", f"/v1/conversations/{conversation_id}/cancel", {}),
+    ]:
+        response = await client.request(method, path, json=body, headers=bob)
+        assert response.status_code == 403, (path, response.text)
+        assert response.json()["error"]["code"] == "forbidden"
+    listed = (await client.get("/v1/conversations", headers=bob)).json()["conversations"]
+    assert conversation_id not in [c["id"] for c in listed]
+
+
+async def test_bad_requests_get_the_error_shape_and_status(settings: Settings, client) -> None:
+    alice = auth(settings, "alice")
+    conversation_id = await create_conversation(client, alice)
+    url = f"/v1/conversations/{conversation_id}/messages"
+    cases = [
+        (await client.post(url, json={"content": "hi"}), 401, "unauthorized"),
+        (
+            await client.post(url, json={"content": "hi"}, headers={"Authorization": "Bearer nope"}),
+            401,
+            "unauthorized",
+        ),
+        (
+            await client.post(
+                url, content=b"{not json", headers={**alice, "Content-Type": "application/json"}
+            ),
+            400,
+            "malformed_json",
+        ),
+        (await client.post(url, json={"content": ""}, headers=alice), 422, "invalid_request"),
+        (await client.post(url, json={"content": "x" * 200_000}, headers=alice), 413, "payload_too_large"),
+        (
+            await client.post("/v1/conversations/nope/messages", json={"content": "hi"}, headers=alice),
+            404,
+            "not_found",
+        ),
+    ]
+    for response, status, code in cases:
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["code"] == code and error["message"] and error["request_id"]
+        assert response.headers["x-request-id"] == error["request_id"]

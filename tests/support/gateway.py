@@ -1,0 +1,82 @@
+"""Talk to the gateway as a client would: HTTP, SSE and WebSocket, no shortcuts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from services.common.auth import mint_token
+from services.common.envelope import TERMINAL_EVENTS
+from services.common.settings import Settings
+
+
+def auth(settings: Settings, user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(settings, user)}"}
+
+
+async def create_conversation(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> str:
+    response = await client.post("/v1/conversations", json=body or {"title": "test"}, headers=headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def post_message(
+    client: httpx.AsyncClient, headers: dict[str, str], conversation_id: str, content: str
+) -> dict[str, Any]:
+    response = await client.post(
+        f"/v1/conversations/{conversation_id}/messages", json={"content": content}, headers=headers
+    )
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+async def sse_events(
+    client: httpx.AsyncClient, headers: dict[str, str], conversation_id: str, last_event_id: int | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield events from the SSE endpoint; each dict also carries the SSE id and event name."""
+    request_headers = dict(headers)
+    if last_event_id is not None:
+        request_headers["Last-Event-ID"] = str(last_event_id)
+    async with client.stream(
+        "GET",
+        f"/v1/conversations/{conversation_id}/events",
+        headers=request_headers,
+        timeout=httpx.Timeout(60, read=60),
+    ) as response:
+        assert response.status_code == 200, await response.aread()
+        fields: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line == "":
+                if "data" in fields:
+                    event = json.loads(fields["data"])
+                    event["_sse_id"] = fields.get("id")
+                    event["_sse_event"] = fields.get("event")
+                    yield event
+                fields = {}
+            elif not line.startswith(":") and ":" in line:
+                name, _, value = line.partition(":")
+                fields[name] = fields.get(name, "") + value.removeprefix(" ")
+
+
+async def collect_turn(events: AsyncIterator[dict[str, Any]], turn_id: str) -> list[dict[str, Any]]:
+    """Events of one turn, up to and including its terminal event."""
+    collected = []
+    async for event in events:
+        if event["turn_id"] != turn_id:
+            continue
+        collected.append(event)
+        if event["type"] in TERMINAL_EVENTS:
+            break
+    return collected
+
+
+def answer_text(events: list[dict[str, Any]]) -> str:
+    return "".join(e["payload"]["text"] for e in events if e["type"] == "message.delta")
+
+
+def comparable(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """What a user sees of a turn: event types and payloads, without transport details."""
+    return [(e["type"], json.dumps(e["payload"], sort_keys=True)) for e in events]

@@ -1,0 +1,379 @@
+"""The gateway's pure parts: the error shape, SSE framing, rate-limit maths, the hub and
+cursor that make streams gap- and duplicate-free, the CLI client's SSE parser — and the
+app's answers that need no backing service (errors, auth, size limits, health)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from a0ctl.client import SseParser
+from services.common.auth import mint_token
+from services.common.envelope import Envelope, EventType
+from services.common.settings import (
+    GatewaySettings,
+    KafkaSettings,
+    LLMSettings,
+    LLMSimSettings,
+    OpaSettings,
+    PostgresSettings,
+    RedisSettings,
+    Settings,
+    StackSettings,
+    TelemetrySettings,
+    ToolSettings,
+    WorkerSettings,
+)
+from services.gateway import fanout
+from services.gateway.errors import InvalidRequest, error_body, validation_message
+from services.gateway.fanout import Cursor, Hub, SlowConsumer, Step, Subscription
+from services.gateway.main import create_app
+from services.gateway.middleware import pick_request_id
+from services.gateway.ratelimit import over_budget, over_capacity, rate_key, seconds_to_next_minute
+from services.gateway.routes_stream import resume_cursor, sse_event
+
+pytestmark = pytest.mark.unit
+
+CONVERSATION = "c1"
+
+
+def event(seq: int, type_: EventType = EventType.DELTA, conversation_id: str = CONVERSATION) -> Envelope:
+    return Envelope(
+        type=type_,
+        conversation_id=conversation_id,
+        turn_id="t1",
+        user_id="alice",
+        seq=seq,
+        payload={"text": f"#{seq}"},
+    )
+
+
+# --- the error shape ---------------------------------------------------------------------
+
+
+def test_error_body_is_the_one_shape() -> None:
+    assert error_body("not_found", "no conversation x", "r1") == {
+        "error": {"code": "not_found", "message": "no conversation x", "request_id": "r1"}
+    }
+
+
+def test_malformed_json_is_its_own_code() -> None:
+    code, message = validation_message(
+        [{"type": "json_invalid", "loc": ("body", 1), "ctx": {"error": "Expecting value"}}]
+    )
+    assert code == "malformed_json"
+    assert "not valid JSON" in message and "Expecting value" in message
+
+
+def test_validation_message_names_the_field_without_the_body_prefix() -> None:
+    errors = [
+        {
+            "type": "string_too_short",
+            "loc": ("body", "content"),
+            "msg": "String should have at least 1 character",
+        }
+    ]
+    assert validation_message(errors) == (
+        "invalid_request",
+        "content: String should have at least 1 character",
+    )
+
+
+def test_validation_message_strips_websocket_command_tags() -> None:
+    errors = [{"type": "missing", "loc": ("message", "content"), "msg": "Field required"}]
+    assert validation_message(errors, frozenset({"message"}))[1] == "content: Field required"
+
+
+def test_caller_request_id_is_kept_only_when_plain() -> None:
+    assert pick_request_id("abc-123") == "abc-123"
+    assert pick_request_id("has space") != "has space"
+    assert len(pick_request_id(None)) == 32
+    assert pick_request_id("x" * 200) != "x" * 200
+
+
+# --- rate limits and shedding ------------------------------------------------------------
+
+
+def test_rate_key_is_per_user_per_epoch_minute() -> None:
+    assert rate_key("alice", 120.0) == "a0:rate:alice:2"
+    assert rate_key("alice", 179.9) == "a0:rate:alice:2"
+    assert rate_key("alice", 180.0) == "a0:rate:alice:3"
+
+
+@pytest.mark.parametrize(("now", "expected"), [(120.0, 60), (150.2, 30), (179.5, 1), (179.99, 1)])
+def test_retry_after_counts_to_the_next_minute(now: float, expected: int) -> None:
+    assert seconds_to_next_minute(now) == expected
+
+
+def test_budget_allows_exactly_the_limit() -> None:
+    assert not over_budget(600, 600)
+    assert over_budget(601, 600)
+
+
+def test_shedding_refuses_once_open_turns_reach_the_maximum() -> None:
+    # the counter after this request's INCR: it was 1 below, so this one fits
+    assert not over_capacity(2000, 2000)
+    assert over_capacity(2001, 2000)
+
+
+# --- SSE framing and cursors --------------------------------------------------------------
+
+
+def test_sse_event_carries_seq_type_and_the_client_event() -> None:
+    envelope = event(7)
+    raw = sse_event(envelope).encode().decode()
+    lines = raw.split("\r\n")
+    assert lines[0] == "id: 7"
+    assert lines[1] == "event: message.delta"
+    assert json.loads(lines[2].removeprefix("data: ")) == envelope.client_event()
+    assert raw.endswith("\r\n\r\n")
+    assert "v" not in envelope.client_event()
+
+
+def test_last_event_id_wins_over_after() -> None:
+    assert resume_cursor("12", 3) == 12
+    assert resume_cursor(None, 3) == 3
+    assert resume_cursor("", None) == 0
+    with pytest.raises(InvalidRequest):
+        resume_cursor("twelve", None)
+
+
+def test_client_sse_parser_reassembles_events_and_skips_pings() -> None:
+    parser = SseParser()
+    lines = [": ping", "", "id: 3", "event: message.delta", 'data: {"a":', "data: 1}", "", "retry: 5", ""]
+    parsed = [message for line in lines if (message := parser.feed(line))]
+    assert parsed == [{"id": "3", "event": "message.delta", "data": '{"a":\n1}'}]
+
+
+# --- the hub and the cursor ------------------------------------------------------------------
+
+
+def test_cursor_classifies_duplicates_next_and_gaps() -> None:
+    cursor = Cursor(3)
+    assert cursor.step(2) is Step.DUPLICATE
+    assert cursor.step(3) is Step.DUPLICATE
+    assert cursor.step(4) is Step.NEXT
+    assert cursor.step(6) is Step.GAP
+    cursor.advance(6)
+    cursor.advance(5)  # never goes back
+    assert cursor.last == 6
+
+
+async def test_hub_delivers_only_to_subscribers_of_the_conversation() -> None:
+    hub = Hub()
+    mine, other = hub.subscribe(CONVERSATION), hub.subscribe("c2")
+    assert hub.publish(event(1)) == 1
+    assert mine.queue.qsize() == 1 and other.queue.qsize() == 0
+    hub.unsubscribe(mine)
+    hub.unsubscribe(mine)  # twice is harmless
+    assert CONVERSATION not in hub and len(hub) == 1
+
+
+async def test_hub_drops_a_slow_subscriber_instead_of_blocking() -> None:
+    hub = Hub(queue_size=2)
+    slow, fast = hub.subscribe(CONVERSATION), hub.subscribe(CONVERSATION)
+    for seq in (1, 2):
+        hub.publish(event(seq))
+    for _ in range(2):
+        fast.queue.get_nowait()
+    assert hub.publish(event(3)) == 1
+    assert slow.overflowed and not fast.overflowed
+    assert len(hub) == 1
+
+
+class MemoryEvents:
+    """Stands in for the events table (what the worker stored before publishing)."""
+
+    def __init__(self, stored: list[Envelope]) -> None:
+        self.stored = stored
+
+    async def load(
+        self, _pool: Any, conversation_id: str, after: int, before: int | None = None
+    ) -> AsyncIterator[Envelope]:
+        for envelope in sorted(self.stored, key=lambda e: e.seq):
+            if (
+                envelope.conversation_id == conversation_id
+                and envelope.seq > after
+                and (before is None or envelope.seq < before)
+            ):
+                yield envelope
+
+
+async def _take(events: AsyncIterator[Envelope], count: int) -> list[int]:
+    seqs = []
+    async with asyncio.timeout(2):
+        async for envelope in events:
+            seqs.append(envelope.seq)
+            if len(seqs) == count:
+                break
+    return seqs
+
+
+async def test_subscription_replays_then_follows_without_gap_or_duplicate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = MemoryEvents([event(seq) for seq in range(1, 6)])
+    monkeypatch.setattr(fanout, "load_events", table.load)
+    hub = Hub()
+    async with Subscription(hub, None, CONVERSATION, after=2) as events:  # type: ignore[arg-type]
+        assert await _take(events, 3) == [3, 4, 5]
+        hub.publish(event(4))  # already replayed: skipped
+        hub.publish(event(5))
+        table.stored += [event(6), event(7), event(8)]
+        hub.publish(event(6))
+        hub.publish(event(6))  # a redelivery: skipped
+        hub.publish(event(8))  # 7 never arrived live: filled from the table
+        assert await _take(events, 3) == [6, 7, 8]
+    assert len(hub) == 0
+
+
+async def test_subscription_resyncs_from_the_table_after_a_consumer_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = MemoryEvents([event(1)])
+    monkeypatch.setattr(fanout, "load_events", table.load)
+    hub = Hub()
+    async with Subscription(hub, None, CONVERSATION, after=0) as events:  # type: ignore[arg-type]
+        assert await _take(events, 1) == [1]
+        table.stored += [event(2), event(3)]  # published while the consumer was away
+        hub.resync_all()
+        assert await _take(events, 2) == [2, 3]
+
+
+async def test_a_slow_subscription_ends_so_the_client_can_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fanout, "load_events", MemoryEvents([]).load)
+    hub = Hub(queue_size=1)
+    async with Subscription(hub, None, CONVERSATION, after=0) as events:  # type: ignore[arg-type]
+        hub.publish(event(1))
+        hub.publish(event(2))  # overflow
+        with pytest.raises(SlowConsumer):
+            await _take(events, 5)
+
+
+def test_event_latency_is_measured_from_the_envelope_timestamp() -> None:
+    envelope = event(1)
+    assert fanout.observe_latency(envelope, now=envelope.ts + timedelta(milliseconds=250)) == pytest.approx(
+        0.25
+    )
+    naive = envelope.model_copy(update={"ts": datetime(2026, 1, 1)})
+    assert fanout.observe_latency(naive, now=datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)) == pytest.approx(1.0)
+
+
+# --- the app without backing services --------------------------------------------------------
+
+SECRET = "unit-test-jwt-secret-0123456789-abcdef"
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        stack=StackSettings(),
+        kafka=KafkaSettings(),
+        redis=RedisSettings(),
+        postgres=PostgresSettings(),
+        opa=OpaSettings(),
+        gateway=GatewaySettings(jwt_secret=SecretStr(SECRET), max_body_bytes=1024),
+        worker=WorkerSettings(),
+        tools=ToolSettings(),
+        llm=LLMSettings(),
+        llm_sim=LLMSimSettings(),
+        telemetry=TelemetrySettings(),
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> TestClient:
+    # Not entered as a context manager: the lifespan (Kafka, Redis, ...) does not run.
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["request_id"] == response.headers["X-Request-ID"]
+    assert error["message"]
+    return error
+
+
+def test_health_needs_no_token(client: TestClient) -> None:
+    response = client.get("/health")
+    assert response.json() == {"status": "ok", "replica": "gw-1"}
+    assert response.headers["X-Request-ID"]
+
+
+def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> None:
+    assert "/nope" in assert_error(client.get("/nope"), 404, "not_found")["message"]
+    assert_error(client.delete("/health"), 405, "method_not_allowed")
+
+
+def test_missing_or_bad_token_is_401_with_bearer_challenge(client: TestClient) -> None:
+    response = client.get("/v1/me")
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert_error(client.get("/v1/me", headers={"Authorization": "Bearer nonsense"}), 401, "unauthorized")
+
+
+def test_me_answers_from_the_token(client: TestClient, settings: Settings) -> None:
+    token = mint_token(settings, "alice", ["user", "admin"])
+    response = client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.json() == {"user_id": "alice", "roles": ["user", "admin"]}
+
+
+def test_malformed_json_and_invalid_fields(client: TestClient) -> None:
+    assert_error(client.post("/v1/auth/dev-login", content=b"{nope"), 400, "malformed_json")
+    error = assert_error(
+        client.post("/v1/auth/dev-login", json={"user": "no spaces"}), 422, "invalid_request"
+    )
+    assert error["message"].startswith("user:")
+
+
+def test_dev_login_mints_a_token_for_the_user(client: TestClient) -> None:
+    response = client.post(
+        "/v1/auth/dev-login", json={"user": "alice"}, headers={"Content-Type": "text/plain"}
+    )
+    body = response.json()
+    assert body["user_id"] == "alice" and body["expires_in"] > 0
+    me = client.get("/v1/me", headers={"Authorization": f"Bearer {body['token']}"})
+    assert me.json()["user_id"] == "alice"
+
+
+def test_dev_login_is_404_when_disabled(settings: Settings) -> None:
+    closed = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"dev_login": False})})
+    client = TestClient(create_app(closed))
+    assert_error(client.post("/v1/auth/dev-login", json={"user": "alice"}), 404, "not_found")
+
+
+def test_bodies_over_the_limit_are_413_declared_or_streamed(client: TestClient) -> None:
+    big = json.dumps({"user": "a" * 2000}).encode()
+    assert_error(client.post("/v1/auth/dev-login", content=big), 413, "payload_too_large")
+
+    def chunks() -> Any:
+        yield big[:1000]
+        yield big[1000:]
+
+    assert_error(client.post("/v1/auth/dev-login", content=chunks()), 413, "payload_too_large")
+
+
+def test_request_id_is_echoed(client: TestClient) -> None:
+    response = client.get("/nope", headers={"X-Request-ID": "trace-me-1"})
+    assert response.headers["X-Request-ID"] == "trace-me-1"
+    assert response.json()["error"]["request_id"] == "trace-me-1"
+
+
+def test_not_ready_while_starting(client: TestClient) -> None:
+    assert client.get("/ready").status_code == 503
+
+
+def test_metrics_are_prometheus_text(client: TestClient) -> None:
+    client.get("/health")
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "a0_gateway_requests_total" in response.text
