@@ -71,6 +71,11 @@ def up(
     unhealthy = [s.name for s in statuses if s.state != "stopped" and not s.healthy]
     if unhealthy:
         raise typer.Exit(1)
+    gateway = next((s for s in statuses if s.name == "gateway" and s.healthy), None)
+    if gateway:
+        console.print(
+            f"chat UI: [bold]http://{gateway.endpoint}/[/]  ·  terminal: a0ctl chat", highlight=False
+        )
 
 
 def down(

@@ -277,13 +277,19 @@ class CredentialStore:
             if row is None:
                 cached = None
             else:
-                secret = self.keyring.decrypt(user_id, provider, row[2], row[3], row[4])
+                secret = self._decrypt(user_id, provider, row[2], row[3], row[4])
                 register_secret(secret)
                 cached = LLMConfig(base_url=row[0], api_key=secret, model=row[1], source="credential")
             self._cache[user_id] = cached
         if cached is not None:
             await self._audit("conversation-worker", user_id, provider, "use", "ok")
         return cached
+
+    def _decrypt(self, owner_id: str, provider: str, nonce: bytes, ciphertext: bytes, key_id: str) -> str:
+        if key_id not in self.keyring.keys:
+            # The KEK was rotated by another process since this one loaded it: reload it.
+            self.keyring = Keyring(self.settings)
+        return self.keyring.decrypt(owner_id, provider, nonce, ciphertext, key_id)
 
     async def start_listening(self) -> None:
         pubsub = self.redis.pubsub()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
 
+    from services.common.credentials import CredentialStore
     from services.gateway.fanout import Hub, OutboundConsumer
 
 
@@ -34,6 +35,7 @@ class GatewayState:
     policy: PolicyClient
     hub: Hub
     outbound: OutboundConsumer
+    credentials: CredentialStore
 
 
 def get_settings(request: Request) -> Settings:

@@ -20,13 +20,14 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
+from services.common.credentials import CredentialStore
 from services.common.db import migrate, open_pool
 from services.common.kafka import make_producer
 from services.common.logging import register_secret, setup_logging
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
-from services.gateway import routes_conversations, routes_ops, routes_stream
+from services.gateway import routes_conversations, routes_credentials, routes_ops, routes_stream
 from services.gateway.deps import GatewayState
 from services.gateway.errors import NotFound, install_error_handlers
 from services.gateway.fanout import Hub, OutboundConsumer
@@ -77,6 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             policy=policy,
             hub=hub,
             outbound=outbound,
+            credentials=CredentialStore(settings, pool, redis),
         )
         log.info("gateway %s listening on %s", settings.gateway.replica, settings.gateway_url)
         yield
@@ -108,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_ops.router)
     app.include_router(routes_conversations.router)
     app.include_router(routes_stream.router)
+    app.include_router(routes_credentials.router)
 
     # The chat UI: checked per request, so the files may appear after the app is built.
     @app.get("/", include_in_schema=False)

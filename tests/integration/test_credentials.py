@@ -1,0 +1,139 @@
+"""LLM credentials: encrypted at rest, masked on the way out, used at once, never logged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from a0ctl.runtime.local import LocalRuntime
+from services.common.settings import Settings
+from tests.support.cli import a0ctl
+from tests.support.gateway import auth, collect_turn, create_conversation, post_message, sse_events
+from tests.support.llm_sim import SimProcess, running_sim
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def sim(tmp_path: Path, stack: LocalRuntime) -> AsyncIterator[SimProcess]:
+    with running_sim(tmp_path) as process:
+        yield process
+
+
+async def turn(client: httpx.AsyncClient, headers: dict[str, str], content: str) -> list[dict]:
+    conversation_id = await create_conversation(client, headers)
+    events = sse_events(client, headers, conversation_id)
+    first = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0.3)
+    accepted = await post_message(client, headers, conversation_id, content)
+
+    async def all_events():
+        yield await first
+        async for event in events:
+            yield event
+
+    result = await asyncio.wait_for(collect_turn(all_events(), accepted["turn_id"]), 60)
+    await events.aclose()
+    return result
+
+
+async def test_key_set_through_the_api_is_used_at_once_and_never_shown_or_logged(
+    settings: Settings, client: httpx.AsyncClient, sim: SimProcess, stack: LocalRuntime
+) -> None:
+    headers = auth(settings, "carol")
+    body = {"base_url": sim.base_url, "model": "a0-sim-1", "api_key": sim.api_key}
+    saved = await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["key_masked"] == f"{sim.api_key[:3]}…{sim.api_key[-4:]}"
+    listed = (await client.get("/v1/settings/credentials", headers=headers)).json()["credentials"]
+    assert [c["provider"] for c in listed] == ["openai"] and sim.api_key not in str(listed)
+
+    events = await turn(client, headers, "hello from carol")
+    assert events[-1]["type"] == "message.completed", events[-1]
+    assert "Echo: hello from carol" in events[-1]["payload"]["content"]
+
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
+        row = await (
+            await conn.execute("SELECT ciphertext, key_masked FROM credentials WHERE owner_id = 'carol'")
+        ).fetchone()
+        audit = await (
+            await conn.execute(
+                "SELECT action, outcome, detail FROM credential_audit WHERE owner_id = 'carol'"
+            )
+        ).fetchall()
+    assert row is not None and sim.api_key.encode() not in bytes(row[0]) and sim.api_key not in row[1]
+    assert ("set", "ok") in [(a, o) for a, o, _ in audit] and ("use", "ok") in [(a, o) for a, o, _ in audit]
+    assert sim.api_key not in str(audit)
+
+    logs = list((stack.state / "logs").glob("*.log")) + [sim.log]
+    assert logs
+    for log in logs:
+        assert sim.api_key not in log.read_text(errors="replace"), f"key found in {log}"
+
+
+async def test_a_key_the_provider_refuses_is_not_saved(
+    settings: Settings, client: httpx.AsyncClient, sim: SimProcess
+) -> None:
+    headers = auth(settings, "dave")
+    body = {"base_url": sim.base_url, "model": "a0-sim-1", "api_key": "sk-wrong-key-123456"}
+    response = await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "credential_rejected" and "refused this API key" in error["message"]
+    assert "sk-wrong-key-123456" not in response.text
+    assert (await client.get("/v1/settings/credentials", headers=headers)).json()["credentials"] == []
+
+
+async def test_changed_key_is_picked_up_without_restart(
+    settings: Settings, client: httpx.AsyncClient, tmp_path: Path, stack: LocalRuntime
+) -> None:
+    headers = auth(settings, "erin")
+    worker_pid = stack.pid("conversation-worker")
+    with running_sim(tmp_path) as first:
+        body = {"base_url": first.base_url, "model": "a0-sim-1", "api_key": first.api_key}
+        assert (
+            await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+        ).status_code == 200
+        assert (await turn(client, headers, "one"))[-1]["type"] == "message.completed"
+    # The first provider is gone; the worker must not keep using it.
+    with running_sim(tmp_path) as second:
+        body = {"base_url": second.base_url, "model": "a0-sim-1", "api_key": second.api_key}
+        assert (
+            await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+        ).status_code == 200
+        events = await turn(client, headers, "two")
+        assert events[-1]["type"] == "message.completed", events[-1]
+    assert stack.pid("conversation-worker") == worker_pid  # same process: no restart
+
+
+async def test_rotate_key_keeps_every_credential_readable(
+    settings: Settings, client: httpx.AsyncClient, sim: SimProcess
+) -> None:
+    headers = auth(settings, "frank")
+    body = {"base_url": sim.base_url, "model": "a0-sim-1", "api_key": sim.api_key}
+    assert (
+        await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+    ).status_code == 200
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
+        before = await (await conn.execute("SELECT kek_id, ciphertext FROM credentials")).fetchall()
+    result = await asyncio.to_thread(a0ctl, "creds", "rotate-key")
+    assert result.returncode == 0, result.stderr
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
+        after = await (await conn.execute("SELECT kek_id, ciphertext FROM credentials")).fetchall()
+    assert len(after) == len(before) and {k for k, _ in after}.isdisjoint({k for k, _ in before})
+    # The worker still decrypts it: a turn through the rotated credential answers.
+    events = await turn(client, headers, "after rotation")
+    assert events[-1]["type"] == "message.completed", events[-1]
+    listed = await asyncio.to_thread(a0ctl, "creds", "list", "--user", "frank", "--json")
+    assert listed.returncode == 0 and sim.api_key[-4:] in listed.stdout and sim.api_key not in listed.stdout
