@@ -32,7 +32,7 @@ class StackSettings(BaseSettings):
         default=Path("conf/env"), description="Generated secrets (mode 0600, never committed)."
     )
     cache_dir: Path = Field(default=Path.home() / ".cache" / "a0", description="Downloaded artifacts.")
-    runtime: str = Field(default="auto", description="auto | local | compose")
+    runtime: str = Field(default="auto", description="auto, local or compose")
     env: str = Field(default="local", description="Environment selected in topics.yaml.")
     host: str = "127.0.0.1"
     startup_timeout_s: float = 90.0
