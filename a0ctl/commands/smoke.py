@@ -16,13 +16,15 @@ def smoke(
     infra_only: Annotated[
         bool, typer.Option(help="Check only Kafka, topics, Redis, PostgreSQL and OPA.")
     ] = False,
-    lag_threshold: Annotated[int, typer.Option(help="Most messages a consumer group may lag.")] = 500,
+    lag_threshold: Annotated[
+        float, typer.Option(help="Most seconds a consumer group's oldest unconsumed record may wait.")
+    ] = 5.0,
 ) -> None:
     """Run one check per concern; exit 1 if any fails.
 
     Example: a0ctl smoke --json
     """
-    report = asyncio.run(run_smoke(settings(), lag_threshold=lag_threshold, with_services=not infra_only))
+    report = asyncio.run(run_smoke(settings(), lag_threshold_s=lag_threshold, with_services=not infra_only))
     if json_out:
         print_json(report)
     else:

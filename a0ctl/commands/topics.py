@@ -155,8 +155,16 @@ def lag(
         print_json({"lag": [r.model_dump() for r in rows], "total": sum(r.lag for r in rows)})
         return
     table = Table(title="consumer lag", title_justify="left")
-    for column in ("group", "topic", "partition", "committed", "end offset", "lag"):
+    for column in ("group", "topic", "partition", "committed", "end offset", "lag", "oldest waiting"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r.group, r.topic, str(r.partition), str(r.committed), str(r.end_offset), str(r.lag))
+        table.add_row(
+            r.group,
+            r.topic,
+            str(r.partition),
+            str(r.committed),
+            str(r.end_offset),
+            str(r.lag),
+            f"{r.lag_seconds:.1f}s" if r.lag else "-",
+        )
     console.print(table)

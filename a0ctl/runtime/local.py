@@ -77,6 +77,10 @@ class LocalRuntime:
     def _start(self, service: LocalService) -> int:
         host = self.settings.stack.host
         for port in (service.port, *service.extra_ports):
+            # A process that was just stopped may hold its port a moment longer.
+            deadline = time.monotonic() + 5
+            while port_in_use(host, port) and time.monotonic() < deadline:
+                time.sleep(0.1)
             if port_in_use(host, port):
                 raise StackError(
                     f"port {port} needed by {service.name} is already in use by another process",

@@ -55,15 +55,19 @@ async def _gateway_ready(settings: Settings) -> str:
     return "/health and /ready: " + ", ".join(f"{k} ok" for k in response.json().get("checks", {}))
 
 
-async def _lag(settings: Settings, threshold_messages: int) -> str:
+async def _lag(settings: Settings, threshold_s: float) -> str:
     rows = await consumer_lag(settings.kafka_bootstrap, None)
-    worst: dict[str, int] = {}
+    worst: dict[str, tuple[int, float]] = {}
     for row in rows:
-        worst[row.group] = worst.get(row.group, 0) + row.lag
-    over = {group: lag for group, lag in worst.items() if lag > threshold_messages}
+        messages, seconds = worst.get(row.group, (0, 0.0))
+        worst[row.group] = (messages + row.lag, max(seconds, row.lag_seconds))
+    over = {group: f"{s:.1f}s" for group, (_, s) in worst.items() if s > threshold_s}
     if over:
-        raise RuntimeError(f"lag over {threshold_messages}: {over}")
-    return ", ".join(f"{g}={lag}" for g, lag in sorted(worst.items())) or "no consumer groups yet"
+        raise RuntimeError(f"consumers more than {threshold_s:g}s behind: {over}")
+    return (
+        ", ".join(f"{g}: {m} behind, oldest {s:.1f}s" for g, (m, s) in sorted(worst.items()))
+        or "no consumer groups yet"
+    )
 
 
 async def _roundtrip(settings: Settings) -> str:
@@ -82,7 +86,7 @@ async def _roundtrip(settings: Settings) -> str:
 
 
 async def run_smoke(
-    settings: Settings, *, lag_threshold: int = 500, with_services: bool = True
+    settings: Settings, *, lag_threshold_s: float = 5.0, with_services: bool = True
 ) -> SmokeReport:
     checks: list[tuple[str, Callable[[], Awaitable[str]]]] = [
         ("kafka metadata", lambda: health.kafka_probe(settings)),
@@ -94,7 +98,7 @@ async def run_smoke(
     if with_services:
         checks += [
             ("gateway", lambda: _gateway_ready(settings)),
-            ("consumer lag", lambda: _lag(settings, lag_threshold)),
+            ("consumer lag", lambda: _lag(settings, lag_threshold_s)),
             ("end-to-end roundtrip", lambda: _roundtrip(settings)),
         ]
     results = []

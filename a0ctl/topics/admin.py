@@ -3,6 +3,7 @@ plan out, describe topics and consumer-group lag."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -176,6 +177,30 @@ class PartitionLag(BaseModel):
     committed: int
     end_offset: int
     lag: int
+    lag_seconds: float = 0.0  # age of the oldest record the group has not consumed yet
+
+
+async def _oldest_unconsumed_age(
+    bootstrap: str, positions: dict[TopicPartition, int]
+) -> dict[TopicPartition, float]:
+    """How long the record at each committed offset has been waiting, in seconds."""
+    if not positions:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    ages: dict[TopicPartition, float] = {}
+    try:
+        consumer.assign(list(positions))
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        now_ms = time.time() * 1000
+        batches = await consumer.getmany(*positions, timeout_ms=2000, max_records=len(positions) * 50)
+        for tp, records in batches.items():
+            if records:
+                ages[tp] = max(0.0, (now_ms - records[0].timestamp) / 1000)
+    finally:
+        await consumer.stop()
+    return ages
 
 
 async def consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]:

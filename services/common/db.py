@@ -50,10 +50,12 @@ CREATE TABLE IF NOT EXISTS turns (
     status          TEXT NOT NULL,
     updated_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+CREATE INDEX IF NOT EXISTS turns_open ON turns (conversation_id) WHERE status IN ('queued', 'running');
 
--- Tool results by call id: a redelivered request is answered from here, never run twice.
+-- Tool results by turn and call id (tool_call_key): a redelivered request is answered
+-- from here, never run twice.
 CREATE TABLE IF NOT EXISTS tool_results (
-    call_id     TEXT PRIMARY KEY,
+    call_key    TEXT PRIMARY KEY,
     envelope    JSONB NOT NULL,
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );

@@ -102,6 +102,12 @@ class Envelope(BaseModel):
             raise EnvelopeError(f"not JSON: {exc}") from None
 
 
+def tool_call_key(turn_id: str, call_id: str) -> str:
+    """A model's tool call id is unique only within its answer (a deterministic or reused id
+    can recur in other turns): a0 keys tool work by turn and call id."""
+    return f"{turn_id}:{call_id}"
+
+
 def export_schema() -> dict[str, Any]:
     schema = Envelope.model_json_schema()
     schema["$id"] = "https://a0.dev/schemas/envelope.v1.json"

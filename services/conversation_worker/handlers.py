@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from services.common import metrics
-from services.common.envelope import Envelope, EventType
+from services.common.envelope import Envelope, EventType, tool_call_key
 from services.common.kafka import TOOL_REQUESTS, PoisonRecord, publish
 from services.common.settings import Settings
 from services.conversation_worker.events import EventLog
@@ -136,7 +136,7 @@ class TurnRunner:
                 del self.active[envelope.conversation_id]
             self.cancel_requested.discard(turn_id)
             for call_id in self.open_calls.pop(turn_id, set()):
-                self.results.forget(call_id)
+                self.results.forget(tool_call_key(turn_id, call_id))
 
     async def _rounds(self, envelope: Envelope) -> None:
         turn_id = envelope.turn_id
@@ -255,26 +255,28 @@ class TurnRunner:
         return "".join(pieces), tool_calls
 
     async def _tool_round(self, envelope: Envelope, calls: list[dict[str, Any]]) -> None:
+        turn_id = envelope.turn_id
         waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        open_calls = self.open_calls.setdefault(envelope.turn_id, set())
+        open_calls = self.open_calls.setdefault(turn_id, set())
         for call in calls:
             call_id, name = call["id"], call["function"]["name"]
             arguments = call["function"]["arguments"]
-            if await self._stored_message(envelope, f"tool:{call_id}") is not None:
-                continue
+            key = tool_call_key(turn_id, call_id)
+            if await self._stored_message(envelope, f"tool:{key}") is not None:
+                continue  # answered before a restart
             await self.events.emit(
                 envelope,
                 EventType.TOOL_CALL,
                 {"call_id": call_id, "name": name, "arguments": arguments},
-                key=f"toolcall:{call_id}",
+                key=f"toolcall:{key}",
             )
-            waiting[call_id] = self.results.expect(call_id)
+            waiting[call_id] = self.results.expect(key)
             open_calls.add(call_id)
             request = Envelope(
-                id=f"req-{call_id}",
+                id=f"req-{key}",
                 type=EventType.TOOL_REQUEST,
                 conversation_id=envelope.conversation_id,
-                turn_id=envelope.turn_id,
+                turn_id=turn_id,
                 user_id=envelope.user_id,
                 payload={"call_id": call_id, "name": name, "arguments": arguments},
             )
@@ -284,6 +286,7 @@ class TurnRunner:
             call_id, name = call["id"], call["function"]["name"]
             if call_id not in waiting:
                 continue
+            key = tool_call_key(turn_id, call_id)
             try:
                 result = await asyncio.wait_for(asyncio.shield(waiting[call_id]), timeout)
             except TimeoutError:
@@ -293,12 +296,12 @@ class TurnRunner:
                     "error": {"code": "timeout", "message": f"no result within {timeout:.0f}s"},
                 }
             open_calls.discard(call_id)
-            self.results.forget(call_id)
-            await self.events.emit(envelope, EventType.TOOL_RESULT, result, key=f"toolresult:{call_id}")
+            self.results.forget(key)
+            await self.events.emit(envelope, EventType.TOOL_RESULT, result, key=f"toolresult:{key}")
             content = result["output"] if "output" in result else json.dumps({"error": result.get("error")})
             await self._store_message(
                 envelope,
-                f"tool:{call_id}",
+                f"tool:{key}",
                 {"role": "tool", "tool_call_id": call_id, "name": name, "content": content},
             )
 
@@ -310,7 +313,7 @@ class TurnRunner:
             self.cancel_requested.add(active.turn_id)
             for call_id in self.open_calls.get(active.turn_id, set()):
                 cancel = Envelope(
-                    id=f"cancel-{call_id}",
+                    id=f"cancel-{tool_call_key(active.turn_id, call_id)}",
                     type=EventType.TOOL_CANCEL,
                     conversation_id=envelope.conversation_id,
                     turn_id=active.turn_id,

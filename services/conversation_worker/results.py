@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from services.common.envelope import Envelope, EnvelopeError, EventType
+from services.common.envelope import Envelope, EnvelopeError, EventType, tool_call_key
 from services.common.kafka import TOOL_RESULTS, partitions_of
 from services.common.settings import Settings
 
@@ -46,15 +46,16 @@ class ToolResults:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.consumer.stop()
 
-    def expect(self, call_id: str) -> asyncio.Future[dict[str, Any]]:
-        future = self.pending.get(call_id)
+    def expect(self, key: str) -> asyncio.Future[dict[str, Any]]:
+        """A future for the result of a call, by :func:`tool_call_key`."""
+        future = self.pending.get(key)
         if future is None or future.done():
             future = asyncio.get_running_loop().create_future()
-            self.pending[call_id] = future
+            self.pending[key] = future
         return future
 
-    def forget(self, call_id: str) -> None:
-        self.pending.pop(call_id, None)
+    def forget(self, key: str) -> None:
+        self.pending.pop(key, None)
 
     async def _run(self) -> None:
         async for record in self.consumer:
@@ -67,6 +68,6 @@ class ToolResults:
                 continue
             if envelope.type != EventType.TOOL_RESPONSE:
                 continue
-            future = self.pending.get(str(envelope.payload.get("call_id")))
+            future = self.pending.get(tool_call_key(envelope.turn_id, str(envelope.payload.get("call_id"))))
             if future is not None and not future.done():
                 future.set_result(envelope.payload)

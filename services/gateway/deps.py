@@ -38,12 +38,12 @@ class GatewayState:
     credentials: CredentialStore
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
     state: GatewayState | None = getattr(request.app.state, "gateway", None)
     if state is None:
         raise Unavailable("the gateway is starting; try again")
@@ -70,11 +70,11 @@ def authenticate(settings: Settings, token: str | None) -> Principal:
     return verify_token(settings, token)
 
 
-def current_user(request: Request, settings: SettingsDep) -> Principal:
+async def current_user(request: Request, settings: SettingsDep) -> Principal:
     return authenticate(settings, bearer_token(request.headers.get("authorization")))
 
 
-def stream_user(
+async def stream_user(
     request: Request,
     settings: SettingsDep,
     access_token: Annotated[

@@ -60,7 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     register_secret(settings.gateway.jwt_secret.get_secret_value())
     await migrate(settings)
-    pool = await open_pool(settings)
+    pool = await open_pool(settings, min_size=4, max_size=60)
     redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
     policy = PolicyClient(settings)
     producer: AIOKafkaProducer | None = None

@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from services.common import metrics
-from services.common.envelope import Envelope, EventType
+from services.common.envelope import Envelope, EventType, tool_call_key
 from services.common.kafka import TOOL_RESULTS, PoisonRecord, TransientError, publish
 from services.common.policy import PolicyClient, PolicyUnavailable
 from services.tool_executor.sandbox import SandboxLimits
@@ -47,7 +47,7 @@ class ToolExecutor:
 
     async def handle(self, envelope: Envelope, record: ConsumerRecord[bytes, bytes]) -> None:
         if envelope.type == EventType.TOOL_CANCEL:
-            self._cancel(str(envelope.payload.get("call_id", "")))
+            self._cancel(tool_call_key(envelope.turn_id, str(envelope.payload.get("call_id", ""))))
             return
         if envelope.type != EventType.TOOL_REQUEST:
             raise PoisonRecord(f"unexpected event type {envelope.type} on tool.requests")
@@ -55,14 +55,15 @@ class ToolExecutor:
         name = envelope.payload.get("name")
         if not isinstance(call_id, str) or not isinstance(name, str):
             raise PoisonRecord("tool.request needs payload.call_id and payload.name (strings)")
-        stored = await self._stored_result(call_id)
+        key = tool_call_key(envelope.turn_id, call_id)
+        stored = await self._stored_result(key)
         if stored is not None:
             # Redelivery (or the worker asking again after a restart): answer from the store.
             await (await publish(self.producer, TOOL_RESULTS, stored))
             return
-        result_payload = await self._execute(envelope, call_id, name)
+        result_payload = await self._execute(envelope, call_id, name, key)
         result = Envelope(
-            id=f"result-{call_id}",
+            id=f"result-{key}",
             type=EventType.TOOL_RESPONSE,
             conversation_id=envelope.conversation_id,
             turn_id=envelope.turn_id,
@@ -71,25 +72,25 @@ class ToolExecutor:
         )
         async with self.pool.connection() as conn:
             await conn.execute(
-                "INSERT INTO tool_results (call_id, envelope) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (call_id, Jsonb(result.model_dump(mode="json"))),
+                "INSERT INTO tool_results (call_key, envelope) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (key, Jsonb(result.model_dump(mode="json"))),
             )
         await (await publish(self.producer, TOOL_RESULTS, result))
 
-    async def _stored_result(self, call_id: str) -> Envelope | None:
+    async def _stored_result(self, key: str) -> Envelope | None:
         async with self.pool.connection() as conn:
             row = await (
-                await conn.execute("SELECT envelope FROM tool_results WHERE call_id = %s", (call_id,))
+                await conn.execute("SELECT envelope FROM tool_results WHERE call_key = %s", (key,))
             ).fetchone()
         return Envelope.model_validate(row[0]) if row else None
 
-    def _cancel(self, call_id: str) -> None:
-        self.cancelled.add(call_id)
-        task = self.running.get(call_id)
+    def _cancel(self, key: str) -> None:
+        self.cancelled.add(key)
+        task = self.running.get(key)
         if task is not None:
             task.cancel()
 
-    async def _execute(self, envelope: Envelope, call_id: str, name: str) -> dict[str, Any]:
+    async def _execute(self, envelope: Envelope, call_id: str, name: str, key: str) -> dict[str, Any]:
         base = {"call_id": call_id, "name": name}
         arguments = envelope.payload.get("arguments", {})
         if isinstance(arguments, str):
@@ -118,7 +119,7 @@ class ToolExecutor:
         if tool is None:
             metrics.TOOL_CALLS.labels(name, "unknown").inc()
             return {**base, "error": {"code": "unknown_tool", "message": f"no tool named {name!r}"}}
-        if call_id in self.cancelled:
+        if key in self.cancelled:
             return {**base, "error": {"code": "cancelled", "message": "the turn was cancelled"}}
         ctx = ToolContext(
             call_id=call_id,
@@ -127,7 +128,7 @@ class ToolExecutor:
             limits=self.limits,
         )
         task = asyncio.create_task(tool.run(arguments, ctx))
-        self.running[call_id] = task
+        self.running[key] = task
         started = time.monotonic()
         try:
             output = await task
@@ -135,7 +136,7 @@ class ToolExecutor:
             metrics.TOOL_CALLS.labels(name, "error").inc()
             return {**base, "error": {"code": exc.code, "message": str(exc)}}
         except asyncio.CancelledError:
-            if call_id not in self.cancelled:
+            if key not in self.cancelled:
                 raise  # the executor itself is stopping: leave the request for redelivery
             metrics.TOOL_CALLS.labels(name, "cancelled").inc()
             return {**base, "error": {"code": "cancelled", "message": "the turn was cancelled"}}
@@ -144,6 +145,7 @@ class ToolExecutor:
             metrics.TOOL_CALLS.labels(name, "crashed").inc()
             return {**base, "error": {"code": "tool_crashed", "message": f"{type(exc).__name__}: {exc}"}}
         finally:
-            self.running.pop(call_id, None)
+            self.running.pop(key, None)
+            self.cancelled.discard(key)
         metrics.TOOL_CALLS.labels(name, "ok").inc()
         return {**base, "output": output, "seconds": round(time.monotonic() - started, 3)}

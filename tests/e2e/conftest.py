@@ -7,7 +7,9 @@ Fixtures:
 - ``e2e_stack`` (session): the stack, apps included; ``down(purge=True)`` at the end.
 - ``second_llm_sim`` (session): one more ``a0ctl run llm-sim`` on a free port, with an API
   key only the tests know: a provider the UI's Settings can switch to.
-- ``browser`` (session), ``context`` and ``page`` (per test): a fresh browser context per
+- ``credential_uses``: how often the worker used a user's stored LLM key (the
+  ``credential_audit`` trail of docs/credentials.md).
+- ``browser`` (per module), ``context`` and ``page`` (per test): a fresh browser context per
   test; the page's final state is saved to ``test-artifacts/screenshots/<test>.png``.
 """
 
@@ -16,21 +18,19 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from a0ctl.runtime import get_runtime
 from a0ctl.runtime.stack import bring_up
 from services.common.settings import Settings, load_settings
+from tests.support.llm_sim import running_sim
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -90,64 +90,24 @@ def e2e_stack() -> Iterator[Stack]:
         runtime.down(purge=True)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the second llm-sim exited with {process.returncode}; see {log}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"the second llm-sim did not answer {url} within {timeout_s} s; see {log}")
-
-
 @pytest.fixture(scope="session")
 def second_llm_sim(e2e_stack: Stack) -> Iterator[LLMSim]:
-    host = e2e_stack.settings.stack.host
-    port = _free_port(host)
-    api_key = "sk-e2e-" + secrets.token_urlsafe(24)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = ARTIFACTS / "llm-sim-2.log"
-    env = {**os.environ, "A0_LLM_SIM_PORT": str(port), "A0_LLM_SIM_API_KEY": api_key}
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "a0ctl", "run", "llm-sim"],
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_healthy(f"http://{host}:{port}/health", process, log)
-        yield LLMSim(base_url=f"http://{host}:{port}/v1", api_key=api_key, model=SIM_MODEL)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    with running_sim(ARTIFACTS) as sim:
+        yield LLMSim(base_url=sim.base_url, api_key=sim.api_key, model=SIM_MODEL)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: the sync Playwright API keeps an asyncio loop running in this
+# thread while it is open, and no other asyncio code (bring_up, the async tests of the
+# other tiers in the same run) can start its own loop until it is closed. For the same
+# reason the stack is brought up before it.
+@pytest.fixture(scope="module")
 def playwright_driver(e2e_stack: Stack) -> Iterator[Playwright]:
-    # After the stack: bring_up runs asyncio loops, which cannot start inside the one the
-    # sync Playwright API keeps running in this thread.
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     chromium = playwright_driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
     yield chromium
@@ -161,19 +121,34 @@ def context(browser: Browser, e2e_stack: Stack) -> Iterator[BrowserContext]:
     fresh.close()
 
 
+def _screenshot_path(request: pytest.FixtureRequest, suffix: str = "") -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^\w.-]+", "_", request.node.name)
+    return SCREENSHOTS / f"{name}{'-' + suffix if suffix else ''}.png"
+
+
 @pytest.fixture
 def page(context: BrowserContext, request: pytest.FixtureRequest) -> Iterator[Page]:
     tab = context.new_page()
     crashes: list[str] = []
     tab.on("pageerror", lambda error: crashes.append(str(error)))
     yield tab
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^\w.-]+", "_", request.node.name)
+    name = request.node.name
     try:
-        tab.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        tab.screenshot(path=str(_screenshot_path(request)), full_page=True)
     except Exception as exc:  # a screenshot must never hide the test's own result
         print(f"screenshot of {name} failed: {exc}")
     assert not crashes, f"uncaught JavaScript errors in the page: {crashes}"
+
+
+@pytest.fixture
+def snapshot(page: Page, request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Save an intermediate state too: ``<test>-<suffix>.png``."""
+
+    def save(suffix: str) -> None:
+        page.screenshot(path=str(_screenshot_path(request, suffix)))
+
+    return save
 
 
 @pytest.fixture
@@ -197,3 +172,19 @@ def forget_credential(e2e_stack: Stack, user_name: str) -> Iterator[None]:
         )
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         print(f"could not remove the credential of {user_name}: {exc}")
+
+
+@pytest.fixture
+def credential_uses(e2e_stack: Stack) -> Callable[[str], int]:
+    """How many times the conversation worker used ``user``'s stored LLM credential."""
+
+    def count(user: str) -> int:
+        with psycopg.connect(e2e_stack.settings.postgres_dsn, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM credential_audit WHERE owner_id = %s AND action = 'use' "
+                "AND outcome = 'ok'",
+                (user,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    return count

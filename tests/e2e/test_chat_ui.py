@@ -8,6 +8,7 @@ that nothing is appended after a cancelled answer.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -88,7 +89,12 @@ def assert_key_not_in_page(page: Page, api_key: str) -> None:
 
 
 def test_settings_key_is_masked_and_used_without_restart(
-    page: Page, user_name: str, second_llm_sim: LLMSim, forget_credential: None
+    page: Page,
+    user_name: str,
+    second_llm_sim: LLMSim,
+    forget_credential: None,
+    credential_uses: Callable[[str], int],
+    snapshot: Callable[[str], None],
 ) -> None:
     sim = second_llm_sim
     sign_in(page, user_name)
@@ -108,15 +114,19 @@ def test_settings_key_is_masked_and_used_without_restart(
     expect(page.get_by_test_id("settings-base-url")).to_have_value(sim.base_url)
     expect(page.get_by_test_id("settings-model")).to_have_value(sim.model)
     assert_key_not_in_page(page, sim.api_key)
+    snapshot("settings-after-reload")
     page.get_by_test_id("settings-close").click()
     expect(page.get_by_test_id("settings-dialog")).to_be_hidden()
 
     # The second simulator accepts only this key: an answer proves the worker uses it,
     # with no restart of anything.
+    assert credential_uses(user_name) == 0
     page.get_by_test_id("new-chat").click()
     send(page, "hello")
     expect_answer(page, 1, "Echo: hello")
     expect(page.get_by_test_id("turn-error")).to_have_count(0)
+    # ...and the answer came through the stored credential, not the stack's default.
+    assert credential_uses(user_name) >= 1
 
 
 def test_chat_happy_path(page: Page, user_name: str) -> None:
@@ -189,7 +199,11 @@ def test_cancel_mid_stream(page: Page, user_name: str) -> None:
 
 
 def test_wrong_key_is_refused_then_right_key_works(
-    page: Page, user_name: str, second_llm_sim: LLMSim, forget_credential: None
+    page: Page,
+    user_name: str,
+    second_llm_sim: LLMSim,
+    forget_credential: None,
+    snapshot: Callable[[str], None],
 ) -> None:
     sim = second_llm_sim
     sign_in(page, user_name)
@@ -203,6 +217,7 @@ def test_wrong_key_is_refused_then_right_key_works(
     expect(page.get_by_test_id("settings-status")).to_be_hidden()
     expect(page.get_by_test_id("settings-key-masked")).to_have_text("none")
     assert wrong not in page.locator("body").inner_text()
+    snapshot("refused")
 
     page.get_by_test_id("settings-api-key").fill(sim.api_key)
     page.get_by_test_id("settings-save").click()
@@ -215,6 +230,14 @@ def test_wrong_key_is_refused_then_right_key_works(
     send(page, "hello there")
     expect_answer(page, 1, "Echo: hello there")
     expect(page.get_by_test_id("turn-error")).to_have_count(0)
+
+    # "Remove" deletes the stored key; the stack's default provider answers again.
+    open_settings(page)
+    expect(page.get_by_test_id("settings-key-masked")).to_have_text(masked_pattern(sim.api_key))
+    page.get_by_test_id("settings-remove").click()
+    expect(page.get_by_test_id("settings-status")).to_contain_text("Removed", timeout=WAIT_MS)
+    expect(page.get_by_test_id("settings-key-masked")).to_have_text("none")
+    expect(page.get_by_test_id("settings-remove")).to_be_disabled()
 
 
 def test_reload_keeps_the_conversation(page: Page, user_name: str) -> None:

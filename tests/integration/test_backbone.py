@@ -344,3 +344,14 @@ async def test_bad_requests_get_the_error_shape_and_status(settings: Settings, c
         error = response.json()["error"]
         assert error["code"] == code and error["message"] and error["request_id"]
         assert response.headers["x-request-id"] == error["request_id"]
+
+
+def test_smoke_passes_with_the_end_to_end_roundtrip(stack: LocalRuntime) -> None:
+    from tests.support.cli import a0ctl
+
+    result = a0ctl("smoke", "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["ok"] is True, report
+    checks = {c["name"]: c for c in report["checks"]}
+    assert {"gateway", "consumer lag", "end-to-end roundtrip"} <= set(checks)
+    assert "42" in checks["end-to-end roundtrip"]["detail"]

@@ -1007,6 +1007,7 @@ function showCredential(credential) {
   $("settings-updated").textContent =
     credential && credential.updated_at ? `updated ${new Date(credential.updated_at).toLocaleString()}` : "";
   $("settings-remove").disabled = !credential;
+  $("settings-api-key").placeholder = credential ? "Enter a new key to replace the stored one" : "sk-…";
   if (credential) {
     $("settings-base-url").value = credential.base_url || "";
     $("settings-model").value = credential.model || "";
