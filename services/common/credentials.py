@@ -120,10 +120,13 @@ class CredentialView(BaseModel):
 
 
 class CredentialStore:
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool, redis: Redis) -> None:
+    def __init__(
+        self, settings: Settings, pool: AsyncConnectionPool, redis: Redis, policy: PolicyClient | None = None
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.redis = redis
+        self.policy = policy  # asked before a stored key is used (the worker's side)
         self.keyring = Keyring(settings)
         self._cache: dict[str, LLMConfig | None] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -277,6 +280,8 @@ class CredentialStore:
             if row is None:
                 cached = None
             else:
+                if self.policy is not None:
+                    await self._authorize(self.policy, "credentials.use", user_id, ["user"], user_id, provider)
                 secret = self._decrypt(user_id, provider, row[2], row[3], row[4])
                 register_secret(secret)
                 cached = LLMConfig(base_url=row[0], api_key=secret, model=row[1], source="credential")

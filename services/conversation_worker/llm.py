@@ -15,6 +15,7 @@ import openai
 from openai import AsyncOpenAI
 
 from services.common.credentials import LLMConfig
+from services.common.errors import CredentialError, PolicyDenied
 from services.common.logging import register_secret
 from services.common.settings import Settings
 
@@ -79,6 +80,10 @@ class LLMClients:
 def classify(exc: Exception) -> LLMError:
     """Turn an openai SDK error into words for the user; never echo the provider's text,
     which may quote the key."""
+    if isinstance(exc, PolicyDenied):
+        return LLMError("llm_forbidden", f"Using the stored LLM key is not allowed ({exc.message}).")
+    if isinstance(exc, CredentialError):
+        return LLMError("llm_credential", "The stored LLM key cannot be read; save it again in Settings.")
     if isinstance(exc, openai.AuthenticationError):
         return LLMError("llm_auth", "The LLM provider rejected the API key. Update it in Settings.")
     if isinstance(exc, openai.PermissionDeniedError):

@@ -15,6 +15,7 @@ from services.common.credentials import CredentialStore
 from services.common.db import migrate, open_pool
 from services.common.kafka import INBOUND, ConsumerLoop, make_producer
 from services.common.logging import setup_logging
+from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
 from services.conversation_worker.events import EventLog
@@ -33,7 +34,8 @@ async def run(settings: Settings) -> None:
     redis = aioredis.from_url(settings.redis_url)
     producer = make_producer(settings, "conversation-worker")
     results = ToolResults(settings)
-    credentials = CredentialStore(settings, pool, redis)
+    policy = PolicyClient(settings)
+    credentials = CredentialStore(settings, pool, redis, policy)
     llm = LLMClients(settings, credentials)
     await producer.start()
     await credentials.start_listening()
@@ -72,6 +74,7 @@ async def run(settings: Settings) -> None:
         await credentials.stop_listening()
         await producer.stop()
         await llm.aclose()
+        await policy.aclose()
         await redis.aclose()
         await pool.close()
 

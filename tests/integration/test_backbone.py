@@ -355,3 +355,46 @@ def test_smoke_passes_with_the_end_to_end_roundtrip(stack: LocalRuntime) -> None
     checks = {c["name"]: c for c in report["checks"]}
     assert {"gateway", "consumer lag", "end-to-end roundtrip"} <= set(checks)
     assert "42" in checks["end-to-end roundtrip"]["detail"]
+
+
+async def test_second_message_follows_the_conversation_policy(settings: Settings, client) -> None:
+    headers = auth(settings, "alice")
+    rejecting = await create_conversation(client, headers, title="reject", policy="reject")
+    await post_message(client, headers, rejecting, "long answer please")
+    refused = await client.post(
+        f"/v1/conversations/{rejecting}/messages", json={"content": "and now?"}, headers=headers
+    )
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict"
+
+    interrupting = await create_conversation(client, headers, title="interrupt", policy="interrupt")
+    events = sse_events(client, headers, interrupting)
+    first = await post_message(client, headers, interrupting, "long answer please")
+    async for event in events:
+        if event["type"] == "message.delta":
+            break
+    second = await post_message(client, headers, interrupting, "hello after interrupt")
+    outcomes: dict[str, str] = {}
+    async for event in events:
+        if event["type"] in ("message.completed", "cancelled", "error"):
+            outcomes[event["turn_id"]] = event["type"]
+            if len(outcomes) == 2:
+                break
+    await events.aclose()
+    assert outcomes == {first["turn_id"]: "cancelled", second["turn_id"]: "message.completed"}
+
+
+async def test_enqueued_messages_run_one_after_another(settings: Settings, client) -> None:
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)  # default policy: enqueue
+    events = sse_events(client, headers, conversation_id)
+    first = await post_message(client, headers, conversation_id, "remember kiwi")
+    second = await post_message(client, headers, conversation_id, "what did I ask you to remember?")
+    finished = []
+    async for event in events:
+        if event["type"] == "message.completed":
+            finished.append(event)
+            if len(finished) == 2:
+                break
+    await events.aclose()
+    assert [e["turn_id"] for e in finished] == [first["turn_id"], second["turn_id"]]
+    assert "kiwi" in finished[1]["payload"]["content"]
