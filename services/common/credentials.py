@@ -281,7 +281,9 @@ class CredentialStore:
                 cached = None
             else:
                 if self.policy is not None:
-                    await self._authorize(self.policy, "credentials.use", user_id, ["user"], user_id, provider)
+                    await self._authorize(
+                        self.policy, "credentials.use", user_id, ["user"], user_id, provider
+                    )
                 secret = self._decrypt(user_id, provider, row[2], row[3], row[4])
                 register_secret(secret)
                 cached = LLMConfig(base_url=row[0], api_key=secret, model=row[1], source="credential")

@@ -27,44 +27,62 @@ class EventLog:
         self.producer = producer
         # Kafka order must equal sequence order: one writer per conversation at a time.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._unacked: defaultdict[str, list[asyncio.Future[Any]]] = defaultdict(list)
 
     async def emit(self, source: Envelope, type_: EventType, payload: dict[str, Any], key: str) -> Envelope:
+        """Store the event under the conversation's next seq (or find it stored under
+        ``key``), then publish it. Deltas do not wait for the broker's ack (ordering is the
+        producer's, and a lost publish is filled from the table by the gateways); every
+        other event waits for its own ack and all earlier ones."""
         conversation_id = source.conversation_id
+        draft = Envelope(
+            type=type_,
+            conversation_id=conversation_id,
+            turn_id=source.turn_id,
+            user_id=source.user_id,
+            payload=payload,
+        )
         async with self._locks[conversation_id]:
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self.pool.connection() as conn:
+                # One statement, one round trip: reuse the event stored under this key, or
+                # take the next seq and store the event with it.
                 row = await (
                     await conn.execute(
-                        "SELECT envelope FROM events WHERE conversation_id = %s AND event_key = %s",
-                        (conversation_id, key),
+                        """
+                        WITH existing AS (
+                            SELECT envelope FROM events WHERE conversation_id = %(c)s AND event_key = %(k)s
+                        ), next AS (
+                            UPDATE conversations SET last_seq = last_seq + 1, updated_at = now()
+                            WHERE id = %(c)s AND NOT EXISTS (SELECT 1 FROM existing)
+                            RETURNING last_seq
+                        ), inserted AS (
+                            INSERT INTO events (conversation_id, seq, event_key, envelope)
+                            SELECT %(c)s, last_seq, %(k)s, jsonb_set(%(e)s::jsonb, '{seq}', to_jsonb(last_seq))
+                            FROM next
+                            RETURNING envelope
+                        )
+                        SELECT envelope FROM existing UNION ALL SELECT envelope FROM inserted
+                        """,
+                        {"c": conversation_id, "k": key, "e": Jsonb(draft.model_dump(mode="json"))},
                     )
                 ).fetchone()
-                if row is not None:
-                    event = Envelope.model_validate(row[0])
-                else:
-                    seq_row = await (
-                        await conn.execute(
-                            "UPDATE conversations SET last_seq = last_seq + 1, updated_at = now() "
-                            "WHERE id = %s RETURNING last_seq",
-                            (conversation_id,),
-                        )
-                    ).fetchone()
-                    if seq_row is None:
-                        raise PoisonRecord(f"unknown conversation {conversation_id}")
-                    event = Envelope(
-                        type=type_,
-                        conversation_id=conversation_id,
-                        turn_id=source.turn_id,
-                        user_id=source.user_id,
-                        seq=seq_row[0],
-                        payload=payload,
-                    )
-                    await conn.execute(
-                        "INSERT INTO events (conversation_id, seq, event_key, envelope) VALUES (%s, %s, %s, %s)",
-                        (conversation_id, event.seq, key, Jsonb(event.model_dump(mode="json"))),
-                    )
+            if row is None:
+                raise PoisonRecord(f"unknown conversation {conversation_id}")
+            event = Envelope.model_validate(row[0])
             delivery = await publish(self.producer, OUTBOUND, event)
-        await delivery
+            pending = self._unacked[conversation_id]
+            pending.append(delivery)
+        if type_ != EventType.DELTA:
+            await asyncio.gather(*pending)
+            pending.clear()
         return event
+
+    def forget(self, conversation_id: str) -> None:
+        """Drop per-conversation state once nothing of it is in flight."""
+        lock = self._locks.get(conversation_id)
+        if lock is not None and not lock.locked() and not self._unacked.get(conversation_id):
+            del self._locks[conversation_id]
+            self._unacked.pop(conversation_id, None)
 
     async def republish_turn(self, conversation_id: str, turn_id: str) -> int:
         """Publish a finished turn's events again (a crash may have come between the

@@ -96,6 +96,8 @@ class TurnRunner:
             await self._run_turn(envelope, message_id, content)
         finally:
             ticket.release()
+            if self.sequencer.idle(envelope.conversation_id):
+                self.events.forget(envelope.conversation_id)
 
     # --- a turn --------------------------------------------------------------------
     async def _run_turn(self, envelope: Envelope, message_id: str, content: str) -> None:

@@ -35,6 +35,10 @@ class Sequencer:
         self._last[conversation_id] = ticket
         return ticket
 
+    def idle(self, conversation_id: str) -> bool:
+        """No turn of this conversation is running or queued here."""
+        return conversation_id not in self._last
+
     def _released(self, conversation_id: str, ticket: Ticket) -> None:
         if self._last.get(conversation_id) is ticket:
             del self._last[conversation_id]  # nothing queued behind it: forget the conversation

@@ -135,5 +135,9 @@ def serve(settings: Settings) -> None:
         port=settings.gateway.port,
         access_log=False,
         log_config=None,
+        # Longer than clients' idle pools keep connections, so a reused connection is not
+        # closed under a request in flight.
+        timeout_keep_alive=75,
+        backlog=4096,
         ws_max_size=max(settings.gateway.max_body_bytes, 65536),
     )
