@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -143,6 +144,23 @@ class ConsumerLoop:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.consumer.stop()
+
+    async def run_until_signalled(self) -> None:
+        """Start, consume until SIGTERM or SIGINT, then stop: a service's main loop.
+        Records still in flight are left uncommitted, so they are redelivered."""
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            log.info("%s consuming %s", self.group_id, ", ".join(self.topics))
+            consuming = asyncio.create_task(self.run())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait([consuming, stopping], return_when=asyncio.FIRST_COMPLETED)
+            for task in (consuming, stopping):
+                task.cancel()
+        finally:
+            await self.stop()
 
     async def run(self) -> None:
         """Fetch, dispatch and commit until stopped."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import redis.asyncio as aioredis
 from prometheus_client import start_http_server
@@ -59,17 +58,9 @@ async def run(settings: Settings) -> None:
         producer=producer,
         max_in_flight=settings.worker.max_inflight,
     )
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        await loop.start()
-        log.info("conversation worker consuming %s", INBOUND)
-        consuming = asyncio.create_task(loop.run())
-        await asyncio.wait([consuming, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        consuming.cancel()
+        await loop.run_until_signalled()
     finally:
-        await loop.stop()
         await results.stop()
         await credentials.stop_listening()
         await producer.stop()

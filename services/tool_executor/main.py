@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from prometheus_client import start_http_server
 
@@ -45,17 +44,10 @@ async def run(settings: Settings) -> None:
         producer=producer,
         max_in_flight=settings.tools.max_inflight,
     )
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    log.info("tools: %s", ", ".join(sorted(executor.tools)))
     try:
-        await loop.start()
-        log.info("tool executor consuming %s with tools %s", TOOL_REQUESTS, sorted(executor.tools))
-        runner = asyncio.create_task(loop.run())
-        await asyncio.wait([runner, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        runner.cancel()
+        await loop.run_until_signalled()
     finally:
-        await loop.stop()
         await producer.stop()
         await policy.aclose()
         await pool.close()

@@ -29,6 +29,8 @@ from tests.support.gateway import (
     comparable,
     create_conversation,
     post_message,
+    read_until,
+    send_and_collect,
     sse_events,
 )
 
@@ -41,30 +43,10 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def send_and_stream(
-    client: httpx.AsyncClient, headers: dict[str, str], conversation_id: str, content: str, after: int = 0
-) -> list[dict]:
-    events = sse_events(client, headers, conversation_id, last_event_id=after)
-    first = asyncio.ensure_future(anext(events))  # the stream is open before the message is posted
-    await asyncio.sleep(0.3)
-    accepted = await post_message(client, headers, conversation_id, content)
-    pending = [await first]
-
-    async def rest() -> AsyncIterator[dict]:
-        for event in pending:
-            yield event
-        async for event in events:
-            yield event
-
-    turn = await asyncio.wait_for(collect_turn(rest(), accepted["turn_id"]), 60)
-    await events.aclose()
-    return turn
-
-
 async def test_rest_message_streams_answer_with_tool_call_over_sse(settings: Settings, client) -> None:
     headers = auth(settings, "alice")
     conversation_id = await create_conversation(client, headers)
-    events = await send_and_stream(client, headers, conversation_id, "compute 6*7")
+    events = await send_and_collect(client, headers, conversation_id, "compute 6*7")
     types = [e["type"] for e in events]
     assert types[0] == "message.accepted" and types[-1] == "message.completed"
     assert "tool.call" in types and "tool.result" in types
@@ -82,7 +64,7 @@ async def test_rest_message_streams_answer_with_tool_call_over_sse(settings: Set
 
 async def test_websocket_carries_the_same_events_as_sse(settings: Settings, client) -> None:
     headers = auth(settings, "alice")
-    via_sse = await send_and_stream(
+    via_sse = await send_and_collect(
         client, headers, await create_conversation(client, headers), "compute 6*7"
     )
     conversation_id = await create_conversation(client, headers)
@@ -131,8 +113,8 @@ async def test_websocket_carries_the_same_events_as_sse(settings: Settings, clie
 async def test_multi_turn_second_answer_depends_on_the_first(settings: Settings, client) -> None:
     headers = auth(settings, "alice")
     conversation_id = await create_conversation(client, headers)
-    first = await send_and_stream(client, headers, conversation_id, "remember banana")
-    second = await send_and_stream(
+    first = await send_and_collect(client, headers, conversation_id, "remember banana")
+    second = await send_and_collect(
         client, headers, conversation_id, "what did I ask you to remember?", after=first[-1]["seq"]
     )
     assert "banana" in second[-1]["payload"]["content"]
@@ -145,11 +127,7 @@ async def test_cancel_mid_stream_stops_the_answer(settings: Settings, client) ->
     conversation_id = await create_conversation(client, headers)
     events = sse_events(client, headers, conversation_id)
     accepted = await post_message(client, headers, conversation_id, "long answer please")
-    seen = []
-    async for event in events:
-        seen.append(event)
-        if event["type"] == "message.delta":
-            break
+    seen = await read_until(events, "message.delta")
     response = await client.post(
         f"/v1/conversations/{conversation_id}/cancel", json={"turn_id": accepted["turn_id"]}, headers=headers
     )
@@ -174,7 +152,7 @@ async def test_failing_or_denied_tool_reaches_client_and_turn_completes(
     settings: Settings, client, prompt: str, code: str
 ) -> None:
     headers = auth(settings, "alice")
-    events = await send_and_stream(client, headers, await create_conversation(client, headers), prompt)
+    events = await send_and_collect(client, headers, await create_conversation(client, headers), prompt)
     result = next(e for e in events if e["type"] == "tool.result")
     assert result["payload"]["error"]["code"] == code, result
     assert events[-1]["type"] == "message.completed"
@@ -205,7 +183,7 @@ async def test_malformed_record_goes_to_dead_letter_and_consumer_carries_on(
         await producer.stop()
         await dlq.stop()
     alice = auth(settings, "alice")
-    events = await send_and_stream(client, alice, await create_conversation(client, alice), "hello again")
+    events = await send_and_collect(client, alice, await create_conversation(client, alice), "hello again")
     assert events[-1]["type"] == "message.completed"
 
 
@@ -216,11 +194,7 @@ async def test_worker_killed_mid_turn_the_turn_completes_once(
     conversation_id = await create_conversation(client, headers)
     events = sse_events(client, headers, conversation_id)
     accepted = await post_message(client, headers, conversation_id, "long answer please")
-    seen = []
-    async for event in events:
-        seen.append(event)
-        if event["type"] == "message.delta":
-            break
+    seen = await read_until(events, "message.delta")
     stack.kill_service("conversation-worker")
     await asyncio.to_thread(stack.up, services=("conversation-worker",))
     seen += await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 90)
@@ -240,11 +214,7 @@ async def test_sse_reconnect_with_last_event_id_has_no_gap_and_no_duplicate(
     conversation_id = await create_conversation(client, headers)
     events = sse_events(client, headers, conversation_id)
     accepted = await post_message(client, headers, conversation_id, "long answer please")
-    first_part = []
-    async for event in events:
-        first_part.append(event)
-        if sum(e["type"] == "message.delta" for e in first_part) == 3:
-            break
+    first_part = await read_until(events, "message.delta", count=3)
     await events.aclose()  # disconnect mid-answer
     await asyncio.sleep(0.5)
     resumed = sse_events(client, headers, conversation_id, last_event_id=first_part[-1]["seq"])
@@ -369,9 +339,7 @@ async def test_second_message_follows_the_conversation_policy(settings: Settings
     interrupting = await create_conversation(client, headers, title="interrupt", policy="interrupt")
     events = sse_events(client, headers, interrupting)
     first = await post_message(client, headers, interrupting, "long answer please")
-    async for event in events:
-        if event["type"] == "message.delta":
-            break
+    await read_until(events, "message.delta")
     second = await post_message(client, headers, interrupting, "hello after interrupt")
     outcomes: dict[str, str] = {}
     async for event in events:

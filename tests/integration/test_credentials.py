@@ -13,7 +13,7 @@ import pytest
 from a0ctl.runtime.local import LocalRuntime
 from services.common.settings import Settings
 from tests.support.cli import a0ctl
-from tests.support.gateway import auth, collect_turn, create_conversation, post_message, sse_events
+from tests.support.gateway import auth, create_conversation, send_and_collect
 from tests.support.llm_sim import SimProcess, running_sim
 
 pytestmark = pytest.mark.integration
@@ -32,20 +32,7 @@ def sim(tmp_path: Path, stack: LocalRuntime) -> AsyncIterator[SimProcess]:
 
 
 async def turn(client: httpx.AsyncClient, headers: dict[str, str], content: str) -> list[dict]:
-    conversation_id = await create_conversation(client, headers)
-    events = sse_events(client, headers, conversation_id)
-    first = asyncio.ensure_future(anext(events))
-    await asyncio.sleep(0.3)
-    accepted = await post_message(client, headers, conversation_id, content)
-
-    async def all_events():
-        yield await first
-        async for event in events:
-            yield event
-
-    result = await asyncio.wait_for(collect_turn(all_events(), accepted["turn_id"]), 60)
-    await events.aclose()
-    return result
+    return await send_and_collect(client, headers, await create_conversation(client, headers), content)
 
 
 async def test_key_set_through_the_api_is_used_at_once_and_never_shown_or_logged(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -71,6 +72,31 @@ async def collect_turn(events: AsyncIterator[dict[str, Any]], turn_id: str) -> l
         if event["type"] in TERMINAL_EVENTS:
             break
     return collected
+
+
+async def send_and_collect(
+    client: httpx.AsyncClient, headers: dict[str, str], conversation_id: str, content: str, after: int = 0
+) -> list[dict[str, Any]]:
+    """Post a message and return its turn's events from the SSE stream. Every event is in
+    the history before a client sees it, so the stream may open after the post."""
+    accepted = await post_message(client, headers, conversation_id, content)
+    events = sse_events(client, headers, conversation_id, last_event_id=after)
+    try:
+        return await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 60)
+    finally:
+        await events.aclose()
+
+
+async def read_until(
+    events: AsyncIterator[dict[str, Any]], event_type: str, count: int = 1
+) -> list[dict[str, Any]]:
+    """Events up to and including the ``count``-th one of ``event_type``."""
+    seen = []
+    async for event in events:
+        seen.append(event)
+        if sum(e["type"] == event_type for e in seen) == count:
+            break
+    return seen
 
 
 def answer_text(events: list[dict[str, Any]]) -> str:
