@@ -87,16 +87,28 @@ async def run_size(settings: Any, size: int, prompt: str) -> dict[str, Any]:
 
     from services.common.auth import mint_token
 
-    limits = httpx.Limits(max_connections=size * 2 + 10, max_keepalive_connections=size * 2 + 10)
-    async with httpx.AsyncClient(
-        base_url=settings.gateway_url, limits=limits, timeout=httpx.Timeout(120, connect=30)
-    ) as client:
+    # Small connection pools: httpx's pool scans its connections on each request, so one
+    # client with a thousand connections would spend the run in the load generator itself.
+    per_client = 20
+    clients = [
+        httpx.AsyncClient(
+            base_url=settings.gateway_url,
+            timeout=httpx.Timeout(120, connect=30),
+            limits=httpx.Limits(max_connections=per_client * 2 + 2),
+        )
+        for _ in range((size + per_client - 1) // per_client)
+    ]
+    try:
         tokens = [mint_token(settings, f"bench-{size}-{i}") for i in range(size)]
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(one_conversation(client, t, prompt) for t in tokens), return_exceptions=True
+            *(one_conversation(clients[i // per_client], token, prompt) for i, token in enumerate(tokens)),
+            return_exceptions=True,
         )
         wall = time.perf_counter() - started
+    finally:
+        for client in clients:
+            await client.aclose()
     latencies = [r for r in results if isinstance(r, float)]
     errors = [repr(r) for r in results if not isinstance(r, float)]
     ms = [value * 1000 for value in latencies]

@@ -137,10 +137,19 @@ class LocalRuntime:
                 raise self._fail(service, f"did not become healthy in time ({detail})")
             await asyncio.sleep(0.25)
 
+    def _expand(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """A service name also stands for its replicas (``conversation-worker-2`` ...)."""
+        return tuple(
+            known
+            for name in names
+            for known in self.services
+            if known == name or known.startswith(f"{name}-")
+        )
+
     def up(
         self, progress: ProgressFn | None = None, *, services: tuple[str, ...] | None = None
     ) -> list[ServiceStatus]:
-        names = services or tuple(self.services)
+        names = self._expand(services) if services else tuple(self.services)
         for directory in ("data", "logs", "run"):
             (self.state / directory).mkdir(parents=True, exist_ok=True)
         started: list[LocalService] = []

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from a0ctl.runtime import artifacts, health
@@ -84,6 +85,15 @@ def _pg_bin(name: str) -> str:
     raise StackError(
         f"{name} not found", service="postgres", hint="apt-get install postgresql (scripts/bootstrap.sh does)"
     )
+
+
+def worker_name(replica: int) -> str:
+    """Worker replicas share one consumer group; the first keeps the plain name."""
+    return "conversation-worker" if replica == 0 else f"conversation-worker-{replica + 1}"
+
+
+def worker_metrics_port(settings: Settings, replica: int) -> int:
+    return settings.worker.metrics_port + 10 * replica
 
 
 def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
@@ -277,12 +287,16 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
             command=app_command("tool-executor"),
             app=True,
         ),
-        LocalService(
-            name="conversation-worker",
-            port=settings.worker.metrics_port,
-            probe=health.metrics_probe(lambda s: s.worker.metrics_port),
-            command=app_command("conversation-worker"),
-            app=True,
+        *(
+            LocalService(
+                name=worker_name(replica),
+                port=worker_metrics_port(settings, replica),
+                probe=health.metrics_probe(partial(worker_metrics_port, replica=replica)),
+                command=app_command("conversation-worker"),
+                env={"A0_WORKER_METRICS_PORT": str(worker_metrics_port(settings, replica))},
+                app=True,
+            )
+            for replica in range(settings.worker.replicas)
         ),
         LocalService(
             name="gateway",

@@ -117,7 +117,7 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     max_message_chars: int = 16_000
     max_inflight_turns: int = 2000
-    workers: int = 1
+    workers: int = Field(default=1, ge=1, le=32, description="Gateway processes sharing the port.")
     rate_per_user_per_min: int = 600
     replica: str = "gw-1"
 
@@ -125,9 +125,10 @@ class GatewaySettings(BaseSettings):
 class WorkerSettings(BaseSettings):
     model_config = _config("A0_WORKER_")
 
+    replicas: int = Field(default=1, ge=1, le=16, description="Worker processes the local runtime runs.")
     max_inflight: int = 256
     max_tool_rounds: int = 4
-    metrics_port: int = 19101
+    metrics_port: int = Field(default=19101, description="Replica i (from 0) serves metrics on this + 10*i.")
     llm_timeout_s: float = 60.0
 
 

@@ -192,7 +192,7 @@ class TurnRunner:
         self, envelope: Envelope, round_: int, *, offer_tools: bool
     ) -> tuple[str, list[dict[str, Any]]]:
         config = await self.llm.config_for(envelope.user_id)
-        client = self.llm.client(config)
+        client = self.llm.client(config, envelope.conversation_id)
         already_sent = await self.events.emitted_text_length(
             envelope.conversation_id, envelope.turn_id, round_
         )

@@ -8,6 +8,7 @@ provider, the local simulator (llm_sim) with its generated key.
 
 from __future__ import annotations
 
+import zlib
 from typing import Protocol
 
 import httpx2
@@ -41,16 +42,26 @@ def settings_config(settings: Settings) -> LLMConfig:
     return LLMConfig(base_url=settings.llm_base_url, api_key=key, model=settings.llm.model, source="settings")
 
 
+# Hundreds of concurrent streams are spread over several small connection pools: a pool
+# scans its connections on every request, so one large pool costs more CPU than the calls.
+HTTP_SHARDS = 8
+CONNECTIONS_PER_SHARD = 128
+
+
 class LLMClients:
     def __init__(self, settings: Settings, credentials: CredentialLookup | None = None) -> None:
         self.settings = settings
         self.credentials = credentials
-        self._clients: dict[tuple[str, str], AsyncOpenAI] = {}
-        # The SDK's own HTTP client type, sized for hundreds of concurrent streams.
-        self._http = openai.DefaultAsyncHttpxClient(
-            limits=httpx2.Limits(max_connections=2000, max_keepalive_connections=500),
-            timeout=httpx2.Timeout(settings.worker.llm_timeout_s, connect=5.0),
-        )
+        self._clients: dict[tuple[str, str, int], AsyncOpenAI] = {}
+        self._http = [
+            openai.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(
+                    max_connections=CONNECTIONS_PER_SHARD, max_keepalive_connections=CONNECTIONS_PER_SHARD
+                ),
+                timeout=httpx2.Timeout(settings.worker.llm_timeout_s, connect=5.0),
+            )
+            for _ in range(HTTP_SHARDS)
+        ]
 
     async def config_for(self, user_id: str) -> LLMConfig:
         if self.credentials is not None:
@@ -59,8 +70,9 @@ class LLMClients:
                 return stored
         return settings_config(self.settings)
 
-    def client(self, config: LLMConfig) -> AsyncOpenAI:
-        key = (config.base_url, config.api_key)
+    def client(self, config: LLMConfig, conversation_id: str) -> AsyncOpenAI:
+        shard = zlib.crc32(conversation_id.encode()) % HTTP_SHARDS
+        key = (config.base_url, config.api_key, shard)
         client = self._clients.get(key)
         if client is None:
             register_secret(config.api_key)
@@ -68,13 +80,14 @@ class LLMClients:
                 base_url=config.base_url,
                 api_key=config.api_key or "none",
                 max_retries=0,
-                http_client=self._http,
+                http_client=self._http[shard],
             )
             self._clients[key] = client
         return client
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for http in self._http:
+            await http.aclose()
 
 
 def classify(exc: Exception) -> LLMError:

@@ -25,7 +25,7 @@ from services.common.db import migrate, open_pool
 from services.common.kafka import make_producer
 from services.common.logging import register_secret, setup_logging
 from services.common.policy import PolicyClient
-from services.common.settings import Settings
+from services.common.settings import Settings, load_settings
 from services.common.telemetry import setup_tracing
 from services.gateway import routes_conversations, routes_credentials, routes_ops, routes_stream
 from services.gateway.deps import GatewayState
@@ -124,13 +124,27 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def app_from_environment() -> FastAPI:
+    """The app of one worker process when the gateway runs several (uvicorn's factory)."""
+    setup_logging("gateway")
+    settings = load_settings()
+    setup_tracing(settings, "gateway")
+    return create_app(settings)
+
+
 def serve(settings: Settings) -> None:
-    """Run the gateway with uvicorn on ``stack.host:gateway.port`` until interrupted."""
+    """Run the gateway with uvicorn on ``stack.host:gateway.port`` until interrupted.
+
+    With ``A0_GATEWAY_WORKERS`` > 1, uvicorn runs that many processes on the one port;
+    each has its own outbound consumer, so any of them can stream any conversation."""
     setup_logging("gateway")
     setup_tracing(settings, "gateway")
+    workers = settings.gateway.workers
     # No access log: request lines are noise under load, and SSE URLs may carry a token.
     uvicorn.run(
-        create_app(settings),
+        "services.gateway.main:app_from_environment" if workers > 1 else create_app(settings),
+        factory=workers > 1,
+        workers=workers if workers > 1 else None,
         host=settings.stack.host,
         port=settings.gateway.port,
         access_log=False,
