@@ -124,3 +124,18 @@ async def test_rotate_key_keeps_every_credential_readable(
     assert events[-1]["type"] == "message.completed", events[-1]
     listed = await asyncio.to_thread(a0ctl, "creds", "list", "--user", "frank", "--json")
     assert listed.returncode == 0 and sim.api_key[-4:] in listed.stdout and sim.api_key not in listed.stdout
+
+
+def test_creds_cli_reads_the_key_from_stdin_and_shows_it_masked(sim: SimProcess) -> None:
+    args = ["creds", "set", "openai", "--user", "gina", "--base-url", sim.base_url, "--model", "a0-sim-1"]
+    stored = a0ctl(*args, input_text=sim.api_key + "\n")
+    assert stored.returncode == 0, stored.stderr
+    assert sim.api_key[-4:] in stored.stdout and sim.api_key not in stored.stdout + stored.stderr
+    refused = a0ctl(*args, input_text="sk-not-the-right-key-1234\n")
+    assert refused.returncode == 1 and "refused this API key" in refused.stderr
+    assert "sk-not-the-right-key-1234" not in refused.stdout + refused.stderr
+    listed = a0ctl("creds", "list", "--user", "gina", "--json")
+    assert '"provider": "openai"' in listed.stdout and sim.api_key not in listed.stdout
+    assert a0ctl("creds", "rm", "openai", "--user", "gina").returncode == 0
+    gone = a0ctl("creds", "rm", "openai", "--user", "gina")
+    assert gone.returncode == 1 and "has no openai credential" in gone.stderr

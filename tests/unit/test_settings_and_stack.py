@@ -108,3 +108,21 @@ def test_compose_runtime_without_engine_says_what_to_do() -> None:
     with pytest.raises(StackError) as info:
         get_runtime(load_settings(), "compose")
     assert "needs a Docker engine" in info.value.message and "--runtime local" in str(info.value)
+
+
+def test_every_setting_is_documented() -> None:
+    from pydantic_settings import BaseSettings
+
+    from services.common import settings as module
+    from tests.conftest import ROOT
+
+    documented = (ROOT / "docs" / "settings.md").read_text()
+    groups = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, BaseSettings)]
+    missing = [
+        f"{group.model_config['env_prefix']}{name.upper()}"
+        for group in groups
+        if group is not BaseSettings
+        for name in group.model_fields
+        if f"`{group.model_config['env_prefix']}{name.upper()}`" not in documented
+    ]
+    assert not missing, f"add to docs/settings.md: {missing}"
