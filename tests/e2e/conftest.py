@@ -30,7 +30,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_
 from a0ctl.runtime import get_runtime
 from a0ctl.runtime.stack import bring_up
 from services.common.settings import Settings, load_settings
-from tests.support.llm_sim import running_sim
+from tests.support.processes import running_sim
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,7 +19,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from a0ctl.runtime.local import LocalRuntime
 from services.common.auth import mint_token
 from services.common.settings import Settings
-from tests.conftest import ROOT
 from tests.support.gateway import (
     answer_text,
     auth,
@@ -33,6 +30,7 @@ from tests.support.gateway import (
     send_and_collect,
     sse_events,
 )
+from tests.support.processes import running_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -226,29 +224,14 @@ async def test_sse_reconnect_with_last_event_id_has_no_gap_and_no_duplicate(
 
 
 async def test_message_posted_on_one_gateway_streams_to_a_client_on_another(
-    settings: Settings, client
+    settings: Settings, client, tmp_path: Path
 ) -> None:
-    port = settings.gateway.port + 7
-    env = {**os.environ, "A0_GATEWAY_PORT": str(port), "A0_GATEWAY_REPLICA": "gw-2"}
-    second = subprocess.Popen(  # noqa: ASYNC220 - a server process, not awaited
-        [sys.executable, "-m", "a0ctl", "run", "gateway"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as other:
-            for _ in range(100):
-                try:
-                    if (await other.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
+    with running_gateway(tmp_path, A0_GATEWAY_REPLICA="gw-2") as other_url:
+        async with httpx.AsyncClient(base_url=other_url, timeout=30) as other:
             assert (await other.get("/health")).json()["replica"] == "gw-2"
             headers = auth(settings, "alice")
             conversation_id = await create_conversation(client, headers)
+            # Subscribed before the message exists: what arrives is the live fan-out.
             events = sse_events(other, headers, conversation_id)
             first = asyncio.ensure_future(anext(events))
             await asyncio.sleep(0.5)
@@ -261,10 +244,48 @@ async def test_message_posted_on_one_gateway_streams_to_a_client_on_another(
 
             turn = await asyncio.wait_for(collect_turn(rest(), accepted["turn_id"]), 60)
             await events.aclose()
-        assert turn[-1]["type"] == "message.completed" and "5" in turn[-1]["payload"]["content"]
-    finally:
-        second.terminate()
-        second.wait(20)
+    assert turn[-1]["type"] == "message.completed" and "5" in turn[-1]["payload"]["content"]
+
+
+async def test_gateway_sheds_load_with_429_and_retry_after(settings: Settings, tmp_path: Path) -> None:
+    with running_gateway(tmp_path, A0_GATEWAY_RATE_PER_USER_PER_MIN="2") as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as limited:
+            headers = auth(settings, "ratelimited-user")
+            conversation_id = await create_conversation(limited, headers)
+            for _ in range(2):
+                await post_message(limited, headers, conversation_id, "hello")
+            refused = await limited.post(
+                f"/v1/conversations/{conversation_id}/messages",
+                json={"content": "one too many"},
+                headers=headers,
+            )
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert 0 < int(refused.headers["retry-after"]) <= 60
+
+
+async def test_cancel_kills_a_running_tool_process(settings: Settings, client, tmp_path: Path) -> None:
+    beacon = tmp_path / "alive"
+    code = f"import time\nwhile True:\n    open({str(beacon)!r}, 'a').write('.')\n    time.sleep(0.05)"
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    events = sse_events(client, headers, conversation_id)
+    accepted = await post_message(client, headers, conversation_id, f"run python: {code}")
+    await read_until(events, "tool.call")
+    for _ in range(100):  # the code is running once the beacon grows
+        if beacon.exists() and beacon.stat().st_size > 3:
+            break
+        await asyncio.sleep(0.1)
+    assert beacon.exists(), "the tool never started"
+    await client.post(
+        f"/v1/conversations/{conversation_id}/cancel", json={"turn_id": accepted["turn_id"]}, headers=headers
+    )
+    rest = await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 10)
+    await events.aclose()
+    assert rest[-1]["type"] == "cancelled"
+    await asyncio.sleep(0.5)
+    size = beacon.stat().st_size
+    await asyncio.sleep(1.0)
+    assert beacon.stat().st_size == size, "the tool process kept running after cancel"
 
 
 async def test_another_user_cannot_read_or_write_a_conversation(settings: Settings, client) -> None:

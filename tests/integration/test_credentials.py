@@ -14,7 +14,7 @@ from a0ctl.runtime.local import LocalRuntime
 from services.common.settings import Settings
 from tests.support.cli import a0ctl
 from tests.support.gateway import auth, create_conversation, send_and_collect
-from tests.support.llm_sim import SimProcess, running_sim
+from tests.support.processes import SimProcess, running_sim
 
 pytestmark = pytest.mark.integration
 

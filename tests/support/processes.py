@@ -1,0 +1,79 @@
+"""Extra a0 service processes for a test — a second upstream simulator with a key only
+the test knows, a second gateway with its own settings — started as users run them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT
+
+
+@dataclass
+class SimProcess:
+    base_url: str
+    api_key: str
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_service(service: str, env: dict[str, str], health_url: str, log: Path) -> Iterator[None]:
+    """``a0ctl run SERVICE`` with extra settings in ``env``, until the block ends."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "a0ctl", "run", service],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(health_url, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{service} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+@contextmanager
+def running_sim(log_dir: Path) -> Iterator[SimProcess]:
+    port = free_port()
+    api_key = "sk-test-" + secrets.token_urlsafe(24)
+    log = log_dir / f"llm-sim-{port}.log"
+    env = {"A0_LLM_SIM_PORT": str(port), "A0_LLM_SIM_API_KEY": api_key}
+    with running_service("llm-sim", env, f"http://127.0.0.1:{port}/health", log):
+        yield SimProcess(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, log=log)
+
+
+@contextmanager
+def running_gateway(log_dir: Path, **settings: str) -> Iterator[str]:
+    """A further gateway replica on a free port; yields its base URL."""
+    port = free_port()
+    env = {"A0_GATEWAY_PORT": str(port), **settings}
+    with running_service("gateway", env, f"http://127.0.0.1:{port}/health", log_dir / f"gateway-{port}.log"):
+        yield f"http://127.0.0.1:{port}"
