@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from a0ctl.client import SseParser
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
 from services.common.settings import Settings
@@ -48,18 +49,14 @@ async def sse_events(
         timeout=httpx.Timeout(60, read=60),
     ) as response:
         assert response.status_code == 200, await response.aread()
-        fields: dict[str, str] = {}
+        parser = SseParser()
         async for line in response.aiter_lines():
-            if line == "":
-                if "data" in fields:
-                    event = json.loads(fields["data"])
-                    event["_sse_id"] = fields.get("id")
-                    event["_sse_event"] = fields.get("event")
-                    yield event
-                fields = {}
-            elif not line.startswith(":") and ":" in line:
-                name, _, value = line.partition(":")
-                fields[name] = fields.get(name, "") + value.removeprefix(" ")
+            message = parser.feed(line)
+            if message is not None:
+                event = json.loads(message["data"])
+                event["_sse_id"] = message["id"]
+                event["_sse_event"] = message["event"]
+                yield event
 
 
 async def collect_turn(events: AsyncIterator[dict[str, Any]], turn_id: str) -> list[dict[str, Any]]:
