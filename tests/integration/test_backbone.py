@@ -387,3 +387,28 @@ async def test_enqueued_messages_run_one_after_another(settings: Settings, clien
     await events.aclose()
     assert [e["turn_id"] for e in finished] == [first["turn_id"], second["turn_id"]]
     assert "kiwi" in finished[1]["payload"]["content"]
+
+
+async def test_broker_killed_mid_turn_the_turn_completes_once(
+    settings: Settings, client, stack: LocalRuntime
+) -> None:
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    accepted = await post_message(client, headers, conversation_id, "long answer please")
+    events = sse_events(client, headers, conversation_id)
+    seen = await read_until(events, "message.delta")
+    await events.aclose()
+    stack.kill_service("kafka")
+    await asyncio.sleep(2)
+    await asyncio.to_thread(stack.up, services=("kafka",))
+    # Resume from the last event seen, as a reconnecting client does.
+    resumed = sse_events(client, headers, conversation_id, last_event_id=seen[-1]["seq"])
+    seen += await asyncio.wait_for(collect_turn(resumed, accepted["turn_id"]), 120)
+    await resumed.aclose()
+    seqs = [e["seq"] for e in seen]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    assert [e["type"] for e in seen].count("message.completed") == 1
+    assert answer_text(seen) == seen[-1]["payload"]["content"]
+    # And the stack serves new turns after the broker's recovery.
+    after = await send_and_collect(client, headers, conversation_id, "compute 6*7", after=seen[-1]["seq"])
+    assert after[-1]["type"] == "message.completed" and "42" in after[-1]["payload"]["content"]
