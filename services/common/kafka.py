@@ -68,6 +68,22 @@ async def publish(producer: AIOKafkaProducer, topic: str, envelope: Envelope) ->
     )
 
 
+async def dead_letter(
+    producer: AIOKafkaProducer, topic: str, record: ConsumerRecord[bytes, bytes], reason: str, **extra: str
+) -> None:
+    """Copy a record that cannot be handled to a dead-letter topic, unchanged, with why
+    and where it came from in the headers (``a0-dlq-*``)."""
+    log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+    headers = [
+        ("a0-dlq-reason", reason.encode()),
+        ("a0-dlq-source-topic", record.topic.encode()),
+        ("a0-dlq-source-partition", str(record.partition).encode()),
+        ("a0-dlq-source-offset", str(record.offset).encode()),
+        *((f"a0-dlq-{key}", value.encode()) for key, value in extra.items()),
+    ]
+    await (await producer.send(topic, record.value or b"", key=record.key, headers=headers))
+
+
 class PoisonRecord(Exception):
     """The record can never be handled: it goes to the dead-letter topic with this reason."""
 
@@ -242,18 +258,8 @@ class ConsumerLoop:
                 return
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
         metrics.DEAD_LETTERS.labels(self.group_id).inc()
-        headers = [
-            ("a0-dlq-reason", reason.encode()),
-            ("a0-dlq-source-topic", record.topic.encode()),
-            ("a0-dlq-source-partition", str(record.partition).encode()),
-            ("a0-dlq-source-offset", str(record.offset).encode()),
-        ]
-        future = await self.producer.send(
-            self.dead_letter_topic, record.value or b"", key=record.key, headers=headers
-        )
-        await future
+        await dead_letter(self.producer, self.dead_letter_topic, record, reason)
 
     async def _commit(self) -> None:
         offsets = {}

@@ -25,12 +25,13 @@ from pydantic import ValidationError
 
 from services.common import metrics
 from services.common.envelope import CLIENT_EVENTS, Envelope, EnvelopeError
-from services.common.kafka import OUTBOUND
+from services.common.kafka import OUTBOUND, dead_letter
 from services.common.settings import Settings
 
 log = logging.getLogger("a0.gateway.fanout")
 
 QUEUE_SIZE = 1000
+DEAD_LETTER_TOPIC = "dlq.gateway"
 PAGE = 500
 
 
@@ -226,6 +227,7 @@ class OutboundConsumer:
         self.producer = producer
         self.connected = False
         self.last_error: str | None = "not started"
+        self._dead_letters: set[asyncio.Task[None]] = set()
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -283,7 +285,13 @@ class OutboundConsumer:
         try:
             envelope = Envelope.from_bytes(record.value)
         except EnvelopeError as exc:
-            log.error("unreadable record %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+            task = asyncio.create_task(
+                dead_letter(
+                    self.producer, DEAD_LETTER_TOPIC, record, str(exc), replica=self.settings.gateway.replica
+                )
+            )
+            self._dead_letters.add(task)
+            task.add_done_callback(self._dead_letters.discard)
             return
         if envelope.type not in CLIENT_EVENTS or envelope.conversation_id not in self.hub:
             return

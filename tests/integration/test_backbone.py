@@ -412,3 +412,32 @@ async def test_broker_killed_mid_turn_the_turn_completes_once(
     # And the stack serves new turns after the broker's recovery.
     after = await send_and_collect(client, headers, conversation_id, "compute 6*7", after=seen[-1]["seq"])
     assert after[-1]["type"] == "message.completed" and "42" in after[-1]["payload"]["content"]
+
+
+async def test_gateway_dead_letters_an_unreadable_outbound_record(settings: Settings, client) -> None:
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    events = sse_events(client, headers, conversation_id)
+    following = asyncio.ensure_future(anext(events))  # someone follows the conversation here
+    await asyncio.sleep(0.5)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    dlq = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    await dlq.start()
+    try:
+        tp = TopicPartition("dlq.gateway", 0)
+        dlq.assign([tp])
+        await dlq.seek_to_end(tp)
+        await dlq.position(tp)
+        await producer.send_and_wait("conversation.outbound", b'{"type": 1}', key=conversation_id.encode())
+        record = await asyncio.wait_for(dlq.getone(), 30)
+        assert record.key == conversation_id.encode() and dict(record.headers)["a0-dlq-replica"] == b"gw-1"
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await events.aclose()
+        await producer.stop()
+        await dlq.stop()
+    # The stream still works for that conversation.
+    turn = await send_and_collect(client, headers, conversation_id, "hello")
+    assert turn[-1]["type"] == "message.completed"
