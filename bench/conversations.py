@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -54,12 +53,6 @@ def _configure_env(offset: int) -> None:
     )
     for key in ("A0_LLM_BASE_URL", "A0_LLM_API_KEY"):
         os.environ.pop(key, None)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def one_conversation(client: Any, token: str, prompt: str) -> float:
@@ -111,7 +104,8 @@ async def run_size(settings: Any, size: int, prompt: str) -> dict[str, Any]:
             await client.aclose()
     latencies = [r for r in results if isinstance(r, float)]
     errors = [repr(r) for r in results if not isinstance(r, float)]
-    ms = [value * 1000 for value in latencies]
+    from a0ctl.load import Percentiles
+
     return {
         "conversations": size,
         "completed": len(latencies),
@@ -119,12 +113,7 @@ async def run_size(settings: Any, size: int, prompt: str) -> dict[str, Any]:
         "first_errors": errors[:3],
         "wall_s": round(wall, 3),
         "messages_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
-        "latency_ms": {
-            "p50": round(percentile(ms, 50), 1) if ms else None,
-            "p95": round(percentile(ms, 95), 1) if ms else None,
-            "p99": round(percentile(ms, 99), 1) if ms else None,
-            "mean": round(statistics.fmean(ms), 1) if ms else None,
-        },
+        "latency_ms": Percentiles.of(latencies, scale=1000, digits=1).model_dump(),
     }
 
 

@@ -56,20 +56,38 @@ class ToolExecutor:
         if not isinstance(call_id, str) or not isinstance(name, str):
             raise PoisonRecord("tool.request needs payload.call_id and payload.name (strings)")
         key = tool_call_key(envelope.turn_id, call_id)
-        stored = await self._stored_result(key)
-        if stored is not None:
-            # Redelivery (or the worker asking again after a restart): answer from the store.
-            await (await publish(self.producer, TOOL_RESULTS, stored))
-            return
-        result_payload = await self._execute(envelope, call_id, name, key)
-        result = Envelope(
+        try:
+            await self._answer(envelope, call_id, name, key)
+        except (PoisonRecord, TransientError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # The record goes to the dead-letter topic; the turn still gets an answer,
+            # rather than waiting out its timeout.
+            failure = {
+                "call_id": call_id,
+                "name": name,
+                "error": {"code": "executor_error", "message": "the tool executor could not run this call"},
+            }
+            await (await publish(self.producer, TOOL_RESULTS, self._result(envelope, key, failure)))
+            raise
+
+    def _result(self, envelope: Envelope, key: str, payload: dict[str, Any]) -> Envelope:
+        return Envelope(
             id=f"result-{key}",
             type=EventType.TOOL_RESPONSE,
             conversation_id=envelope.conversation_id,
             turn_id=envelope.turn_id,
             user_id=envelope.user_id,
-            payload=result_payload,
+            payload=payload,
         )
+
+    async def _answer(self, envelope: Envelope, call_id: str, name: str, key: str) -> None:
+        stored = await self._stored_result(key)
+        if stored is not None:
+            # Redelivery (or the worker asking again after a restart): answer from the store.
+            await (await publish(self.producer, TOOL_RESULTS, stored))
+            return
+        result = self._result(envelope, key, await self._execute(envelope, call_id, name, key))
         async with self.pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO tool_results (call_key, envelope) VALUES (%s, %s) ON CONFLICT DO NOTHING",
