@@ -22,7 +22,7 @@ from services.common.settings import Settings
 LOG_TAIL_LINES = 20
 
 
-def _proc_start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -34,7 +34,7 @@ def _proc_start_time(pid: int) -> str | None:
 
 
 def process_alive(pid: int) -> bool:
-    return _proc_start_time(pid) is not None
+    return process_start_time(pid) is not None
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -66,7 +66,7 @@ class LocalRuntime:
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
-        if _proc_start_time(pid) != started:
+        if process_start_time(pid) != started:
             return None
         return pid
 
@@ -108,7 +108,7 @@ class LocalRuntime:
                 )
             except FileNotFoundError as exc:
                 raise StackError(f"{argv[0]} not found", service=service.name) from exc
-        self._pid_path(service.name).write_text(f"{process.pid} {_proc_start_time(process.pid)}")
+        self._pid_path(service.name).write_text(f"{process.pid} {process_start_time(process.pid)}")
         return process.pid
 
     def _fail(self, service: LocalService, reason: str) -> StackError:
@@ -173,16 +173,16 @@ class LocalRuntime:
         if pid is None:
             self._pid_path(name).unlink(missing_ok=True)
             return False
-        service = self.services[name]
+        service = self.services.get(name)
         try:
-            os.killpg(pid, service.stop_signal)
+            os.killpg(pid, service.stop_signal if service else signal.SIGTERM)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _proc_start_time(pid) is not None:
+        while time.monotonic() < deadline and process_start_time(pid) is not None:
             _reap(pid)
             time.sleep(0.1)
-        if _proc_start_time(pid) is not None:
+        if process_start_time(pid) is not None:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -192,7 +192,11 @@ class LocalRuntime:
         return True
 
     def down(self, *, purge: bool = False) -> list[str]:
-        stopped = [name for name in reversed(list(self.services)) if self._stop(name)]
+        # Everything with a pid file, including services the settings no longer name
+        # (fewer worker replicas than when it started): nothing of ours keeps running.
+        recorded = sorted(path.stem for path in (self.state / "run").glob("*.pid"))
+        extra = [name for name in recorded if name not in self.services]
+        stopped = [name for name in [*reversed(list(self.services)), *extra] if self._stop(name)]
         if purge:
             for directory in ("data", "logs", "run"):
                 shutil.rmtree(self.state / directory, ignore_errors=True)

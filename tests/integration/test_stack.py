@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -11,7 +15,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from a0ctl.runtime.base import INFRA
-from a0ctl.runtime.local import LocalRuntime, port_in_use, process_alive
+from a0ctl.runtime.local import LocalRuntime, port_in_use, process_alive, process_start_time
 from a0ctl.runtime.stack import bring_up
 from services.common.policy import PolicyClient
 from services.common.settings import Settings, load_settings
@@ -117,3 +121,19 @@ def test_logs_prints_the_tail_of_a_service_log(stack: LocalRuntime) -> None:
     assert 0 < len(result.stdout.splitlines()) <= 5
     unknown = a0ctl("logs", "nope")
     assert unknown.returncode == 1 and "unknown service" in unknown.stderr
+
+
+def test_down_also_stops_replicas_the_settings_no_longer_name(stack: LocalRuntime) -> None:
+    # A process a0ctl started earlier under a name the current settings do not have.
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+    (stack.state / "run" / "conversation-worker-9.pid").write_text(
+        f"{orphan.pid} {process_start_time(orphan.pid)}"
+    )
+    try:
+        result = a0ctl("down")
+        assert result.returncode == 0 and "conversation-worker-9" in result.stdout
+        orphan.wait(timeout=20)
+    finally:
+        if orphan.poll() is None:
+            os.killpg(orphan.pid, signal.SIGKILL)
+        bring_up(load_settings(), runtime_name="local")
