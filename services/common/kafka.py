@@ -16,6 +16,10 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import httpx
+import psycopg
+import psycopg_pool
+import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
@@ -92,6 +96,19 @@ class TransientError(Exception):
     """Worth retrying with backoff (a dependency briefly unavailable)."""
 
 
+# A dependency that is down or restarting: retry the record, never dead-letter it early.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    KafkaError,
+    OSError,
+    psycopg.OperationalError,
+    psycopg_pool.PoolTimeout,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    httpx.TransportError,
+)
+
+
 Handler = Callable[[Envelope, ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 
@@ -121,7 +138,7 @@ class ConsumerLoop:
         dead_letter_topic: str,
         producer: AIOKafkaProducer,
         max_in_flight: int,
-        retries: int = 5,
+        retries: int = 30,  # with the 10 s cap: about five minutes of outage before giving up
     ) -> None:
         self.topics = topics
         self.group_id = group_id
@@ -237,7 +254,7 @@ class ConsumerLoop:
             except PoisonRecord as exc:
                 await self._dead_letter(record, str(exc))
                 return
-            except (TransientError, KafkaError, OSError) as exc:
+            except TRANSIENT_ERRORS as exc:
                 if attempt == self.retries:
                     await self._dead_letter(record, f"gave up after {attempt + 1} attempts: {exc}")
                     return

@@ -441,3 +441,30 @@ async def test_gateway_dead_letters_an_unreadable_outbound_record(settings: Sett
     # The stream still works for that conversation.
     turn = await send_and_collect(client, headers, conversation_id, "hello")
     assert turn[-1]["type"] == "message.completed"
+
+
+async def test_postgres_restarted_mid_turn_the_turn_completes_once(
+    settings: Settings, client, stack: LocalRuntime
+) -> None:
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    accepted = await post_message(client, headers, conversation_id, "long answer please")
+    events = sse_events(client, headers, conversation_id)
+    seen = await read_until(events, "message.delta")
+    await events.aclose()
+    await asyncio.to_thread(stack.stop_service, "postgres")
+    await asyncio.sleep(1)
+    await asyncio.to_thread(stack.up, services=("postgres",))
+    # As the UI does: a 503 "try again" while the gateway's pool replaces its dead
+    # connections, then the stream resumes from the last event seen.
+    for _ in range(50):
+        if (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).status_code == 200:
+            break
+        await asyncio.sleep(0.2)
+    resumed = sse_events(client, headers, conversation_id, last_event_id=seen[-1]["seq"])
+    seen += await asyncio.wait_for(collect_turn(resumed, accepted["turn_id"]), 120)
+    await resumed.aclose()
+    seqs = [e["seq"] for e in seen]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    assert [e["type"] for e in seen].count("message.completed") == 1
+    assert answer_text(seen) == seen[-1]["payload"]["content"]
