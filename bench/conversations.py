@@ -95,7 +95,10 @@ async def run_size(settings: Any, size: int, prompt: str) -> dict[str, Any]:
         tokens = [mint_token(settings, f"bench-{size}-{i}") for i in range(size)]
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(one_conversation(clients[i // per_client], token, prompt) for i, token in enumerate(tokens)),
+            *(
+                asyncio.wait_for(one_conversation(clients[i // per_client], token, prompt), 180)
+                for i, token in enumerate(tokens)
+            ),
             return_exceptions=True,
         )
         wall = time.perf_counter() - started
