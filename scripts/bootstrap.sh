@@ -14,6 +14,7 @@ declare -A NEEDS=(
   [default-jre-headless]=java
   [chromium]=chromium
 )
+SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()
 for pkg in "${!NEEDS[@]}"; do
   probe="${NEEDS[$pkg]}"
@@ -22,14 +23,14 @@ for pkg in "${!NEEDS[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! command -v go >/dev/null 2>&1 && [[ ! -x "$HOME/.cache/a0/opa-v1.22.3/opa" ]] && ! command -v opa >/dev/null; then
   echo "bootstrap: neither go nor opa found; installing golang to build opa"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang >/dev/null
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang >/dev/null
 fi
 
 PY=${PYTHON:-python3}
