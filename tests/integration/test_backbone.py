@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -389,19 +389,25 @@ async def test_enqueued_messages_run_one_after_another(settings: Settings, clien
     assert "kiwi" in finished[1]["payload"]["content"]
 
 
-async def test_broker_killed_mid_turn_the_turn_completes_once(
-    settings: Settings, client, stack: LocalRuntime
-) -> None:
+async def survives_mid_turn(
+    settings: Settings, client: httpx.AsyncClient, fault: Callable[[], Awaitable[None]]
+) -> tuple[dict[str, str], str, list[dict]]:
+    """Start a long answer, leave the stream after its first delta, run ``fault``, then
+    resume from the last event seen, as a reconnecting client does. The whole turn must
+    arrive once: contiguous seqs, one completion, the answer equal to its deltas."""
     headers = auth(settings, "alice")
     conversation_id = await create_conversation(client, headers)
     accepted = await post_message(client, headers, conversation_id, "long answer please")
     events = sse_events(client, headers, conversation_id)
     seen = await read_until(events, "message.delta")
     await events.aclose()
-    stack.kill_service("kafka")
-    await asyncio.sleep(2)
-    await asyncio.to_thread(stack.up, services=("kafka",))
-    # Resume from the last event seen, as a reconnecting client does.
+    await fault()
+    # A 503 "try again" while the gateway replaces dead connections is what a client
+    # retries through before resuming.
+    for _ in range(50):
+        if (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).status_code == 200:
+            break
+        await asyncio.sleep(0.2)
     resumed = sse_events(client, headers, conversation_id, last_event_id=seen[-1]["seq"])
     seen += await asyncio.wait_for(collect_turn(resumed, accepted["turn_id"]), 120)
     await resumed.aclose()
@@ -409,6 +415,18 @@ async def test_broker_killed_mid_turn_the_turn_completes_once(
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
     assert [e["type"] for e in seen].count("message.completed") == 1
     assert answer_text(seen) == seen[-1]["payload"]["content"]
+    return headers, conversation_id, seen
+
+
+async def test_broker_killed_mid_turn_the_turn_completes_once(
+    settings: Settings, client, stack: LocalRuntime
+) -> None:
+    async def kill_and_restart_kafka() -> None:
+        stack.kill_service("kafka")
+        await asyncio.sleep(2)
+        await asyncio.to_thread(stack.up, services=("kafka",))
+
+    headers, conversation_id, seen = await survives_mid_turn(settings, client, kill_and_restart_kafka)
     # And the stack serves new turns after the broker's recovery.
     after = await send_and_collect(client, headers, conversation_id, "compute 6*7", after=seen[-1]["seq"])
     assert after[-1]["type"] == "message.completed" and "42" in after[-1]["payload"]["content"]
@@ -446,25 +464,9 @@ async def test_gateway_dead_letters_an_unreadable_outbound_record(settings: Sett
 async def test_postgres_restarted_mid_turn_the_turn_completes_once(
     settings: Settings, client, stack: LocalRuntime
 ) -> None:
-    headers = auth(settings, "alice")
-    conversation_id = await create_conversation(client, headers)
-    accepted = await post_message(client, headers, conversation_id, "long answer please")
-    events = sse_events(client, headers, conversation_id)
-    seen = await read_until(events, "message.delta")
-    await events.aclose()
-    await asyncio.to_thread(stack.stop_service, "postgres")
-    await asyncio.sleep(1)
-    await asyncio.to_thread(stack.up, services=("postgres",))
-    # As the UI does: a 503 "try again" while the gateway's pool replaces its dead
-    # connections, then the stream resumes from the last event seen.
-    for _ in range(50):
-        if (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).status_code == 200:
-            break
-        await asyncio.sleep(0.2)
-    resumed = sse_events(client, headers, conversation_id, last_event_id=seen[-1]["seq"])
-    seen += await asyncio.wait_for(collect_turn(resumed, accepted["turn_id"]), 120)
-    await resumed.aclose()
-    seqs = [e["seq"] for e in seen]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
-    assert [e["type"] for e in seen].count("message.completed") == 1
-    assert answer_text(seen) == seen[-1]["payload"]["content"]
+    async def restart_postgres() -> None:
+        await asyncio.to_thread(stack.stop_service, "postgres")
+        await asyncio.sleep(1)
+        await asyncio.to_thread(stack.up, services=("postgres",))
+
+    await survives_mid_turn(settings, client, restart_postgres)
