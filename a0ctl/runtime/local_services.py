@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -62,6 +63,26 @@ def _chown(path: Path, user: str | None) -> None:
     if user:
         entry = pwd.getpwnam(user)
         os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _allow_traversal(path: Path, user: str | None) -> None:
+    """Let ``user`` reach ``path``: PostgreSQL runs as its own user, and a checkout under a
+    private directory (``mktemp -d`` is 0700) would hide its data directory from it. Adds
+    only search permission (o+x, no listing) to the ancestors that lack it."""
+    if not user:
+        return
+    uid = pwd.getpwnam(user).pw_uid
+    for ancestor in reversed(path.resolve().parents):
+        mode = ancestor.stat()
+        if mode.st_uid != uid and not mode.st_mode & stat.S_IXOTH:
+            try:
+                os.chmod(ancestor, stat.S_IMODE(mode.st_mode) | stat.S_IXOTH)
+            except OSError as exc:
+                raise StackError(
+                    f"PostgreSQL runs as {user!r}, which cannot reach {path}: {ancestor} is private",
+                    service="postgres",
+                    hint=f"allow others to traverse {ancestor} (chmod o+x) or set A0_STATE_DIR elsewhere",
+                ) from exc
 
 
 def _dir_is_corrupt(path: Path, marker: str) -> bool:
@@ -178,6 +199,7 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
             raise _corrupt("postgres", pg_dir, "PG_VERSION")
         for path in (pg_sock, pg_dir):
             path.mkdir(parents=True, exist_ok=True)
+            _allow_traversal(path, pg_user)
             _chown(path, pg_user)
         os.chmod(pg_dir, 0o700)
         if not (pg_dir / "PG_VERSION").exists():

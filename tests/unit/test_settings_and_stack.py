@@ -126,3 +126,22 @@ def test_every_setting_is_documented() -> None:
         if f"`{group.model_config['env_prefix']}{name.upper()}`" not in documented
     ]
     assert not missing, f"add to docs/settings.md: {missing}"
+
+
+def test_postgres_user_can_reach_a_state_dir_under_a_private_directory(tmp_path: Path) -> None:
+    import os
+    import pwd
+
+    from a0ctl.runtime.local_services import _allow_traversal
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres user on this machine")
+    if os.geteuid() != 0:
+        pytest.skip("only root hands PostgreSQL to another user")
+    private = tmp_path / "private"
+    (private / "state" / "data").mkdir(parents=True)
+    private.chmod(0o700)
+    _allow_traversal(private / "state" / "data", "postgres")
+    assert private.stat().st_mode & 0o777 == 0o701  # search added, nothing else
