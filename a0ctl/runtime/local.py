@@ -15,7 +15,7 @@ from pathlib import Path
 
 from a0ctl.runtime import health
 from a0ctl.runtime.base import ProgressFn, ServiceStatus
-from a0ctl.runtime.local_services import LocalService, build_services
+from a0ctl.runtime.local_services import LocalService, build_services, run_as
 from services.common.errors import StackError
 from services.common.settings import Settings
 
@@ -104,7 +104,7 @@ class LocalRuntime:
                     cwd=self.settings.stack.home,
                     env={**os.environ, **service.env},
                     start_new_session=True,  # its own process group: down stops it and its children
-                    user=service.user,
+                    **run_as(service.user),
                 )
             except FileNotFoundError as exc:
                 raise StackError(f"{argv[0]} not found", service=service.name) from exc

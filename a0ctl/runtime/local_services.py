@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from a0ctl.runtime import artifacts, health
 from services.common.errors import StackError
@@ -38,10 +39,18 @@ class LocalService:
 
 
 def _run_checked(argv: list[str], service: str, what: str, user: str | None = None) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, user=user)
+    result = subprocess.run(argv, capture_output=True, text=True, **run_as(user))
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-10:])
         raise StackError(f"{what} failed:\n{tail}", service=service)
+
+
+def run_as(user: str | None) -> dict[str, Any]:
+    """subprocess arguments that drop to ``user`` entirely: its uid, its group, and none of
+    root's groups — with root's group kept, a 0750 root directory would still be closed."""
+    if not user:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
 def _non_root_user() -> str | None:
