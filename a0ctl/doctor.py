@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pydantic import BaseModel
 from a0ctl.runtime import artifacts, docker_engine_answers
 from services.common.secrets_env import secrets_path
 from services.common.settings import Settings
+from services.tool_executor.confinement import ConfinementError, check
 
 BOOTSTRAP = "run scripts/bootstrap.sh (idempotent), or"
 
@@ -34,6 +37,31 @@ def _binary(name: str, fix: str, version_args: tuple[str, ...] = ("--version",))
     except (OSError, subprocess.TimeoutExpired) as exc:
         return DoctorCheck(name=name, ok=False, detail=f"{path} does not run: {exc}", fix=fix)
     return DoctorCheck(name=name, ok=True, detail=first)
+
+
+def _tool_sandbox(settings: Settings) -> list[DoctorCheck]:
+    """bwrap, the seccomp generator and the tool user: without them run_python fails."""
+    fix = f"{BOOTSTRAP} apt-get install bubblewrap python3-seccomp"
+    try:
+        detail = check(settings.tools.sandbox_python, settings.tools.run_as)
+        detail += f" as {settings.tools.run_as}" if os.geteuid() == 0 else ""
+        sandbox = DoctorCheck(name="tool sandbox (bubblewrap + seccomp)", ok=True, detail=detail)
+    except ConfinementError as exc:
+        sandbox = DoctorCheck(name="tool sandbox (bubblewrap + seccomp)", ok=False, detail=str(exc), fix=fix)
+    user = settings.tools.run_as
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+        tool_user = DoctorCheck(
+            name="tool user", ok=uid != 0, detail=f"{user} (uid {uid})", fix="name a non-root user"
+        )
+    except KeyError:
+        tool_user = DoctorCheck(
+            name="tool user",
+            ok=False,
+            detail=f"no user {user!r} (A0_TOOLS_RUN_AS)",
+            fix=f"{BOOTSTRAP} useradd --system --no-create-home --shell /usr/sbin/nologin {user}",
+        )
+    return [sandbox, tool_user]
 
 
 def run_doctor(settings: Settings) -> list[DoctorCheck]:
@@ -89,6 +117,7 @@ def run_doctor(settings: Settings) -> list[DoctorCheck]:
             fix="`a0ctl up` generates them on first start (mode 0600)",
         )
     )
+    checks += _tool_sandbox(settings)
     chromium = shutil.which("chromium")
     checks.append(
         DoctorCheck(

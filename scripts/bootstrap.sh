@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything a0 needs on a Debian machine, idempotently:
-#   - Debian packages: redis-server, postgresql, maven, a Java runtime, chromium (browser tests)
+#   - Debian packages: redis-server, postgresql, maven, a Java runtime, chromium (browser tests),
+#     bubblewrap and python3-seccomp (the tool sandbox)
+#   - the unprivileged user `a0-tools` that the tool executor and its sandbox run as
 #   - the Python environment in .venv (re-installed only when pyproject.toml changes)
 # Kafka's jars (Maven Central) and the opa binary (go install) are fetched into
 # ~/.cache/a0 by `a0ctl up` itself, once.
@@ -13,6 +15,7 @@ declare -A NEEDS=(
   [maven]=mvn
   [default-jre-headless]=java
   [chromium]=chromium
+  [bubblewrap]=bwrap
 )
 SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()
@@ -21,6 +24,8 @@ for pkg in "${!NEEDS[@]}"; do
   if [[ "$probe" == /* ]]; then [[ -e "$probe" ]] || missing+=("$pkg")
   else command -v "$probe" >/dev/null 2>&1 || missing+=("$pkg"); fi
 done
+# libseccomp's bindings for the system interpreter generate the sandbox's seccomp filter.
+/usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || missing+=(python3-seccomp)
 if ((${#missing[@]})); then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
@@ -31,6 +36,12 @@ if ! command -v go >/dev/null 2>&1 && [[ ! -x "$HOME/.cache/a0/opa-v1.22.3/opa" 
   echo "bootstrap: neither go nor opa found; installing golang to build opa"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang >/dev/null
+fi
+
+# The tool executor drops to this user when started as root; tool code never runs as root.
+if ! getent passwd a0-tools >/dev/null; then
+  echo "bootstrap: creating the system user a0-tools (runs tool code)"
+  $SUDO useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin a0-tools
 fi
 
 PY=${PYTHON:-python3}

@@ -141,6 +141,12 @@ class ToolSettings(BaseSettings):
     memory_mb: int = 256
     wall_seconds: float = 10.0
     output_bytes: int = 16_384
+    # Processes of the tool user, all runs together (RLIMIT_NPROC): stops a fork bomb.
+    max_processes: int = 256
+    # The interpreter tool code runs with; only it and its stdlib are in the sandbox.
+    sandbox_python: str = "/usr/bin/python3"
+    # The unprivileged user the executor drops to when started as root, and bwrap runs as.
+    run_as: str = "a0-tools"
 
 
 class LLMSettings(BaseSettings):

@@ -14,7 +14,9 @@ from services.common.logging import setup_logging
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
+from services.tool_executor.confinement import ConfinementError, confinement
 from services.tool_executor.handlers import ToolExecutor
+from services.tool_executor.privileges import drop_root
 from services.tool_executor.sandbox import SandboxLimits
 from services.tool_executor.tools import load_tools
 
@@ -57,4 +59,9 @@ def serve(settings: Settings) -> None:
     setup_logging("tool-executor")
     setup_tracing(settings, "tool-executor")
     start_http_server(settings.tools.metrics_port, addr=settings.stack.host)
+    drop_root(settings.tools.run_as)
+    try:
+        confinement(settings.tools.sandbox_python)  # fail here, not at the first tool call
+    except ConfinementError as exc:
+        log.error("run_python will fail: %s", exc)
     asyncio.run(run(settings))

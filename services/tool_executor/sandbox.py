@@ -1,49 +1,53 @@
-"""Run untrusted Python code in a short-lived child process under hard limits.
+"""Run untrusted Python code in a short-lived, confined child process under hard limits.
 
-The child is the same interpreter (``sys.executable``) in isolated mode, started in its
-own session (so the whole process group can be killed), in a fresh scratch directory,
-with a PATH-only environment (the parent's may hold API keys), rlimits on CPU, address
-space and file size, and a wall-clock timeout. Network access is refused twice over: a
-bootstrap installs an audit hook that raises ``PermissionError`` on socket (and process
-spawning) events before the user code runs, and, where ``unshare --net`` works, the child
-also gets an empty network namespace.
+Each run is a fresh bubblewrap sandbox (see :mod:`services.tool_executor.confinement`):
+new user, pid, network, ipc, uts, mount and cgroup namespaces, uid 65534 inside, no
+capabilities, a seccomp filter, read-only binds of only the Python runtime, a tmpfs
+scratch dir holding ``main.py``, its own ``/proc``, and a PATH-only environment (the
+parent's may hold API keys). bwrap is never started as root: an executor running as root
+starts it as the unprivileged tool user (``A0_TOOLS_RUN_AS``). rlimits bound CPU, address
+space, file size and processes, and a wall-clock timeout bounds the run.
 
-:func:`run_code` returns the combined output or raises :class:`SandboxError`; callers
-turn that into a user-facing error. Cancelling the awaiting task kills the process group.
+Inside, a bootstrap installs an audit hook refusing sockets and process spawning before
+the user code runs: a first layer that gives clear errors, not the boundary.
+
+The run's whole process tree is its pid namespace: when the run ends, times out or is
+cancelled, the namespace's init is killed, which kills every process in it, and
+:func:`run_code` waits until it is gone. It returns the combined output or raises
+:class:`SandboxError`; callers turn that into a user-facing error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import pwd
 import resource
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from services.tool_executor.confinement import ConfinementError, confinement
+
 TRUNCATED_MARKER = "[output truncated]"
-# Files written by the code live in the scratch dir; this bounds the disk it can fill.
+# Files written by the code live in the scratch tmpfs; this bounds one file.
 FILE_SIZE_BYTES = 64 * 1024 * 1024
 # Enough of stderr to show a traceback's last frames and the exception line.
 STDERR_TAIL_BYTES = 2048
 STDERR_TAIL_LINES = 12
-_SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
-_SCRIPT = "main.py"  # also named in _BOOTSTRAP
+# How long the namespace's processes may take to die once killed.
+REAP_SECONDS = 5.0
+_SAFE_ENV = {"PATH": "/usr/bin:/bin"}
 
-# Runs in the child before the user code. Audit hooks cannot be removed once added, so
-# the user code cannot undo this. Process spawning and ctypes are refused as well, since
-# either would bypass the hook (a fresh interpreter, or a raw connect() via libc).
-# AF_UNIX socket *creation* stays allowed because asyncio's self-pipe is a socketpair;
-# connect/bind/send on any family are still refused.
+# Runs in the child before the user code. Audit hooks cannot be removed from Python code
+# that plays by the rules; code that does not (gc, ctypes tricks) still meets the
+# namespaces and the seccomp filter. AF_UNIX socket *creation* stays allowed because
+# asyncio's self-pipe is a socketpair; connect/bind/send on any family are refused.
 _BOOTSTRAP = """\
 import sys
 def _a0_guard(event, args):
@@ -64,12 +68,16 @@ exec(compile(_src, "main.py", "exec"), _g)
 
 
 class SandboxLimits(BaseModel):
-    """Per-run resource limits of the sandbox."""
+    """Per-run resource limits of the sandbox, and who/what runs it."""
 
     cpu_seconds: int = Field(default=5, ge=1)
     memory_mb: int = Field(default=256, ge=32)
     wall_seconds: float = Field(default=10.0, gt=0)
     output_bytes: int = Field(default=16_384, ge=1)
+    # Counted per host user across all its runs (and the executor's own threads).
+    max_processes: int = Field(default=256, ge=16)
+    python: str = "/usr/bin/python3"
+    run_as: str = "a0-tools"
 
     @classmethod
     def from_settings(cls, tool_settings: Any) -> SandboxLimits:
@@ -79,6 +87,9 @@ class SandboxLimits(BaseModel):
             memory_mb=tool_settings.memory_mb,
             wall_seconds=tool_settings.wall_seconds,
             output_bytes=tool_settings.output_bytes,
+            max_processes=tool_settings.max_processes,
+            python=tool_settings.sandbox_python,
+            run_as=tool_settings.run_as,
         )
 
 
@@ -87,7 +98,7 @@ class SandboxError(Exception):
 
     def __init__(self, message: str, *, kind: str, output: str = "") -> None:
         super().__init__(message)
-        self.kind = kind  # "timeout" | "cpu_limit" | "memory_limit" | "exit"
+        self.kind = kind  # "timeout" | "cpu_limit" | "memory_limit" | "exit" | "unavailable"
         self.output = output
 
 
@@ -122,31 +133,6 @@ class _Output:
         return "\n".join(lines[-STDERR_TAIL_LINES:])
 
 
-_netns_prefix: list[str] | None = None
-
-
-def _probe_netns() -> list[str]:
-    """``[unshare, --net, --]`` if an empty network namespace can be made here, else ``[]``."""
-    unshare = shutil.which("unshare")
-    if not unshare or os.geteuid() != 0:
-        return []
-    try:
-        probe = subprocess.run(
-            [unshare, "--net", "true"], env=_SAFE_ENV, capture_output=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [unshare, "--net", "--"] if probe.returncode == 0 else []
-
-
-async def _netns_prefix_cached() -> list[str]:
-    # Probed once per process; failure falls back silently to the audit hook alone.
-    global _netns_prefix
-    if _netns_prefix is None:
-        _netns_prefix = await asyncio.to_thread(_probe_netns)
-    return _netns_prefix
-
-
 def _set_limit(which: int, value: int) -> None:
     # Never try to raise a hard limit above the current one (fails unless privileged).
     _, hard = resource.getrlimit(which)
@@ -164,12 +150,69 @@ def _apply_limits(limits: SandboxLimits) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (min(cpu, hard), hard))
     _set_limit(resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024)
     _set_limit(resource.RLIMIT_FSIZE, FILE_SIZE_BYTES)
+    _set_limit(resource.RLIMIT_NPROC, limits.max_processes)
     _set_limit(resource.RLIMIT_CORE, 0)  # SIGXCPU would otherwise dump core
 
 
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def _identity(run_as: str) -> dict[str, Any]:
+    """Popen arguments so that bwrap never starts as root."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        entry = pwd.getpwnam(run_as)
+    except KeyError:
+        raise SandboxError(
+            f"tool sandbox unavailable: no user {run_as!r} to run it as (scripts/bootstrap.sh creates it)",
+            kind="unavailable",
+        ) from None
+    if entry.pw_uid == 0:
+        raise SandboxError(f"tool sandbox unavailable: {run_as!r} is root", kind="unavailable")
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, 0)  # not inheritable; pass_fds makes it so in the child
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _kill(pid: int | None) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def _gone(pid: int | None) -> None:
+    """Wait until ``pid`` (the namespace's init, not our child) has exited."""
+    if pid is None:
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
+    try:
+        async with asyncio.timeout(REAP_SECONDS):
+            await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+async def _sandbox_pid(info: asyncio.StreamReader) -> int | None:
+    """The host pid of the namespace's init, from bwrap's ``--info-fd``."""
+    # bwrap writes one flat JSON object as soon as the namespaces exist.
+    with contextlib.suppress(ValueError, KeyError, TypeError, asyncio.IncompleteReadError):
+        return int(json.loads(await info.readuntil(b"}"))["child-pid"])
+    return None
 
 
 async def _pump(stream: asyncio.StreamReader | None, sink: _Output, is_stderr: bool) -> None:
@@ -180,14 +223,12 @@ async def _pump(stream: asyncio.StreamReader | None, sink: _Output, is_stderr: b
         sink.add(chunk, is_stderr)
 
 
-def _prepare(scratch: str, code: str) -> None:
-    Path(scratch, _SCRIPT).write_text(code, encoding="utf-8")
-
-
 def _failure(returncode: int, out: _Output, limits: SandboxLimits) -> SandboxError:
     """Explain a non-zero exit in terms the model can act on."""
     tail = out.stderr_tail()
     text = out.text()
+    if returncode > 128:  # bwrap reports a child killed by signal N as 128 + N
+        returncode = -(returncode - 128)
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         # We only SIGKILL on timeout/cancel (handled elsewhere), so this is the rlimit.
         msg = f"exceeded the CPU time limit of {limits.cpu_seconds}s"
@@ -212,46 +253,63 @@ async def run_code(
 ) -> str:
     """Run ``code`` in the sandbox; return combined stdout+stderr (bounded).
 
-    Raises :class:`SandboxError` on timeout, CPU/memory limit or non-zero exit. On
-    cancellation the process group is killed and reaped before ``CancelledError``
-    propagates, so no child outlives the call.
+    Raises :class:`SandboxError` on timeout, CPU/memory limit, non-zero exit, or when the
+    sandbox cannot be set up here. However the call ends (cancellation included), every
+    process the code started is killed and gone before it returns.
     """
-    argv = [sys.executable, "-I", "-B", "-u", "-X", "utf8", "-c", _BOOTSTRAP]
-    # unshare exec()s the interpreter in place: same pid, same process group.
-    argv = [*await _netns_prefix_cached(), *argv]
+    identity = _identity(limits.run_as)
+    try:
+        conf = await asyncio.to_thread(confinement, limits.python)
+    except ConfinementError as exc:
+        raise SandboxError(f"tool sandbox unavailable: {exc}", kind="unavailable") from None
+    code_fd = _memfd("a0-code", code.encode("utf-8", errors="surrogateescape"))
+    seccomp_fd = _memfd("a0-seccomp", conf.seccomp_bpf)
+    info_read, info_write = os.pipe()
+    fds = (code_fd, seccomp_fd, info_write)
+    command = ["-I", "-B", "-u", "-X", "utf8", "-c", _BOOTSTRAP]
+    argv = conf.argv(code_fd=code_fd, seccomp_fd=seccomp_fd, info_fd=info_write, command=command)
+    loop = asyncio.get_running_loop()
+    info = asyncio.StreamReader()
     out = _Output(limits.output_bytes)
-    with tempfile.TemporaryDirectory(prefix="a0-sandbox-", ignore_cleanup_errors=True) as scratch:
-        _prepare(scratch, code)
+    sandbox_pid: int | None = None
+    try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            cwd=scratch,
+            cwd="/",
             env=_SAFE_ENV,
             start_new_session=True,
+            pass_fds=fds,
             preexec_fn=partial(_apply_limits, limits),
+            **identity,
         )
-        try:
-            if on_spawn is not None:
-                on_spawn(proc.pid)
-            async with asyncio.timeout(limits.wall_seconds):
-                await asyncio.gather(
-                    _pump(proc.stdout, out, False), _pump(proc.stderr, out, True), proc.wait()
-                )
-        except TimeoutError:
-            _kill_group(proc.pid)
-            await proc.wait()
-            raise SandboxError(
-                f"timed out after {limits.wall_seconds:g}s", kind="timeout", output=out.text()
-            ) from None
-        finally:
-            if proc.returncode is None:  # cancelled (or on_spawn raised): no orphan left
-                _kill_group(proc.pid)
-                await proc.wait()
-            else:
-                # The leader is gone; sweep any member of its group that survived it.
-                _kill_group(proc.pid)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(info), os.fdopen(info_read, "rb", 0)
+    )
+    try:
+        if on_spawn is not None:
+            on_spawn(proc.pid)
+        async with asyncio.timeout(limits.wall_seconds):
+            sandbox_pid = await _sandbox_pid(info)
+            await asyncio.gather(_pump(proc.stdout, out, False), _pump(proc.stderr, out, True), proc.wait())
+    except TimeoutError:
+        raise SandboxError(
+            f"timed out after {limits.wall_seconds:g}s", kind="timeout", output=out.text()
+        ) from None
+    finally:
+        transport.close()
+        # Killing the namespace's init kills every process in it (a child in a new
+        # session included); bwrap itself goes with it. Then make sure they are gone.
+        _kill(sandbox_pid)
+        if proc.returncode is None:
+            _kill(proc.pid)
+        await proc.wait()
+        await _gone(sandbox_pid)
     if proc.returncode:
         raise _failure(proc.returncode, out, limits)
     return out.text()

@@ -8,18 +8,14 @@ from collections.abc import Iterator
 import pytest
 
 from a0ctl.runtime.local import LocalRuntime
-from a0ctl.runtime.stack import bring_up
 from services.common.settings import Settings, load_settings
+from tests.support.stack import running_test_stack
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalRuntime]:
-    runtime, statuses = bring_up(load_settings(), runtime_name="local")
-    unhealthy = [s for s in statuses if s.state != "stopped" and not s.healthy]
-    assert not unhealthy, f"stack did not come up healthy: {unhealthy}"
-    assert isinstance(runtime, LocalRuntime)
-    yield runtime
-    runtime.down(purge=True)
+    with running_test_stack() as runtime:
+        yield runtime
 
 
 @pytest.fixture

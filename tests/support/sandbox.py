@@ -1,0 +1,63 @@
+"""What tool code left behind, seen from the host: processes of the tool user that live
+in a pid namespace other than ours (a sandbox's)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import time
+from pathlib import Path
+
+
+def _field(status: str, name: str) -> str:
+    for line in status.splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def sandboxed_processes(tool_user: str) -> list[int]:
+    """Host pids of processes run as the tool user inside another pid namespace."""
+    uid = str(pwd.getpwnam(tool_user).pw_uid)
+    ours = os.readlink("/proc/self/ns/pid")
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", encoding="utf-8") as f:
+                status = f.read()
+            namespace = os.readlink(f"/proc/{entry}/ns/pid")
+        except OSError:
+            continue  # gone meanwhile
+        if _field(status, "Uid").split()[:1] == [uid] and namespace != ours:
+            found.append(int(entry))
+    return found
+
+
+async def wait_until_no_sandboxed_processes(tool_user: str, timeout: float = 10.0) -> None:
+    """Poll until nothing of any sandbox is left; fail with what is left otherwise."""
+    deadline = time.monotonic() + timeout
+    while left := sandboxed_processes(tool_user):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sandboxed processes left running: {left}")
+        await asyncio.sleep(0.1)
+
+
+def service_pid(service: str, state_dir: Path) -> int:
+    """The pid of ``a0ctl run SERVICE`` of the stack whose state dir is ``state_dir``."""
+    wanted = f"A0_STATE_DIR={state_dir}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[-3:-1] == [b"run", service.encode()] and wanted in environ:
+            return int(entry)
+    raise AssertionError(f"no {service} process of the stack under {state_dir}")
