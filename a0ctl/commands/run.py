@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from a0ctl.console import settings
+from a0ctl.console import errors_to_exit, settings
 
 
 class Service(StrEnum):
@@ -33,4 +33,5 @@ def run(service: Annotated[Service, typer.Argument(help="The service to run.")])
     Example: a0ctl run gateway
     """
     module = importlib.import_module(ENTRY_POINTS[service])
-    module.serve(settings())
+    with errors_to_exit():
+        module.serve(settings())

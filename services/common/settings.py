@@ -113,7 +113,15 @@ class GatewaySettings(BaseSettings):
     jwt_secret: SecretStr = SecretStr("")
     jwt_issuer: str = "a0"
     token_ttl_s: int = 12 * 3600
+    # Development sign-in (a token for any user name): only with A0_ENV=local and the
+    # gateway on a loopback address; elsewhere the gateway refuses to start with it on.
     dev_login: bool = True
+    # Tokens of an external issuer (RS256/ES256): its public key (PEM text or a file) or
+    # its JWKS URL, and the `iss` and `aud` its tokens must carry.
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    auth_public_key: str = ""
+    auth_jwks_url: str = ""
     max_body_bytes: int = 64 * 1024
     max_message_chars: int = 16_000
     max_inflight_turns: int = 2000

@@ -11,7 +11,7 @@ from fastapi import Depends, Query, Request
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from services.common.auth import Principal, verify_token
+from services.common.auth import Principal, verify_token_async
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.gateway.errors import Unauthorized, Unavailable
@@ -64,14 +64,14 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
-def authenticate(settings: Settings, token: str | None) -> Principal:
+async def authenticate(settings: Settings, token: str | None) -> Principal:
     if not token:
         raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-    return verify_token(settings, token)
+    return await verify_token_async(settings, token)
 
 
 async def current_user(request: Request, settings: SettingsDep) -> Principal:
-    return authenticate(settings, bearer_token(request.headers.get("authorization")))
+    return await authenticate(settings, bearer_token(request.headers.get("authorization")))
 
 
 async def stream_user(
@@ -82,7 +82,7 @@ async def stream_user(
     ] = None,
 ) -> Principal:
     token = bearer_token(request.headers.get("authorization")) or access_token
-    return authenticate(settings, token)
+    return await authenticate(settings, token)
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
+from services.common.auth import check_sign_in
 from services.common.credentials import CredentialStore
 from services.common.db import migrate, open_pool
 from services.common.kafka import make_producer
@@ -96,6 +97,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The gateway app; raises ConfigError for a sign-in set-up it must not run with."""
+    check_sign_in(settings)
     app = FastAPI(
         title="a0 gateway",
         lifespan=lifespan,

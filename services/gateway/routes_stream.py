@@ -267,7 +267,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     token = bearer_token(websocket.headers.get("authorization")) or websocket.query_params.get("access_token")
     try:
-        principal = authenticate(websocket.app.state.settings, token)
+        principal = await authenticate(websocket.app.state.settings, token)
     except (AuthError, ApiError) as exc:
         await websocket.close(WS_UNAUTHORIZED, exc.message[:120])
         return

@@ -11,10 +11,12 @@ import logging
 import os
 import pwd
 
+from services.common.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-class PrivilegeError(Exception):
+class PrivilegeError(ConfigError):
     """The executor runs as root and cannot become the tool user."""
 
 
