@@ -156,5 +156,7 @@ def serve(settings: Settings) -> None:
         # closed under a request in flight.
         timeout_keep_alive=75,
         backlog=4096,
-        ws_max_size=max(settings.gateway.max_body_bytes, 65536),
+        # Past the body limit the handler answers with a clear error and keeps the socket;
+        # only frames far past it are cut off by the protocol (close 1009).
+        ws_max_size=max(settings.gateway.max_body_bytes * 4, 65536),
     )

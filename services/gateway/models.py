@@ -6,12 +6,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from services.common.auth import USER_ID
+from services.gateway.textcheck import storable_text
 
-ConversationId = Annotated[str, Field(min_length=1, max_length=128)]
-Title = Annotated[str, Field(max_length=200)]
+# Every text a client sends is stored and forwarded: NUL and lone surrogates are refused.
+Text = Annotated[str, AfterValidator(storable_text)]
+ConversationId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(storable_text)]
+TurnId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(storable_text)]
+RequestId = Annotated[str, Field(max_length=128), AfterValidator(storable_text)]
+Title = Annotated[str, Field(max_length=200), AfterValidator(storable_text)]
 
 
 class TurnPolicy(StrEnum):
@@ -69,7 +74,7 @@ class ConversationDetail(ConversationSummary):
 
 
 class PostMessage(BaseModel):
-    content: str = Field(min_length=1)
+    content: Text = Field(min_length=1)
 
 
 class MessageAccepted(BaseModel):
@@ -79,7 +84,7 @@ class MessageAccepted(BaseModel):
 
 
 class CancelTurn(BaseModel):
-    turn_id: str | None = Field(default=None, min_length=1, max_length=128)
+    turn_id: TurnId | None = None
 
 
 class CancelAccepted(BaseModel):
@@ -91,7 +96,7 @@ class CancelAccepted(BaseModel):
 
 
 class _Command(BaseModel):
-    request_id: str | None = Field(default=None, max_length=128)
+    request_id: RequestId | None = None
     conversation_id: ConversationId
 
 
@@ -106,12 +111,12 @@ class WsUnsubscribe(_Command):
 
 class WsMessage(_Command):
     type: Literal["message"]
-    content: str = Field(min_length=1)
+    content: Text = Field(min_length=1)
 
 
 class WsCancel(_Command):
     type: Literal["cancel"]
-    turn_id: str | None = Field(default=None, min_length=1, max_length=128)
+    turn_id: TurnId | None = None
 
 
 WsCommand = Annotated[WsSubscribe | WsUnsubscribe | WsMessage | WsCancel, Field(discriminator="type")]

@@ -30,6 +30,7 @@ from services.gateway.deps import GatewayState, State, StreamUser, authenticate,
 from services.gateway.errors import ApiError, InvalidRequest, error_body, validation_message
 from services.gateway.fanout import SlowConsumer, Subscription
 from services.gateway.models import ConversationId, WsCancel, WsCommand, WsMessage, WsSubscribe, WsUnsubscribe
+from services.gateway.textcheck import MAX_JSON_DEPTH, json_too_deep
 
 log = logging.getLogger("a0.gateway.stream")
 
@@ -169,6 +170,11 @@ class WsSession:
                     "payload_too_large",
                     f"the message is larger than {self.state.settings.gateway.max_body_bytes} bytes",
                     None,
+                )
+                return
+            if json_too_deep(raw):
+                await self.send_error(
+                    "invalid_request", f"the message nests JSON deeper than {MAX_JSON_DEPTH} levels", None
                 )
                 return
             try:

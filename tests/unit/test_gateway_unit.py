@@ -38,6 +38,7 @@ from services.gateway.main import create_app
 from services.gateway.middleware import pick_request_id
 from services.gateway.ratelimit import over_budget, over_capacity, rate_key, seconds_to_next_minute
 from services.gateway.routes_stream import resume_cursor, sse_event
+from services.gateway.textcheck import json_too_deep, storable_text
 
 pytestmark = pytest.mark.unit
 
@@ -377,3 +378,23 @@ def test_metrics_are_prometheus_text(client: TestClient) -> None:
     response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     assert "a0_gateway_requests_total" in response.text
+
+
+# --- text and JSON that cannot be stored or parsed -----------------------------------------
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "\ud800", "x\udfffy"])
+def test_unstorable_text_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="NUL|surrogate"):
+        storable_text(text)
+
+
+def test_ordinary_text_passes_unchanged() -> None:
+    assert storable_text("héllo 👋 \t\n") == "héllo 👋 \t\n"
+
+
+def test_json_depth_ignores_brackets_inside_strings() -> None:
+    assert not json_too_deep('{"a": [1, {"b": "' + "[" * 100 + '"}]}', limit=3)
+    assert json_too_deep('{"a": [1, {"b": [[]]}]}', limit=3)
+    assert json_too_deep("[" * 100 + "]" * 100)
+    assert not json_too_deep("[" * 32 + "]" * 32)
