@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from a0ctl.runtime.artifacts import REPO_ROOT
 from a0ctl.runtime.base import ProgressFn, ServiceStatus
 from services.common.errors import StackError
+from services.common.secrets_env import secrets_path
 from services.common.settings import Settings
 
 COMPOSE_FILE = REPO_ROOT / "stack" / "docker-compose.yaml"
@@ -28,7 +29,14 @@ class ComposeRuntime:
         from python_on_whales import DockerClient
 
         self.settings = settings
-        self.docker = DockerClient(compose_files=[COMPOSE_FILE], compose_project_name="a0")
+        # The generated secrets (PostgreSQL's passwords among them) fill the compose file's
+        # ${A0_...} variables; the file is 0600 and never copied.
+        secrets = secrets_path(settings.stack.conf_path)
+        self.docker = DockerClient(
+            compose_files=[COMPOSE_FILE],
+            compose_project_name="a0",
+            compose_env_files=[secrets] if secrets.exists() else [],
+        )
 
     def up(
         self, progress: ProgressFn | None = None, *, services: tuple[str, ...] | None = None

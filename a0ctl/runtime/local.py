@@ -122,9 +122,27 @@ class LocalRuntime:
             hint=f"full log: {log}",
         )
 
+    async def _after_start(self, service: LocalService, deadline: float) -> None:
+        """The service's own set-up step, retried while it does not accept connections yet."""
+        import psycopg
+
+        if service.after_start is None:
+            return
+        while True:
+            try:
+                await service.after_start()
+                return
+            except (psycopg.OperationalError, OSError) as exc:
+                if self.pid(service.name) is None:
+                    raise self._fail(service, "exited during start-up") from None
+                if time.monotonic() > deadline:
+                    raise self._fail(service, f"could not be set up in time ({exc})") from None
+                await asyncio.sleep(0.25)
+
     async def _wait_healthy(
         self, service: LocalService, deadline: float, progress: ProgressFn | None
     ) -> None:
+        await self._after_start(service, deadline)
         while True:
             ok, detail = await health.check(service.probe, self.settings, timeout=3)
             if ok:

@@ -13,13 +13,14 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from a0ctl.runtime import artifacts, health
+from a0ctl.runtime.postgres import HBA, UPGRADE_HBA, hba_trusts, initdb_argv, provision, write_owned
 from services.common.errors import StackError
 from services.common.settings import Settings
 
@@ -36,6 +37,8 @@ class LocalService:
     extra_ports: tuple[int, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     app: bool = False
+    # Run (and retried while the server still refuses connections) before health counts.
+    after_start: Callable[[], Awaitable[None]] | None = None
 
 
 def _run_checked(argv: list[str], service: str, what: str, user: str | None = None) -> None:
@@ -211,23 +214,20 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
             _allow_traversal(path, pg_user)
             _chown(path, pg_user)
         os.chmod(pg_dir, 0o700)
+        os.chmod(pg_sock, 0o700)  # the socket is for a0ctl (root or the owner) and PostgreSQL
         if not (pg_dir / "PG_VERSION").exists():
-            _run_checked(
-                [
-                    _pg_bin("initdb"),
-                    "-D",
-                    str(pg_dir),
-                    "-U",
-                    settings.postgres.user,
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C.UTF-8",
-                ],
-                "postgres",
-                "initdb",
-                user=pg_user,
-            )
+            pwfile = pg_sock / "initdb-password"
+            write_owned(pwfile, settings.postgres.admin_password.get_secret_value(), pg_user)
+            try:
+                argv = initdb_argv(_pg_bin("initdb"), pg_dir, settings, pwfile)
+                _run_checked(argv, "postgres", "initdb", user=pg_user)
+            finally:
+                pwfile.unlink(missing_ok=True)
+        if hba_trusts(pg_dir):
+            # Made with trust by an older a0ctl: provision() upgrades it once it runs.
+            write_owned(pg_dir / "pg_hba.conf", UPGRADE_HBA, pg_user)
+        else:
+            write_owned(pg_dir / "pg_hba.conf", HBA, pg_user)
 
     # --- the services ----------------------------------------------------------
     def app_command(name: str) -> Callable[[], list[str]]:
@@ -270,6 +270,7 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
             port=settings.postgres.port,
             probe=health.postgres_probe,
             prepare=pg_prepare,
+            after_start=lambda: provision(settings, pg_sock, pg_dir, pg_user),
             user=pg_user,
             stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
             command=lambda: [

@@ -7,6 +7,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from services.common.logging import register_secret
 from services.common.settings import Settings
 
 SCHEMA = """
@@ -109,6 +110,7 @@ async def migrate(settings: Settings) -> None:
 
 
 async def open_pool(settings: Settings, *, min_size: int = 2, max_size: int = 20) -> AsyncConnectionPool:
+    register_secret(settings.postgres.password.get_secret_value())
     pool = AsyncConnectionPool(
         settings.postgres_dsn,
         min_size=min_size,

@@ -1,5 +1,6 @@
 """Generated secrets under ``conf/env/``: the JWT signing key, the key-encryption key
-for stored credentials, and the API key of the local LLM simulator.
+for stored credentials, the API key of the local LLM simulator, and the passwords of
+PostgreSQL's app role and admin.
 
 They are created on the first ``a0ctl up`` with mode 0600, are never committed
 (``conf/env/`` is git-ignored) and never have a default: a process that needs one
@@ -20,7 +21,13 @@ if TYPE_CHECKING:
     from services.common.settings import Settings
 
 SECRETS_FILE = "secrets.env"
-KEYS = ("A0_GATEWAY_JWT_SECRET", "A0_CREDENTIALS_KEK", "A0_LLM_SIM_API_KEY")
+KEYS = (
+    "A0_GATEWAY_JWT_SECRET",
+    "A0_CREDENTIALS_KEK",
+    "A0_LLM_SIM_API_KEY",
+    "A0_POSTGRES_PASSWORD",
+    "A0_POSTGRES_ADMIN_PASSWORD",
+)
 
 
 def _read(path: Path) -> dict[str, str]:
@@ -48,6 +55,9 @@ def ensure_generated_secrets(conf_dir: Path) -> Path:
         "A0_GATEWAY_JWT_SECRET": lambda: secrets.token_urlsafe(48),
         "A0_CREDENTIALS_KEK": lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         "A0_LLM_SIM_API_KEY": lambda: "sk-sim-" + secrets.token_urlsafe(24),
+        # URL-safe, so it can stand in a connection URL as it is.
+        "A0_POSTGRES_PASSWORD": lambda: secrets.token_urlsafe(32),
+        "A0_POSTGRES_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(32),
     }
     changed = False
     for key in KEYS:
@@ -90,4 +100,10 @@ def apply_generated_secrets(settings: Settings) -> Settings:
         settings.gateway.jwt_secret = SecretStr(values["A0_GATEWAY_JWT_SECRET"])
     if not settings.llm_sim.api_key.get_secret_value() and values.get("A0_LLM_SIM_API_KEY"):
         settings.llm_sim.api_key = SecretStr(values["A0_LLM_SIM_API_KEY"])
+    if not settings.postgres.password.get_secret_value() and values.get("A0_POSTGRES_PASSWORD"):
+        settings.postgres.password = SecretStr(values["A0_POSTGRES_PASSWORD"])
+    if not settings.postgres.admin_password.get_secret_value() and values.get("A0_POSTGRES_ADMIN_PASSWORD"):
+        settings.postgres.admin_password = SecretStr(values["A0_POSTGRES_ADMIN_PASSWORD"])
+    # The DSN is derived from the password: drop a value cached before it was known.
+    settings.__dict__.pop("postgres_dsn", None)
     return settings

@@ -81,9 +81,13 @@ class PostgresSettings(BaseSettings):
     model_config = _config("A0_POSTGRES_")
 
     port: int = 15432
+    # The role a0's services use: owns a0's database and tables, nothing more.
     user: str = "a0"
     database: str = "a0"
     password: SecretStr = SecretStr("")
+    # The superuser only a0ctl uses, to create and maintain that role (local runtime).
+    admin_user: str = "a0_admin"
+    admin_password: SecretStr = SecretStr("")
     url: str | None = None
 
     def dsn(self, host: str) -> str:

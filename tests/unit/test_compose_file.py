@@ -231,3 +231,22 @@ def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]
 def test_gateway_port_is_published(services: dict[str, dict[str, Any]]) -> None:
     ports = [str(p) for p in services["gateway"].get("ports") or []]
     assert any(p.startswith("127.0.0.1:") and p.endswith(":8080") for p in ports)
+
+
+def test_every_required_variable_is_a_generated_secret() -> None:
+    # `a0ctl up --runtime compose` passes conf/env/secrets.env to compose: whatever the
+    # file requires (${VAR:?...}) must be in it, PostgreSQL's passwords included.
+    from services.common.secrets_env import KEYS
+
+    required = set(re.findall(r"\$\{(A0_[A-Z0-9_]+):\?", COMPOSE_FILE.read_text()))
+    assert {"A0_POSTGRES_PASSWORD", "A0_POSTGRES_ADMIN_PASSWORD"} <= required
+    assert required <= set(KEYS), f"not generated: {required - set(KEYS)}"
+
+
+def test_postgres_has_no_trust_and_services_use_their_own_role(services: dict[str, dict[str, Any]]) -> None:
+    env = services["postgres"]["environment"]
+    assert env["POSTGRES_USER"] != "a0"  # the superuser is the admin, not the services' role
+    assert "scram-sha-256" in env["POSTGRES_INITDB_ARGS"] and "trust" not in env["POSTGRES_INITDB_ARGS"]
+    assert "POSTGRES_HOST_AUTH_METHOD" not in env
+    script = (STACK / "postgres" / "init-a0-role.sh").read_text()
+    assert "NOSUPERUSER" in script and "OWNER" in script
