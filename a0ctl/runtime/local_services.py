@@ -6,6 +6,7 @@ PostgreSQL, OPA, and a0's own services. Nothing here is a stand-in.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -229,6 +230,16 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
         else:
             write_owned(pg_dir / "pg_hba.conf", HBA, pg_user)
 
+    # --- OPA ---------------------------------------------------------------------
+    def opa_local_data() -> Path:
+        """This stack's own policy data: its simulator is the one loopback base URL a
+        credential may use (data.a0_local.egress_allowed in stack/opa/authz.rego)."""
+        port = settings.llm_sim.port
+        names = [f"{name}:{port}" for name in (host, "127.0.0.1", "localhost")]
+        path = run / "opa-local.json"
+        path.write_text(json.dumps({"a0_local": {"egress_allowed": sorted(set(names))}}))
+        return path
+
     # --- the services ----------------------------------------------------------
     def app_command(name: str) -> Callable[[], list[str]]:
         return lambda: [sys.executable, "-m", "a0ctl", "run", name]
@@ -303,6 +314,7 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
                 "--ignore",
                 "*_test.rego",
                 str(artifacts.OPA_POLICY_DIR),
+                str(opa_local_data()),
             ],
         ),
         LocalService(

@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from services.common.egress import check_base_url
 from services.common.errors import ConfigError, CredentialError, PolicyDenied
 from services.common.logging import register_secret
 from services.common.policy import PolicyClient
@@ -148,19 +149,18 @@ class CredentialStore:
 
     async def verify_with_provider(self, base_url: str, api_key: str) -> None:
         url = base_url.rstrip("/") + "/models"
+        # One message for "nothing there" and "something else there": the answer must not
+        # tell a caller whether a port is open.
+        unverified = CredentialError(f"no OpenAI-compatible API answered at {url}; check the base URL")
         try:
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
                 response = await client.get(url, headers={"Authorization": f"Bearer {api_key}"})
-        except httpx.HTTPError as exc:
-            raise CredentialError(
-                f"could not reach the provider at {url} ({type(exc).__name__}); check the base URL"
-            ) from None
+        except httpx.HTTPError:
+            raise unverified from None
         if response.status_code in (401, 403):
             raise CredentialError(f"the provider at {base_url} refused this API key ({response.status_code})")
-        if response.status_code >= 400:
-            raise CredentialError(
-                f"the provider at {url} answered {response.status_code}; check the base URL"
-            )
+        if response.status_code >= 300:
+            raise unverified
 
     async def set(
         self,
@@ -177,6 +177,11 @@ class CredentialStore:
     ) -> CredentialView:
         register_secret(api_key)
         await self._authorize(policy, "credentials.set", actor, roles, owner_id, provider)
+        try:
+            await check_base_url(policy, actor, roles, base_url)
+        except CredentialError as exc:
+            await self._audit(actor, owner_id, provider, "set", "denied", exc.message)
+            raise
         if verify:
             try:
                 await self.verify_with_provider(base_url, api_key)

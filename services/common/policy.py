@@ -50,6 +50,8 @@ class PolicyClient:
         conversation_id: str | None = None,
         tool: str | None = None,
         provider: str | None = None,
+        url: dict[str, str | int] | None = None,
+        addresses: list[str] | None = None,
     ) -> Decision:
         resource = {
             key: value
@@ -58,6 +60,8 @@ class PolicyClient:
                 "conversation_id": conversation_id,
                 "tool": tool,
                 "provider": provider,
+                "url": url,
+                "addresses": addresses,
             }.items()
             if value is not None
         }

@@ -9,14 +9,19 @@
 #     "action": "conversation.create" | "conversation.list" | "conversation.read"
 #             | "conversation.write" | "conversation.cancel" | "tool.call"
 #             | "credentials.read" | "credentials.set" | "credentials.delete"
-#             | "credentials.use",
+#             | "credentials.use" | "credentials.egress",
 #     "subject": {"user_id": "alice", "roles": ["user"]},
 #     "resource": {"owner_id": "alice", "conversation_id": "c1",
-#                  "tool": "calculator", "provider": "openai"}
+#                  "tool": "calculator", "provider": "openai",
+#                  # credentials.egress: a base URL and the addresses its host resolves to
+#                  "url": {"scheme": "https", "host": "api.example.com", "port": 443},
+#                  "addresses": ["93.184.215.14"]}
 #   }
 #
 # Data (data.json): data.a0.tools.allowed, data.a0.tools.restricted[tool] (roles
-# of which the subject needs one), data.a0.credentials.providers.
+# of which the subject needs one), data.a0.credentials.providers,
+# data.a0.credentials.egress.{private_allowed, reserved_ranges}; and, written by the
+# local runtime for its own simulator, data.a0_local.egress_allowed.
 package a0.authz
 
 conversation_actions := {
@@ -39,7 +44,10 @@ credential_actions := {
 	"credentials.use",
 }
 
-known_actions := (conversation_actions | tool_actions) | credential_actions
+# Where a credential's base URL may point (asked before a key is verified or stored).
+egress_actions := {"credentials.egress"}
+
+known_actions := ((conversation_actions | tool_actions) | credential_actions) | egress_actions
 
 # --- The decision ------------------------------------------------------------
 
@@ -57,6 +65,8 @@ decision := refuse("missing action") if {
 	action in tool_actions
 } else := credentials_decision if {
 	action in credential_actions
+} else := egress_decision if {
+	action in egress_actions
 }
 
 # Convenience views of the decision.
@@ -156,3 +166,46 @@ credentials_decision := refuse("resource.owner_id missing") if {
 	is_admin
 	action == "credentials.read"
 } else := refuse(sprintf("user %v does not own credentials of %v", [user_id, owner_id]))
+
+# --- Where a credential's base URL may point ------------------------------------
+#
+# Public HTTPS by default. Loopback, private, link-local and other reserved ranges only
+# for allow-listed host:port names (the simulator). The service resolves the host first
+# and sends every address, so a public name that resolves inward is refused too. The
+# reasons never depend on whether anything listens at the target.
+
+default egress_url := {}
+
+egress_url := input.resource.url if is_object(input.resource.url)
+
+default egress_addresses := []
+
+egress_addresses := input.resource.addresses if is_array(input.resource.addresses)
+
+egress_target := sprintf("%v:%v", [lower(egress_url.host), egress_url.port])
+
+egress_allow_listed contains name if {
+	some name in data.a0.credentials.egress.private_allowed
+}
+
+egress_allow_listed contains name if {
+	some name in data.a0_local.egress_allowed
+}
+
+egress_reserved(address) if {
+	some cidr in data.a0.credentials.egress.reserved_ranges
+	net.cidr_contains(cidr, address)
+}
+
+egress_decision := refuse("resource.url missing") if {
+	not is_string(egress_url.host)
+} else := refuse("the base URL's host has no address") if {
+	count(egress_addresses) == 0
+} else := permit(sprintf("%v is allow-listed", [egress_target])) if {
+	egress_target in egress_allow_listed
+} else := refuse("base URLs must use https") if {
+	egress_url.scheme != "https"
+} else := refuse("the base URL's host is a loopback, private or reserved address") if {
+	some address in egress_addresses
+	egress_reserved(address)
+} else := permit("public https")

@@ -277,3 +277,53 @@ test_credentials_providers_follow_data if {
 	inp := req("credentials.set", alice, {"owner_id": "alice", "provider": "acme"})
 	decide(inp).allow with data.a0.credentials.providers as ["openai", "acme"]
 }
+
+# --- where a credential's base URL may point ----------------------------------------
+
+egress(scheme, host, port, addresses) := decide(req(
+	"credentials.egress", alice,
+	{"url": {"scheme": scheme, "host": host, "port": port}, "addresses": addresses},
+))
+
+test_egress_public_https_allowed if {
+	egress("https", "api.openai.com", 443, ["162.159.140.245"]).allow
+}
+
+test_egress_plain_http_to_a_public_host_denied if {
+	d := egress("http", "api.openai.com", 80, ["162.159.140.245"])
+	not d.allow
+	d.reason == "denied: base URLs must use https"
+}
+
+test_egress_loopback_and_private_denied if {
+	every address in ["127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1"] {
+		not egress("https", "example.test", 443, [address]).allow
+	}
+}
+
+test_egress_every_address_checked if {
+	# A public name that also resolves inward is refused.
+	not egress("https", "rebind.example", 443, ["162.159.140.245", "127.0.0.1"]).allow
+}
+
+test_egress_allow_listed_simulator if {
+	egress("http", "llm-sim", 8000, ["172.18.0.5"]).allow
+	egress("http", "127.0.0.1", 18000, ["127.0.0.1"]).allow with data.a0_local.egress_allowed as ["127.0.0.1:18000"]
+}
+
+test_egress_allow_list_is_by_port if {
+	# The simulator's name does not open the other ports of its host (OPA, metrics ...).
+	not egress("http", "127.0.0.1", 18181, ["127.0.0.1"]).allow with data.a0_local.egress_allowed as ["127.0.0.1:18000"]
+	not egress("http", "llm-sim", 9101, ["172.18.0.5"]).allow
+}
+
+test_egress_same_reason_for_any_port if {
+	a := egress("http", "127.0.0.1", 18181, ["127.0.0.1"])
+	b := egress("http", "127.0.0.1", 1, ["127.0.0.1"])
+	a.reason == b.reason
+}
+
+test_egress_without_url_or_addresses_denied if {
+	not decide(req("credentials.egress", alice, {})).allow
+	not egress("https", "nowhere.example", 443, []).allow
+}

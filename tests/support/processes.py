@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from services.common.settings import load_settings
 from tests.conftest import ROOT
 
 
@@ -66,8 +67,25 @@ def running_sim(log_dir: Path) -> Iterator[SimProcess]:
     api_key = "sk-test-" + secrets.token_urlsafe(24)
     log = log_dir / f"llm-sim-{port}.log"
     env = {"A0_LLM_SIM_PORT": str(port), "A0_LLM_SIM_API_KEY": api_key}
-    with running_service("llm-sim", env, f"http://127.0.0.1:{port}/health", log):
+    with (
+        running_service("llm-sim", env, f"http://127.0.0.1:{port}/health", log),
+        allow_listed(f"127.0.0.1:{port}"),
+    ):
         yield SimProcess(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, log=log)
+
+
+@contextmanager
+def allow_listed(name: str) -> Iterator[None]:
+    """Let credentials point at ``host:port`` (a loopback simulator) while the block runs,
+    through OPA's data API: the policy allows loopback only for allow-listed names."""
+    url = load_settings().opa_url + "/v1/data/a0_local/egress_allowed"
+    before = httpx.get(url, timeout=5).json().get("result") or []
+    httpx.put(url, json=sorted({*before, name}), timeout=5).raise_for_status()
+    try:
+        yield
+    finally:
+        now = httpx.get(url, timeout=5).json().get("result") or []
+        httpx.put(url, json=[n for n in now if n != name], timeout=5).raise_for_status()
 
 
 @contextmanager

@@ -1,0 +1,59 @@
+"""Where a credential's base URL may point, decided by OPA after DNS resolution.
+
+The gateway fetches ``<base_url>/models`` to verify a key on save, and the worker calls
+the base URL on every turn: a base URL is a request the server makes for a user. So
+before a base URL is verified or stored, its host is resolved here and OPA
+(``credentials.egress`` in stack/opa/authz.rego) decides on the scheme, host, port and
+every address: public HTTPS by default; loopback and private ranges only for
+allow-listed ``host:port`` names (the simulator). Refusals happen before any
+connection, so they never depend on whether something listens at the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import httpx
+
+from services.common.errors import CredentialError
+from services.common.policy import PolicyClient, PolicyUnavailable
+
+
+def _address(raw: str) -> str:
+    """An address as OPA's net.cidr_contains reads it: no IPv6 scope, IPv4 unmapped."""
+    address = ipaddress.ip_address(raw.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to, sorted; [] when it does not resolve."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return sorted({_address(str(info[4][0])) for info in infos})
+
+
+async def check_base_url(policy: PolicyClient, user_id: str, roles: list[str], base_url: str) -> None:
+    """Raise CredentialError unless OPA lets ``base_url`` be reached for this user."""
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL:
+        raise CredentialError("the base URL is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise CredentialError("the base URL must look like https://host[:port]/path")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    addresses = await resolve(url.host, port)
+    target: dict[str, str | int] = {"scheme": url.scheme, "host": url.host, "port": port}
+    try:
+        decision = await policy.decide(
+            "credentials.egress", user_id, roles=roles, url=target, addresses=addresses
+        )
+    except PolicyUnavailable as exc:
+        raise CredentialError("the policy service cannot check this base URL now; try again") from exc
+    if not decision.allow:
+        raise CredentialError(f"this base URL is not allowed ({decision.reason})")

@@ -1,0 +1,69 @@
+"""A credential's base URL is a request the stack makes for a user: it may not point at
+the stack itself, private networks, or plain HTTP elsewhere, and the answer must not
+tell whether a port is open."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from services.common.settings import Settings
+from tests.support.gateway import auth
+
+pytestmark = pytest.mark.hostile
+
+
+def _targets(settings: Settings) -> list[str]:
+    host = settings.stack.host
+    ports = [
+        settings.opa.port,  # OPA: its data API would tell the policy
+        settings.tools.metrics_port,
+        settings.worker.metrics_port,
+        settings.gateway.port,
+        settings.redis.port,
+        settings.postgres.port,
+        1,  # closed
+    ]
+    return [
+        *(f"http://{host}:{port}/v1" for port in ports),
+        f"http://localhost:{settings.opa.port}/v1",
+        f"https://localhost:{settings.opa.port}/v1",
+        f"http://[::1]:{settings.opa.port}/v1",
+        "http://169.254.169.254/latest",  # cloud metadata
+        "http://10.0.0.1/v1",
+        "http://192.168.1.1/v1",
+        "http://0.0.0.0:8181/v1",
+        "http://127.1:8181/v1",
+        "https://api.openai.com.invalid/v1",  # does not resolve
+    ]
+
+
+async def test_base_urls_into_the_stack_or_private_ranges_are_refused_alike(
+    settings: Settings, client: httpx.AsyncClient
+) -> None:
+    headers = auth(settings, "mallory")
+    answers = []
+    for base_url in _targets(settings):
+        body = {"base_url": base_url, "model": "m", "api_key": "sk-probe-1234567890"}
+        response = await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+        assert response.status_code == 400, (base_url, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "credential_rejected"
+        assert "not allowed" in error["message"], (base_url, error)
+        answers.append(error["message"])
+    # Open and closed ports of the same host get the very same answer: no port oracle.
+    assert answers[0] == answers[6]
+    listed = await client.get("/v1/settings/credentials", headers=headers)
+    assert listed.json()["credentials"] == []
+
+
+async def test_the_stacks_own_simulator_is_allowed(settings: Settings, client: httpx.AsyncClient) -> None:
+    headers = auth(settings, "mallory")
+    body = {
+        "base_url": settings.llm_sim_url,
+        "model": "a0-sim-1",
+        "api_key": settings.llm_sim.api_key.get_secret_value(),
+    }
+    response = await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert (await client.delete("/v1/settings/credentials/openai", headers=headers)).status_code in (200, 204)
