@@ -126,6 +126,8 @@ class GatewaySettings(BaseSettings):
     auth_audience: str = ""
     auth_public_key: str = ""
     auth_jwks_url: str = ""
+    # /metrics answers loopback clients, and others only with this bearer token (if set).
+    metrics_token: SecretStr = SecretStr("")
     max_body_bytes: int = 64 * 1024
     max_message_chars: int = 16_000
     max_inflight_turns: int = 2000

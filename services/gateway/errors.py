@@ -14,6 +14,7 @@ import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.auth import AuthError
@@ -90,6 +91,35 @@ class BodyTooLarge(StarletteHTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(status_code=413, detail=f"the request body is larger than {limit} bytes")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    request_id: str
+
+
+class ErrorBody(BaseModel):
+    """The one error shape, as OpenAPI shows it."""
+
+    error: ErrorDetail
+
+
+_ERROR_STATUS: dict[int, str] = {
+    400: "malformed JSON, or a request the service refuses (``malformed_json``, ``credential_rejected``)",
+    401: "no valid bearer token (``unauthorized``)",
+    403: "OPA denies the action (``forbidden``)",
+    404: "no such resource, or one the user may not see (``not_found``)",
+    409: "the conversation's policy refuses a second turn (``conflict``)",
+    413: "body larger than A0_GATEWAY_MAX_BODY_BYTES (``payload_too_large``)",
+    422: "a field is invalid, e.g. text with NUL (``invalid_request``)",
+    429: "rate limit or load shedding; see Retry-After (``rate_limited``, ``overloaded``)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these statuses, each in the one error shape."""
+    return {status: {"model": ErrorBody, "description": _ERROR_STATUS[status]} for status in statuses}
 
 
 def error_body(code: str, message: str, request_id: str) -> dict[str, Any]:

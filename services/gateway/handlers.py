@@ -60,7 +60,10 @@ async def authorize(
     conversation_id: str,
     conn: AsyncConnection | None = None,
 ) -> dict[str, Any]:
-    """The conversation row, if it exists (else 404) and OPA allows ``action`` on it (else 403).
+    """The conversation row, if it exists and OPA allows ``action`` on it.
+
+    404 when it does not exist or the user may not even read it (so ids of other users'
+    conversations cannot be probed); 403 when they may read it but not do ``action``.
 
     Pass the request's connection when it holds one: taking a second from the pool while
     holding the first can starve the pool under load."""
@@ -79,7 +82,17 @@ async def authorize(
         conversation_id=conversation_id,
     )
     if not decision.allow:
-        raise Forbidden(decision.reason)
+        if action != "conversation.read":
+            visible = await state.policy.decide(
+                "conversation.read",
+                principal.user_id,
+                roles=principal.roles,
+                owner_id=row["owner_id"],
+                conversation_id=conversation_id,
+            )
+            if visible.allow:
+                raise Forbidden(decision.reason)
+        raise NotFound(f"no conversation {conversation_id}")
     return row
 
 

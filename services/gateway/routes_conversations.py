@@ -7,7 +7,7 @@ from fastapi import APIRouter, status
 from services.common.auth import mint_token
 from services.gateway import handlers
 from services.gateway.deps import CurrentUser, Db, SettingsDep, State
-from services.gateway.errors import NotFound
+from services.gateway.errors import NotFound, error_responses
 from services.gateway.models import (
     CancelAccepted,
     CancelTurn,
@@ -28,7 +28,7 @@ from services.gateway.models import (
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/auth/dev-login")
+@router.post("/auth/dev-login", responses=error_responses(400, 404, 413, 422))
 async def dev_login(body: DevLogin, settings: SettingsDep) -> Token:
     """A token for any user name — only where ``A0_GATEWAY_DEV_LOGIN`` is on."""
     if not settings.gateway.dev_login:
@@ -37,45 +37,57 @@ async def dev_login(body: DevLogin, settings: SettingsDep) -> Token:
     return Token(token=token, user_id=body.user, expires_in=settings.gateway.token_ttl_s)
 
 
-@router.get("/me")
+@router.get("/me", responses=error_responses(401))
 async def me(user: CurrentUser) -> Me:
     return Me(user_id=user.user_id, roles=user.roles)
 
 
-@router.post("/conversations", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/conversations",
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(400, 401, 403, 413, 422, 429),
+)
 async def create_conversation(
     user: CurrentUser, state: State, body: CreateConversation | None = None
 ) -> ConversationCreated:
     return await handlers.create_conversation(state, user, body or CreateConversation())
 
 
-@router.get("/conversations")
+@router.get("/conversations", responses=error_responses(401, 403))
 async def list_conversations(user: CurrentUser, state: State, conn: Db) -> ConversationList:
     return ConversationList(conversations=await handlers.list_conversations(state, conn, user))
 
 
-@router.get("/conversations/{conversation_id}")
+@router.get("/conversations/{conversation_id}", responses=error_responses(401, 404, 422))
 async def get_conversation(
     conversation_id: ConversationId, user: CurrentUser, state: State, conn: Db
 ) -> ConversationDetail:
     return await handlers.conversation_detail(state, conn, user, conversation_id)
 
 
-@router.patch("/conversations/{conversation_id}")
+@router.patch("/conversations/{conversation_id}", responses=error_responses(400, 401, 403, 404, 413, 422))
 async def update_conversation(
     conversation_id: ConversationId, body: UpdateConversation, user: CurrentUser, state: State
 ) -> ConversationSummary:
     return await handlers.update_conversation(state, user, conversation_id, body)
 
 
-@router.post("/conversations/{conversation_id}/messages", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/conversations/{conversation_id}/messages",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429),
+)
 async def post_message(
     conversation_id: ConversationId, body: PostMessage, user: CurrentUser, state: State
 ) -> MessageAccepted:
     return await handlers.submit_message(state, user, conversation_id, body.content)
 
 
-@router.post("/conversations/{conversation_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/conversations/{conversation_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(400, 401, 403, 404, 413, 422),
+)
 async def cancel(
     conversation_id: ConversationId, user: CurrentUser, state: State, body: CancelTurn | None = None
 ) -> CancelAccepted:

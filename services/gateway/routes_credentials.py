@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, HttpUrl
 from services.common.credentials import CredentialView
 from services.common.errors import CredentialError, PolicyDenied
 from services.gateway.deps import CurrentUser, State
-from services.gateway.errors import ApiError, Forbidden, NotFound
+from services.gateway.errors import ApiError, Forbidden, NotFound, error_responses
 
 router = APIRouter(prefix="/v1/settings/credentials")
 Provider = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="e.g. openai")]
@@ -34,7 +34,7 @@ class CredentialList(BaseModel):
     credentials: list[CredentialView]
 
 
-@router.get("")
+@router.get("", responses=error_responses(401, 403))
 async def list_credentials(user: CurrentUser, state: State) -> CredentialList:
     try:
         views = await state.credentials.list_for(
@@ -45,7 +45,7 @@ async def list_credentials(user: CurrentUser, state: State) -> CredentialList:
     return CredentialList(credentials=views)
 
 
-@router.put("/{provider}")
+@router.put("/{provider}", responses=error_responses(400, 401, 403, 413, 422))
 async def set_credential(
     provider: Provider, body: SetCredential, user: CurrentUser, state: State
 ) -> CredentialView:
@@ -66,7 +66,9 @@ async def set_credential(
         raise CredentialRejected(exc.message) from None
 
 
-@router.delete("/{provider}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{provider}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 403, 404, 422)
+)
 async def remove_credential(provider: Provider, user: CurrentUser, state: State) -> Response:
     try:
         removed = await state.credentials.remove(

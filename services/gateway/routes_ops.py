@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
+import ipaddress
 from collections.abc import Awaitable
 from typing import Any
 
@@ -11,8 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.kafka import INBOUND, OUTBOUND
-from services.gateway.deps import GatewayState, SettingsDep
-from services.gateway.errors import error_body, request_id_of
+from services.gateway.deps import GatewayState, SettingsDep, bearer_token
+from services.gateway.errors import Forbidden, error_body, error_responses, request_id_of
 
 router = APIRouter()
 
@@ -81,6 +84,21 @@ async def ready(request: Request) -> dict[str, Any] | JSONResponse:
     return JSONResponse(body, status_code=503)
 
 
-@router.get("/metrics")
-async def prometheus_metrics() -> Response:
+def _metrics_allowed(request: Request, token: str) -> bool:
+    """Loopback clients (Prometheus beside the gateway), or anyone with the metrics token:
+    the counters tell about users and load, not for the open network."""
+    host = request.client.host if request.client else ""
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_loopback:
+            return True
+    offered = bearer_token(request.headers.get("authorization")) or ""
+    return bool(token) and hmac.compare_digest(offered.encode(), token.encode())
+
+
+@router.get("/metrics", responses=error_responses(403))
+async def prometheus_metrics(request: Request, settings: SettingsDep) -> Response:
+    if not _metrics_allowed(request, settings.gateway.metrics_token.get_secret_value()):
+        raise Forbidden(
+            "metrics are served to loopback clients, or with Authorization: Bearer <A0_GATEWAY_METRICS_TOKEN>"
+        )
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

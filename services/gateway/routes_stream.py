@@ -27,7 +27,7 @@ from services.common.envelope import Envelope, new_id
 from services.common.policy import PolicyUnavailable
 from services.gateway import handlers
 from services.gateway.deps import GatewayState, State, StreamUser, authenticate, bearer_token
-from services.gateway.errors import ApiError, InvalidRequest, error_body, validation_message
+from services.gateway.errors import ApiError, InvalidRequest, error_body, error_responses, validation_message
 from services.gateway.fanout import SlowConsumer, Subscription
 from services.gateway.models import ConversationId, WsCancel, WsCommand, WsMessage, WsSubscribe, WsUnsubscribe
 from services.gateway.textcheck import MAX_JSON_DEPTH, json_too_deep
@@ -77,7 +77,11 @@ async def _sse_stream(
         metrics.CLIENTS.labels("sse").dec()
 
 
-@router.get("/v1/conversations/{conversation_id}/events", response_model=None)
+@router.get(
+    "/v1/conversations/{conversation_id}/events",
+    response_model=None,
+    responses=error_responses(401, 404, 422),
+)
 async def conversation_events(
     conversation_id: ConversationId,
     user: StreamUser,

@@ -296,8 +296,13 @@ async def test_another_user_cannot_read_or_write_a_conversation(settings: Settin
         ("POST", f"/v1/conversations/{conversation_id}/cancel", {}),
     ]:
         response = await client.request(method, path, json=body, headers=bob)
-        assert response.status_code == 403, (path, response.text)
-        assert response.json()["error"]["code"] == "forbidden"
+        # Not 403: that would confirm the id exists. Same answer as for no conversation.
+        assert response.status_code == 404, (path, response.text)
+        assert response.json()["error"] == {
+            "code": "not_found",
+            "message": f"no conversation {conversation_id}",
+            "request_id": response.headers["x-request-id"],
+        }
     listed = (await client.get("/v1/conversations", headers=bob)).json()["conversations"]
     assert conversation_id not in [c["id"] for c in listed]
 

@@ -373,11 +373,38 @@ def test_not_ready_while_starting(client: TestClient) -> None:
     assert client.get("/ready").status_code == 503
 
 
-def test_metrics_are_prometheus_text(client: TestClient) -> None:
-    client.get("/health")
-    response = client.get("/metrics")
+def test_metrics_are_prometheus_text_for_loopback_clients(settings: Settings) -> None:
+    local = TestClient(create_app(settings), client=("127.0.0.1", 50000))
+    local.get("/health")
+    response = local.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     assert "a0_gateway_requests_total" in response.text
+
+
+def test_metrics_need_the_token_from_elsewhere(settings: Settings) -> None:
+    remote = TestClient(create_app(settings), client=("203.0.113.7", 50000), raise_server_exceptions=False)
+    assert_error(remote.get("/metrics"), 403, "forbidden")
+    with_token = settings.model_copy(
+        update={"gateway": settings.gateway.model_copy(update={"metrics_token": SecretStr("m" * 32)})}
+    )
+    remote = TestClient(create_app(with_token), client=("203.0.113.7", 50000), raise_server_exceptions=False)
+    assert_error(remote.get("/metrics", headers={"Authorization": "Bearer wrong"}), 403, "forbidden")
+    assert remote.get("/metrics", headers={"Authorization": "Bearer " + "m" * 32}).status_code == 200
+
+
+def test_openapi_lists_each_routes_error_responses(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            errors = {code for code in operation["responses"] if code.startswith("4")}
+            assert errors, f"{method.upper()} {path} lists no 4xx response"
+            for code in errors:
+                schema = operation["responses"][code]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, code)
+    messages = spec["paths"]["/v1/conversations/{conversation_id}/messages"]["post"]["responses"]
+    assert {"401", "404", "413", "422", "429"} <= set(messages)
 
 
 # --- text and JSON that cannot be stored or parsed -----------------------------------------
