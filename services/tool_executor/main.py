@@ -3,9 +3,9 @@ publishes ``tool.results``."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
+import uvloop
 from prometheus_client import start_http_server
 
 from services.common.db import migrate, open_pool
@@ -64,4 +64,4 @@ def serve(settings: Settings) -> None:
         confinement(settings.tools.sandbox_python)  # fail here, not at the first tool call
     except ConfinementError as exc:
         log.error("run_python will fail: %s", exc)
-    asyncio.run(run(settings))
+    uvloop.run(run(settings))
