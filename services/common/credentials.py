@@ -289,6 +289,15 @@ class CredentialStore:
                     await self._authorize(
                         self.policy, "credentials.use", user_id, ["user"], user_id, provider
                     )
+                    # Checked again on use: a row stored before the policy (or edited
+                    # behind the API) must not turn the worker into a proxy either.
+                    try:
+                        await check_base_url(self.policy, user_id, ["user"], row[0])
+                    except CredentialError as exc:
+                        await self._audit(
+                            "conversation-worker", user_id, provider, "use", "denied", exc.message
+                        )
+                        raise PolicyDenied(exc.message) from None
                 secret = self._decrypt(user_id, provider, row[2], row[3], row[4])
                 register_secret(secret)
                 cached = LLMConfig(base_url=row[0], api_key=secret, model=row[1], source="credential")

@@ -4,11 +4,14 @@ tell whether a port is open."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
+import psycopg
 import pytest
 
 from services.common.settings import Settings
-from tests.support.gateway import auth
+from tests.support.gateway import auth, create_conversation, send_and_collect
 
 pytestmark = pytest.mark.hostile
 
@@ -67,3 +70,29 @@ async def test_the_stacks_own_simulator_is_allowed(settings: Settings, client: h
     response = await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
     assert response.status_code == 200, response.text
     assert (await client.delete("/v1/settings/credentials/openai", headers=headers)).status_code in (200, 204)
+
+
+async def test_a_stored_base_url_into_the_stack_is_refused_on_use(
+    settings: Settings, client: httpx.AsyncClient
+) -> None:
+    # A row stored before the policy existed, or edited behind the API: the worker checks
+    # the base URL again before its first call, and the turn ends with a clear error.
+    headers = auth(settings, "trudy")
+    body = {
+        "base_url": settings.llm_sim_url,
+        "model": "a0-sim-1",
+        "api_key": settings.llm_sim.api_key.get_secret_value(),
+    }
+    assert (
+        await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+    ).status_code == 200
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE credentials SET base_url = %s WHERE owner_id = 'trudy'",
+            (f"http://{settings.stack.host}:{settings.opa.port}/v1",),
+        )
+    conversation_id = await create_conversation(client, headers)
+    events = await send_and_collect(client, headers, conversation_id, "hello")
+    last = events[-1]
+    assert last["type"] == "error", last
+    assert "not allowed" in json.dumps(last["payload"]), last
