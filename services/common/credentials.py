@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from services.common.egress import check_base_url
+from services.common.egress import check_base_url, pinned
 from services.common.errors import ConfigError, CredentialError, PolicyDenied
 from services.common.logging import register_secret
 from services.common.policy import PolicyClient
@@ -147,14 +147,21 @@ class CredentialStore:
             await self._audit(actor, owner_id, provider or "*", action, "denied", decision.reason)
             raise PolicyDenied(decision.reason)
 
-    async def verify_with_provider(self, base_url: str, api_key: str) -> None:
+    async def verify_with_provider(
+        self, base_url: str, api_key: str, addresses: list[str] | None = None
+    ) -> None:
         url = base_url.rstrip("/") + "/models"
         # One message for "nothing there" and "something else there": the answer must not
         # tell a caller whether a port is open.
         unverified = CredentialError(f"no OpenAI-compatible API answered at {url}; check the base URL")
         try:
+            headers = {"Authorization": f"Bearer {api_key}"}
+            target, extensions = url, dict[str, str]()
+            if addresses:  # connect to the address the policy checked, not a new lookup
+                target, host_header, extensions = pinned(url, addresses[0])
+                headers |= host_header
             async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
-                response = await client.get(url, headers={"Authorization": f"Bearer {api_key}"})
+                response = await client.get(target, headers=headers, extensions=extensions)
         except httpx.HTTPError:
             raise unverified from None
         if response.status_code in (401, 403):
@@ -178,13 +185,13 @@ class CredentialStore:
         register_secret(api_key)
         await self._authorize(policy, "credentials.set", actor, roles, owner_id, provider)
         try:
-            await check_base_url(policy, actor, roles, base_url)
+            addresses = await check_base_url(policy, actor, roles, base_url)
         except CredentialError as exc:
             await self._audit(actor, owner_id, provider, "set", "denied", exc.message)
             raise
         if verify:
             try:
-                await self.verify_with_provider(base_url, api_key)
+                await self.verify_with_provider(base_url, api_key, addresses)
             except CredentialError as exc:
                 await self._audit(actor, owner_id, provider, "set", "rejected", exc.message)
                 raise

@@ -38,8 +38,9 @@ async def resolve(host: str, port: int) -> list[str]:
     return sorted({_address(str(info[4][0])) for info in infos})
 
 
-async def check_base_url(policy: PolicyClient, user_id: str, roles: list[str], base_url: str) -> None:
-    """Raise CredentialError unless OPA lets ``base_url`` be reached for this user."""
+async def check_base_url(policy: PolicyClient, user_id: str, roles: list[str], base_url: str) -> list[str]:
+    """Raise CredentialError unless OPA lets ``base_url`` be reached for this user; return
+    the addresses it was checked with (connect to one of those, not to a new lookup)."""
     try:
         url = httpx.URL(base_url)
     except httpx.InvalidURL:
@@ -57,3 +58,12 @@ async def check_base_url(policy: PolicyClient, user_id: str, roles: list[str], b
         raise CredentialError("the policy service cannot check this base URL now; try again") from exc
     if not decision.allow:
         raise CredentialError(f"this base URL is not allowed ({decision.reason})")
+    return addresses
+
+
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """``url`` aimed at ``address`` (a checked one), with the Host header and TLS server
+    name of the original host: a second DNS answer cannot redirect the request."""
+    original = httpx.URL(url)
+    target = original.copy_with(host=address)
+    return str(target), {"Host": original.netloc.decode("ascii")}, {"sni_hostname": original.host}
