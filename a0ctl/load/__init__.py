@@ -15,6 +15,7 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +29,8 @@ from services.common.envelope import TERMINAL_EVENTS
 from services.common.settings import Settings
 
 TERMINAL = frozenset(str(t) for t in TERMINAL_EVENTS)
+# Called for each answered turn with when it was sent (time.monotonic()) and how long it took.
+AnswerHook = Callable[[float, float], None]
 
 
 class Percentiles(BaseModel):
@@ -93,8 +96,11 @@ class _Tally:
 class _Session:
     """One user, one conversation, one SSE stream followed for the whole run."""
 
-    def __init__(self, settings: Settings, index: int, tally: _Tally) -> None:
+    def __init__(
+        self, settings: Settings, index: int, tally: _Tally, on_answer: AnswerHook | None = None
+    ) -> None:
         self.tally = tally
+        self.on_answer = on_answer
         self.headers = {"Authorization": f"Bearer {mint_token(settings, f'load-{index}')}"}
         self.http = httpx.AsyncClient(
             base_url=settings.gateway_url,
@@ -168,6 +174,8 @@ class _Session:
                     if outcome == "message.completed":
                         tally.completed += 1
                         tally.response.append(time.monotonic() - started)
+                        if self.on_answer:
+                            self.on_answer(started, time.monotonic() - started)
                     else:
                         tally.failed += 1
                     await asyncio.sleep(think_s * random.uniform(0.5, 1.5))
@@ -204,6 +212,7 @@ async def run_load(
     prompt: str,
     turn_timeout_s: float = 60.0,
     ramp_s: float = 2.0,
+    on_answer: AnswerHook | None = None,
 ) -> LoadReport:
     tally = _Tally()
     started = time.monotonic()
@@ -214,7 +223,7 @@ async def run_load(
     async def start_session(index: int) -> None:
         # Spread session starts over the ramp, as users arrive, rather than in one instant.
         await asyncio.sleep(ramp_s * index / max(1, sessions))
-        await _Session(settings, index, tally).run(prompt, until, think_s, turn_timeout_s)
+        await _Session(settings, index, tally, on_answer).run(prompt, until, think_s, turn_timeout_s)
 
     await asyncio.gather(*(start_session(i) for i in range(sessions)))
     elapsed = time.monotonic() - started

@@ -40,7 +40,7 @@ class LocalService:
     start_s: int = 3
     extra_ports: tuple[int, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
-    app: bool = False
+    app: bool = False  # a0's own service: stops within seconds
     # supervisord starts lower priorities first and stops them last; replicas share one,
     # so scaling never changes another service's definition.
     priority: int = 500
@@ -283,7 +283,7 @@ def build_services(
             # SIGTERM starts a controlled shutdown: leadership moved, logs flushed and
             # closed cleanly, so the next start needs no log recovery.
             stop_wait_s=60,
-            start_s=5,
+            start_s=10,
         ),
         LocalService(
             name="redis",
@@ -386,6 +386,8 @@ def build_services(
         ),
     ]
     for service in services:
+        if service.app:
+            service.stop_wait_s = 10
         base = next((b for b in START_ORDER if service.name == b or service.name.startswith(f"{b}-")), "")
         service.priority = 100 + 10 * START_ORDER.index(base) if base else 500
     return {service.name: service for service in services}
