@@ -27,7 +27,7 @@ pytestmark = pytest.mark.faults
 
 SESSIONS = 24
 WARM_UP_ANSWERS = 2 * SESSIONS
-LOAD_S = 30.0
+LOAD_S = 20.0
 # A turn slower than this was held up by the fault.
 AFFECTED_S = 1.5
 RESULTS = ROOT / "test-artifacts" / "faults.json"
@@ -89,12 +89,12 @@ async def under_load(
         return len(answers) >= WARM_UP_ANSWERS
 
     await wait_for(warmed_up, 60, "the load's first answers")
-    old_pid = stack.pid(service)
+    old_pid = stack.pid(service) if service else None
     struck = time.monotonic()
     await fault()
 
     async def back() -> bool:
-        return await service_back(stack, service, old_pid)
+        return service is None or await service_back(stack, service, old_pid)
 
     await wait_for(back, 90, f"{service} running and healthy again")
     service_s = time.monotonic() - struck
@@ -166,3 +166,13 @@ async def test_redis_restarted_under_load(settings: Settings, stack: LocalRuntim
 
 async def test_postgres_restarted_under_load(settings: Settings, stack: LocalRuntime) -> None:
     await under_load(settings, stack, "restart PostgreSQL", "postgres", restart(stack, "postgres"))
+
+
+async def test_workers_scaled_up_and_down_under_load(settings: Settings, stack: LocalRuntime) -> None:
+    async def scale_up_and_down() -> None:
+        await asyncio.to_thread(stack.scale, "conversation-worker", 3)
+        assert stack.pid("conversation-worker-3") is not None
+        await asyncio.to_thread(stack.scale, "conversation-worker", 1)
+        assert stack.pid("conversation-worker-2") is None
+
+    await under_load(settings, stack, "scale workers 1 -> 3 -> 1", None, scale_up_and_down)
