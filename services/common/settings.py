@@ -27,7 +27,7 @@ class StackSettings(BaseSettings):
     model_config = _config("A0_")
 
     home: Path = Field(default=Path("."), description="Project root; relative paths resolve from here.")
-    state_dir: Path = Field(default=Path(".a0"), description="Data, logs and pid files of the local runtime.")
+    state_dir: Path = Field(default=Path(".a0"), description="Data, logs and supervisord files of the local runtime.")
     conf_dir: Path = Field(
         default=Path("conf/env"), description="Generated secrets (mode 0600, never committed)."
     )
