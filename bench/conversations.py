@@ -1,14 +1,20 @@
-"""Benchmark: N concurrent conversations through the gateway, end to end.
+"""Benchmark: a0 against the same turn done in one process, in one run.
 
-Brings up a private stack (same code as ``a0ctl up``, its own ports and state dir) with
-the upstream simulator at zero latency, so the figures measure a0's messaging path:
-gateway → Kafka → worker ⇄ tool executor → Kafka → gateway → SSE client.
+Brings up a private stack (same code as ``a0ctl up``, its own ports and state dir) and,
+for each size N:
 
-    .venv/bin/python -m bench.conversations --sizes 1,50,500
+1. the in-process baseline (:mod:`bench.baseline`): N closed-loop conversations
+   against the stack's upstream simulator, no Kafka, PostgreSQL or gateway;
+2. a0: the same N conversations through the gateway with ``a0ctl load``'s code
+   (``--think 0``): gateway → Kafka → worker ⇄ tool executor → Kafka → gateway → SSE.
 
-Per size it reports messages per second and p50/p95/p99 end-to-end latency (from the
-POST to the message.completed event on the client's SSE stream), and writes JSON to
-bench/results/.
+It prints turns/s and response times of both, their ratio, the mean overhead a0 adds
+per turn, and CPU seconds per turn of every process (read from ``/proc``), so a change
+shows where it saved. The simulator runs with the stack's default pace (first token
+after 20 ms, 400 tokens/s) unless told otherwise. Results go to ``bench/results/``
+with the machine described.
+
+    .venv/bin/python -m bench.conversations --sizes 1,50 --duration 20
 """
 
 from __future__ import annotations
@@ -17,15 +23,18 @@ import argparse
 import asyncio
 import json
 import os
+import platform
+import resource
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT_OFFSET = 5000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _configure_env(offset: int) -> None:
+def _configure_env(offset: int, latency_ms: int, tokens_per_s: float) -> None:
     ports = {
         "A0_KAFKA_PORT": 29092,
         "A0_KAFKA_CONTROLLER_PORT": 29093,
@@ -45,105 +54,165 @@ def _configure_env(offset: int) -> None:
             "A0_STATE_DIR": str(state),
             "A0_CONF_DIR": str(state / "conf"),
             "A0_RUNTIME": "local",
-            "A0_LLM_SIM_LATENCY_MS": "0",
-            "A0_LLM_SIM_TOKENS_PER_S": "0",
+            "A0_LLM_SIM_LATENCY_MS": str(latency_ms),
+            "A0_LLM_SIM_TOKENS_PER_S": str(tokens_per_s),
             "A0_GATEWAY_RATE_PER_USER_PER_MIN": "100000",
-            "A0_GATEWAY_MAX_INFLIGHT_TURNS": "100000",
         }
     )
     for key in ("A0_LLM_BASE_URL", "A0_LLM_API_KEY"):
         os.environ.pop(key, None)
 
 
-async def one_conversation(client: Any, token: str, prompt: str) -> float:
-    headers = {"Authorization": f"Bearer {token}"}
-    created = await client.post("/v1/conversations", json={"title": "bench"}, headers=headers)
-    conversation_id = created.json()["id"]
-    async with client.stream("GET", f"/v1/conversations/{conversation_id}/events", headers=headers) as stream:
-        lines = stream.aiter_lines()
-        started = time.perf_counter()
-        posted = await client.post(
-            f"/v1/conversations/{conversation_id}/messages", json={"content": prompt}, headers=headers
-        )
-        if posted.status_code != 202:
-            raise RuntimeError(f"POST answered {posted.status_code}: {posted.text[:200]}")
-        async for line in lines:
-            if line.startswith("event: ") and line[7:] in ("message.completed", "error", "cancelled"):
-                if line[7:] != "message.completed":
-                    raise RuntimeError(f"turn ended with {line[7:]}")
-                return time.perf_counter() - started
-    raise RuntimeError("stream ended before the turn completed")
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its descendants (reaped or alive)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime (fields 14-17 of stat, here offset by the 2 cut)
+        total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+        todo.extend(children.get(current, []))
+    return total
 
 
-async def run_size(settings: Any, size: int, prompt: str) -> dict[str, Any]:
-    import httpx
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
-    from services.common.auth import mint_token
 
-    # Small connection pools: httpx's pool scans its connections on each request, so one
-    # client with a thousand connections would spend the run in the load generator itself.
-    per_client = 20
-    clients = [
-        httpx.AsyncClient(
-            base_url=settings.gateway_url,
-            timeout=httpx.Timeout(120, connect=30),
-            limits=httpx.Limits(max_connections=per_client * 2 + 2),
-        )
-        for _ in range((size + per_client - 1) // per_client)
-    ]
-    try:
-        tokens = [mint_token(settings, f"bench-{size}-{i}") for i in range(size)]
-        started = time.perf_counter()
-        results = await asyncio.gather(
-            *(
-                asyncio.wait_for(one_conversation(clients[i // per_client], token, prompt), 180)
-                for i, token in enumerate(tokens)
-            ),
-            return_exceptions=True,
-        )
-        wall = time.perf_counter() - started
-    finally:
-        for client in clients:
-            await client.aclose()
-    latencies = [r for r in results if isinstance(r, float)]
-    errors = [repr(r) for r in results if not isinstance(r, float)]
-    from a0ctl.load import Percentiles
+def _stack_pids(runtime: Any) -> dict[str, int]:
+    return {status.name: status.pid for status in runtime.status() if status.pid}
 
+
+def _per_turn(before: dict[str, float], after: dict[str, float], turns: int) -> dict[str, float]:
     return {
-        "conversations": size,
-        "completed": len(latencies),
-        "errors": len(errors),
-        "first_errors": errors[:3],
-        "wall_s": round(wall, 3),
-        "messages_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
-        "latency_ms": Percentiles.of(latencies, scale=1000, digits=1).model_dump(),
+        name: round((after[name] - before.get(name, 0.0)) / turns * 1000, 2)
+        for name in sorted(after)
+        if turns and name in before
     }
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def run_size(settings: Any, runtime: Any, size: int, duration_s: float, prompt: str) -> dict[str, Any]:
+    from a0ctl.load import run_load
+    from bench.baseline import run_baseline
+
+    pids = _stack_pids(runtime)
+    sim_pid = pids["llm-sim"]
+
+    own_before, sim_before = _own_cpu(), _cpu_seconds(sim_pid)
+    baseline = asyncio.run(run_baseline(settings, sessions=size, duration_s=duration_s, prompt=prompt))
+    baseline["cpu_ms_per_turn"] = {
+        "bench process": round((_own_cpu() - own_before) / max(1, baseline["turns"]) * 1000, 2),
+        "llm-sim": round((_cpu_seconds(sim_pid) - sim_before) / max(1, baseline["turns"]) * 1000, 2),
+    }
+
+    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    own_before = _own_cpu()
+    report = asyncio.run(
+        run_load(settings, sessions=size, duration_s=duration_s, think_s=0.0, prompt=prompt, ramp_s=0.5)
+    )
+    after = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    cpu = _per_turn(before, after, report.completed)
+    cpu["load client (bench process)"] = round((_own_cpu() - own_before) / max(1, report.completed) * 1000, 2)
+    a0 = {
+        "turns": report.completed,
+        "turns_per_s": report.throughput_per_s,
+        "response_s": report.response_s.model_dump(),
+        "failed": report.failed,
+        "lost": report.lost,
+        "duplicate_events": report.duplicate_events,
+        "cpu_ms_per_turn": cpu,
+    }
+    ratio = a0["turns_per_s"] / baseline["turns_per_s"] if baseline["turns_per_s"] else 0.0
+    overhead = None
+    if report.response_s.mean is not None and baseline["response_s"]["mean"] is not None:
+        overhead = round((report.response_s.mean - baseline["response_s"]["mean"]) * 1000, 1)
+    return {
+        "sessions": size,
+        "duration_s": duration_s,
+        "baseline": baseline,
+        "a0": a0,
+        "ratio_turns_per_s": round(ratio, 3),
+        "mean_overhead_ms": overhead,
+    }
+
+
+def _print(result: dict[str, Any]) -> None:
+    base, a0 = result["baseline"], result["a0"]
+    print(
+        f"{result['sessions']:>4} sessions: in-process {base['turns_per_s']:>7.1f} turns/s "
+        f"mean {base['response_s']['mean']} s | a0 {a0['turns_per_s']:>7.1f} turns/s "
+        f"mean {a0['response_s']['mean']} s p99 {a0['response_s']['p99']} s | "
+        f"ratio {result['ratio_turns_per_s']:.2f} | overhead {result['mean_overhead_ms']} ms/turn | "
+        f"failed {a0['failed']} lost {a0['lost']} dup {a0['duplicate_events']}"
+    )
+    print("      CPU ms/turn: " + ", ".join(f"{k} {v}" for k, v in a0["cpu_ms_per_turn"].items()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", default="1,50,500", help="comma-separated concurrent conversation counts")
+    parser.add_argument("--sizes", default="1,50", help="comma-separated concurrent conversation counts")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per measurement")
     parser.add_argument(
         "--prompt", default="compute 6*7", help="what each conversation sends (default: a tool call)"
     )
+    parser.add_argument("--sim-latency-ms", type=int, default=20, help="simulator's time to first token")
+    parser.add_argument("--sim-tokens-per-s", type=float, default=400.0, help="simulator's pace (0: no wait)")
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running afterwards")
     args = parser.parse_args()
-    _configure_env(PORT_OFFSET)
+    _configure_env(PORT_OFFSET, args.sim_latency_ms, args.sim_tokens_per_s)
 
     from a0ctl.runtime.stack import bring_up
     from services.common.settings import load_settings
 
     runtime, _ = bring_up(load_settings(), runtime_name="local")
     settings = load_settings()
-    report = {"prompt": args.prompt, "upstream": "llm_sim, zero latency", "runs": []}
+    report: dict[str, Any] = {
+        "prompt": args.prompt,
+        "upstream": f"llm_sim, first token {args.sim_latency_ms} ms, {args.sim_tokens_per_s} tokens/s",
+        "machine": machine(),
+        "runs": [],
+    }
     try:
+        from a0ctl.load import run_load
+
+        asyncio.run(run_load(settings, sessions=5, duration_s=3, think_s=0, prompt=args.prompt))  # warm-up
         for size in (int(s) for s in args.sizes.split(",")):
-            asyncio.run(run_size(settings, min(size, 5), args.prompt))  # warm-up
-            result = asyncio.run(run_size(settings, size, args.prompt))
+            result = run_size(settings, runtime, size, args.duration, args.prompt)
             report["runs"].append(result)
-            print(json.dumps(result))
+            _print(result)
     finally:
         if not args.keep:
             runtime.down(purge=True)

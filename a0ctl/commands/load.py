@@ -19,7 +19,8 @@ def render(report: LoadReport) -> None:
     rows = [
         ("messages sent / accepted", f"{report.sent} / {report.accepted}"),
         ("answered / failed turns", f"{report.completed} / {report.failed}"),
-        ("refused with 429", str(report.rejected)),
+        ("failed sessions", f"{report.failed_sessions} of {report.sessions}"),
+        ("shed with 429 (retried after Retry-After)", str(report.shed)),
         ("lost (accepted, never answered)", str(report.lost)),
         ("events shown twice / missing", f"{report.duplicate_events} / {report.missing_events}"),
         ("answers per second", str(report.throughput_per_s)),
@@ -28,15 +29,28 @@ def render(report: LoadReport) -> None:
             f"{report.response_s.p50} / {report.response_s.p95} / {report.response_s.p99}",
         ),
         ("response mean (s)", str(report.response_s.mean)),
+        (
+            "first text p50 / p99 / mean (s)",
+            f"{report.ttft_s.p50} / {report.ttft_s.p99} / {report.ttft_s.mean}",
+        ),
         ("event delivery p50 / p99 (ms)", f"{report.delivery_ms.p50} / {report.delivery_ms.p99}"),
-        ("max consumer lag (s)", str(report.max_consumer_lag_s)),
+        (
+            "max consumer lag (s / records)",
+            f"{report.max_consumer_lag_s} / {report.max_consumer_lag_records}",
+        ),
     ]
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    for error in report.errors:
-        console.print(f"[red]error:[/] {error}", highlight=False)
-    console.print("[green]ok[/]: nothing lost, nothing shown twice" if report.ok else "[red]not ok[/]")
+    for cause, count in report.causes.items():
+        console.print(f"[red]failed {count}x:[/] {cause}", highlight=False)
+    for miss in report.sla.misses:
+        console.print(f"[red]SLA missed:[/] {miss}", highlight=False)
+    console.print(
+        "[green]ok[/]: every session to the end, nothing failed, lost or shown twice"
+        if report.ok
+        else "[red]not ok[/]"
+    )
 
 
 def load(
@@ -44,16 +58,24 @@ def load(
     duration: Annotated[float, typer.Option(min=1, help="Seconds to keep sending.")] = 30.0,
     think: Annotated[float, typer.Option(min=0, help="Mean pause between a session's messages (s).")] = 5.0,
     prompt: Annotated[str, typer.Option(help="What each session sends.")] = "compute 6*7",
+    sla_mean: Annotated[
+        float | None, typer.Option(help="Fail (exit 1) if the mean response time is above this (s).")
+    ] = None,
+    sla_p99: Annotated[
+        float | None, typer.Option(help="Fail (exit 1) if the p99 response time is above this (s).")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Load the running stack through the gateway; exit 1 if a message was lost or an
-    event shown twice.
+    """Load the running stack through the gateway; exit 1 if a session failed, a turn
+    failed or was lost, an event was shown twice or missing, or an SLA was missed. Load
+    shed with 429 is reported apart and is not a failure: sessions retry after
+    Retry-After.
 
-    Example: a0ctl load --sessions 500 --duration 60 --think 10 --json
+    Example: a0ctl load --sessions 500 --duration 60 --think 10 --sla-mean 0.5 --sla-p99 1.5 --json
     """
     report = asyncio.run(
         run_load(settings(), sessions=sessions, duration_s=duration, think_s=think, prompt=prompt)
-    )
+    ).check_sla(sla_mean, sla_p99)
     if json_out:
         print_json({**report.model_dump(), "ok": report.ok})
     else:

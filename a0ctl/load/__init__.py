@@ -2,10 +2,13 @@
 gateway, as browsers would drive it — and what a user would have noticed.
 
 Each session signs in as its own user, opens its conversation's SSE stream, then sends
-a message, waits for the answer, thinks, and sends again until the time is up. The
-report counts what was sent, answered, refused (429), lost (accepted but never
-answered) and shown twice (an event seq seen again, or a gap), with response-time and
-delivery percentiles and the worst consumer lag seen while it ran.
+a message, waits for the answer, thinks, and sends again until the time is up. A 429
+is shed load: the session waits as ``Retry-After`` says and tries again. The report
+counts what was sent, answered, shed, failed (with each cause: a 5xx, a connection
+error, an error event), lost (accepted but never answered) and shown twice (an event
+seq seen again, or a gap); every session counts, and one that cannot go on is a failed
+session. With response-time and time-to-first-token percentiles, delivery times and
+the worst consumer lag sampled while it ran, in records and seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import random
 import statistics
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -29,8 +33,6 @@ from services.common.envelope import TERMINAL_EVENTS
 from services.common.settings import Settings
 
 TERMINAL = frozenset(str(t) for t in TERMINAL_EVENTS)
-# Called for each answered turn with when it was sent (time.monotonic()) and how long it took.
-AnswerHook = Callable[[float, float], None]
 
 
 class Percentiles(BaseModel):
@@ -57,40 +59,97 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
+class Sla(BaseModel):
+    """Limits a run must meet (``--sla-mean``, ``--sla-p99``), and whether it did."""
+
+    mean_s: float | None = None
+    p99_s: float | None = None
+    met: bool = True
+    misses: list[str] = []
+
+
 class LoadReport(BaseModel):
     sessions: int
     duration_s: float
     prompt: str
     sent: int
     accepted: int
-    rejected: int
+    rejected: int  # refused with 429 (shed); kept under its first name
+    shed: int
     completed: int
-    failed: int
+    failed: int  # turns that ended in an error, or a request answered with another failure
+    failed_sessions: int  # sessions that could not go on (no conversation, broken stream)
     lost: int
     duplicate_events: int
     missing_events: int
     throughput_per_s: float
     response_s: Percentiles
+    ttft_s: Percentiles  # POST to the turn's first text (or its end, when it has none)
     delivery_ms: Percentiles
     max_consumer_lag_s: float
+    max_consumer_lag_records: int
+    causes: dict[str, int]  # every failure, by cause
     errors: list[str]
+    sla: Sla = Sla()
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicate_events == 0 and self.missing_events == 0 and self.sent > 0
+        return (
+            self.sent > 0
+            and self.lost == 0
+            and self.duplicate_events == 0
+            and self.missing_events == 0
+            and self.failed == 0
+            and self.failed_sessions == 0
+            and self.sla.met
+        )
+
+    def check_sla(self, mean_s: float | None, p99_s: float | None) -> LoadReport:
+        misses = []
+        if mean_s is not None and (self.response_s.mean is None or self.response_s.mean > mean_s):
+            misses.append(f"mean response {self.response_s.mean} s > {mean_s} s")
+        if p99_s is not None and (self.response_s.p99 is None or self.response_s.p99 > p99_s):
+            misses.append(f"p99 response {self.response_s.p99} s > {p99_s} s")
+        return self.model_copy(update={"sla": Sla(mean_s=mean_s, p99_s=p99_s, met=not misses, misses=misses)})
+
+
+# Called for each answered turn with when it was sent (time.monotonic()) and how long it took.
+AnswerHook = Callable[[float, float], None]
 
 
 class _Tally:
     def __init__(self) -> None:
-        self.sent = self.accepted = self.rejected = self.completed = self.failed = self.lost = 0
+        self.sent = self.accepted = self.shed = self.completed = self.failed = self.lost = 0
+        self.failed_sessions = 0
         self.duplicates = self.missing = 0
         self.response: list[float] = []
+        self.ttft: list[float] = []
         self.delivery: list[float] = []
-        self.errors: list[str] = []
+        self.causes: dict[str, int] = {}
 
-    def error(self, message: str) -> None:
-        if len(self.errors) < 10:
-            self.errors.append(message)
+    def fail(self, cause: str, *, session: bool = False) -> None:
+        if session:
+            self.failed_sessions += 1
+        else:
+            self.failed += 1
+        self.causes[cause] = self.causes.get(cause, 0) + 1
+
+
+def _http_cause(what: str, response: httpx.Response) -> str:
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = response.text[:80]
+    return f"{what} answered {response.status_code} ({code})"
+
+
+class _Turn:
+    """A sent message until its end: when it was posted, its first text, its outcome."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first_text: float | None = None
+        self.outcome: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
 
 
 class _Session:
@@ -109,7 +168,14 @@ class _Session:
             timeout=httpx.Timeout(30, read=90),
         )
         self.last_seq = 0
-        self.waiting: dict[str, asyncio.Future[str]] = {}
+        # By turn id; events may arrive before the POST's answer names the turn.
+        self.turns: dict[str, _Turn] = {}
+
+    def _turn(self, turn_id: str) -> _Turn:
+        turn = self.turns.get(turn_id)
+        if turn is None:
+            turn = self.turns[turn_id] = _Turn(time.monotonic())
+        return turn
 
     async def follow(self, conversation_id: str) -> None:
         """Read the stream, resuming with Last-Event-ID when it drops; check every seq."""
@@ -120,6 +186,9 @@ class _Session:
                     f"/v1/conversations/{conversation_id}/events",
                     headers={"Last-Event-ID": str(self.last_seq)},
                 ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        raise _SessionFailed(_http_cause("GET events", response))
                     parser = SseParser()
                     async for line in response.aiter_lines():
                         message = parser.feed(line)
@@ -137,70 +206,92 @@ class _Session:
         self.last_seq = seq
         sent_at = datetime.fromisoformat(event["ts"]).timestamp()
         self.tally.delivery.append(max(0.0, time.time() - sent_at))
-        if event["type"] in TERMINAL:
-            future = self.waiting.pop(event["turn_id"], None)
-            if future is not None and not future.done():
-                future.set_result(event["type"])
+        kind = event["type"]
+        if kind == "message.delta" or kind in TERMINAL:
+            turn = self._turn(event["turn_id"])
+            if turn.first_text is None:
+                turn.first_text = time.monotonic()
+            if kind in TERMINAL and not turn.outcome.done():
+                turn.outcome.set_result((kind, event.get("payload") or {}))
 
     async def run(self, prompt: str, until: float, think_s: float, turn_timeout_s: float) -> None:
         tally = self.tally
+        reader: asyncio.Task[None] | None = None
         try:
             created = await self.http.post("/v1/conversations", json={"title": "load"})
-            created.raise_for_status()
+            if created.status_code != 201:
+                raise _SessionFailed(_http_cause("POST /v1/conversations", created))
             conversation_id = created.json()["id"]
             reader = asyncio.create_task(self.follow(conversation_id))
-            try:
-                while time.monotonic() < until:
-                    started = time.monotonic()
-                    tally.sent += 1
-                    posted = await self.http.post(
-                        f"/v1/conversations/{conversation_id}/messages", json={"content": prompt}
+            while time.monotonic() < until:
+                if reader.done():
+                    reader.result()  # the stream failed for good: raise why
+                started = time.monotonic()
+                tally.sent += 1
+                posted = await self.http.post(
+                    f"/v1/conversations/{conversation_id}/messages", json={"content": prompt}
+                )
+                if posted.status_code == 429:
+                    tally.shed += 1
+                    retry_after = float(posted.headers.get("Retry-After", "1"))
+                    await asyncio.sleep(max(0.0, min(retry_after, until - time.monotonic())))
+                    continue
+                if posted.status_code != 202:
+                    tally.fail(_http_cause("POST message", posted))
+                    await asyncio.sleep(min(1.0, think_s))
+                    continue
+                tally.accepted += 1
+                turn = self._turn(posted.json()["turn_id"])
+                turn.started = started
+                waits: list[asyncio.Future[Any]] = [turn.outcome, reader]
+                await asyncio.wait(waits, timeout=turn_timeout_s, return_when=FIRST_COMPLETED)
+                if not turn.outcome.done():
+                    if reader.done():
+                        reader.result()  # the stream failed for good: raise why
+                    tally.lost += 1
+                    continue
+                outcome, payload = turn.outcome.result()
+                if outcome == "message.completed":
+                    tally.completed += 1
+                    tally.response.append(time.monotonic() - started)
+                    tally.ttft.append((turn.first_text or time.monotonic()) - started)
+                    if self.on_answer:
+                        self.on_answer(started, time.monotonic() - started)
+                else:
+                    tally.fail(
+                        f"turn ended with {outcome} ({payload.get('code', payload.get('reason', ''))})"
                     )
-                    if posted.status_code == 429:
-                        tally.rejected += 1
-                        await asyncio.sleep(min(5.0, float(posted.headers.get("Retry-After", "1"))))
-                        continue
-                    if posted.status_code != 202:
-                        tally.error(f"POST answered {posted.status_code}: {posted.text[:160]}")
-                        continue
-                    tally.accepted += 1
-                    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-                    self.waiting[posted.json()["turn_id"]] = done
-                    try:
-                        outcome = await asyncio.wait_for(done, turn_timeout_s)
-                    except TimeoutError:
-                        tally.lost += 1
-                        continue
-                    if outcome == "message.completed":
-                        tally.completed += 1
-                        tally.response.append(time.monotonic() - started)
-                        if self.on_answer:
-                            self.on_answer(started, time.monotonic() - started)
-                    else:
-                        tally.failed += 1
-                    await asyncio.sleep(think_s * random.uniform(0.5, 1.5))
-            finally:
+                await asyncio.sleep(think_s * random.uniform(0.5, 1.5))
+        except _SessionFailed as exc:
+            tally.fail(str(exc), session=True)
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            tally.fail(f"{type(exc).__name__}: {exc}"[:160], session=True)
+        finally:
+            if reader is not None:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
-        except httpx.HTTPError as exc:
-            tally.error(f"session failed: {type(exc).__name__}: {exc}")
-        finally:
             await self.http.aclose()
 
 
-async def _sample_lag(settings: Settings, stop: asyncio.Event) -> float:
-    worst = 0.0
+class _SessionFailed(Exception):
+    """A session cannot go on; the message says why."""
+
+
+async def _sample_lag(settings: Settings, stop: asyncio.Event) -> tuple[float, int]:
+    """The worst consumer lag seen while the load runs: (seconds, records)."""
+    worst_s, worst_records = 0.0, 0
     while not stop.is_set():
         try:
             rows = await consumer_lag(settings.kafka_bootstrap, None)
-            worst = max([worst, *(row.lag_seconds for row in rows)])
+            worst_s = max([worst_s, *(row.lag_seconds for row in rows)])
+            worst_records = max([worst_records, *(row.lag for row in rows)])
         except Exception:  # sampling is best effort; the run goes on
             pass
         try:
-            await asyncio.wait_for(stop.wait(), 2.0)
+            await asyncio.wait_for(stop.wait(), 1.0)
         except TimeoutError:
             pass
-    return worst
+    return worst_s, worst_records
 
 
 async def run_load(
@@ -228,22 +319,28 @@ async def run_load(
     await asyncio.gather(*(start_session(i) for i in range(sessions)))
     elapsed = time.monotonic() - started
     stop.set()
-    max_lag = await lag
+    max_lag_s, max_lag_records = await lag
+    causes = dict(sorted(tally.causes.items(), key=lambda item: -item[1]))
     return LoadReport(
         sessions=sessions,
         duration_s=round(elapsed, 2),
         prompt=prompt,
         sent=tally.sent,
         accepted=tally.accepted,
-        rejected=tally.rejected,
+        rejected=tally.shed,
+        shed=tally.shed,
         completed=tally.completed,
         failed=tally.failed,
+        failed_sessions=tally.failed_sessions,
         lost=tally.lost,
         duplicate_events=tally.duplicates,
         missing_events=tally.missing,
         throughput_per_s=round(tally.completed / elapsed, 2) if elapsed else 0.0,
         response_s=Percentiles.of(tally.response),
+        ttft_s=Percentiles.of(tally.ttft),
         delivery_ms=Percentiles.of(tally.delivery, 1000, 1),
-        max_consumer_lag_s=round(max_lag, 3),
-        errors=tally.errors,
+        max_consumer_lag_s=round(max_lag_s, 3),
+        max_consumer_lag_records=max_lag_records,
+        causes=causes,
+        errors=[f"{count}x {cause}" for cause, count in list(causes.items())[:10]],
     )

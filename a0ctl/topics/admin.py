@@ -194,10 +194,16 @@ async def _oldest_unconsumed_age(
         for tp, offset in positions.items():
             consumer.seek(tp, offset)
         now_ms = time.time() * 1000
-        batches = await consumer.getmany(*positions, timeout_ms=2000, max_records=len(positions) * 50)
-        for tp, records in batches.items():
-            if records:
-                ages[tp] = max(0.0, (now_ms - records[0].timestamp) / 1000)
+        deadline = time.monotonic() + 3.0
+        # A fetch answers with the partitions that have data ready; ask until each has
+        # shown its first record (or the deadline passes).
+        while len(ages) < len(positions) and time.monotonic() < deadline:
+            waiting = [tp for tp in positions if tp not in ages]
+            batches = await consumer.getmany(*waiting, timeout_ms=500, max_records=len(waiting) * 20)
+            for tp, records in batches.items():
+                if records and tp not in ages:
+                    ages[tp] = max(0.0, (now_ms - records[0].timestamp) / 1000)
+                    consumer.pause(tp)
     finally:
         await consumer.stop()
     return ages
@@ -216,15 +222,30 @@ async def consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]:
         )
     all_tps = sorted({tp for offsets in committed.values() for tp in offsets})
     ends = await end_offsets(bootstrap, all_tps)
-    return [
-        PartitionLag(
-            group=name,
-            topic=tp.topic,
-            partition=tp.partition,
-            committed=offset,
-            end_offset=ends.get(tp, offset),
-            lag=max(0, ends.get(tp, offset) - offset),
-        )
-        for name, offsets in committed.items()
-        for tp, offset in sorted(offsets.items())
-    ]
+    # The age of the oldest record a group has not finished, per partition it is behind
+    # on (the lowest committed offset of any group reading it).
+    behind: dict[TopicPartition, int] = {}
+    for offsets in committed.values():
+        for tp, offset in offsets.items():
+            if ends.get(tp, offset) > offset:
+                behind[tp] = min(offset, behind.get(tp, offset))
+    ages = await _oldest_unconsumed_age(bootstrap, behind)
+    rows = []
+    for name, offsets in committed.items():
+        for tp, offset in sorted(offsets.items()):
+            lag = max(0, ends.get(tp, offset) - offset)
+            # With several groups on one partition, the age is that of the group furthest
+            # behind: for the others, an upper bound.
+            age = ages.get(tp, 0.0) if lag else 0.0
+            rows.append(
+                PartitionLag(
+                    group=name,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    committed=offset,
+                    end_offset=ends.get(tp, offset),
+                    lag=lag,
+                    lag_seconds=round(age, 3),
+                )
+            )
+    return rows

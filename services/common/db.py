@@ -3,11 +3,17 @@ start) and the async connection pool factory (psycopg 3)."""
 
 from __future__ import annotations
 
+import orjson
 import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.settings import Settings
+
+# JSON and JSONB columns are read and written with orjson, in every service.
+set_json_loads(orjson.loads)
+set_json_dumps(lambda value: orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode())
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (

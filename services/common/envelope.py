@@ -102,6 +102,37 @@ class Envelope(BaseModel):
             raise EnvelopeError(f"not JSON: {exc}") from None
 
 
+def format_ts(ts: datetime) -> str:
+    """A timestamp as the envelope's JSON carries it (what pydantic writes for ``ts``)."""
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def wire_event(
+    type_: EventType,
+    *,
+    conversation_id: str,
+    turn_id: str,
+    user_id: str,
+    payload: dict[str, Any],
+    seq: int = 0,
+) -> dict[str, Any]:
+    """An envelope in its wire form (the dict ``Envelope.model_dump(mode="json")`` gives),
+    built directly: a producer on the hot path emits events it has just made, with fields
+    it controls, so it skips the model's validation and dump. Consumers still validate
+    with :meth:`Envelope.from_bytes`."""
+    return {
+        "v": SCHEMA_VERSION,
+        "id": new_id(),
+        "type": str(type_),
+        "conversation_id": conversation_id,
+        "turn_id": turn_id,
+        "user_id": user_id,
+        "seq": seq,
+        "ts": format_ts(utcnow()),
+        "payload": payload,
+    }
+
+
 def tool_call_key(turn_id: str, call_id: str) -> str:
     """A model's tool call id is unique only within its answer (a deterministic or reused id
     can recur in other turns): a0 keys tool work by turn and call id."""

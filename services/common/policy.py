@@ -1,16 +1,26 @@
 """The OPA client: every service asks the same decision with the same input contract
-(see stack/opa/authz.rego): ``POST /v1/data/a0/authz/decision``."""
+(see stack/opa/authz.rego): ``POST /v1/data/a0/authz/decision``.
+
+Decisions are priced for load: keep-alive connections sized by ``A0_OPA_CONNECTIONS``,
+and a short-lived cache keyed on the whole input (``A0_OPA_DECISION_CACHE_S``, 2 s by
+default), so a burst of requests for the same user and conversation asks OPA once. The
+cache's staleness is bounded by its lifetime: a policy or data change applies within it.
+Only answers are cached; when OPA cannot be asked, callers fail closed.
+"""
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 
 import httpx
+import orjson
 from pydantic import BaseModel
 
 from services.common.settings import Settings
 
 DECISION_PATH = "/v1/data/a0/authz/decision"
+CACHE_MAX_ENTRIES = 50_000
 
 
 class Decision(BaseModel):
@@ -24,9 +34,15 @@ class PolicyUnavailable(Exception):
 
 class PolicyClient:
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+        opa = settings.opa
         self._url = settings.opa_url + DECISION_PATH
-        self._client = client or httpx.AsyncClient(timeout=5)
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(opa.timeout_s),
+            limits=httpx.Limits(max_connections=opa.connections, max_keepalive_connections=opa.connections),
+        )
         self._owned = client is None
+        self._ttl_s = opa.decision_cache_s
+        self._cache: dict[bytes, tuple[float, Decision]] = {}
 
     async def __aenter__(self) -> PolicyClient:
         return self
@@ -68,12 +84,26 @@ class PolicyClient:
                 "resource": resource,
             }
         }
+        content = orjson.dumps(body)
+        now = time.monotonic()
+        cached = self._cache.get(content)
+        if cached is not None and cached[0] > now:
+            return cached[1]
         try:
-            response = await self._client.post(self._url, json=body)
+            response = await self._client.post(
+                self._url, content=content, headers={"Content-Type": "application/json"}
+            )
             response.raise_for_status()
-            result = response.json().get("result")
+            result = orjson.loads(response.content).get("result")
         except (httpx.HTTPError, ValueError) as exc:
             raise PolicyUnavailable(f"OPA at {self._url} did not decide: {type(exc).__name__}") from exc
         if not isinstance(result, dict):
             raise PolicyUnavailable("OPA returned no decision; is stack/opa loaded?")
-        return Decision.model_validate(result)
+        decision = Decision.model_validate(result)
+        if self._ttl_s > 0:
+            if len(self._cache) >= CACHE_MAX_ENTRIES:
+                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                if len(self._cache) >= CACHE_MAX_ENTRIES:
+                    self._cache.clear()
+            self._cache[content] = (now + self._ttl_s, decision)
+        return decision

@@ -27,7 +27,9 @@ class StackSettings(BaseSettings):
     model_config = _config("A0_")
 
     home: Path = Field(default=Path("."), description="Project root; relative paths resolve from here.")
-    state_dir: Path = Field(default=Path(".a0"), description="Data, logs and supervisord files of the local runtime.")
+    state_dir: Path = Field(
+        default=Path(".a0"), description="Data, logs and supervisord files of the local runtime."
+    )
     conf_dir: Path = Field(
         default=Path("conf/env"), description="Generated secrets (mode 0600, never committed)."
     )
@@ -113,6 +115,16 @@ class OpaSettings(BaseSettings):
     port: int = 18181
     version: str = "v1.22.3"
     url: str | None = None
+    decision_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a decision is reused for the same input; a policy change takes "
+        "effect within this time (0: ask OPA every time).",
+    )
+    connections: int = Field(default=64, ge=1, description="Keep-alive connections to OPA per process.")
+    timeout_s: float = Field(
+        default=5.0, description="A decision not answered in this time fails closed (503)."
+    )
 
     def base_url(self, host: str) -> str:
         return self.url or f"http://{host}:{self.port}"
@@ -142,6 +154,9 @@ class WorkerSettings(BaseSettings):
     max_tool_rounds: int = 4
     metrics_port: int = Field(default=19101, description="Replica i (from 0) serves metrics on this + 10*i.")
     llm_timeout_s: float = 60.0
+    delta_window_ms: int = Field(
+        default=30, ge=0, le=1000, description="Answer text is sent to clients at most once per window."
+    )
 
 
 class ToolSettings(BaseSettings):

@@ -5,20 +5,86 @@ published to ``conversation.outbound`` — so every event is in the history befo
 client can see it. Each event has a key (``delta:<turn>:<round>:<offset>``,
 ``toolcall:<call id>`` ...): emitting a key twice (a redelivered turn) republishes the
 stored event with its original sequence number, which clients drop as already seen.
+
+Several events, and what belongs with them (the transcript rows of the same step, the
+turn's status when it ends), go to the database in one statement — one round trip,
+one transaction — so a step of a turn is stored whole or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from services.common.envelope import Envelope, EventType
+from services.common import telemetry
+from services.common.envelope import Envelope, EventType, wire_event
 from services.common.kafka import OUTBOUND, PoisonRecord, publish
+
+# One statement for a whole step of a turn, so it is stored whole or not at all, in one
+# round trip: the events not stored yet under their keys get the conversation's next
+# seqs; those stored before (a redelivered turn) come back as stored; the transcript
+# rows and the turn's new status (when it ends) are written with them. A turn's status
+# comes back only the first time it ends.
+_STORE_STEP = """
+WITH drafts AS (
+    SELECT key, envelope, ord FROM unnest(%(keys)s::text[], %(envelopes)s::jsonb[]) WITH ORDINALITY
+        AS d(key, envelope, ord)
+), existing AS (
+    SELECT e.event_key, e.envelope FROM events e
+    WHERE e.conversation_id = %(c)s AND e.event_key IN (SELECT key FROM drafts)
+), fresh AS (
+    SELECT key, envelope, row_number() OVER (ORDER BY ord) AS n FROM drafts
+    WHERE key NOT IN (SELECT event_key FROM existing)
+), next AS (
+    UPDATE conversations SET last_seq = last_seq + (SELECT count(*) FROM fresh), updated_at = now()
+    WHERE id = %(c)s AND EXISTS (SELECT 1 FROM fresh)
+    RETURNING last_seq - (SELECT count(*) FROM fresh) AS base
+), numbered AS (
+    SELECT fresh.key, fresh.envelope, next.base + fresh.n AS seq FROM fresh CROSS JOIN next
+), inserted AS (
+    INSERT INTO events (conversation_id, seq, event_key, envelope)
+    SELECT %(c)s, seq, key, jsonb_set(envelope, '{seq}', to_jsonb(seq)) FROM numbered
+), transcript AS (
+    INSERT INTO messages (conversation_id, message_key, turn_id, role, body)
+    SELECT %(c)s, m.key, %(t)s, m.body->>'role', m.body
+    FROM unnest(%(message_keys)s::text[], %(messages)s::jsonb[]) WITH ORDINALITY AS m(key, body, ord)
+    ORDER BY m.ord
+    ON CONFLICT DO NOTHING
+), ended AS (
+    UPDATE turns SET status = %(status)s, updated_at = now()
+    WHERE %(status)s::text IS NOT NULL AND turn_id = %(t)s
+      AND status NOT IN ('completed', 'cancelled', 'failed')
+    RETURNING 1
+)
+SELECT d.key, x.envelope::text, n.seq, (SELECT count(*) FROM ended)
+FROM drafts d LEFT JOIN existing x ON x.event_key = d.key LEFT JOIN numbered n ON n.key = d.key
+ORDER BY d.ord
+"""
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An event to emit: its type, payload and idempotency key."""
+
+    type: EventType
+    payload: dict[str, Any]
+    key: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a batch stored: the events as published (wire form), and whether this batch
+    ended the turn (the first time it ended)."""
+
+    events: list[dict[str, Any]]
+    ended: bool
 
 
 class EventLog:
@@ -29,53 +95,70 @@ class EventLog:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._unacked: defaultdict[str, list[asyncio.Future[Any]]] = defaultdict(list)
 
-    async def emit(self, source: Envelope, type_: EventType, payload: dict[str, Any], key: str) -> Envelope:
-        """Store the event under the conversation's next seq (or find it stored under
-        ``key``), then publish it. Deltas do not wait for the broker's ack (ordering is the
-        producer's, and a lost publish is filled from the table by the gateways); every
-        other event waits for its own ack and all earlier ones."""
+    async def emit(self, source: Envelope, type_: EventType, payload: dict[str, Any], key: str) -> None:
+        await self.emit_batch(source, [Draft(type_, payload, key)])
+
+    async def emit_batch(
+        self,
+        source: Envelope,
+        drafts: Sequence[Draft],
+        *,
+        messages: Sequence[tuple[str, dict[str, Any]]] = (),
+        end: str | None = None,
+    ) -> Step:
+        """Store the events under the conversation's next seqs (or find them stored under
+        their keys), with the transcript ``messages`` (key, body) and the turn's ``end``
+        status, in one statement; then publish the events in seq order. A batch of deltas
+        only does not wait for the broker's ack (ordering is the producer's, and a lost
+        publish is filled from the table by the gateways); any other batch waits for its
+        own acks and all earlier ones."""
         conversation_id = source.conversation_id
-        draft = Envelope(
-            type=type_,
-            conversation_id=conversation_id,
-            turn_id=source.turn_id,
-            user_id=source.user_id,
-            payload=payload,
-        )
+        fresh = [
+            wire_event(
+                draft.type,
+                conversation_id=conversation_id,
+                turn_id=source.turn_id,
+                user_id=source.user_id,
+                payload=draft.payload,
+            )
+            for draft in drafts
+        ]
+        params = {
+            "c": conversation_id,
+            "t": source.turn_id,
+            "keys": [draft.key for draft in drafts],
+            "envelopes": [orjson.dumps(event).decode() for event in fresh],
+            "message_keys": [key for key, _ in messages],
+            "messages": [orjson.dumps(body).decode() for _, body in messages],
+            "status": end,
+        }
         async with self._locks[conversation_id]:
             async with self.pool.connection() as conn:
-                # One statement, one round trip: reuse the event stored under this key, or
-                # take the next seq and store the event with it.
-                row = await (
-                    await conn.execute(
-                        """
-                        WITH existing AS (
-                            SELECT envelope FROM events WHERE conversation_id = %(c)s AND event_key = %(k)s
-                        ), next AS (
-                            UPDATE conversations SET last_seq = last_seq + 1, updated_at = now()
-                            WHERE id = %(c)s AND NOT EXISTS (SELECT 1 FROM existing)
-                            RETURNING last_seq
-                        ), inserted AS (
-                            INSERT INTO events (conversation_id, seq, event_key, envelope)
-                            SELECT %(c)s, last_seq, %(k)s, jsonb_set(%(e)s::jsonb, '{seq}', to_jsonb(last_seq))
-                            FROM next
-                            RETURNING envelope
-                        )
-                        SELECT envelope FROM existing UNION ALL SELECT envelope FROM inserted
-                        """,
-                        {"c": conversation_id, "k": key, "e": Jsonb(draft.model_dump(mode="json"))},
-                    )
-                ).fetchone()
-            if row is None:
-                raise PoisonRecord(f"unknown conversation {conversation_id}")
-            event = Envelope.model_validate(row[0])
-            delivery = await publish(self.producer, OUTBOUND, event)
+                rows = await (await conn.execute(_STORE_STEP, params)).fetchall()
+            events: list[dict[str, Any]] = []
+            for event, (_, stored, seq, _ended) in zip(fresh, rows, strict=True):
+                if stored is not None:  # emitted before (a redelivered turn): the stored one
+                    events.append(orjson.loads(stored))
+                elif seq is None:
+                    raise PoisonRecord(f"unknown conversation {conversation_id}")
+                else:
+                    event["seq"] = seq
+                    events.append(event)
             pending = self._unacked[conversation_id]
-            pending.append(delivery)
-        if type_ != EventType.DELTA:
+            for event in events:
+                pending.append(await self._publish(event))
+        if any(draft.type != EventType.DELTA for draft in drafts):
             await asyncio.gather(*pending)
             pending.clear()
-        return event
+        return Step(events, bool(rows and rows[0][3]))
+
+    async def _publish(self, event: dict[str, Any]) -> asyncio.Future[Any]:
+        return await self.producer.send(
+            OUTBOUND,
+            orjson.dumps(event),
+            key=event["conversation_id"].encode(),
+            headers=telemetry.kafka_headers(),
+        )
 
     def forget(self, conversation_id: str) -> None:
         """Drop per-conversation state once nothing of it is in flight."""
@@ -101,17 +184,3 @@ class EventLog:
                 futures.append(await publish(self.producer, OUTBOUND, Envelope.model_validate(envelope)))
         await asyncio.gather(*futures)
         return len(rows)
-
-    async def emitted_text_length(self, conversation_id: str, turn_id: str, round_: int) -> int:
-        """How much answer text of this round clients have already been sent."""
-        prefix = f"delta:{turn_id}:{round_}:"
-        async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "SELECT coalesce(max(substr(event_key, %s)::bigint "
-                    "+ char_length(envelope->'payload'->>'text')), 0) "
-                    "FROM events WHERE conversation_id = %s AND event_key LIKE %s",
-                    (len(prefix) + 1, conversation_id, prefix + "%"),
-                )
-            ).fetchone()
-        return int(row[0]) if row else 0

@@ -16,18 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from services.common import metrics
 from services.common.envelope import Envelope, EventType, tool_call_key
+from services.common.errors import CredentialError, PolicyDenied
 from services.common.kafka import TOOL_REQUESTS, PoisonRecord, publish
 from services.common.settings import Settings
-from services.conversation_worker.events import EventLog
-from services.conversation_worker.llm import LLMClients, LLMError, classify
+from services.conversation_worker.deltas import DeltaStream
+from services.conversation_worker.events import Draft, EventLog
+from services.conversation_worker.llm import Completion, LLMClients, LLMError, classify
 from services.conversation_worker.results import ToolResults
 from services.conversation_worker.sequencer import Sequencer
+from services.conversation_worker.turns import TERMINAL, Transcript, TurnStart, TurnStatus, TurnStore
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ SYSTEM_PROMPT = (
     "and answer concisely."
 )
 OPEN_TURNS_KEY = "a0:turns:open"
-TERMINAL = ("completed", "cancelled", "failed")
-DELTA_FLUSH_S = 0.03
 
 
 @dataclass
@@ -51,7 +50,7 @@ class TurnRunner:
         self,
         settings: Settings,
         *,
-        pool: AsyncConnectionPool,
+        store: TurnStore,
         producer: AIOKafkaProducer,
         redis: Redis,
         events: EventLog,
@@ -60,7 +59,7 @@ class TurnRunner:
         tool_specs: list[dict[str, Any]],
     ) -> None:
         self.settings = settings
-        self.pool = pool
+        self.store = store
         self.producer = producer
         self.redis = redis
         self.events = events
@@ -102,34 +101,33 @@ class TurnRunner:
     # --- a turn --------------------------------------------------------------------
     async def _run_turn(self, envelope: Envelope, message_id: str, content: str) -> None:
         turn_id = envelope.turn_id
-        status = await self._turn_status(envelope)
-        if status in TERMINAL:
+        if turn_id in self.cancel_requested:  # cancelled while it waited for its slot
+            if await self.store.status(turn_id) in TERMINAL:
+                await self.events.republish_turn(envelope.conversation_id, turn_id)
+            else:
+                await self._end(envelope, TurnStatus.CANCELLED, [_cancelled(turn_id)])
+            return
+        start = await self.store.begin(envelope, f"user:{message_id}", content)
+        if start.prior in TERMINAL:
             await self.events.republish_turn(envelope.conversation_id, turn_id)
             return
-        if turn_id in self.cancel_requested:
-            await self._finish_cancelled(envelope)
-            return
-        await self._set_status(envelope, "running")
-        await self._store_message(envelope, f"user:{message_id}", {"role": "user", "content": content})
         task = asyncio.current_task()
         assert task is not None
         self.active[envelope.conversation_id] = ActiveTurn(turn_id, task)
         started = time.monotonic()
         metrics.TURNS_INFLIGHT.inc()
         try:
-            await self._rounds(envelope)
+            await self._rounds(envelope, start)
             metrics.TURNS.labels("completed").inc()
         except asyncio.CancelledError:
             if turn_id not in self.cancel_requested:
                 raise  # the worker is stopping: the turn is redelivered and resumes
-            if await self._turn_status(envelope) not in TERMINAL:  # not if it had just finished
-                await self._finish_cancelled(envelope)
+            if await self.store.status(turn_id) not in TERMINAL:  # not if it had just finished
+                await self._end(envelope, TurnStatus.CANCELLED, [_cancelled(turn_id)])
             metrics.TURNS.labels("cancelled").inc()
         except LLMError as exc:
-            await self.events.emit(
-                envelope, EventType.ERROR, {"code": exc.code, "message": exc.message}, key=f"error:{turn_id}"
-            )
-            await self._finish(envelope, "failed")
+            error = Draft(EventType.ERROR, {"code": exc.code, "message": exc.message}, f"error:{turn_id}")
+            await self._end(envelope, TurnStatus.FAILED, [error])
             metrics.TURNS.labels("failed").inc()
         finally:
             metrics.TURNS_INFLIGHT.dec()
@@ -140,138 +138,97 @@ class TurnRunner:
             for call_id in self.open_calls.pop(turn_id, set()):
                 self.results.forget(tool_call_key(turn_id, call_id))
 
-    async def _rounds(self, envelope: Envelope) -> None:
+    async def _rounds(self, envelope: Envelope, start: TurnStart) -> None:
+        """LLM rounds until an answer without tool calls; a round stored before a restart
+        is not asked again."""
         turn_id = envelope.turn_id
+        transcript = start.transcript
         max_rounds = self.settings.worker.max_tool_rounds
         for round_ in range(max_rounds + 1):
-            stored = await self._stored_message(envelope, f"assistant:{turn_id}:{round_}")
+            key = f"assistant:{turn_id}:{round_}"
+            stored = transcript.get(key)
             if stored is not None:  # this round finished before a restart: resume after it
                 calls = stored.get("tool_calls") or []
-            else:
-                text, calls = await self._llm_round(envelope, round_, offer_tools=round_ < max_rounds)
                 if not calls:
-                    await self._store_message(
-                        envelope, f"assistant:{turn_id}:{round_}", {"role": "assistant", "content": text}
-                    )
-                    await self.events.emit(
-                        envelope,
-                        EventType.COMPLETED,
-                        {"content": text, "finish_reason": "stop"},
-                        key=f"completed:{turn_id}",
-                    )
-                    await self._finish(envelope, "completed")
+                    await self._complete(envelope, key, stored.get("content") or "", [])
                     return
-                await self._store_message(
+            else:
+                deltas = DeltaStream(
+                    self.events,
                     envelope,
-                    f"assistant:{turn_id}:{round_}",
-                    {"role": "assistant", "content": text or None, "tool_calls": calls},
+                    round_,
+                    already_sent=start.sent_text.get(round_, 0),
+                    window_s=self.settings.worker.delta_window_ms / 1000,
                 )
-            await self._tool_round(envelope, calls)
+                try:
+                    completion = await self._llm_round(
+                        envelope, transcript, round_, deltas, offer_tools=round_ < max_rounds
+                    )
+                finally:
+                    deltas.abandon()
+                tail = await deltas.close()
+                calls = completion.tool_calls
+                if not calls:
+                    await self._complete(envelope, key, completion.text, tail)
+                    return
+                body = {"role": "assistant", "content": completion.text or None, "tool_calls": calls}
+                await self.events.emit_batch(
+                    envelope,
+                    [*tail, *(_tool_call_event(turn_id, call) for call in calls)],
+                    messages=[(key, body)],
+                )
+                transcript.add(key, body)
+            await self._tool_round(envelope, transcript, calls)
+
+    async def _complete(self, envelope: Envelope, key: str, text: str, tail: list[Draft]) -> None:
+        """The final answer: its last text, the transcript row, ``message.completed`` and
+        the turn's end, stored together."""
+        completed = Draft(
+            EventType.COMPLETED, {"content": text, "finish_reason": "stop"}, f"completed:{envelope.turn_id}"
+        )
+        body = {"role": "assistant", "content": text}
+        await self._end(envelope, TurnStatus.COMPLETED, [*tail, completed], messages=[(key, body)])
 
     async def _llm_round(
-        self, envelope: Envelope, round_: int, *, offer_tools: bool
-    ) -> tuple[str, list[dict[str, Any]]]:
-        for attempt in range(4):
-            try:
-                return await self._stream_llm(envelope, round_, offer_tools=offer_tools)
-            except LLMError:
-                raise
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                error = classify(exc)
-                log.warning(
-                    "LLM call failed for turn %s (attempt %d): %s", envelope.turn_id, attempt + 1, error.code
-                )
-                if not error.retryable or attempt == 3:
-                    raise error from None
-                await asyncio.sleep(0.5 * 2**attempt)
-        raise LLMError("llm_unavailable", "The LLM provider could not be reached.")
-
-    async def _stream_llm(
-        self, envelope: Envelope, round_: int, *, offer_tools: bool
-    ) -> tuple[str, list[dict[str, Any]]]:
-        config = await self.llm.config_for(envelope.user_id)
-        client = self.llm.client(config, envelope.conversation_id)
-        already_sent = await self.events.emitted_text_length(
-            envelope.conversation_id, envelope.turn_id, round_
-        )
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, *await self._transcript(envelope)]
-        kwargs: dict[str, Any] = {"model": config.model, "messages": messages, "stream": True}
-        if offer_tools and self.tool_specs:
-            kwargs["tools"] = self.tool_specs
-        pieces: list[str] = []
-        position = 0  # characters of this round's answer received so far
-        pending = ""  # received, not yet sent to clients
-        pending_at = 0
-        last_flush = 0.0
-        calls: dict[int, dict[str, Any]] = {}
-
-        async def flush() -> None:
-            nonlocal pending, last_flush
-            if pending:
-                await self.events.emit(
-                    envelope,
-                    EventType.DELTA,
-                    {"text": pending},
-                    key=f"delta:{envelope.turn_id}:{round_}:{pending_at}",
-                )
-                pending = ""
-            last_flush = time.monotonic()
-
+        self,
+        envelope: Envelope,
+        transcript: Transcript,
+        round_: int,
+        deltas: DeltaStream,
+        *,
+        offer_tools: bool,
+    ) -> Completion:
+        try:
+            config = await self.llm.config_for(envelope.user_id)
+        except (PolicyDenied, CredentialError) as exc:
+            raise classify(exc) from None
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, *transcript.for_model()]
         with metrics.LLM_SECONDS.time():
-            stream = await client.chat.completions.create(**kwargs)
-            async with stream:
-                async for chunk in stream:
-                    if not chunk.choices:
-                        continue
-                    delta = chunk.choices[0].delta
-                    if delta.content:
-                        text = delta.content
-                        pieces.append(text)
-                        start, position = position, position + len(text)
-                        if position > already_sent:  # skip what a previous attempt already sent
-                            fresh = text[max(0, already_sent - start) :]
-                            if not pending:
-                                pending_at = max(start, already_sent)
-                            pending += fresh
-                            if time.monotonic() - last_flush >= DELTA_FLUSH_S:
-                                await flush()
-                    for call in delta.tool_calls or []:
-                        slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
-                        if call.id:
-                            slot["id"] = call.id
-                        if call.function and call.function.name:
-                            slot["name"] += call.function.name
-                        if call.function and call.function.arguments:
-                            slot["arguments"] += call.function.arguments
-        await flush()
-        tool_calls = [
-            {
-                "id": slot["id"] or f"call_{envelope.turn_id}_{round_}_{index}",
-                "type": "function",
-                "function": {"name": slot["name"], "arguments": slot["arguments"] or "{}"},
-            }
-            for index, slot in sorted(calls.items())
-        ]
-        return "".join(pieces), tool_calls
+            try:
+                return await self.llm.stream_chat(
+                    config,
+                    messages,
+                    tools=self.tool_specs if offer_tools else None,
+                    on_text=deltas.add,
+                    shard_key=envelope.conversation_id,
+                    fallback_call_id=lambda index: f"call_{envelope.turn_id}_{round_}_{index}",
+                )
+            except LLMError as error:
+                log.warning("LLM call failed for turn %s: %s", envelope.turn_id, error.code)
+                raise
 
-    async def _tool_round(self, envelope: Envelope, calls: list[dict[str, Any]]) -> None:
+    async def _tool_round(
+        self, envelope: Envelope, transcript: Transcript, calls: list[dict[str, Any]]
+    ) -> None:
         turn_id = envelope.turn_id
         waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         open_calls = self.open_calls.setdefault(turn_id, set())
+        requests = []
         for call in calls:
             call_id, name = call["id"], call["function"]["name"]
-            arguments = call["function"]["arguments"]
             key = tool_call_key(turn_id, call_id)
-            if await self._stored_message(envelope, f"tool:{key}") is not None:
+            if transcript.get(f"tool:{key}") is not None:
                 continue  # answered before a restart
-            await self.events.emit(
-                envelope,
-                EventType.TOOL_CALL,
-                {"call_id": call_id, "name": name, "arguments": arguments},
-                key=f"toolcall:{key}",
-            )
             waiting[call_id] = self.results.expect(key)
             open_calls.add(call_id)
             request = Envelope(
@@ -280,9 +237,10 @@ class TurnRunner:
                 conversation_id=envelope.conversation_id,
                 turn_id=turn_id,
                 user_id=envelope.user_id,
-                payload={"call_id": call_id, "name": name, "arguments": arguments},
+                payload={"call_id": call_id, "name": name, "arguments": call["function"]["arguments"]},
             )
-            await (await publish(self.producer, TOOL_REQUESTS, request))
+            requests.append(await publish(self.producer, TOOL_REQUESTS, request))
+        await asyncio.gather(*requests)
         timeout = self.settings.tools.wall_seconds + 30
         for call in calls:
             call_id, name = call["id"], call["function"]["name"]
@@ -299,13 +257,14 @@ class TurnRunner:
                 }
             open_calls.discard(call_id)
             self.results.forget(key)
-            await self.events.emit(envelope, EventType.TOOL_RESULT, result, key=f"toolresult:{key}")
             content = result["output"] if "output" in result else json.dumps({"error": result.get("error")})
-            await self._store_message(
+            body = {"role": "tool", "tool_call_id": call_id, "name": name, "content": content}
+            await self.events.emit_batch(
                 envelope,
-                f"tool:{key}",
-                {"role": "tool", "tool_call_id": call_id, "name": name, "content": content},
+                [Draft(EventType.TOOL_RESULT, result, f"toolresult:{key}")],
+                messages=[(f"tool:{key}", body)],
             )
+            transcript.add(f"tool:{key}", body)
 
     # --- cancel ----------------------------------------------------------------------
     async def _cancel(self, envelope: Envelope) -> None:
@@ -327,69 +286,31 @@ class TurnRunner:
         elif target != "*":
             self.cancel_requested.add(target)  # still queued: it is cancelled when its slot comes
 
-    async def _finish_cancelled(self, envelope: Envelope) -> None:
-        await self.events.emit(
-            envelope,
-            EventType.CANCELLED,
-            {"reason": "cancelled by user"},
-            key=f"cancelled:{envelope.turn_id}",
-        )
-        await self._finish(envelope, "cancelled")
-
-    # --- persistence -------------------------------------------------------------------
-    async def _turn_status(self, envelope: Envelope) -> str | None:
-        async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute("SELECT status FROM turns WHERE turn_id = %s", (envelope.turn_id,))
-            ).fetchone()
-        return row[0] if row else None
-
-    async def _set_status(self, envelope: Envelope, status: str) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO turns (turn_id, conversation_id, status) VALUES (%s, %s, %s) "
-                "ON CONFLICT (turn_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now()",
-                (envelope.turn_id, envelope.conversation_id, status),
-            )
-
-    async def _finish(self, envelope: Envelope, status: str) -> None:
-        async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "UPDATE turns SET status = %s, updated_at = now() "
-                    "WHERE turn_id = %s AND status NOT IN ('completed', 'cancelled', 'failed') RETURNING 1",
-                    (status, envelope.turn_id),
-                )
-            ).fetchone()
-        if row is not None:  # first time this turn ends: release its slot in the gateway's budget
+    async def _end(
+        self,
+        envelope: Envelope,
+        status: TurnStatus,
+        drafts: list[Draft],
+        *,
+        messages: list[tuple[str, dict[str, Any]]] | None = None,
+    ) -> None:
+        """The turn's last events and its status, stored together; the first time a turn
+        ends, its slot in the gateway's budget of open turns is released."""
+        step = await self.events.emit_batch(envelope, drafts, messages=messages or [], end=str(status))
+        if step.ended:
             value = await self.redis.decr(OPEN_TURNS_KEY)
             if value < 0:
                 await self.redis.set(OPEN_TURNS_KEY, 0)
 
-    async def _store_message(self, envelope: Envelope, key: str, body: dict[str, Any]) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO messages (conversation_id, message_key, turn_id, role, body) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (envelope.conversation_id, key, envelope.turn_id, body["role"], Jsonb(body)),
-            )
 
-    async def _stored_message(self, envelope: Envelope, key: str) -> dict[str, Any] | None:
-        async with self.pool.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "SELECT body FROM messages WHERE conversation_id = %s AND message_key = %s",
-                    (envelope.conversation_id, key),
-                )
-            ).fetchone()
-        return row[0] if row else None
+def _cancelled(turn_id: str) -> Draft:
+    return Draft(EventType.CANCELLED, {"reason": "cancelled by user"}, f"cancelled:{turn_id}")
 
-    async def _transcript(self, envelope: Envelope) -> list[dict[str, Any]]:
-        async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    "SELECT body FROM messages WHERE conversation_id = %s ORDER BY position",
-                    (envelope.conversation_id,),
-                )
-            ).fetchall()
-        return [row[0] for row in rows]
+
+def _tool_call_event(turn_id: str, call: dict[str, Any]) -> Draft:
+    call_id = call["id"]
+    return Draft(
+        EventType.TOOL_CALL,
+        {"call_id": call_id, "name": call["function"]["name"], "arguments": call["function"]["arguments"]},
+        f"toolcall:{tool_call_key(turn_id, call_id)}",
+    )

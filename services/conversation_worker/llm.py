@@ -1,24 +1,36 @@
-"""The upstream LLM: which provider, key and model a user's turn uses, and a cached
-``openai`` client per (base URL, key).
+"""The upstream LLM: which provider, key and model a user's turn uses, and one streaming
+chat call over the OpenAI HTTP protocol.
 
 The configuration comes from the user's stored credential when there is one (see
 :mod:`services.common.credentials`), else from the settings; when neither names a
 provider, the local simulator (llm_sim) with its generated key.
+
+The call is plain httpx plus an SSE parser: the request body is built once as JSON and
+each ``chat.completion.chunk`` is decoded with orjson, with no per-call model transform
+of the whole history (the openai SDK re-walked every message on every call, which was
+half of the worker's CPU under load). Status codes map to a0's errors the way the SDK
+maps them to its exception classes: 401, 403, 404, 400, 429 (retried after
+``Retry-After``), 5xx and transport errors (retried with backoff).
 """
 
 from __future__ import annotations
 
+import asyncio
 import zlib
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-import httpx2
-import openai
-from openai import AsyncOpenAI
+import httpx
+import orjson
+from httpx_sse import SSEError, aconnect_sse
 
 from services.common.credentials import LLMConfig
 from services.common.errors import CredentialError, PolicyDenied
 from services.common.logging import register_secret
 from services.common.settings import Settings
+
+ATTEMPTS = 4
 
 
 class CredentialLookup(Protocol):
@@ -28,11 +40,14 @@ class CredentialLookup(Protocol):
 class LLMError(Exception):
     """An upstream failure, phrased for the user; ``code`` goes into the error event."""
 
-    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self, code: str, message: str, *, retryable: bool = False, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
 
 
 def settings_config(settings: Settings) -> LLMConfig:
@@ -42,23 +57,80 @@ def settings_config(settings: Settings) -> LLMConfig:
     return LLMConfig(base_url=settings.llm_base_url, api_key=key, model=settings.llm.model, source="settings")
 
 
+@dataclass
+class Completion:
+    """One assistant answer, accumulated from its stream: text and tool calls."""
+
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StreamAccumulator:
+    """Folds ``chat.completion.chunk`` deltas into a :class:`Completion`: text pieces in
+    order, tool calls by index (id and name from their first chunk, arguments appended)."""
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._calls: dict[int, dict[str, str]] = {}
+        self.length = 0  # characters of text so far
+
+    def feed(self, chunk: dict[str, Any]) -> str:
+        """Take one chunk; returns the text it adds (may be empty)."""
+        choices = chunk.get("choices")
+        if not choices:
+            return ""
+        delta = choices[0].get("delta") or {}
+        for call in delta.get("tool_calls") or ():
+            slot = self._calls.setdefault(int(call.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+            if call.get("id"):
+                slot["id"] = call["id"]
+            function = call.get("function") or {}
+            slot["name"] += function.get("name") or ""
+            slot["arguments"] += function.get("arguments") or ""
+        text = delta.get("content") or ""
+        if text:
+            self._pieces.append(text)
+            self.length += len(text)
+        return text
+
+    def completion(self, fallback_id: Callable[[int], str]) -> Completion:
+        calls = [
+            {
+                "id": slot["id"] or fallback_id(index),
+                "type": "function",
+                "function": {"name": slot["name"], "arguments": slot["arguments"] or "{}"},
+            }
+            for index, slot in sorted(self._calls.items())
+        ]
+        return Completion("".join(self._pieces), calls)
+
+
 # Hundreds of concurrent streams are spread over several small connection pools: a pool
 # scans its connections on every request, so one large pool costs more CPU than the calls.
 HTTP_SHARDS = 8
 CONNECTIONS_PER_SHARD = 128
 
+# Text as it arrives, with its character offset in the answer.
+TextSink = Callable[[str, int], Awaitable[None]]
+
 
 class LLMClients:
-    def __init__(self, settings: Settings, credentials: CredentialLookup | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: CredentialLookup | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.settings = settings
         self.credentials = credentials
-        self._clients: dict[tuple[str, str, int], AsyncOpenAI] = {}
         self._http = [
-            openai.DefaultAsyncHttpxClient(
-                limits=httpx2.Limits(
+            httpx.AsyncClient(
+                transport=transport,
+                limits=httpx.Limits(
                     max_connections=CONNECTIONS_PER_SHARD, max_keepalive_connections=CONNECTIONS_PER_SHARD
                 ),
-                timeout=httpx2.Timeout(settings.worker.llm_timeout_s, connect=5.0),
+                timeout=httpx.Timeout(settings.worker.llm_timeout_s, connect=5.0),
             )
             for _ in range(HTTP_SHARDS)
         ]
@@ -70,47 +142,113 @@ class LLMClients:
                 return stored
         return settings_config(self.settings)
 
-    def client(self, config: LLMConfig, conversation_id: str) -> AsyncOpenAI:
-        shard = zlib.crc32(conversation_id.encode()) % HTTP_SHARDS
-        key = (config.base_url, config.api_key, shard)
-        client = self._clients.get(key)
-        if client is None:
-            register_secret(config.api_key)
-            client = AsyncOpenAI(
-                base_url=config.base_url,
-                api_key=config.api_key or "none",
-                max_retries=0,
-                http_client=self._http[shard],
-            )
-            self._clients[key] = client
-        return client
+    async def stream_chat(
+        self,
+        config: LLMConfig,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None,
+        on_text: TextSink,
+        shard_key: str,
+        fallback_call_id: Callable[[int], str],
+    ) -> Completion:
+        """One streamed chat completion, retried on transient failures. ``on_text`` gets
+        each text piece as it arrives with its offset; a retried call starts again from
+        offset 0, so the caller skips by offset what it already passed on."""
+        register_secret(config.api_key)
+        body: dict[str, Any] = {"model": config.model, "messages": messages, "stream": True}
+        if tools:
+            body["tools"] = tools
+        payload = orjson.dumps(body)
+        http = self._http[zlib.crc32(shard_key.encode()) % HTTP_SHARDS]
+        for attempt in range(ATTEMPTS):
+            try:
+                return await self._stream_once(http, config, payload, on_text, fallback_call_id)
+            except LLMError as error:
+                if not error.retryable or attempt == ATTEMPTS - 1:
+                    raise
+                delay = error.retry_after_s if error.retry_after_s is not None else 0.5 * 2**attempt
+                await asyncio.sleep(min(delay, 30.0))
+        raise LLMError("llm_unavailable", "The LLM provider could not be reached.")  # not reached
+
+    async def _stream_once(
+        self,
+        http: httpx.AsyncClient,
+        config: LLMConfig,
+        payload: bytes,
+        on_text: TextSink,
+        fallback_call_id: Callable[[int], str],
+    ) -> Completion:
+        headers = {"Authorization": f"Bearer {config.api_key or 'none'}", "Content-Type": "application/json"}
+        url = config.base_url.rstrip("/") + "/chat/completions"
+        accumulator = StreamAccumulator()
+        try:
+            async with aconnect_sse(http, "POST", url, content=payload, headers=headers) as source:
+                response = source.response
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise status_error(response.status_code, response.headers.get("retry-after"))
+                async for event in source.aiter_sse():
+                    if event.data == "[DONE]":
+                        break
+                    if not event.data:
+                        continue
+                    chunk = orjson.loads(event.data)
+                    if isinstance(chunk, dict) and "error" in chunk:
+                        raise LLMError("llm_error", "The LLM provider ended the answer with an error.")
+                    position = accumulator.length
+                    text = accumulator.feed(chunk)
+                    if text:
+                        await on_text(text, position)
+        except (httpx.TimeoutException, httpx.TransportError, SSEError, orjson.JSONDecodeError):
+            raise LLMError(
+                "llm_unavailable", "The LLM provider could not be reached.", retryable=True
+            ) from None
+        return accumulator.completion(fallback_call_id)
 
     async def aclose(self) -> None:
         for http in self._http:
             await http.aclose()
 
 
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def status_error(status: int, retry_after: str | None = None) -> LLMError:
+    """An HTTP error status from the provider, in words for the user. The provider's own
+    text is never echoed: it may quote the key."""
+    if status == 401:
+        return LLMError("llm_auth", "The LLM provider rejected the API key. Update it in Settings.")
+    if status == 403:
+        return LLMError("llm_forbidden", "The LLM provider refused this request for this key.")
+    if status == 404:
+        return LLMError(
+            "llm_model", "The LLM provider does not know this model. Check the model in Settings."
+        )
+    if status == 429:
+        return LLMError(
+            "llm_rate_limited",
+            "The LLM provider is rate limiting; try again shortly.",
+            retryable=True,
+            retry_after_s=_retry_after(retry_after),
+        )
+    if status >= 500 or status in (408, 409):
+        return LLMError("llm_unavailable", "The LLM provider could not be reached.", retryable=True)
+    if status in (400, 422):
+        return LLMError("llm_bad_request", "The LLM provider rejected the request.")
+    return LLMError("llm_error", f"The LLM call failed (HTTP {status}).")
+
+
 def classify(exc: Exception) -> LLMError:
-    """Turn an openai SDK error into words for the user; never echo the provider's text,
-    which may quote the key."""
+    """An error met while preparing a call (the stored key, the policy), for the user."""
+    if isinstance(exc, LLMError):
+        return exc
     if isinstance(exc, PolicyDenied):
         return LLMError("llm_forbidden", f"Using the stored LLM key is not allowed ({exc.message}).")
     if isinstance(exc, CredentialError):
         return LLMError("llm_credential", "The stored LLM key cannot be read; save it again in Settings.")
-    if isinstance(exc, openai.AuthenticationError):
-        return LLMError("llm_auth", "The LLM provider rejected the API key. Update it in Settings.")
-    if isinstance(exc, openai.PermissionDeniedError):
-        return LLMError("llm_forbidden", "The LLM provider refused this request for this key.")
-    if isinstance(exc, openai.NotFoundError):
-        return LLMError(
-            "llm_model", "The LLM provider does not know this model. Check the model in Settings."
-        )
-    if isinstance(exc, openai.RateLimitError):
-        return LLMError(
-            "llm_rate_limited", "The LLM provider is rate limiting; try again shortly.", retryable=True
-        )
-    if isinstance(exc, openai.APIConnectionError | openai.APITimeoutError | openai.InternalServerError):
-        return LLMError("llm_unavailable", "The LLM provider could not be reached.", retryable=True)
-    if isinstance(exc, openai.BadRequestError):
-        return LLMError("llm_bad_request", "The LLM provider rejected the request.")
     return LLMError("llm_error", f"The LLM call failed ({type(exc).__name__}).")

@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import redis.asyncio as aioredis
+import uvloop
 from prometheus_client import start_http_server
 
 from services.common.credentials import CredentialStore
@@ -21,6 +21,7 @@ from services.conversation_worker.events import EventLog
 from services.conversation_worker.handlers import TurnRunner
 from services.conversation_worker.llm import LLMClients
 from services.conversation_worker.results import ToolResults
+from services.conversation_worker.turns import TurnStore
 from services.tool_executor.tools import load_tools
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ async def run(settings: Settings) -> None:
     await results.start()
     runner = TurnRunner(
         settings,
-        pool=pool,
+        store=TurnStore(pool),
         producer=producer,
         redis=redis,
         events=EventLog(pool, producer),
@@ -74,4 +75,4 @@ def serve(settings: Settings) -> None:
     setup_logging("conversation-worker")
     setup_tracing(settings, "conversation-worker")
     start_http_server(settings.worker.metrics_port, addr=settings.stack.host)
-    asyncio.run(run(settings))
+    uvloop.run(run(settings))

@@ -3,9 +3,9 @@ publishes ``tool.results``."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
+import uvloop
 from prometheus_client import start_http_server
 
 from services.common.db import migrate, open_pool
@@ -57,4 +57,4 @@ def serve(settings: Settings) -> None:
     setup_logging("tool-executor")
     setup_tracing(settings, "tool-executor")
     start_http_server(settings.tools.metrics_port, addr=settings.stack.host)
-    asyncio.run(run(settings))
+    uvloop.run(run(settings))

@@ -1,0 +1,119 @@
+"""A turn's durable state in PostgreSQL: its status, and the conversation's transcript
+(what the model sees) as it grows.
+
+:meth:`TurnStore.begin` claims a turn and reads the transcript in one statement, so a
+turn keeps it in memory (:class:`Transcript`) and adds to it as it goes; the rows it
+adds and its final status are stored together with the events they go with (see
+:meth:`EventLog.emit_batch`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from psycopg_pool import AsyncConnectionPool
+
+from services.common.envelope import Envelope
+
+
+class TurnStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({TurnStatus.COMPLETED, TurnStatus.CANCELLED, TurnStatus.FAILED})
+
+# Claim the turn (unless it already ended), store the user's message with it, and read
+# the transcript: the rows stored before, plus the one this statement stores (a
+# statement does not see its own writes). The status before comes first.
+_BEGIN = """
+WITH prior AS (
+    SELECT status FROM turns WHERE turn_id = %(t)s
+), started AS (
+    INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, 'running')
+    ON CONFLICT (turn_id) DO UPDATE SET status = 'running', updated_at = now()
+    WHERE turns.status NOT IN ('completed', 'cancelled', 'failed')
+    RETURNING 1
+), stored AS (
+    INSERT INTO messages (conversation_id, message_key, turn_id, role, body)
+    SELECT %(c)s, %(k)s, %(t)s, 'user', %(b)s::jsonb WHERE EXISTS (SELECT 1 FROM started)
+    ON CONFLICT DO NOTHING
+    RETURNING position, message_key, body
+)
+SELECT 0 AS part, 0::bigint AS position, (SELECT status FROM prior), NULL
+UNION ALL SELECT 1, position, message_key, body::text FROM messages WHERE conversation_id = %(c)s
+UNION ALL SELECT 1, position, message_key, body::text FROM stored
+ORDER BY part, position
+"""
+# What text of each answer round of this turn clients were already sent (a redelivery).
+_SENT_TEXT = """
+SELECT split_part(event_key, ':', 3)::int AS round,
+       max(split_part(event_key, ':', 4)::bigint + char_length(envelope->'payload'->>'text'))
+FROM events WHERE conversation_id = %s AND event_key LIKE %s GROUP BY 1
+"""
+
+
+@dataclass
+class Transcript:
+    """The conversation's messages in order, by key (``user:<id>``,
+    ``assistant:<turn>:<round>``, ``tool:<turn>:<call>``)."""
+
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.messages.get(key)
+
+    def add(self, key: str, body: dict[str, Any]) -> None:
+        self.messages.setdefault(key, body)
+
+    def for_model(self) -> list[dict[str, Any]]:
+        return list(self.messages.values())
+
+
+@dataclass
+class TurnStart:
+    """What :meth:`TurnStore.begin` found: the status before (None for a turn the gateway
+    did not record), the transcript, and how much answer text per round was sent."""
+
+    prior: TurnStatus | None
+    transcript: Transcript
+    sent_text: dict[int, int]
+
+
+class TurnStore:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def status(self, turn_id: str) -> TurnStatus | None:
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute("SELECT status FROM turns WHERE turn_id = %s", (turn_id,))
+            ).fetchone()
+        return TurnStatus(row[0]) if row else None
+
+    async def begin(self, envelope: Envelope, message_key: str, content: str) -> TurnStart:
+        """Mark the turn running and store the user's message — unless it already ended —
+        and read the transcript."""
+        params = {
+            "t": envelope.turn_id,
+            "c": envelope.conversation_id,
+            "k": message_key,
+            "b": orjson.dumps({"role": "user", "content": content}).decode(),
+        }
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_BEGIN, params)).fetchall()
+            prior = TurnStatus(rows[0][2]) if rows[0][2] else None
+            messages = {key: orjson.loads(body) for _, _, key, body in rows[1:]}
+            sent: dict[int, int] = {}
+            if prior == TurnStatus.RUNNING:  # it ran before a restart: some text may be out
+                found = await conn.execute(
+                    _SENT_TEXT, (envelope.conversation_id, f"delta:{envelope.turn_id}:%")
+                )
+                sent = {int(round_): int(length) for round_, length in await found.fetchall()}
+        return TurnStart(prior, Transcript(messages), sent)

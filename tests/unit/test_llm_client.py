@@ -1,0 +1,222 @@
+"""The worker's upstream client (httpx + SSE) against the simulator's OpenAI protocol, and
+the coalescing of answer text into deltas."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import pytest
+
+from services.common.envelope import Envelope, EventType
+from services.common.settings import load_settings
+from services.conversation_worker.deltas import DeltaStream
+from services.conversation_worker.events import Draft
+from services.conversation_worker.llm import LLMClients, LLMError, StreamAccumulator, status_error
+from services.llm_sim.main import create_app
+from services.tool_executor.tools import load_tools
+
+pytestmark = pytest.mark.unit
+
+KEY = "sk-sim-unit-key-0123456789"
+
+
+def config(api_key: str = KEY, model: str = "a0-sim-1") -> Any:
+    from services.common.credentials import LLMConfig
+
+    return LLMConfig(base_url="http://sim/v1", api_key=api_key, model=model, source="settings")
+
+
+def clients(app: Any) -> LLMClients:
+    return LLMClients(load_settings(), transport=httpx.ASGITransport(app=app))
+
+
+@pytest.fixture
+def sim() -> Any:
+    return create_app(KEY, latency_ms=0, tokens_per_s=0)
+
+
+async def chat(llm: LLMClients, content: str, *, api_key: str = KEY, model: str = "a0-sim-1") -> Any:
+    pieces: list[tuple[int, str]] = []
+
+    async def on_text(text: str, position: int) -> None:
+        pieces.append((position, text))
+
+    specs = [tool.spec.openai_tool() for tool in load_tools().values()]
+    completion = await llm.stream_chat(
+        config(api_key, model),
+        [{"role": "user", "content": content}],
+        tools=specs,
+        on_text=on_text,
+        shard_key="c1",
+        fallback_call_id=lambda index: f"fallback_{index}",
+    )
+    return completion, pieces
+
+
+async def test_a_tool_call_is_assembled_from_its_chunks(sim: Any) -> None:
+    llm = clients(sim)
+    try:
+        completion, pieces = await chat(llm, "compute 6*7")
+    finally:
+        await llm.aclose()
+    assert pieces == [] and completion.text == ""
+    [call] = completion.tool_calls
+    assert call["type"] == "function" and call["id"]
+    assert call["function"]["name"] == "calculator"
+    assert '"6*7"' in call["function"]["arguments"]
+
+
+async def test_text_arrives_in_pieces_with_their_offsets(sim: Any) -> None:
+    llm = clients(sim)
+    try:
+        completion, pieces = await chat(llm, "long answer")
+    finally:
+        await llm.aclose()
+    assert len(pieces) > 100
+    assert "".join(text for _, text in pieces) == completion.text
+    offsets = [position for position, _ in pieces]
+    assert offsets == [sum(len(t) for _, t in pieces[:i]) for i in range(len(pieces))]
+
+
+async def test_a_wrong_key_is_an_auth_error_that_does_not_quote_it(sim: Any) -> None:
+    llm = clients(sim)
+    try:
+        with pytest.raises(LLMError) as info:
+            await chat(llm, "hello", api_key="sk-wrong-key-999")
+    finally:
+        await llm.aclose()
+    assert info.value.code == "llm_auth" and not info.value.retryable
+    assert "sk-wrong" not in info.value.message
+
+
+async def test_an_unknown_model_says_to_check_the_model(sim: Any) -> None:
+    llm = clients(sim)
+    try:
+        with pytest.raises(LLMError) as info:
+            await chat(llm, "hello", model="no-such-model")
+    finally:
+        await llm.aclose()
+    assert info.value.code == "llm_model" and "model" in info.value.message
+
+
+async def test_a_server_error_is_retried_and_the_answer_arrives(sim: Any) -> None:
+    calls = 0
+
+    async def flaky(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        if scope["type"] == "http" and scope["path"].endswith("/chat/completions"):
+            calls += 1
+            if calls == 1:
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b"{}"})
+                return
+        await sim(scope, receive, send)
+
+    llm = clients(flaky)
+    try:
+        completion, _ = await chat(llm, "hello there")
+    finally:
+        await llm.aclose()
+    assert calls == 2 and completion.text
+
+
+def test_status_codes_map_like_the_openai_sdk() -> None:
+    limited = status_error(429, "3")
+    assert limited.code == "llm_rate_limited" and limited.retryable and limited.retry_after_s == 3.0
+    assert status_error(500).retryable and status_error(502).code == "llm_unavailable"
+    assert status_error(403).code == "llm_forbidden" and not status_error(403).retryable
+    assert status_error(400).code == "llm_bad_request"
+
+
+def test_accumulator_joins_tool_call_arguments_by_index() -> None:
+    acc = StreamAccumulator()
+    chunks: list[dict[str, Any]] = [
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "calc"}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 1, "function": {"name": "time"}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"x":'}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": " 1}"}}]}}]},
+        {"choices": []},
+    ]
+    for chunk in chunks:
+        acc.feed(chunk)
+    first, second = acc.completion(lambda index: f"gen_{index}").tool_calls
+    assert first["id"] == "a" and first["function"] == {"name": "calc", "arguments": '{"x": 1}'}
+    assert second["id"] == "gen_1" and second["function"] == {"name": "time", "arguments": "{}"}
+
+
+# --- deltas -----------------------------------------------------------------------------
+
+
+class Recorder:
+    """Records the batches a DeltaStream emits, as the event log would store them."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.batches: list[list[Draft]] = []
+        self.fail_first = fail_first
+
+    async def emit_batch(self, source: Envelope, drafts: Sequence[Draft]) -> None:
+        await asyncio.sleep(0)
+        if self.fail_first:
+            self.fail_first -= 1
+            raise ConnectionError("database went away")
+        self.batches.append(list(drafts))
+
+
+ENVELOPE = Envelope(type=EventType.USER_MESSAGE, conversation_id="c", turn_id="t", user_id="u")
+
+
+async def test_first_text_goes_out_at_once_and_the_rest_is_coalesced() -> None:
+    sink = Recorder()
+    stream = DeltaStream(sink, ENVELOPE, 0, already_sent=0, window_s=0.05)
+    text = "".join(f"word{i} " for i in range(20))
+    position = 0
+    for token in text.split(" ")[:-1]:
+        await stream.add(token + " ", position)
+        position += len(token) + 1
+    assert len(sink.batches) == 1 and sink.batches[0][0].payload == {"text": "word0 "}
+    tail = await stream.close()
+    drafts = [d for batch in sink.batches for d in batch] + tail
+    assert len(drafts) == 2
+    assert "".join(d.payload["text"] for d in drafts) == text
+    assert [d.key for d in drafts] == ["delta:t:0:0", f"delta:t:0:{len('word0 ')}"]
+
+
+async def test_text_waits_at_most_one_window() -> None:
+    sink = Recorder()
+    stream = DeltaStream(sink, ENVELOPE, 1, already_sent=0, window_s=0.02)
+    await stream.add("a", 0)
+    await stream.add("b", 1)  # inside the window: waits for the timer
+    assert [[d.payload["text"] for d in b] for b in sink.batches] == [["a"]]
+    for _ in range(100):
+        if len(sink.batches) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [d.payload["text"] for d in sink.batches[1]] == ["b"]
+    assert await stream.close() == []
+
+
+async def test_text_already_sent_is_skipped_by_offset() -> None:
+    sink = Recorder()
+    stream = DeltaStream(sink, ENVELOPE, 0, already_sent=5, window_s=0.05)
+    await stream.add("Hel", 0)
+    await stream.add("lo wo", 3)
+    await stream.add("rld", 8)
+    drafts = [d for batch in sink.batches for d in batch] + await stream.close()
+    assert "".join(d.payload["text"] for d in drafts) == " world"
+    assert drafts[0].key == "delta:t:0:5"
+
+
+async def test_a_failed_timed_flush_is_raised_to_the_turn_and_loses_no_text() -> None:
+    sink = Recorder(fail_first=0)
+    stream = DeltaStream(sink, ENVELOPE, 0, already_sent=0, window_s=0.01)
+    await stream.add("one ", 0)
+    sink.fail_first = 1
+    await stream.add("two ", 4)  # flushed by the timer, which fails
+    await asyncio.sleep(0.05)
+    with pytest.raises(ConnectionError):
+        await stream.add("three", 8)
+    # The turn is retried from the table: nothing after "one " was recorded as sent.
+    assert [d.payload["text"] for b in sink.batches for d in b] == ["one "]
