@@ -65,6 +65,28 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def supervised_by(socket_path: Path) -> dict[str, int]:
+    """Process-group leaders started by the supervisord of ``socket_path``, by name, also
+    after that supervisord died: it puts its URL and the program's name in each child's
+    environment."""
+    marker = f"SUPERVISOR_SERVER_URL=unix://{socket_path}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getpgid(pid) != pid:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if marker in environ:
+            name = next((e[24:].decode() for e in environ if e.startswith(b"SUPERVISOR_PROCESS_NAME=")), "")
+            found[name] = pid
+    return found
+
+
 def _timestamp(seconds: int) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) if seconds else None
 
@@ -104,13 +126,27 @@ class LocalRuntime:
         return [p for p in (self.state / "run").glob("*.pid") if p != self.paths.pidfile]
 
     def recorded_pid(self, name: str) -> int | None:
-        """The pid last recorded for ``name`` (``run/NAME.pid``), if that process still runs."""
+        """The pid in ``run/NAME.pid`` (how stacks were run before supervisord), if that
+        process still runs."""
         try:
             pid_text, started = self._run_file(f"{name}.pid").read_text().split()
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
         return pid if process_start_time(pid) == started else None
+
+    def record_pids(self, processes: dict[str, ProcessInfo]) -> None:
+        """Keep ``run/NAME.pid`` of each running service: if supervisord is killed, its
+        children run on, and the next ``up`` stops them by these (some services rewrite
+        their environment, so :func:`supervised_by` cannot see every one)."""
+        for name, info in processes.items():
+            path = self._run_file(f"{name}.pid")
+            started = process_start_time(info.pid) if info.pid else None
+            if info.statename in ACTIVE_STATES and started:
+                if self.recorded_pid(name) != info.pid:
+                    path.write_text(f"{info.pid} {started}")
+            else:
+                path.unlink(missing_ok=True)
 
     # --- supervisord -----------------------------------------------------------------
     def _processes(self) -> dict[str, ProcessInfo]:
@@ -230,9 +266,15 @@ class LocalRuntime:
         for directory in ("data", "logs", "run"):
             (self.state / directory).mkdir(parents=True, exist_ok=True)
         if not self.supervisor.answers():
+            pid = daemon_pid(self.paths)
+            if pid is not None:
+                raise StackError(
+                    f"supervisord (pid {pid}) runs but does not answer on {self.paths.socket}",
+                    hint=f"see {self.paths.log}; `kill {pid}` stops it and its services",
+                )
             # Processes of a supervisord that was killed, or of a stack started before
             # supervision: stopped gracefully, then run again under supervisord.
-            self._stop_recorded()
+            self._stop_unsupervised()
         active = {n for n, info in self._processes().items() if info.statename in ACTIVE_STATES}
         for name in names:
             if name not in active:
@@ -246,6 +288,7 @@ class LocalRuntime:
                     progress(name, "starting")
                 self.supervisor.start(name)
         self._wait_all(list(names), progress)
+        self.record_pids(self.supervisor.processes())
         return [s for s in self.status() if s.name in names]
 
     def restart(self, service: str, progress: ProgressFn | None = None) -> list[ServiceStatus]:
@@ -259,6 +302,7 @@ class LocalRuntime:
             self.supervisor.stop(name)
             self.supervisor.start(name)
             self._wait_all([name], progress)
+        self.record_pids(self.supervisor.processes())
         return [s for s in self.status() if s.name in names]
 
     def scale(self, service: str, replicas: int, progress: ProgressFn | None = None) -> list[ServiceStatus]:
@@ -282,10 +326,8 @@ class LocalRuntime:
                 if progress:
                     progress(name, "starting")
                 self.supervisor.start(name)
-        for path in self._pid_files():
-            if path.stem.startswith(f"{service}-") and path.stem not in self.services:
-                path.unlink(missing_ok=True)
         self._wait_all(list(names), progress)
+        self.record_pids(self.supervisor.processes())
         return [s for s in self.status() if s.name in names]
 
     def _known(self, service: str) -> tuple[str, ...]:
@@ -294,23 +336,30 @@ class LocalRuntime:
             raise StackError(f"unknown service {service!r}", hint="one of: " + ", ".join(self.services))
         return names
 
-    def _stop_recorded(self) -> list[str]:
-        """Stop every process with a pid file that still runs (a killed supervisord's
-        children, or a stack from before supervision), with its own stop signal."""
-        stopped = []
-        for path in sorted(self._pid_files()):
-            name = path.stem
-            pid = self.recorded_pid(name)
+    def _stop_unsupervised(self) -> list[str]:
+        """Stop what runs of this stack without a supervisord: the children of one that was
+        killed, and processes with a pid file from a stack started before supervision;
+        each with its own stop signal, in reverse start order."""
+        targets: dict[str, int] = {}
+        for path in self._pid_files():
+            pid = self.recorded_pid(path.stem)
             if pid is not None:
-                service = self.services.get(name)
-                _stop_group(
-                    pid,
-                    service.stop_signal if service else signal.SIGTERM,
-                    service.stop_wait_s if service else 20,
-                )
-                stopped.append(name)
+                targets[path.stem] = pid
             path.unlink(missing_ok=True)
-        return stopped
+        targets.update(supervised_by(self.paths.socket))
+        targets.pop(WATCHDOG, None)  # it exits when supervisord goes
+
+        def priority(name: str) -> int:
+            return self.services[name].priority if name in self.services else 0
+
+        for name in sorted(targets, key=priority, reverse=True):
+            service = self.services.get(name)
+            _stop_group(
+                targets[name],
+                service.stop_signal if service else signal.SIGTERM,
+                service.stop_wait_s if service else 20,
+            )
+        return sorted(targets, key=priority)
 
     def down(self, *, purge: bool = False) -> list[str]:
         stopped: list[str] = []
@@ -326,7 +375,7 @@ class LocalRuntime:
             deadline = time.monotonic() + grace
             while pid is not None and process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        stopped += [n for n in self._stop_recorded() if n not in stopped]
+        stopped += [n for n in self._stop_unsupervised() if n not in stopped]
         self._run_file(SCALE_FILE).unlink(missing_ok=True)
         if purge:
             for directory in ("data", "logs", "run"):

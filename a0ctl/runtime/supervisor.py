@@ -10,7 +10,6 @@ grace period, and rotates the logs ``a0ctl logs`` reads.
 from __future__ import annotations
 
 import hashlib
-import os
 import shlex
 import signal
 import subprocess
@@ -283,7 +282,8 @@ def daemon_pid(paths: SupervisorPaths) -> int | None:
     except (OSError, ValueError):
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        # A pid file outlives its process, and the pid may be someone else's by now.
+        alive = b"supervisord" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return None
-    return pid
+    return pid if alive else None

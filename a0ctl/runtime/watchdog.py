@@ -6,9 +6,10 @@ watchdog runs each running service's health check; one that keeps failing for
 ``A0_WATCHDOG_UNHEALTHY_S`` seconds is restarted, and the reason logged to
 ``logs/watchdog.log``.
 
-From ``PROCESS_STATE`` events it also keeps what ``a0ctl status`` and ``up`` read:
-how often each service was started (``run/restarts.json``) and the pid of each running
-one (``run/NAME.pid``), so that ``up`` can stop what a killed supervisord left behind.
+From ``PROCESS_STATE`` events it also counts how often each service was started
+(``run/restarts.json``), which ``a0ctl status`` shows as restarts, and at each tick it
+refreshes each running service's ``run/NAME.pid``, by which ``up`` stops what a killed
+supervisord left running.
 
 Run by supervisord as ``python -m a0ctl.runtime.watchdog``; stdout is supervisord's
 event protocol, the log goes to stderr.
@@ -24,7 +25,7 @@ import time
 from typing import TextIO
 
 from a0ctl.runtime import health
-from a0ctl.runtime.local import RESTARTS_FILE, LocalRuntime, process_start_time
+from a0ctl.runtime.local import RESTARTS_FILE, LocalRuntime
 from services.common.logging import setup_logging
 from services.common.settings import Settings, load_settings
 
@@ -55,7 +56,6 @@ class Watchdog:
         name = fields.get("processname", "")
         if not name or name == "watchdog":
             return
-        pid_file = self.runtime.state / "run" / f"{name}.pid"
         if state == "STARTING":
             self.starts[name] = self.starts.get(name, 0) + 1
             path = self.runtime.state / "run" / RESTARTS_FILE
@@ -66,16 +66,13 @@ class Watchdog:
                     "%s starting again (start %d, from %s)", name, self.starts[name], fields.get("from_state")
                 )
         elif state == "RUNNING":
-            pid = int(fields.get("pid", "0"))
-            started = process_start_time(pid)
-            if started:
-                pid_file.write_text(f"{pid} {started}")
-        elif state in ("EXITED", "STOPPED", "FATAL"):
-            pid_file.unlink(missing_ok=True)
-            if state == "FATAL":
-                log.error("%s gave up: it exited too quickly, too many times", name)
+            self.runtime.record_pids({name: self.runtime.supervisor.process(name)})
+        elif state == "FATAL":
+            log.error("%s given up: it exited too quickly, too many times", name)
 
     def tick(self) -> None:
+        processes = self.runtime.supervisor.processes()
+        self.runtime.record_pids(processes)
         if self.limit_s <= 0:
             return
         # Replicas added with `a0ctl scale` since the watchdog started.
@@ -83,7 +80,7 @@ class Watchdog:
         now = time.time()
         candidates = {
             name: info
-            for name, info in self.runtime.supervisor.processes().items()
+            for name, info in processes.items()
             if info.statename == "RUNNING"
             and name in self.runtime.services
             and now - info.start >= self.runtime.services[name].start_s
