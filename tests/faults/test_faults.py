@@ -22,6 +22,7 @@ from a0ctl.load import run_load
 from a0ctl.runtime.local import LocalRuntime
 from services.common.settings import Settings
 from tests.conftest import ROOT
+from tests.support.cli import a0ctl
 
 pytestmark = pytest.mark.faults
 
@@ -173,9 +174,11 @@ async def test_postgres_restarted_under_load(settings: Settings, stack: LocalRun
 
 async def test_workers_scaled_up_and_down_under_load(settings: Settings, stack: LocalRuntime) -> None:
     async def scale_up_and_down() -> None:
-        await asyncio.to_thread(stack.scale, "conversation-worker", 3)
+        scaled = await asyncio.to_thread(a0ctl, "scale", "conversation-worker=3")
+        assert scaled.returncode == 0, scaled.stderr
         assert stack.pid("conversation-worker-3") is not None
-        await asyncio.to_thread(stack.scale, "conversation-worker", 1)
+        scaled = await asyncio.to_thread(a0ctl, "scale", "conversation-worker=1")
+        assert scaled.returncode == 0, scaled.stderr
         assert stack.pid("conversation-worker-2") is None
 
     await under_load(settings, stack, "scale workers 1 -> 3 -> 1", None, scale_up_and_down)

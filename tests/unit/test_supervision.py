@@ -14,6 +14,7 @@ from a0ctl.runtime.local_services import build_services
 from a0ctl.runtime.supervisor import SupervisorPaths, render_config
 from a0ctl.runtime.watchdog import parse_tokens
 from services.common.settings import load_settings
+from tests.support.cli import a0ctl
 
 pytestmark = pytest.mark.unit
 
@@ -120,3 +121,16 @@ def test_watchdog_reads_supervisord_event_tokens() -> None:
         parse_tokens(header)["eventname"] == "PROCESS_STATE_RUNNING" and parse_tokens(header)["len"] == "58"
     )
     assert parse_tokens("processname:kafka groupname:kafka from_state:STARTING pid:42")["pid"] == "42"
+
+
+def test_scale_names_what_can_be_scaled_and_the_expected_form() -> None:
+    unknown = a0ctl("scale", "gateway=2")
+    assert unknown.returncode == 1 and "gateway cannot be scaled" in unknown.stderr
+    assert "A0_GATEWAY_WORKERS" in unknown.stderr
+    malformed = a0ctl("scale", "conversation-worker")
+    assert malformed.returncode == 1 and "SERVICE=N" in malformed.stderr
+
+
+def test_restart_without_a_running_stack_says_how_to_start_it() -> None:
+    result = a0ctl("restart", "kafka")
+    assert result.returncode == 1 and "a0ctl up" in result.stderr
