@@ -99,6 +99,7 @@ def down(
     runtime: RuntimeOpt = None,
 ) -> None:
     """Stop every service, each with its own signal and grace period, then supervisord.
+
     Data (Kafka, PostgreSQL, Redis) is kept for the next `a0ctl up` unless --purge.
 
     Example: a0ctl down --purge
@@ -137,7 +138,7 @@ def logs(
     lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines from the end.")] = 50,
     runtime: RuntimeOpt = None,
 ) -> None:
-    """Print a service's log.
+    """Print a service's log (rotated by supervisord; -f follows across a rotation).
 
     Example: a0ctl logs kafka -n 100 -f
     """
@@ -156,8 +157,10 @@ def restart(
     json_out: Annotated[bool, typer.Option("--json", help="Print the service's status as JSON.")] = False,
     runtime: RuntimeOpt = None,
 ) -> None:
-    """Restart a service of the running stack and wait for its health; a name with
-    replicas restarts each in turn. Also brings back a service supervisord gave up on.
+    """Restart a service of the running stack and wait until it is healthy.
+
+    A name with replicas restarts each in turn. Also brings back a service supervisord
+    gave up on (state `failed`).
 
     Example: a0ctl restart conversation-worker
     """
@@ -175,9 +178,11 @@ def scale(
     json_out: Annotated[bool, typer.Option("--json", help="Print the replicas' status as JSON.")] = False,
     runtime: RuntimeOpt = None,
 ) -> None:
-    """Run N replicas of a consumer service on the running stack. They share one consumer
-    group, which rebalances its partitions; removed replicas stop gracefully. The count
-    holds until `a0ctl down`, then A0_WORKER_REPLICAS / A0_TOOLS_REPLICAS apply again.
+    """Run N replicas of a worker or tool executor on the running stack.
+
+    The replicas share one consumer group, which rebalances its partitions; removed
+    replicas stop gracefully. The count holds until `a0ctl down`, then
+    A0_WORKER_REPLICAS / A0_TOOLS_REPLICAS apply again.
 
     Example: a0ctl scale conversation-worker=3
     """

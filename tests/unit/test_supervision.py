@@ -134,3 +134,18 @@ def test_scale_names_what_can_be_scaled_and_the_expected_form() -> None:
 def test_restart_without_a_running_stack_says_how_to_start_it() -> None:
     result = a0ctl("restart", "kafka")
     assert result.returncode == 1 and "a0ctl up" in result.stderr
+
+
+def test_logs_follow_a_service_log_across_its_rotation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("A0_STATE_DIR", str(tmp_path))
+    log = tmp_path / "logs" / "redis.log"
+    log.parent.mkdir()
+    log.write_text("before\n")
+    lines = LocalRuntime(load_settings()).logs("redis", lines=5, follow=True)
+    assert next(lines) == "before\n"
+    log.rename(log.with_name("redis.log.1"))  # what supervisord does at the size limit
+    log.write_text("after\n")
+    assert next(lines) == "after\n"
+    lines.close()
