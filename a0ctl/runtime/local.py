@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from a0ctl.runtime import health
 from a0ctl.runtime.base import ProgressFn, ServiceStatus
-from a0ctl.runtime.local_services import SCALABLE, LocalService, build_services
+from a0ctl.runtime.local_services import SCALABLE, LocalService, build_services, python
 from a0ctl.runtime.supervisor import (
     ACTIVE_STATES,
     WATCHDOG,
@@ -182,7 +181,7 @@ class LocalRuntime:
                 self._programs(),
                 self.paths,
                 home=stack.home.resolve(),
-                watchdog=[sys.executable, "-m", "a0ctl.runtime.watchdog"],
+                watchdog=[python(), "-m", "a0ctl.runtime.watchdog"],
                 log_max_bytes=stack.log_max_bytes,
                 log_backups=stack.log_backups,
             )
@@ -348,18 +347,17 @@ class LocalRuntime:
             path.unlink(missing_ok=True)
         targets.update(supervised_by(self.paths.socket))
         targets.pop(WATCHDOG, None)  # it exits when supervisord goes
-
-        def priority(name: str) -> int:
-            return self.services[name].priority if name in self.services else 0
-
-        for name in sorted(targets, key=priority, reverse=True):
+        for name in sorted(targets, key=self._priority, reverse=True):
             service = self.services.get(name)
             _stop_group(
                 targets[name],
                 service.stop_signal if service else signal.SIGTERM,
                 service.stop_wait_s if service else 20,
             )
-        return sorted(targets, key=priority)
+        return sorted(targets, key=self._priority)
+
+    def _priority(self, name: str) -> int:
+        return self.services[name].priority if name in self.services else 0
 
     def down(self, *, purge: bool = False) -> list[str]:
         stopped: list[str] = []
@@ -376,6 +374,7 @@ class LocalRuntime:
             while pid is not None and process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
         stopped += [n for n in self._stop_unsupervised() if n not in stopped]
+        stopped.sort(key=self._priority)
         self._run_file(SCALE_FILE).unlink(missing_ok=True)
         if purge:
             for directory in ("data", "logs", "run"):

@@ -144,6 +144,16 @@ def replica_name(service: str, replica: int) -> str:
     return service if replica == 0 else f"{service}-{replica + 1}"
 
 
+def python() -> str:
+    """This interpreter under one name, whichever started a0ctl (``python`` or
+    ``python3``), so that the generated supervisord config does not change with it."""
+    plain = Path(sys.executable).with_name("python")
+    try:
+        return str(plain) if plain.samefile(sys.executable) else sys.executable
+    except OSError:
+        return sys.executable
+
+
 def worker_name(replica: int) -> str:
     return replica_name("conversation-worker", replica)
 
@@ -270,7 +280,7 @@ def build_services(
 
     # --- the services ----------------------------------------------------------
     def app_command(name: str) -> Callable[[], list[str]]:
-        return lambda: [sys.executable, "-m", "a0ctl", "run", name]
+        return lambda: [python(), "-m", "a0ctl", "run", name]
 
     services = [
         LocalService(
