@@ -44,7 +44,7 @@ async def _turn(
             tools=specs if round_ < max_rounds else None,
             on_text=ignore,
             shard_key=conversation_id,
-            fallback_call_id=lambda index: f"call_{round_}_{index}",
+            fallback_call_id=lambda index, round_=round_: f"call_{round_}_{index}",
         )
         if not completion.tool_calls:
             transcript.append({"role": "assistant", "content": completion.text})

@@ -1,27 +1,6 @@
 """The integration tier: one session-scoped stack, brought up by the same code as
 ``a0ctl up`` (local runtime, real Kafka, Redis, PostgreSQL, OPA and a0's services)."""
 
-from __future__ import annotations
+from tests.support.stack import settings, stack
 
-from collections.abc import Iterator
-
-import pytest
-
-from a0ctl.runtime.local import LocalRuntime
-from a0ctl.runtime.stack import bring_up
-from services.common.settings import Settings, load_settings
-
-
-@pytest.fixture(scope="session")
-def stack() -> Iterator[LocalRuntime]:
-    runtime, statuses = bring_up(load_settings(), runtime_name="local")
-    unhealthy = [s for s in statuses if s.state != "stopped" and not s.healthy]
-    assert not unhealthy, f"stack did not come up healthy: {unhealthy}"
-    assert isinstance(runtime, LocalRuntime)
-    yield runtime
-    runtime.down(purge=True)
-
-
-@pytest.fixture
-def settings(stack: LocalRuntime) -> Settings:
-    return load_settings()
+__all__ = ["settings", "stack"]
