@@ -34,6 +34,8 @@ TEST_ENV = {
     # Slow enough that a test can cancel or disconnect mid-answer.
     "A0_LLM_SIM_TOKENS_PER_S": "80",
     "A0_LLM_SIM_LATENCY_MS": "20",
+    # Short enough for the fault tier to see the watchdog act.
+    "A0_WATCHDOG_UNHEALTHY_S": "15",
 }
 # Set before any settings are read, and inherited by every process the tests start.
 os.environ.update(TEST_ENV)

@@ -1,4 +1,4 @@
-"""``a0ctl up | down | status | logs | doctor``: the stack's lifecycle."""
+"""``a0ctl up | down | status | logs | restart | scale | doctor``: the stack's lifecycle."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from a0ctl.console import console, errors_to_exit, print_json, settings
+from a0ctl.console import console, errors_to_exit, fail, print_json, settings
 from a0ctl.doctor import run_doctor
 from a0ctl.runtime import ServiceStatus, get_runtime
 from a0ctl.runtime.stack import bring_up
@@ -21,19 +21,33 @@ RuntimeOpt = Annotated[
 
 def status_table(statuses: list[ServiceStatus]) -> Table:
     table = Table(title="a0 stack", title_justify="left")
-    for column in ("service", "state", "endpoint", "pid", "health"):
+    for column in ("service", "state", "endpoint", "pid", "restarts", "since", "health"):
         table.add_column(column)
     for status in statuses:
         mark = "[green]healthy[/]" if status.healthy else f"[red]unhealthy[/] {status.detail}"
-        colour = "green" if status.state == "running" else "red"
+        colour = {"running": "green", "starting": "yellow"}.get(status.state, "red")
         table.add_row(
             status.name,
             f"[{colour}]{status.state}[/]",
             status.endpoint,
             str(status.pid or "-"),
+            str(status.restarts),
+            status.since.astimezone().strftime("%H:%M:%S") if status.since else "-",
             mark if status.state != "stopped" else "-",
         )
     return table
+
+
+def print_statuses(statuses: list[ServiceStatus], json_out: bool) -> None:
+    if json_out:
+        print_json({"services": [s.model_dump(mode="json") for s in statuses]})
+    else:
+        console.print(status_table(statuses))
+
+
+def not_healthy(statuses: list[ServiceStatus]) -> list[str]:
+    """Services that should run but are not healthy (unhealthy, starting, or given up)."""
+    return [s.name for s in statuses if s.state != "stopped" and not s.healthy]
 
 
 def up(
@@ -41,7 +55,10 @@ def up(
     infra_only: Annotated[bool, typer.Option(help="Start only Kafka, Redis, PostgreSQL and OPA.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final status as JSON.")] = False,
 ) -> None:
-    """Start the stack (idempotent) and wait until every service is healthy.
+    """Start the stack under supervisord (idempotent) and wait until every service is healthy.
+
+    A crashed service is restarted by supervisord, one that stays unhealthy by the
+    watchdog. Running it again starts only what is not running.
 
     Example: a0ctl up
     """
@@ -65,11 +82,10 @@ def up(
                 settings(), runtime_name=runtime, progress=report, with_apps=not infra_only
             )
     if json_out:
-        print_json({"services": [s.model_dump() for s in statuses]})
+        print_json({"services": [s.model_dump(mode="json") for s in statuses]})
         return
     console.print(status_table(statuses))
-    unhealthy = [s.name for s in statuses if s.state != "stopped" and not s.healthy]
-    if unhealthy:
+    if not_healthy(statuses):
         raise typer.Exit(1)
     gateway = next((s for s in statuses if s.name == "gateway" and s.healthy), None)
     if gateway:
@@ -82,7 +98,9 @@ def down(
     purge: Annotated[bool, typer.Option("--purge", help="Also delete the stack's data and logs.")] = False,
     runtime: RuntimeOpt = None,
 ) -> None:
-    """Stop every service the stack started.
+    """Stop every service, each with its own signal and grace period, then supervisord.
+
+    Data (Kafka, PostgreSQL, Redis) is kept for the next `a0ctl up` unless --purge.
 
     Example: a0ctl down --purge
     """
@@ -97,27 +115,30 @@ def status(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     runtime: RuntimeOpt = None,
 ) -> None:
-    """Show each service: state, endpoint, pid and health. Exit 1 if a started service is unhealthy.
+    """Show each service: state, endpoint, pid, restarts, since when, and health.
+
+    States: running, starting, unhealthy, failed (supervisord gave up after repeated quick
+    exits: fix the cause, then `a0ctl restart SERVICE`), stopped. Exit 1 if a service that
+    should run is not healthy.
 
     Example: a0ctl status --json
     """
     with errors_to_exit():
         statuses = get_runtime(settings(), runtime).status()
-    if json_out:
-        print_json({"services": [s.model_dump() for s in statuses]})
-    else:
-        console.print(status_table(statuses))
-    if any(s.state == "unhealthy" for s in statuses):
+    print_statuses(statuses, json_out)
+    if not_healthy(statuses):
         raise typer.Exit(1)
 
 
 def logs(
-    service: Annotated[str, typer.Argument(help="kafka, redis, postgres, opa, gateway, ...")],
+    service: Annotated[
+        str, typer.Argument(help="kafka, redis, postgres, opa, gateway, ..., watchdog, supervisord")
+    ],
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines from the end.")] = 50,
     runtime: RuntimeOpt = None,
 ) -> None:
-    """Print a service's log.
+    """Print a service's log (rotated by supervisord; -f follows across a rotation).
 
     Example: a0ctl logs kafka -n 100 -f
     """
@@ -127,6 +148,52 @@ def logs(
                 typer.echo(line, nl=False)
         except KeyboardInterrupt:
             pass
+
+
+def restart(
+    service: Annotated[
+        str, typer.Argument(help="kafka, redis, postgres, opa, gateway, conversation-worker ...")
+    ],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the service's status as JSON.")] = False,
+    runtime: RuntimeOpt = None,
+) -> None:
+    """Restart a service of the running stack and wait until it is healthy.
+
+    A name with replicas restarts each in turn. Also brings back a service supervisord
+    gave up on (state `failed`).
+
+    Example: a0ctl restart conversation-worker
+    """
+    with errors_to_exit():
+        statuses = get_runtime(settings(), runtime).restart(service)
+    print_statuses(statuses, json_out)
+    if not_healthy(statuses):
+        raise typer.Exit(1)
+
+
+def scale(
+    service_replicas: Annotated[
+        str, typer.Argument(metavar="SERVICE=N", help="conversation-worker=N or tool-executor=N")
+    ],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the replicas' status as JSON.")] = False,
+    runtime: RuntimeOpt = None,
+) -> None:
+    """Run N replicas of a worker or tool executor on the running stack.
+
+    The replicas share one consumer group, which rebalances its partitions; removed
+    replicas stop gracefully. The count holds until `a0ctl down`, then
+    A0_WORKER_REPLICAS / A0_TOOLS_REPLICAS apply again.
+
+    Example: a0ctl scale conversation-worker=3
+    """
+    service, _, count = service_replicas.partition("=")
+    if not count.isdigit():
+        fail(f"expected SERVICE=N, got {service_replicas!r} (example: a0ctl scale conversation-worker=3)")
+    with errors_to_exit():
+        statuses = get_runtime(settings(), runtime).scale(service, int(count))
+    print_statuses(statuses, json_out)
+    if not_healthy(statuses):
+        raise typer.Exit(1)
 
 
 def doctor(
@@ -150,5 +217,5 @@ def doctor(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (up, down, status, logs, doctor):
+    for command in (up, down, status, logs, restart, scale, doctor):
         app.command()(command)

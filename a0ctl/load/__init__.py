@@ -19,6 +19,7 @@ import random
 import statistics
 import time
 from asyncio import FIRST_COMPLETED
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -112,6 +113,10 @@ class LoadReport(BaseModel):
         return self.model_copy(update={"sla": Sla(mean_s=mean_s, p99_s=p99_s, met=not misses, misses=misses)})
 
 
+# Called for each answered turn with when it was sent (time.monotonic()) and how long it took.
+AnswerHook = Callable[[float, float], None]
+
+
 class _Tally:
     def __init__(self) -> None:
         self.sent = self.accepted = self.shed = self.completed = self.failed = self.lost = 0
@@ -150,8 +155,11 @@ class _Turn:
 class _Session:
     """One user, one conversation, one SSE stream followed for the whole run."""
 
-    def __init__(self, settings: Settings, index: int, tally: _Tally) -> None:
+    def __init__(
+        self, settings: Settings, index: int, tally: _Tally, on_answer: AnswerHook | None = None
+    ) -> None:
         self.tally = tally
+        self.on_answer = on_answer
         self.headers = {"Authorization": f"Bearer {mint_token(settings, f'load-{index}')}"}
         self.http = httpx.AsyncClient(
             base_url=settings.gateway_url,
@@ -247,6 +255,8 @@ class _Session:
                     tally.completed += 1
                     tally.response.append(time.monotonic() - started)
                     tally.ttft.append((turn.first_text or time.monotonic()) - started)
+                    if self.on_answer:
+                        self.on_answer(started, time.monotonic() - started)
                 else:
                     tally.fail(
                         f"turn ended with {outcome} ({payload.get('code', payload.get('reason', ''))})"
@@ -293,6 +303,7 @@ async def run_load(
     prompt: str,
     turn_timeout_s: float = 60.0,
     ramp_s: float = 2.0,
+    on_answer: AnswerHook | None = None,
 ) -> LoadReport:
     tally = _Tally()
     started = time.monotonic()
@@ -303,7 +314,7 @@ async def run_load(
     async def start_session(index: int) -> None:
         # Spread session starts over the ramp, as users arrive, rather than in one instant.
         await asyncio.sleep(ramp_s * index / max(1, sessions))
-        await _Session(settings, index, tally).run(prompt, until, think_s, turn_timeout_s)
+        await _Session(settings, index, tally, on_answer).run(prompt, until, think_s, turn_timeout_s)
 
     await asyncio.gather(*(start_session(i) for i in range(sessions)))
     elapsed = time.monotonic() - started

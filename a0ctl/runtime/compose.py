@@ -49,6 +49,14 @@ class ComposeRuntime:
         self.docker.compose.down(volumes=purge)
         return running
 
+    def restart(self, service: str, progress: ProgressFn | None = None) -> list[ServiceStatus]:
+        self.docker.compose.restart(services=[service])
+        return [s for s in self.status() if s.name == service]
+
+    def scale(self, service: str, replicas: int, progress: ProgressFn | None = None) -> list[ServiceStatus]:
+        self.docker.compose.up(services=[service], scales={service: replicas}, detach=True, wait=True)
+        return [s for s in self.status() if s.name == service]
+
     def status(self) -> list[ServiceStatus]:
         statuses = []
         for container in self.docker.compose.ps():
@@ -73,6 +81,8 @@ class ComposeRuntime:
                     endpoint=endpoint,
                     pid=state.pid or None,
                     detail=health or state.status or "",
+                    restarts=container.restart_count or 0,
+                    since=state.started_at if state.running else state.finished_at,
                 )
             )
         return statuses

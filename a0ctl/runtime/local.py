@@ -1,25 +1,46 @@
-"""The ``local`` runtime: a0ctl starts real server processes, keeps their state under
-``.a0/`` (``data/``, ``logs/``, ``run/`` with pid files) and stops them on ``down``."""
+"""The ``local`` runtime: real server processes under supervisord, state under ``.a0/``
+(``data/``, ``logs/``, ``run/`` with supervisord's config, socket and pid files).
+
+``up`` prepares each service (Kafka's storage, ``initdb``), writes supervisord's config,
+starts supervisord (or applies the changed config to the running one) and starts the
+services in order, waiting for each one's health check. supervisord restarts what
+crashes; the watchdog (:mod:`a0ctl.runtime.watchdog`) restarts what stays unhealthy.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from a0ctl.runtime import health
 from a0ctl.runtime.base import ProgressFn, ServiceStatus
-from a0ctl.runtime.local_services import LocalService, build_services, run_as
+from a0ctl.runtime.local_services import SCALABLE, LocalService, build_services, python
+from a0ctl.runtime.supervisor import (
+    ACTIVE_STATES,
+    WATCHDOG,
+    ProcessInfo,
+    Program,
+    SupervisorClient,
+    SupervisorPaths,
+    daemon_pid,
+    render_config,
+    signal_name,
+    start_daemon,
+)
 from services.common.errors import StackError
 from services.common.settings import Settings
 
 LOG_TAIL_LINES = 20
+RESTARTS_FILE = "restarts.json"
+SCALE_FILE = "scale.json"
 
 
 def process_start_time(pid: int) -> str | None:
@@ -43,38 +64,140 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def supervised_by(socket_path: Path) -> dict[str, int]:
+    """Process-group leaders started by the supervisord of ``socket_path``, by name, also
+    after that supervisord died: it puts its URL and the program's name in each child's
+    environment."""
+    marker = f"SUPERVISOR_SERVER_URL=unix://{socket_path}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getpgid(pid) != pid:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if marker in environ:
+            name = next((e[24:].decode() for e in environ if e.startswith(b"SUPERVISOR_PROCESS_NAME=")), "")
+            found[name] = pid
+    return found
+
+
+def _timestamp(seconds: int) -> datetime | None:
+    return datetime.fromtimestamp(seconds, UTC) if seconds else None
+
+
 class LocalRuntime:
     name = "local"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state = settings.stack.state_path
-        self.services = build_services(settings, self.state)
+        self.paths = SupervisorPaths.under(self.state)
+        self.supervisor = SupervisorClient(self.paths)
+        self.services = build_services(settings, self.state, self.replicas())
 
-    # --- paths and pids ------------------------------------------------------
+    # --- files under the state directory ------------------------------------------
     def log_path(self, name: str) -> Path:
         return self.state / "logs" / f"{name}.log"
 
-    def _pid_path(self, name: str) -> Path:
-        return self.state / "run" / f"{name}.pid"
+    def _run_file(self, name: str) -> Path:
+        return self.state / "run" / name
 
-    def pid(self, name: str) -> int | None:
-        """The pid of our running process for ``name``, checked against its start time."""
-        path = self._pid_path(name)
+    def replicas(self) -> dict[str, int]:
+        """Replica counts set with `a0ctl scale` for the running stack (forgotten on down)."""
         try:
-            pid_text, started = path.read_text().split()
+            return {str(k): int(v) for k, v in json.loads(self._run_file(SCALE_FILE).read_text()).items()}
+        except (OSError, ValueError):
+            return {}
+
+    def starts(self) -> dict[str, int]:
+        """How often supervisord started each service since it started (kept by the watchdog)."""
+        try:
+            return {str(k): int(v) for k, v in json.loads(self._run_file(RESTARTS_FILE).read_text()).items()}
+        except (OSError, ValueError):
+            return {}
+
+    def _pid_files(self) -> list[Path]:
+        return [p for p in (self.state / "run").glob("*.pid") if p != self.paths.pidfile]
+
+    def recorded_pid(self, name: str) -> int | None:
+        """The pid in ``run/NAME.pid`` (how stacks were run before supervisord), if that
+        process still runs."""
+        try:
+            pid_text, started = self._run_file(f"{name}.pid").read_text().split()
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
-        if process_start_time(pid) != started:
-            return None
-        return pid
+        return pid if process_start_time(pid) == started else None
 
-    def _endpoint(self, service: LocalService) -> str:
-        return f"{self.settings.stack.host}:{service.port}"
+    def record_pids(self, processes: dict[str, ProcessInfo]) -> None:
+        """Keep ``run/NAME.pid`` of each running service: if supervisord is killed, its
+        children run on, and the next ``up`` stops them by these (some services rewrite
+        their environment, so :func:`supervised_by` cannot see every one)."""
+        for name, info in processes.items():
+            path = self._run_file(f"{name}.pid")
+            started = process_start_time(info.pid) if info.pid else None
+            if info.statename in ACTIVE_STATES and started:
+                if self.recorded_pid(name) != info.pid:
+                    path.write_text(f"{info.pid} {started}")
+            else:
+                path.unlink(missing_ok=True)
 
-    # --- lifecycle -------------------------------------------------------------
-    def _start(self, service: LocalService) -> int:
+    # --- supervisord -----------------------------------------------------------------
+    def _processes(self) -> dict[str, ProcessInfo]:
+        return self.supervisor.processes() if self.supervisor.answers() else {}
+
+    def pid(self, name: str) -> int | None:
+        info = self._processes().get(name)
+        return info.pid if info and info.statename in ACTIVE_STATES and info.pid else None
+
+    def _programs(self) -> list[Program]:
+        return [
+            Program(
+                name=service.name,
+                command=service.command(),
+                directory=self.settings.stack.home.resolve(),
+                log=self.log_path(service.name),
+                priority=service.priority,
+                user=service.user,
+                stop_signal=signal_name(service.stop_signal),
+                stop_wait_s=service.stop_wait_s,
+                start_s=service.start_s,
+                start_retries=self.settings.stack.restart_retries,
+                environment=service.env,
+            )
+            for service in self.services.values()
+        ]
+
+    def _ensure_supervisor(self) -> None:
+        """Write supervisord's config; start supervisord, or apply the config to it."""
+        stack = self.settings.stack
+        self.paths.conf.write_text(
+            render_config(
+                self._programs(),
+                self.paths,
+                home=stack.home.resolve(),
+                watchdog=[python(), "-m", "a0ctl.runtime.watchdog"],
+                log_max_bytes=stack.log_max_bytes,
+                log_backups=stack.log_backups,
+            )
+        )
+        if self.supervisor.answers():
+            self.supervisor.update()
+            return
+        self._run_file(RESTARTS_FILE).unlink(missing_ok=True)
+        start_daemon(self.paths)
+
+    def _require_supervisor(self) -> None:
+        if not self.supervisor.answers():
+            raise StackError("the local stack is not running", hint="start it with `a0ctl up`")
+
+    # --- lifecycle -------------------------------------------------------------------
+    def _check_ports(self, service: LocalService) -> None:
         host = self.settings.stack.host
         for port in (service.port, *service.extra_ports):
             # A process that was just stopped may hold its port a moment longer.
@@ -88,28 +211,6 @@ class LocalRuntime:
                     hint=f"stop that process (`ss -ltnp 'sport = :{port}'` shows it) or choose another port "
                     "in .env",
                 )
-        service.prepare()
-        argv = service.command()
-        log = self.log_path(service.name)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
-            out.write(f"\n--- a0ctl starting {service.name} at {time.strftime('%FT%T%z')} ---\n".encode())
-            out.flush()
-            try:
-                process = subprocess.Popen(
-                    argv,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    cwd=self.settings.stack.home,
-                    env={**os.environ, **service.env},
-                    start_new_session=True,  # its own process group: down stops it and its children
-                    **run_as(service.user),
-                )
-            except FileNotFoundError as exc:
-                raise StackError(f"{argv[0]} not found", service=service.name) from exc
-        self._pid_path(service.name).write_text(f"{process.pid} {process_start_time(process.pid)}")
-        return process.pid
 
     def _fail(self, service: LocalService, reason: str) -> StackError:
         log = self.log_path(service.name)
@@ -119,7 +220,7 @@ class LocalRuntime:
         return StackError(
             f"{service.name} {reason}\n--- last lines of {log} ---\n{tail}",
             service=service.name,
-            hint=f"full log: {log}",
+            hint=f"full log: {log}; after fixing the cause: `a0ctl restart {service.name}`",
         )
 
     async def _after_start(self, service: LocalService, deadline: float) -> None:
@@ -149,11 +250,22 @@ class LocalRuntime:
                 if progress:
                     progress(service.name, "healthy")
                 return
-            if self.pid(service.name) is None:
-                raise self._fail(service, "exited during start-up")
+            info = await asyncio.to_thread(self.supervisor.process, service.name)
+            if info.statename == "FATAL":
+                raise self._fail(
+                    service, f"gave up: exited too quickly, {self.settings.stack.restart_retries + 1} times"
+                )
             if time.monotonic() > deadline:
                 raise self._fail(service, f"did not become healthy in time ({detail})")
             await asyncio.sleep(0.25)
+
+    def _wait_all(self, names: list[str], progress: ProgressFn | None) -> None:
+        deadline = time.monotonic() + self.settings.stack.startup_timeout_s
+
+        async def wait_all() -> None:
+            await asyncio.gather(*(self._wait_healthy(self.services[n], deadline, progress) for n in names))
+
+        asyncio.run(wait_all())
 
     def _expand(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """A service name also stands for its replicas (``conversation-worker-2`` ...)."""
@@ -170,67 +282,140 @@ class LocalRuntime:
         names = self._expand(services) if services else tuple(self.services)
         for directory in ("data", "logs", "run"):
             (self.state / directory).mkdir(parents=True, exist_ok=True)
-        started: list[LocalService] = []
+        if not self.supervisor.answers():
+            pid = daemon_pid(self.paths)
+            if pid is not None:
+                raise StackError(
+                    f"supervisord (pid {pid}) runs but does not answer on {self.paths.socket}",
+                    hint=f"see {self.paths.log}; `kill {pid}` stops it and its services",
+                )
+            # Processes of a supervisord that was killed, or of a stack started before
+            # supervision: stopped gracefully, then run again under supervisord.
+            self._stop_unsupervised()
+        active = {n for n, info in self._processes().items() if info.statename in ACTIVE_STATES}
         for name in names:
-            service = self.services[name]
-            if self.pid(name) is None:
+            if name not in active:
+                self._check_ports(self.services[name])
+                self.services[name].prepare()
+        self._ensure_supervisor()
+        processes = self.supervisor.processes()
+        for name in names:
+            if processes[name].statename not in ACTIVE_STATES:
                 if progress:
                     progress(name, "starting")
-                self._start(service)
-            started.append(service)
-        deadline = time.monotonic() + self.settings.stack.startup_timeout_s
-
-        async def wait_all() -> None:
-            await asyncio.gather(*(self._wait_healthy(s, deadline, progress) for s in started))
-
-        asyncio.run(wait_all())
+                self.supervisor.start(name)
+        self._wait_all(list(names), progress)
+        self.record_pids(self.supervisor.processes())
         return [s for s in self.status() if s.name in names]
 
-    def _stop(self, name: str, timeout: float = 20.0) -> bool:
-        pid = self.pid(name)
-        if pid is None:
-            self._pid_path(name).unlink(missing_ok=True)
-            return False
-        service = self.services.get(name)
-        try:
-            os.killpg(pid, service.stop_signal if service else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process_start_time(pid) is not None:
-            _reap(pid)
-            time.sleep(0.1)
-        if process_start_time(pid) is not None:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _reap(pid)
-        self._pid_path(name).unlink(missing_ok=True)
-        return True
+    def restart(self, service: str, progress: ProgressFn | None = None) -> list[ServiceStatus]:
+        """Stop and start a service (each replica in turn, waiting for its health), also
+        one supervisord gave up on."""
+        names = self._known(service)
+        self._require_supervisor()
+        for name in names:
+            if progress:
+                progress(name, "restarting")
+            self.supervisor.stop(name)
+            self.supervisor.start(name)
+            self._wait_all([name], progress)
+        self.record_pids(self.supervisor.processes())
+        return [s for s in self.status() if s.name in names]
+
+    def scale(self, service: str, replicas: int, progress: ProgressFn | None = None) -> list[ServiceStatus]:
+        """Run ``replicas`` processes of ``service`` on the running stack. New replicas join
+        the consumer group, removed ones leave it on a graceful stop; the group rebalances."""
+        if service not in SCALABLE:
+            raise StackError(
+                f"{service} cannot be scaled",
+                hint="scalable: " + ", ".join(SCALABLE) + "; gateway processes: A0_GATEWAY_WORKERS",
+            )
+        if not 1 <= replicas <= 16:
+            raise StackError(f"replicas must be between 1 and 16, not {replicas}")
+        self._require_supervisor()
+        self._run_file(SCALE_FILE).write_text(json.dumps({**self.replicas(), service: replicas}))
+        self.services = build_services(self.settings, self.state, self.replicas())
+        self._ensure_supervisor()
+        names = self._expand((service,))
+        processes = self.supervisor.processes()
+        for name in names:
+            if processes[name].statename not in ACTIVE_STATES:
+                if progress:
+                    progress(name, "starting")
+                self.supervisor.start(name)
+        self._wait_all(list(names), progress)
+        self.record_pids(self.supervisor.processes())
+        return [s for s in self.status() if s.name in names]
+
+    def _known(self, service: str) -> tuple[str, ...]:
+        names = self._expand((service,))
+        if not names:
+            raise StackError(f"unknown service {service!r}", hint="one of: " + ", ".join(self.services))
+        return names
+
+    def _stop_unsupervised(self) -> list[str]:
+        """Stop what runs of this stack without a supervisord: the children of one that was
+        killed, and processes with a pid file from a stack started before supervision;
+        each with its own stop signal, in reverse start order."""
+        targets: dict[str, int] = {}
+        for path in self._pid_files():
+            pid = self.recorded_pid(path.stem)
+            if pid is not None:
+                targets[path.stem] = pid
+            path.unlink(missing_ok=True)
+        targets.update(supervised_by(self.paths.socket))
+        targets.pop(WATCHDOG, None)  # it exits when supervisord goes
+        for name in sorted(targets, key=self._priority, reverse=True):
+            service = self.services.get(name)
+            _stop_group(
+                targets[name],
+                service.stop_signal if service else signal.SIGTERM,
+                service.stop_wait_s if service else 20,
+            )
+        return sorted(targets, key=self._priority)
+
+    def _priority(self, name: str) -> int:
+        return self.services[name].priority if name in self.services else 0
 
     def down(self, *, purge: bool = False) -> list[str]:
-        # Everything with a pid file, including services the settings no longer name
-        # (fewer worker replicas than when it started): nothing of ours keeps running.
-        recorded = sorted(path.stem for path in (self.state / "run").glob("*.pid"))
-        extra = [name for name in recorded if name not in self.services]
-        stopped = [name for name in [*reversed(list(self.services)), *extra] if self._stop(name)]
+        stopped: list[str] = []
+        if self.supervisor.answers():
+            stopped = [n for n, i in self.supervisor.processes().items() if i.statename in ACTIVE_STATES]
+            pid = daemon_pid(self.paths)
+            # The watchdog first, so it never restarts a service being stopped; then
+            # supervisord stops the services in reverse start order, each with its own
+            # signal and grace period, and exits.
+            self.supervisor.stop(WATCHDOG)
+            self.supervisor.shutdown()
+            grace = sum(s.stop_wait_s for s in self.services.values()) + 30
+            deadline = time.monotonic() + grace
+            while pid is not None and process_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        stopped += [n for n in self._stop_unsupervised() if n not in stopped]
+        stopped.sort(key=self._priority)
+        self._run_file(SCALE_FILE).unlink(missing_ok=True)
         if purge:
             for directory in ("data", "logs", "run"):
                 shutil.rmtree(self.state / directory, ignore_errors=True)
         return stopped
 
     def stop_service(self, name: str) -> bool:
-        return self._stop(name)
+        self._require_supervisor()
+        was_running = self.pid(name) is not None
+        self.supervisor.stop(name)
+        return was_running
 
     def kill_service(self, name: str) -> int | None:
-        """SIGKILL a service's process group at once (fault-injection for tests and drills)."""
+        """SIGKILL a service's process group at once (fault injection for tests and drills);
+        supervisord starts it again."""
         pid = self.pid(name)
         if pid is not None:
-            os.killpg(pid, signal.SIGKILL)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             deadline = time.monotonic() + 10
             while process_alive(pid) and time.monotonic() < deadline:
-                _reap(pid)
                 time.sleep(0.05)
         return pid
 
@@ -243,42 +428,87 @@ class LocalRuntime:
             )
 
         results = asyncio.run(probe_all())
+        processes = self._processes()
+        starts = self.starts()
         statuses = []
         for service, (ok, detail) in zip(self.services.values(), results, strict=True):
-            pid = self.pid(service.name)
-            if pid is None:
-                state = "stopped"
-                ok = False
-                detail = "not running"
-            else:
+            info = processes.get(service.name)
+            state = info.statename if info else "STOPPED"
+            pid = info.pid if info and info.statename in ACTIVE_STATES and info.pid else None
+            since = None
+            if info:
+                since = _timestamp(info.start if state in ACTIVE_STATES else info.stop)
+            if state == "FATAL":
+                state, ok = "failed", False
+                detail = (
+                    f"gave up after {self.settings.stack.restart_retries + 1} quick exits; "
+                    f"fix the cause (`a0ctl logs {service.name}`), then `a0ctl restart {service.name}`"
+                )
+            elif state == "BACKOFF" or (state == "STARTING" and not ok):
+                state = "starting"
+            elif state in ("RUNNING", "STARTING"):
                 state = "running" if ok else "unhealthy"
+            else:
+                state, ok, detail = "stopped", False, "not running"
             statuses.append(
                 ServiceStatus(
                     name=service.name,
                     runtime=self.name,
                     state=state,
                     healthy=ok,
-                    endpoint=self._endpoint(service),
+                    endpoint=f"{self.settings.stack.host}:{service.port}",
                     pid=pid,
                     detail=detail,
+                    restarts=max(0, starts.get(service.name, 0) - 1),
+                    since=since,
                 )
             )
         return statuses
 
     def logs(self, service: str, *, lines: int = 50, follow: bool = False) -> Iterator[str]:
-        if service not in self.services:
+        if service not in (*self.services, WATCHDOG, "supervisord"):
             raise StackError(f"unknown service {service!r}", hint="one of: " + ", ".join(self.services))
         path = self.log_path(service)
         if not path.exists():
             raise StackError(f"no log yet for {service} ({path})", hint="start the stack with `a0ctl up`")
-        with open(path, errors="replace") as handle:
+        handle = open(path, errors="replace")
+        try:
             yield from handle.readlines()[-lines:] if lines > 0 else []
             while follow:
                 line = handle.readline()
                 if line:
                     yield line
+                    continue
+                # supervisord rotates a log by renaming it: follow the new file.
+                try:
+                    rotated = os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
+                except FileNotFoundError:
+                    rotated = False
+                if rotated:
+                    handle.close()
+                    handle = open(path, errors="replace")
                 else:
                     time.sleep(0.2)
+        finally:
+            handle.close()
+
+
+def _stop_group(pid: int, signum: int, grace_s: float) -> None:
+    """Send ``signum`` to a process group, then SIGKILL after ``grace_s`` seconds."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and process_alive(pid):
+        _reap(pid)
+        time.sleep(0.1)
+    if process_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap(pid)
 
 
 def _reap(pid: int) -> None:

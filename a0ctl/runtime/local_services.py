@@ -35,9 +35,17 @@ class LocalService:
     prepare: Callable[[], None] = lambda: None
     user: str | None = None
     stop_signal: int = signal.SIGTERM
+    # Grace period after the stop signal before the process group is killed.
+    stop_wait_s: int = 20
+    # How long a start must last to count as started; a process that exits sooner is
+    # retried with a growing back-off, then given up on (FATAL).
+    start_s: int = 3
     extra_ports: tuple[int, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
-    app: bool = False
+    app: bool = False  # a0's own service: stops within seconds
+    # supervisord starts lower priorities first and stops them last; replicas share one,
+    # so scaling never changes another service's definition.
+    priority: int = 500
     # Run (and retried while the server still refuses connections) before health counts.
     after_start: Callable[[], Awaitable[None]] | None = None
 
@@ -121,16 +129,57 @@ def _pg_bin(name: str) -> str:
     )
 
 
+START_ORDER = (
+    "kafka",
+    "redis",
+    "postgres",
+    "opa",
+    "llm-sim",
+    "tool-executor",
+    "conversation-worker",
+    "gateway",
+)
+# Services that run as several replicas in one consumer group (`a0ctl scale`).
+SCALABLE = ("conversation-worker", "tool-executor")
+
+
+def replica_name(service: str, replica: int) -> str:
+    """Replicas share one consumer group; the first keeps the plain name."""
+    return service if replica == 0 else f"{service}-{replica + 1}"
+
+
+def python() -> str:
+    """This interpreter under one name, whichever started a0ctl (``python`` or
+    ``python3``), so that the generated supervisord config does not change with it."""
+    plain = Path(sys.executable).with_name("python")
+    try:
+        return str(plain) if plain.samefile(sys.executable) else sys.executable
+    except OSError:
+        return sys.executable
+
+
 def worker_name(replica: int) -> str:
-    """Worker replicas share one consumer group; the first keeps the plain name."""
-    return "conversation-worker" if replica == 0 else f"conversation-worker-{replica + 1}"
+    return replica_name("conversation-worker", replica)
 
 
 def worker_metrics_port(settings: Settings, replica: int) -> int:
     return settings.worker.metrics_port + 10 * replica
 
 
-def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
+def tools_metrics_port(settings: Settings, replica: int) -> int:
+    return settings.tools.metrics_port + 10 * replica
+
+
+def build_services(
+    settings: Settings, state: Path, replicas: dict[str, int] | None = None
+) -> dict[str, LocalService]:
+    """Every service of the local runtime, in start order. ``replicas`` (from `a0ctl
+    scale`) overrides the settings' replica counts."""
+    scaled = {
+        "conversation-worker": settings.worker.replicas,
+        "tool-executor": settings.tools.replicas,
+        **(replicas or {}),
+    }
     host = settings.stack.host
     data = state / "data"
     run = state / "run"
@@ -242,7 +291,7 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
 
     # --- the services ----------------------------------------------------------
     def app_command(name: str) -> Callable[[], list[str]]:
-        return lambda: [sys.executable, "-m", "a0ctl", "run", name]
+        return lambda: [python(), "-m", "a0ctl", "run", name]
 
     services = [
         LocalService(
@@ -252,6 +301,10 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
             probe=health.kafka_probe,
             prepare=kafka_prepare,
             command=lambda: [*kafka_java(), "kafka.Kafka", str(kafka_props)],
+            # SIGTERM starts a controlled shutdown: leadership moved, logs flushed and
+            # closed cleanly, so the next start needs no log recovery.
+            stop_wait_s=60,
+            start_s=10,
         ),
         LocalService(
             name="redis",
@@ -284,6 +337,7 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
             after_start=lambda: provision(settings, pg_sock, pg_dir, pg_user),
             user=pg_user,
             stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
+            stop_wait_s=30,
             command=lambda: [
                 _pg_bin("postgres"),
                 "-D",
@@ -324,12 +378,16 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
             command=app_command("llm-sim"),
             app=True,
         ),
-        LocalService(
-            name="tool-executor",
-            port=settings.tools.metrics_port,
-            probe=health.metrics_probe(lambda s: s.tools.metrics_port),
-            command=app_command("tool-executor"),
-            app=True,
+        *(
+            LocalService(
+                name=replica_name("tool-executor", replica),
+                port=tools_metrics_port(settings, replica),
+                probe=health.metrics_probe(partial(tools_metrics_port, replica=replica)),
+                command=app_command("tool-executor"),
+                env={"A0_TOOLS_METRICS_PORT": str(tools_metrics_port(settings, replica))},
+                app=True,
+            )
+            for replica in range(scaled["tool-executor"])
         ),
         *(
             LocalService(
@@ -340,7 +398,7 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
                 env={"A0_WORKER_METRICS_PORT": str(worker_metrics_port(settings, replica))},
                 app=True,
             )
-            for replica in range(settings.worker.replicas)
+            for replica in range(scaled["conversation-worker"])
         ),
         LocalService(
             name="gateway",
@@ -350,4 +408,9 @@ def build_services(settings: Settings, state: Path) -> dict[str, LocalService]:
             app=True,
         ),
     ]
+    for service in services:
+        if service.app:
+            service.stop_wait_s = 10
+        base = next((b for b in START_ORDER if service.name == b or service.name.startswith(f"{b}-")), "")
+        service.priority = 100 + 10 * START_ORDER.index(base) if base else 500
     return {service.name: service for service in services}

@@ -27,7 +27,9 @@ class StackSettings(BaseSettings):
     model_config = _config("A0_")
 
     home: Path = Field(default=Path("."), description="Project root; relative paths resolve from here.")
-    state_dir: Path = Field(default=Path(".a0"), description="Data, logs and pid files of the local runtime.")
+    state_dir: Path = Field(
+        default=Path(".a0"), description="Data, logs and supervisord files of the local runtime."
+    )
     conf_dir: Path = Field(
         default=Path("conf/env"), description="Generated secrets (mode 0600, never committed)."
     )
@@ -36,6 +38,18 @@ class StackSettings(BaseSettings):
     env: str = Field(default="local", description="Environment selected in topics.yaml.")
     host: str = "127.0.0.1"
     startup_timeout_s: float = 90.0
+    restart_retries: int = Field(
+        default=3, ge=0, description="Quick exits in a row after which a service is given up (FATAL)."
+    )
+    watchdog_unhealthy_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A running service failing its health check this long is restarted (0: never).",
+    )
+    log_max_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=0, description="A service log is rotated at this size."
+    )
+    log_backups: int = Field(default=3, ge=0, description="Rotated logs kept per service.")
 
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.home / path).resolve()
@@ -162,8 +176,11 @@ class WorkerSettings(BaseSettings):
 class ToolSettings(BaseSettings):
     model_config = _config("A0_TOOLS_")
 
+    replicas: int = Field(
+        default=1, ge=1, le=16, description="Tool executor processes the local runtime runs."
+    )
     max_inflight: int = 16
-    metrics_port: int = 19102
+    metrics_port: int = Field(default=19102, description="Replica i (from 0) serves metrics on this + 10*i.")
     cpu_seconds: int = 5
     memory_mb: int = 256
     wall_seconds: float = 10.0

@@ -108,10 +108,11 @@ class EventLog:
     ) -> Step:
         """Store the events under the conversation's next seqs (or find them stored under
         their keys), with the transcript ``messages`` (key, body) and the turn's ``end``
-        status, in one statement; then publish the events in seq order. A batch of deltas
-        only does not wait for the broker's ack (ordering is the producer's, and a lost
-        publish is filled from the table by the gateways); any other batch waits for its
-        own acks and all earlier ones."""
+        status, in one statement; then publish the events in seq order. Only the step
+        that ends the turn waits for the broker's acks (of all its events so far): the
+        record that started the turn is committed after that, so a publish that failed
+        is redone from the table by the redelivered turn. Until then, order is the
+        idempotent producer's, and a gateway fills any gap from the table."""
         conversation_id = source.conversation_id
         fresh = [
             wire_event(
@@ -147,10 +148,19 @@ class EventLog:
             pending = self._unacked[conversation_id]
             for event in events:
                 pending.append(await self._publish(event))
-        if any(draft.type != EventType.DELTA for draft in drafts):
-            await asyncio.gather(*pending)
-            pending.clear()
+        if end is not None:
+            await self._confirm(pending)
         return Step(events, bool(rows and rows[0][3]))
+
+    @staticmethod
+    async def _confirm(pending: list[asyncio.Future[Any]]) -> None:
+        """Wait for the broker's acks of everything published so far; a failed publish
+        fails this step (the turn is retried, and republishes from the table)."""
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        pending.clear()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _publish(self, event: dict[str, Any]) -> asyncio.Future[Any]:
         return await self.producer.send(

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from typing import Any
 
+import psycopg
 from aiokafka.errors import KafkaError
 from opentelemetry.trace import SpanKind
 from psycopg import AsyncConnection
@@ -226,9 +227,10 @@ async def submit_message(
         raise InvalidRequest("content: must not be empty")
     if len(content) > limits.max_message_chars:
         raise InvalidRequest(f"content: at most {limits.max_message_chars} characters")
-    await authorize(state, principal, "conversation.write", conversation_id)
-    await ratelimit.check_rate(state.redis, principal.user_id, limits.rate_per_user_per_min)
-    await ratelimit.reserve_turn(state.redis, limits.max_inflight_turns)
+    row = await authorize(state, principal, "conversation.write", conversation_id)
+    await ratelimit.admit(
+        state.redis, principal.user_id, limits.rate_per_user_per_min, limits.max_inflight_turns
+    )
     accepted = False
     turn_id, message_id = new_id(), new_id()
     try:
@@ -237,38 +239,15 @@ async def submit_message(
             kind=SpanKind.PRODUCER,
             attributes={"a0.conversation_id": conversation_id, "a0.turn_id": turn_id},
         ):
-            async with state.pool.connection(timeout=10) as conn, conn.transaction():
-                # The row lock serialises messages of one conversation across replicas.
-                locked = await conn.execute(
-                    "SELECT policy FROM conversations WHERE id = %s FOR UPDATE", (conversation_id,)
-                )
-                found = await locked.fetchone()
-                if found is None:
-                    raise NotFound(f"no conversation {conversation_id}")
-                busy = await conn.execute(
-                    "SELECT EXISTS (SELECT 1 FROM turns WHERE conversation_id = %s "
-                    "AND status IN ('queued', 'running'))",
-                    (conversation_id,),
-                )
-                busy_row = await busy.fetchone()
-                if busy_row and busy_row[0]:
-                    if found[0] == TurnPolicy.reject:
-                        raise Conflict(BUSY)
-                    if found[0] == TurnPolicy.interrupt:
-                        # Before this turn exists, so the cancel cannot catch it.
-                        await publish_confirmed(
-                            state,
-                            _cancel_envelope(
-                                principal, conversation_id, None, "interrupted by a new message"
-                            ),
-                        )
-                await conn.execute(
-                    "INSERT INTO turns (turn_id, conversation_id, status) VALUES (%s, %s, 'queued')",
-                    (turn_id, conversation_id),
-                )
-                await conn.execute(
-                    "UPDATE conversations SET updated_at = now() WHERE id = %s", (conversation_id,)
-                )
+            if row["policy"] == TurnPolicy.enqueue:
+                # Queued behind whatever runs: nothing to check, one statement.
+                async with state.pool.connection(timeout=10) as conn:
+                    try:
+                        await conn.execute(_QUEUE_TURN, {"t": turn_id, "c": conversation_id})
+                    except psycopg.errors.ForeignKeyViolation:  # deleted since it was authorized
+                        raise NotFound(f"no conversation {conversation_id}") from None
+            else:
+                await _queue_turn_by_policy(state, principal, conversation_id, turn_id)
             message = Envelope(
                 type=EventType.USER_MESSAGE,
                 conversation_id=conversation_id,
@@ -290,6 +269,39 @@ async def submit_message(
         if not accepted:
             await ratelimit.release_turn(state.redis)
     return MessageAccepted(conversation_id=conversation_id, message_id=message_id, turn_id=turn_id)
+
+
+_QUEUE_TURN = """
+WITH queued AS (
+    INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, 'queued')
+)
+UPDATE conversations SET updated_at = now() WHERE id = %(c)s
+"""
+
+
+async def _queue_turn_by_policy(
+    state: GatewayState, principal: Principal, conversation_id: str, turn_id: str
+) -> None:
+    """Queue a turn in a ``reject`` or ``interrupt`` conversation: under the conversation's
+    row lock, which serialises its messages across replicas, look for a turn in flight."""
+    async with state.pool.connection(timeout=10) as conn, conn.transaction():
+        locked = await conn.execute(
+            "SELECT policy, EXISTS (SELECT 1 FROM turns WHERE conversation_id = %(c)s "
+            "AND status IN ('queued', 'running')) FROM conversations WHERE id = %(c)s FOR UPDATE",
+            {"c": conversation_id},
+        )
+        found = await locked.fetchone()
+        if found is None:
+            raise NotFound(f"no conversation {conversation_id}")
+        policy, busy = found
+        if busy and policy == TurnPolicy.reject:
+            raise Conflict(BUSY)
+        if busy and policy == TurnPolicy.interrupt:
+            # Before this turn exists, so the cancel cannot catch it.
+            await publish_confirmed(
+                state, _cancel_envelope(principal, conversation_id, None, "interrupted by a new message")
+            )
+        await conn.execute(_QUEUE_TURN, {"t": turn_id, "c": conversation_id})
 
 
 async def cancel_turn(

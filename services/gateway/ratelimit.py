@@ -5,6 +5,8 @@
 - Shedding: ``a0:turns:open`` counts accepted turns not yet finished (the worker DECRs it
   when a turn ends). A turn is reserved by INCR before it is accepted — atomic, so two
   replicas cannot both take the last slot — and released again if it is not accepted.
+
+Both counters move in one pipelined round trip per message (:func:`admit`).
 """
 
 from __future__ import annotations
@@ -40,25 +42,27 @@ def over_capacity(open_turns_after_reserve: int, max_inflight: int) -> bool:
     return open_turns_after_reserve - 1 >= max_inflight
 
 
-async def check_rate(redis: Redis, user_id: str, per_minute: int, now: float | None = None) -> None:
+async def admit(
+    redis: Redis, user_id: str, per_minute: int, max_inflight: int, now: float | None = None
+) -> None:
+    """Count the message against the user's rate and reserve a turn, in one round trip;
+    undo the reservation and refuse with 429 when either is over its budget."""
     now = time.time() if now is None else now
     key = rate_key(user_id, now)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.incr(key)
         pipe.expire(key, RATE_KEY_TTL_S)
-        count, _ = await pipe.execute()
+        pipe.incr(OPEN_TURNS_KEY)
+        count, _, open_turns = await pipe.execute()
     if over_budget(int(count), per_minute):
+        await release_turn(redis)
         metrics.SHED.labels("rate_limited").inc()
         retry_after = seconds_to_next_minute(now)
         raise RateLimited(
             f"more than {per_minute} messages a minute; try again in {retry_after} s", retry_after=retry_after
         )
-
-
-async def reserve_turn(redis: Redis, max_inflight: int) -> None:
-    open_turns = int(await redis.incr(OPEN_TURNS_KEY))
-    if over_capacity(open_turns, max_inflight):
-        await redis.decr(OPEN_TURNS_KEY)
+    if over_capacity(int(open_turns), max_inflight):
+        await release_turn(redis)
         metrics.SHED.labels("overloaded").inc()
         raise Overloaded(
             "the stack is at its limit of turns in flight; try again shortly",

@@ -3,25 +3,15 @@ tool code and input that try to get out. One stack for the tier, as in integrati
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from a0ctl.runtime.local import LocalRuntime
-from services.common.settings import Settings, load_settings
-from tests.support.stack import running_test_stack
+from services.common.settings import Settings
+from tests.support.stack import settings, stack
 
-
-@pytest.fixture(scope="session")
-def stack() -> Iterator[LocalRuntime]:
-    with running_test_stack() as runtime:
-        yield runtime
-
-
-@pytest.fixture
-def settings(stack: LocalRuntime) -> Settings:
-    return load_settings()
+__all__ = ["client", "settings", "stack"]
 
 
 @pytest.fixture

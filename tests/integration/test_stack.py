@@ -32,6 +32,7 @@ def test_status_json_shows_infrastructure_healthy_with_endpoints(stack: LocalRun
         assert services[name]["endpoint"].startswith("127.0.0.1:")
         assert isinstance(services[name]["pid"], int)
         assert services[name]["runtime"] == "local"
+        assert services[name]["restarts"] >= 0 and services[name]["since"].startswith("20")
 
 
 async def test_kafka_produces_and_consumes_a_record(settings: Settings) -> None:

@@ -1,0 +1,159 @@
+"""What supervision does without anyone typing a command: the watchdog restarts a hung
+service, supervisord gives up on one that keeps exiting (and ``a0ctl restart`` brings
+it back), and data outlives every process — ``down``/``up``, and ``up`` after every
+process, supervisord included, was SIGKILLed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+import uuid
+
+import psycopg
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from a0ctl.runtime.local import LocalRuntime, port_in_use, process_alive
+from a0ctl.runtime.stack import bring_up
+from a0ctl.runtime.supervisor import daemon_pid
+from services.common.errors import StackError
+from services.common.settings import Settings, load_settings
+from tests.support.cli import a0ctl
+
+pytestmark = pytest.mark.faults
+
+
+def status_of(name: str) -> dict:
+    result = a0ctl("status", "--json")
+    return next(s for s in json.loads(result.stdout)["services"] if s["name"] == name)
+
+
+def wait_until(condition, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def test_a_hung_service_is_restarted_by_the_watchdog_with_the_reason(
+    settings: Settings, stack: LocalRuntime
+) -> None:
+    before = status_of("llm-sim")
+    os.kill(before["pid"], signal.SIGSTOP)  # alive, but answers nothing
+    try:
+        limit = settings.stack.watchdog_unhealthy_s
+        # Failing for the limit, seen at a 5 s tick, then a stop with its grace period.
+        took = wait_until(
+            lambda: (s := status_of("llm-sim"))["pid"] not in (None, before["pid"]) and s["healthy"],
+            limit + 10 + 20 + 30,
+            "llm-sim restarted by the watchdog",
+        )
+    finally:
+        if process_alive(before["pid"]):
+            os.kill(before["pid"], signal.SIGCONT)
+    after = status_of("llm-sim")
+    assert after["restarts"] == before["restarts"] + 1 and after["state"] == "running"
+    log = (stack.state / "logs" / "watchdog.log").read_text()
+    assert f"restarting llm-sim (pid {before['pid']}): health check failing" in log
+    print(f"watchdog: hung llm-sim running again after {took:.1f} s (limit {limit} s)")
+
+
+def test_a_service_that_keeps_exiting_is_given_up_then_restarted(stack: LocalRuntime) -> None:
+    settings = load_settings()
+    stack.stop_service("opa")
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind((settings.stack.host, settings.opa.port))
+    holder.listen()
+    try:
+        with pytest.raises(StackError) as info:
+            stack.restart("opa")  # every start fails: the port is taken
+        assert "gave up" in info.value.message
+        failed = a0ctl("status", "--json")
+        assert failed.returncode == 1
+        opa = next(s for s in json.loads(failed.stdout)["services"] if s["name"] == "opa")
+        assert opa["state"] == "failed" and not opa["healthy"] and "a0ctl restart opa" in opa["detail"]
+        time.sleep(6)  # longer than a watchdog tick: a given-up service stays down
+        assert status_of("opa")["state"] == "failed"
+    finally:
+        holder.close()
+    restarted = a0ctl("restart", "opa")
+    assert restarted.returncode == 0, restarted.stderr
+    assert status_of("opa")["state"] == "running"
+
+
+KEY = f"a0:fault-probe:{uuid.uuid4()}"
+
+
+async def write_probe(settings: Settings) -> tuple[int, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait("tool.requests", KEY.encode(), key=KEY.encode())
+    finally:
+        await producer.stop()
+    redis.from_url(settings.redis_url).set(KEY, "kept")
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS fault_probe (key text PRIMARY KEY)")
+        conn.execute("INSERT INTO fault_probe VALUES (%s)", (KEY,))
+    return meta.partition, meta.offset
+
+
+async def probe_is_kept(settings: Settings, partition: int, offset: int) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition("tool.requests", partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        batch = await consumer.getmany(tp, timeout_ms=10_000)
+        assert batch[tp][0].value == KEY.encode()
+    finally:
+        await consumer.stop()
+    assert redis.from_url(settings.redis_url).get(KEY) == b"kept"
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM fault_probe WHERE key = %s", (KEY,)).fetchone() == (1,)
+
+
+def test_data_outlives_down_and_a_sigkill_of_every_process(settings: Settings, stack: LocalRuntime) -> None:
+    partition, offset = asyncio.run(write_probe(settings))
+
+    # down and up: every service stopped with its own signal; data kept.
+    assert a0ctl("down").returncode == 0
+    bring_up(load_settings(), runtime_name="local")
+    asyncio.run(probe_is_kept(settings, partition, offset))
+
+    # Everything SIGKILLed at once, supervisord included: stale pid files and socket.
+    supervisord = daemon_pid(stack.paths)
+    assert supervisord is not None
+    pids = [s.pid for s in stack.status() if s.pid]
+    os.kill(supervisord, signal.SIGKILL)
+    for pid in pids:
+        os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not any(process_alive(p) for p in [supervisord, *pids]), 20, "every process gone")
+    assert stack.paths.socket.exists()
+    started = time.monotonic()
+    _, statuses = bring_up(load_settings(), runtime_name="local")
+    took = time.monotonic() - started
+    assert all(s.healthy for s in statuses), statuses
+    asyncio.run(probe_is_kept(settings, partition, offset))
+    print(f"up after SIGKILL of every process: all healthy in {took:.1f} s")
+
+
+def test_up_takes_over_services_a_killed_supervisord_left_running(stack: LocalRuntime) -> None:
+    settings = load_settings()
+    supervisord = daemon_pid(stack.paths)
+    assert supervisord is not None
+    os.kill(supervisord, signal.SIGKILL)
+    wait_until(lambda: not process_alive(supervisord), 10, "supervisord gone")
+    assert port_in_use(settings.stack.host, settings.postgres.port)  # orphaned, still serving
+    _, statuses = bring_up(settings, runtime_name="local")
+    assert all(s.healthy and s.state == "running" for s in statuses), statuses
+    assert daemon_pid(stack.paths) not in (None, supervisord)
