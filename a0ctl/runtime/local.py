@@ -234,8 +234,10 @@ class LocalRuntime:
                 await service.after_start()
                 return
             except (psycopg.OperationalError, OSError) as exc:
-                if self.pid(service.name) is None:
-                    raise self._fail(service, "exited during start-up") from None
+                # Not up yet, or restarted by supervisord: only its giving up is final.
+                info = await asyncio.to_thread(self.supervisor.process, service.name)
+                if info.statename == "FATAL":
+                    raise self._fail(service, "gave up before it could be set up") from None
                 if time.monotonic() > deadline:
                     raise self._fail(service, f"could not be set up in time ({exc})") from None
                 await asyncio.sleep(0.25)
