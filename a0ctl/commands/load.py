@@ -58,6 +58,12 @@ def load(
     duration: Annotated[float, typer.Option(min=1, help="Seconds to keep sending.")] = 30.0,
     think: Annotated[float, typer.Option(min=0, help="Mean pause between a session's messages (s).")] = 5.0,
     prompt: Annotated[str, typer.Option(help="What each session sends.")] = "compute 6*7",
+    ramp: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="Seconds over which sessions arrive, evenly (default: the think time, at least 2)."
+        ),
+    ] = None,
     sla_mean: Annotated[
         float | None, typer.Option(help="Fail (exit 1) if the mean response time is above this (s).")
     ] = None,
@@ -74,7 +80,9 @@ def load(
     Example: a0ctl load --sessions 500 --duration 60 --think 10 --sla-mean 0.5 --sla-p99 1.5 --json
     """
     report = asyncio.run(
-        run_load(settings(), sessions=sessions, duration_s=duration, think_s=think, prompt=prompt)
+        run_load(
+            settings(), sessions=sessions, duration_s=duration, think_s=think, prompt=prompt, ramp_s=ramp
+        )
     ).check_sla(sla_mean, sla_p99)
     if json_out:
         print_json({**report.model_dump(), "ok": report.ok})

@@ -2,7 +2,10 @@
 gateway, as browsers would drive it — and what a user would have noticed.
 
 Each session signs in as its own user, opens its conversation's SSE stream, then sends
-a message, waits for the answer, thinks, and sends again until the time is up. A 429
+a message, waits for the answer, thinks, and sends again until the time is up. Sessions
+arrive evenly over the ramp, one think time by default (at least 2 s), as users do: the
+run is in its steady state from the start rather than opening with every session's
+first message in the same instant. A 429
 is shed load: the session waits as ``Retry-After`` says and tries again. The report
 counts what was sent, answered, shed, failed (with each cause: a 5xx, a connection
 error, an error event), lost (accepted but never answered) and shown twice (an event
@@ -71,6 +74,7 @@ class Sla(BaseModel):
 class LoadReport(BaseModel):
     sessions: int
     duration_s: float
+    ramp_s: float
     prompt: str
     sent: int
     accepted: int
@@ -288,7 +292,7 @@ async def _sample_lag(settings: Settings, stop: asyncio.Event) -> tuple[float, i
         except Exception:  # sampling is best effort; the run goes on
             pass
         try:
-            await asyncio.wait_for(stop.wait(), 1.0)
+            await asyncio.wait_for(stop.wait(), 2.0)
         except TimeoutError:
             pass
     return worst_s, worst_records
@@ -302,7 +306,7 @@ async def run_load(
     think_s: float,
     prompt: str,
     turn_timeout_s: float = 60.0,
-    ramp_s: float = 2.0,
+    ramp_s: float | None = None,
     on_answer: AnswerHook | None = None,
 ) -> LoadReport:
     tally = _Tally()
@@ -311,9 +315,10 @@ async def run_load(
     stop = asyncio.Event()
     lag = asyncio.create_task(_sample_lag(settings, stop))
 
+    ramp = max(2.0, think_s) if ramp_s is None else ramp_s
+
     async def start_session(index: int) -> None:
-        # Spread session starts over the ramp, as users arrive, rather than in one instant.
-        await asyncio.sleep(ramp_s * index / max(1, sessions))
+        await asyncio.sleep(ramp * index / max(1, sessions))
         await _Session(settings, index, tally, on_answer).run(prompt, until, think_s, turn_timeout_s)
 
     await asyncio.gather(*(start_session(i) for i in range(sessions)))
@@ -324,6 +329,7 @@ async def run_load(
     return LoadReport(
         sessions=sessions,
         duration_s=round(elapsed, 2),
+        ramp_s=ramp,
         prompt=prompt,
         sent=tally.sent,
         accepted=tally.accepted,

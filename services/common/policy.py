@@ -2,9 +2,10 @@
 (see stack/opa/authz.rego): ``POST /v1/data/a0/authz/decision``.
 
 Decisions are priced for load: keep-alive connections sized by ``A0_OPA_CONNECTIONS``,
-and a short-lived cache keyed on the whole input (``A0_OPA_DECISION_CACHE_S``, 2 s by
-default), so a burst of requests for the same user and conversation asks OPA once. The
-cache's staleness is bounded by its lifetime: a policy or data change applies within it.
+and a short-lived cache keyed on the whole input (``A0_OPA_DECISION_CACHE_S``, 30 s by
+default), so a user's requests on one conversation ask OPA about once per lifetime. The
+cache's staleness is bounded by its lifetime: a policy or data change applies within it
+(for comparison, a signed-in token stays valid for hours).
 Only answers are cached; when OPA cannot be asked, callers fail closed.
 """
 

@@ -8,6 +8,7 @@ result is passed down — nothing deeper reads ``os.environ``.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_FILE = ".env"
+# Turns one core carries with answers still fast (see docs/messaging.md): the default
+# bound on turns in flight, past which the gateway sheds load.
+TURNS_PER_CORE = 48
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -120,7 +124,7 @@ class OpaSettings(BaseSettings):
     version: str = "v1.22.3"
     url: str | None = None
     decision_cache_s: float = Field(
-        default=2.0,
+        default=30.0,
         ge=0,
         description="How long a decision is reused for the same input; a policy change takes "
         "effect within this time (0: ask OPA every time).",
@@ -154,7 +158,12 @@ class GatewaySettings(BaseSettings):
     metrics_token: SecretStr = SecretStr("")
     max_body_bytes: int = 64 * 1024
     max_message_chars: int = 16_000
-    max_inflight_turns: int = 2000
+    max_inflight_turns: int = Field(
+        default_factory=lambda: TURNS_PER_CORE * (os.cpu_count() or 1),
+        ge=1,
+        description="Turns accepted and not yet answered, across replicas; past it new messages "
+        "are shed with 429 + Retry-After. Default: 48 per core.",
+    )
     workers: int = Field(default=1, ge=1, le=32, description="Gateway processes sharing the port.")
     rate_per_user_per_min: int = 600
     replica: str = "gw-1"

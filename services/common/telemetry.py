@@ -1,7 +1,9 @@
 """OpenTelemetry: one trace per turn across gateway → Kafka → worker → tool executor.
 
 Trace context travels in Kafka headers (W3C ``traceparent``/``tracestate``). Spans are
-exported over OTLP/HTTP when ``A0_OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
+recorded and exported over OTLP/HTTP when ``A0_OTEL_EXPORTER_OTLP_ENDPOINT`` is set;
+without it no span is recorded (OpenTelemetry's no-op provider), which costs nothing
+per request, and a context that arrives in a request or a record is still passed on.
 """
 
 from __future__ import annotations
@@ -27,16 +29,17 @@ def now_ms() -> int:
 
 
 def setup_tracing(settings: Settings, service_name: str) -> None:
+    if not settings.telemetry.exporter_otlp_endpoint:
+        return  # nothing would receive the spans: keep the no-op provider
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
     provider = TracerProvider(
         resource=Resource.create(
             {"service.name": service_name, "service.namespace": settings.telemetry.service_namespace}
         )
     )
-    if settings.telemetry.exporter_otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        endpoint = settings.telemetry.exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    endpoint = settings.telemetry.exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
 
 

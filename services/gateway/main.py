@@ -105,6 +105,9 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         strict_content_type=False,  # a JSON body without a Content-Type header is still JSON
+        # A span per request, not per dependency and serializer: those cost more than the
+        # request's own work under load.
+        telemetry={"operation_spans": False},
     )
     app.state.settings = settings
     app.state.gateway = None

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio
 import websockets
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from a0ctl.runtime.local import LocalRuntime
 from services.common.auth import mint_token
 from services.common.settings import Settings
+from services.gateway.ratelimit import OPEN_TURNS_KEY
 from tests.support.gateway import (
     answer_text,
     auth,
@@ -262,6 +264,39 @@ async def test_gateway_sheds_load_with_429_and_retry_after(settings: Settings, t
             )
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
     assert 0 < int(refused.headers["retry-after"]) <= 60
+
+
+async def test_past_its_turns_in_flight_the_gateway_sheds_with_429_until_a_turn_ends(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # The budget is shared by every replica (a Redis counter): room for exactly one more turn.
+    async with redis.asyncio.from_url(settings.redis_url) as store:
+        open_now = int(await store.get(OPEN_TURNS_KEY) or 0)
+    with running_gateway(tmp_path, A0_GATEWAY_MAX_INFLIGHT_TURNS=str(open_now + 1)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as gateway:
+            headers = auth(settings, "shed-user")
+            busy = await create_conversation(gateway, headers)
+            other = await create_conversation(gateway, headers)
+            events = sse_events(gateway, headers, busy)
+            accepted = await post_message(gateway, headers, busy, "long answer please")
+            refused = await gateway.post(
+                f"/v1/conversations/{other}/messages", json={"content": "hello"}, headers=headers
+            )
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "overloaded"
+            assert int(refused.headers["retry-after"]) >= 1
+            turn = await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 60)
+            await events.aclose()
+            assert turn[-1]["type"] == "message.completed"
+            # The answered turn gave its slot back: the next message is accepted.
+            for _ in range(50):
+                again = await gateway.post(
+                    f"/v1/conversations/{other}/messages", json={"content": "hello"}, headers=headers
+                )
+                if again.status_code == 202:
+                    break
+                await asyncio.sleep(0.1)
+            assert again.status_code == 202, again.text
 
 
 async def test_cancel_kills_a_running_tool_process(settings: Settings, client) -> None:

@@ -19,3 +19,34 @@ def test_load_report_counts_answers_and_finds_nothing_lost_or_repeated(stack: Lo
     assert report["completed"] >= 8 and report["completed"] == report["accepted"]
     assert report["lost"] == 0 and report["duplicate_events"] == 0 and report["missing_events"] == 0
     assert report["response_s"]["p50"] > 0 and report["delivery_ms"]["p99"] is not None
+
+
+def test_a_session_that_cannot_reach_the_gateway_fails_the_run_with_its_cause(stack: LocalRuntime) -> None:
+    from tests.support.processes import free_port
+
+    result = a0ctl(
+        "load",
+        "--sessions",
+        "3",
+        "--duration",
+        "2",
+        "--think",
+        "0",
+        "--json",
+        env={"A0_GATEWAY_PORT": str(free_port())},
+    )
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["ok"] is False
+    assert report["failed_sessions"] == 3 and report["completed"] == 0
+    assert any("ConnectError" in cause for cause in report["causes"]), report["causes"]
+
+
+def test_a_missed_sla_fails_the_run_and_says_which(stack: LocalRuntime) -> None:
+    result = a0ctl(
+        "load", "--sessions", "2", "--duration", "3", "--think", "0", "--sla-mean", "0.0001", "--json"
+    )
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["ok"] is False
+    assert report["failed"] == 0 and report["lost"] == 0 and report["completed"] > 0
+    assert report["sla"]["met"] is False and "mean response" in report["sla"]["misses"][0]
+    assert report["ttft_s"]["mean"] is not None and report["ttft_s"]["mean"] <= report["response_s"]["mean"]

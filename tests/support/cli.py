@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -11,7 +12,7 @@ from tests.conftest import ROOT
 
 
 def a0ctl(
-    *args: str, input_text: str | None = None, timeout: float = 180
+    *args: str, input_text: str | None = None, timeout: float = 180, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "a0ctl", *args],
@@ -20,7 +21,7 @@ def a0ctl(
         text=True,
         input=input_text,
         timeout=timeout,
-        env={**__import__("os").environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})},
     )
 
 
