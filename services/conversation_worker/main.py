@@ -30,7 +30,8 @@ GROUP = "a0-conversation-worker"
 
 async def run(settings: Settings) -> None:
     await migrate(settings)
-    pool = await open_pool(settings, min_size=4, max_size=40)
+    # Opened up front: a pool grows one connection at a time, too slowly for a burst.
+    pool = await open_pool(settings, min_size=16, max_size=40)
     redis = aioredis.from_url(settings.redis_url)
     producer = make_producer(settings, "conversation-worker")
     results = ToolResults(settings)

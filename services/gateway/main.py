@@ -61,7 +61,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     register_secret(settings.gateway.jwt_secret.get_secret_value())
     await migrate(settings)
-    pool = await open_pool(settings, min_size=4, max_size=60)
+    # Opened up front: a pool grows one connection at a time, too slowly for a burst.
+    pool = await open_pool(settings, min_size=16, max_size=60)
     redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
     policy = PolicyClient(settings)
     producer: AIOKafkaProducer | None = None
