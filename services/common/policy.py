@@ -12,6 +12,7 @@ Only answers are cached; when OPA cannot be asked, callers fail closed.
 from __future__ import annotations
 
 import time
+import zlib
 from types import TracebackType
 
 import httpx
@@ -22,6 +23,7 @@ from services.common.settings import Settings
 
 DECISION_PATH = "/v1/data/a0/authz/decision"
 CACHE_MAX_ENTRIES = 50_000
+POOL_SHARDS = 4
 
 
 class Decision(BaseModel):
@@ -37,9 +39,19 @@ class PolicyClient:
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
         opa = settings.opa
         self._url = settings.opa_url + DECISION_PATH
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(opa.timeout_s),
-            limits=httpx.Limits(max_connections=opa.connections, max_keepalive_connections=opa.connections),
+        # Several small pools rather than one large one: httpx's pool scans its
+        # connections on every request, which under a burst cost more than the decisions.
+        per_shard = max(1, opa.connections // POOL_SHARDS)
+        self._clients = (
+            [client]
+            if client is not None
+            else [
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(opa.timeout_s),
+                    limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
+                )
+                for _ in range(POOL_SHARDS)
+            ]
         )
         self._owned = client is None
         self._ttl_s = opa.decision_cache_s
@@ -55,7 +67,8 @@ class PolicyClient:
 
     async def aclose(self) -> None:
         if self._owned:
-            await self._client.aclose()
+            for client in self._clients:
+                await client.aclose()
 
     async def decide(
         self,
@@ -95,7 +108,8 @@ class PolicyClient:
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            response = await self._client.post(
+            client = self._clients[zlib.crc32(content) % len(self._clients)]
+            response = await client.post(
                 self._url, content=content, headers={"Content-Type": "application/json"}
             )
             response.raise_for_status()

@@ -129,7 +129,7 @@ class OpaSettings(BaseSettings):
         description="How long a decision is reused for the same input; a policy change takes "
         "effect within this time (0: ask OPA every time).",
     )
-    connections: int = Field(default=64, ge=1, description="Keep-alive connections to OPA per process.")
+    connections: int = Field(default=32, ge=1, description="Keep-alive connections to OPA per process.")
     timeout_s: float = Field(
         default=5.0, description="A decision not answered in this time fails closed (503)."
     )
@@ -164,7 +164,13 @@ class GatewaySettings(BaseSettings):
         description="Turns accepted and not yet answered, across replicas; past it new messages "
         "are shed with 429 + Retry-After. Default: 48 per core.",
     )
-    workers: int = Field(default=1, ge=1, le=32, description="Gateway processes sharing the port.")
+    workers: int = Field(
+        default_factory=lambda: min(8, max(1, (os.cpu_count() or 1) // 2)),
+        ge=1,
+        le=32,
+        description="Gateway processes sharing the port. Default: one per two cores, at most 8 "
+        "(the conversation worker needs the rest).",
+    )
     rate_per_user_per_min: int = 600
     replica: str = "gw-1"
 

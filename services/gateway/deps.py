@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from services.common.credentials import CredentialStore
     from services.gateway.fanout import Hub, OutboundConsumer
+    from services.gateway.ratelimit import OpenTurns
 
 
 @dataclass
@@ -36,6 +37,7 @@ class GatewayState:
     hub: Hub
     outbound: OutboundConsumer
     credentials: CredentialStore
+    open_turns: OpenTurns
 
 
 async def get_settings(request: Request) -> Settings:

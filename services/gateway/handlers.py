@@ -227,6 +227,8 @@ async def submit_message(
         raise InvalidRequest("content: must not be empty")
     if len(content) > limits.max_message_chars:
         raise InvalidRequest(f"content: at most {limits.max_message_chars} characters")
+    if await state.open_turns.at_capacity(limits.max_inflight_turns):
+        raise ratelimit.overloaded()
     row = await authorize(state, principal, "conversation.write", conversation_id)
     await ratelimit.admit(
         state.redis, principal.user_id, limits.rate_per_user_per_min, limits.max_inflight_turns

@@ -33,6 +33,7 @@ from services.gateway.deps import GatewayState
 from services.gateway.errors import NotFound, install_error_handlers
 from services.gateway.fanout import Hub, OutboundConsumer
 from services.gateway.middleware import GatewayMiddleware
+from services.gateway.ratelimit import OpenTurns, reconcile_open_turns
 
 log = logging.getLogger("a0.gateway")
 
@@ -67,11 +68,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     policy = PolicyClient(settings)
     producer: AIOKafkaProducer | None = None
     consumer_task: asyncio.Task[None] | None = None
+    reconciler: asyncio.Task[None] | None = None
     try:
         producer = await _start_producer(settings)
         hub = Hub()
         outbound = OutboundConsumer(settings, hub, producer)
         consumer_task = asyncio.create_task(outbound.run(), name="outbound-consumer")
+        reconciler = asyncio.create_task(reconcile_open_turns(redis, pool), name="open-turns")
         app.state.gateway = GatewayState(
             settings=settings,
             pool=pool,
@@ -81,11 +84,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             hub=hub,
             outbound=outbound,
             credentials=CredentialStore(settings, pool, redis),
+            open_turns=OpenTurns(redis),
         )
         log.info("gateway %s listening on %s", settings.gateway.replica, settings.gateway_url)
         yield
     finally:
         app.state.gateway = None
+        if reconciler is not None:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
         if consumer_task is not None:
             consumer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

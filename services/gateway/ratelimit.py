@@ -6,22 +6,34 @@
   when a turn ends). A turn is reserved by INCR before it is accepted — atomic, so two
   replicas cannot both take the last slot — and released again if it is not accepted.
 
-Both counters move in one pipelined round trip per message (:func:`admit`).
+Both counters move in one pipelined round trip per message (:func:`admit`); the open-turn
+counter is set from the turns table every few seconds (:func:`reconcile_open_turns`), so
+a lost reservation cannot hold a slot for good.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
+from dataclasses import dataclass
 
+import psycopg
+import psycopg_pool
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from services.common import metrics
 from services.gateway.errors import Overloaded, RateLimited
 
+log = logging.getLogger("a0.gateway")
+
 OPEN_TURNS_KEY = "a0:turns:open"
 RATE_KEY_TTL_S = 120
-OVERLOADED_RETRY_AFTER_S = 2
+OVERLOADED_RETRY_AFTER_S = 5
+SNAPSHOT_S = 0.1
 
 
 def rate_key(user_id: str, now: float) -> str:
@@ -40,6 +52,34 @@ def over_budget(count: int, per_minute: int) -> bool:
 def over_capacity(open_turns_after_reserve: int, max_inflight: int) -> bool:
     """True when the turns open *before* this reservation were already at the maximum."""
     return open_turns_after_reserve - 1 >= max_inflight
+
+
+@dataclass
+class OpenTurns:
+    """A recent reading of the open-turn counter, shared by a process's requests. Past
+    capacity, a message is shed on this reading before any database, policy or rate
+    work — shedding must cost less than serving, or a crowd retrying after 429s is the
+    overload. At most one Redis read per ``SNAPSHOT_S``; :func:`admit` stays the exact
+    check."""
+
+    redis: Redis
+    value: int = 0
+    read_at: float = float("-inf")
+
+    async def at_capacity(self, max_inflight: int) -> bool:
+        now = time.monotonic()
+        if now - self.read_at >= SNAPSHOT_S:
+            self.read_at = now  # before the read: one request refreshes, the rest use it
+            self.value = int(await self.redis.get(OPEN_TURNS_KEY) or 0)
+        return self.value >= max_inflight
+
+
+def overloaded() -> Overloaded:
+    metrics.SHED.labels("overloaded").inc()
+    return Overloaded(
+        "the stack is at its limit of turns in flight; try again shortly",
+        retry_after=OVERLOADED_RETRY_AFTER_S,
+    )
 
 
 async def admit(
@@ -63,11 +103,36 @@ async def admit(
         )
     if over_capacity(int(open_turns), max_inflight):
         await release_turn(redis)
-        metrics.SHED.labels("overloaded").inc()
-        raise Overloaded(
-            "the stack is at its limit of turns in flight; try again shortly",
-            retry_after=OVERLOADED_RETRY_AFTER_S,
-        )
+        raise overloaded()
+
+
+RECONCILE_S = 5.0
+# Turns a client still waits for: queued or running, and moving. A turn left behind
+# (a record dead-lettered before it began) stops counting after this long.
+_OPEN_TURNS = """
+SELECT count(*) FROM turns
+WHERE status IN ('queued', 'running') AND updated_at > now() - interval '10 minutes'
+"""
+
+
+async def reconcile_open_turns(redis: Redis, pool: AsyncConnectionPool) -> None:
+    """Keep the budget of open turns true: every ``RECONCILE_S`` set the counter to the
+    turns table's count. A reservation lost on its way (a request cancelled between its
+    INCR and its DECR, a process killed) would otherwise hold a slot forever, and enough
+    of them shed every message. Runs until cancelled; errors wait for the next round."""
+    while True:
+        await asyncio.sleep(RECONCILE_S)
+        try:
+            async with pool.connection(timeout=5) as conn:
+                row = await (await conn.execute(_OPEN_TURNS)).fetchone()
+            counted = int(row[0]) if row else 0
+            stale = int(await redis.get(OPEN_TURNS_KEY) or 0)
+            if stale != counted:
+                await redis.set(OPEN_TURNS_KEY, counted)
+                if abs(stale - counted) > 2:  # small differences are reservations in flight
+                    log.info("open turns reconciled: %d counted, %d were reserved", counted, stale)
+        except (OSError, psycopg.Error, psycopg_pool.PoolTimeout, RedisError) as exc:
+            log.warning("open turns not reconciled: %s", exc)
 
 
 async def release_turn(redis: Redis) -> None:
