@@ -30,8 +30,9 @@ GROUP = "a0-conversation-worker"
 
 async def run(settings: Settings) -> None:
     await migrate(settings)
-    # Opened up front: a pool grows one connection at a time, too slowly for a burst.
-    pool = await open_pool(settings, min_size=16, max_size=40)
+    # Few connections kept open: after a database restart each dead one costs a turn one
+    # failed attempt and a backoff before the pool replaces it.
+    pool = await open_pool(settings, min_size=4, max_size=40)
     redis = aioredis.from_url(settings.redis_url)
     producer = make_producer(settings, "conversation-worker")
     results = ToolResults(settings)

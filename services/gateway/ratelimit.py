@@ -109,7 +109,7 @@ async def admit(
 RECONCILE_S = 5.0
 # Turns a client still waits for: queued or running, and moving. A turn left behind
 # (a record dead-lettered before it began) stops counting after this long.
-_OPEN_TURNS = """
+OPEN_TURNS_QUERY = """
 SELECT count(*) FROM turns
 WHERE status IN ('queued', 'running') AND updated_at > now() - interval '10 minutes'
 """
@@ -124,7 +124,7 @@ async def reconcile_open_turns(redis: Redis, pool: AsyncConnectionPool) -> None:
         await asyncio.sleep(RECONCILE_S)
         try:
             async with pool.connection(timeout=5) as conn:
-                row = await (await conn.execute(_OPEN_TURNS)).fetchone()
+                row = await (await conn.execute(OPEN_TURNS_QUERY)).fetchone()
             counted = int(row[0]) if row else 0
             stale = int(await redis.get(OPEN_TURNS_KEY) or 0)
             if stale != counted:

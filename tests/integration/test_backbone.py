@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import redis.asyncio
 import websockets
@@ -20,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from a0ctl.runtime.local import LocalRuntime
 from services.common.auth import mint_token
 from services.common.settings import Settings
-from services.gateway.ratelimit import OPEN_TURNS_KEY
+from services.gateway.ratelimit import OPEN_TURNS_KEY, OPEN_TURNS_QUERY
 from tests.support.gateway import (
     answer_text,
     auth,
@@ -269,9 +270,22 @@ async def test_gateway_sheds_load_with_429_and_retry_after(settings: Settings, t
 async def test_past_its_turns_in_flight_the_gateway_sheds_with_429_until_a_turn_ends(
     settings: Settings, tmp_path: Path
 ) -> None:
-    # The budget is shared by every replica (a Redis counter): room for exactly one more turn.
-    async with redis.asyncio.from_url(settings.redis_url) as store:
-        open_now = int(await store.get(OPEN_TURNS_KEY) or 0)
+    # The budget is shared by every replica (a Redis counter, reconciled with the turns
+    # table every few seconds): room for exactly one more turn than are open now.
+    # Wait until earlier tests' turns have ended and the counter agrees with the table.
+    seen: list[int] = []
+    async with (
+        await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as db,
+        redis.asyncio.from_url(settings.redis_url) as store,
+    ):
+        for _ in range(60):
+            row = await (await db.execute(OPEN_TURNS_QUERY)).fetchone()
+            seen.append(int(row[0]) if row else 0)
+            counter = int(await store.get(OPEN_TURNS_KEY) or 0)
+            if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3] == counter:
+                break
+            await asyncio.sleep(0.5)
+    open_now = seen[-1]
     with running_gateway(tmp_path, A0_GATEWAY_MAX_INFLIGHT_TURNS=str(open_now + 1)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as gateway:
             headers = auth(settings, "shed-user")
