@@ -4,7 +4,7 @@ the coalescing of answer text into deltas."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -38,6 +38,13 @@ def sim() -> Any:
     return create_app(KEY, latency_ms=0, tokens_per_s=0)
 
 
+@pytest.fixture
+async def llm(sim: Any) -> AsyncIterator[LLMClients]:
+    clients_ = clients(sim)
+    yield clients_
+    await clients_.aclose()
+
+
 async def chat(llm: LLMClients, content: str, *, api_key: str = KEY, model: str = "a0-sim-1") -> Any:
     pieces: list[tuple[int, str]] = []
 
@@ -56,12 +63,8 @@ async def chat(llm: LLMClients, content: str, *, api_key: str = KEY, model: str 
     return completion, pieces
 
 
-async def test_a_tool_call_is_assembled_from_its_chunks(sim: Any) -> None:
-    llm = clients(sim)
-    try:
-        completion, pieces = await chat(llm, "compute 6*7")
-    finally:
-        await llm.aclose()
+async def test_a_tool_call_is_assembled_from_its_chunks(llm: LLMClients) -> None:
+    completion, pieces = await chat(llm, "compute 6*7")
     assert pieces == [] and completion.text == ""
     [call] = completion.tool_calls
     assert call["type"] == "function" and call["id"]
@@ -69,36 +72,24 @@ async def test_a_tool_call_is_assembled_from_its_chunks(sim: Any) -> None:
     assert '"6*7"' in call["function"]["arguments"]
 
 
-async def test_text_arrives_in_pieces_with_their_offsets(sim: Any) -> None:
-    llm = clients(sim)
-    try:
-        completion, pieces = await chat(llm, "long answer")
-    finally:
-        await llm.aclose()
+async def test_text_arrives_in_pieces_with_their_offsets(llm: LLMClients) -> None:
+    completion, pieces = await chat(llm, "long answer")
     assert len(pieces) > 100
     assert "".join(text for _, text in pieces) == completion.text
     offsets = [position for position, _ in pieces]
     assert offsets == [sum(len(t) for _, t in pieces[:i]) for i in range(len(pieces))]
 
 
-async def test_a_wrong_key_is_an_auth_error_that_does_not_quote_it(sim: Any) -> None:
-    llm = clients(sim)
-    try:
-        with pytest.raises(LLMError) as info:
-            await chat(llm, "hello", api_key="sk-wrong-key-999")
-    finally:
-        await llm.aclose()
+async def test_a_wrong_key_is_an_auth_error_that_does_not_quote_it(llm: LLMClients) -> None:
+    with pytest.raises(LLMError) as info:
+        await chat(llm, "hello", api_key="sk-wrong-key-999")
     assert info.value.code == "llm_auth" and not info.value.retryable
     assert "sk-wrong" not in info.value.message
 
 
-async def test_an_unknown_model_says_to_check_the_model(sim: Any) -> None:
-    llm = clients(sim)
-    try:
-        with pytest.raises(LLMError) as info:
-            await chat(llm, "hello", model="no-such-model")
-    finally:
-        await llm.aclose()
+async def test_an_unknown_model_says_to_check_the_model(llm: LLMClients) -> None:
+    with pytest.raises(LLMError) as info:
+        await chat(llm, "hello", model="no-such-model")
     assert info.value.code == "llm_model" and "model" in info.value.message
 
 
