@@ -4,13 +4,13 @@ and ``opa fmt``, and answers the decision path the services query."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from services.common.settings import OpaSettings, StackSettings
+from a0ctl.runtime.artifacts import ensure_opa
+from services.common.settings import load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -19,31 +19,10 @@ POLICY_DIR = REPO / "stack" / "opa"
 DECISION_QUERY = "data.a0.authz.decision"  # served as POST /v1/data/a0/authz/decision
 
 
-def _find_opa() -> Path | None:
-    version = OpaSettings().version
-    candidates: list[Path] = []
-    on_path = shutil.which("opa")
-    if on_path:
-        candidates.append(Path(on_path))
-    stack = StackSettings()
-    candidates.append(stack.resolve(stack.cache_dir) / f"opa-{version}" / "opa")
-    candidates.append(Path.home() / ".cache" / "a0" / f"opa-{version}" / "opa")
-    for candidate in candidates:
-        if candidate.is_file() and candidate.stat().st_mode & 0o111:
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
 def opa() -> Path:
-    binary = _find_opa()
-    if binary is None:
-        version = OpaSettings().version
-        pytest.skip(
-            f"no opa binary: not on PATH and not at ~/.cache/a0/opa-{version}/opa "
-            f"(install OPA {version} to run the policy tests)"
-        )
-    return binary
+    # The pinned binary, built with `go install` when missing: what `a0ctl up` runs.
+    return ensure_opa(load_settings())
 
 
 def _run(opa: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
