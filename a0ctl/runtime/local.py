@@ -300,6 +300,10 @@ class LocalRuntime:
                 self._check_ports(self.services[name])
                 self.services[name].prepare()
         self._ensure_supervisor()
+        return self._start_stopped(names, progress)
+
+    def _start_stopped(self, names: tuple[str, ...], progress: ProgressFn | None) -> list[ServiceStatus]:
+        """Start those of ``names`` supervisord is not running, wait for their health."""
         processes = self.supervisor.processes()
         for name in names:
             if processes[name].statename not in ACTIVE_STATES:
@@ -339,15 +343,7 @@ class LocalRuntime:
         self.services = build_services(self.settings, self.state, self.replicas())
         self._ensure_supervisor()
         names = self._expand((service,))
-        processes = self.supervisor.processes()
-        for name in names:
-            if processes[name].statename not in ACTIVE_STATES:
-                if progress:
-                    progress(name, "starting")
-                self.supervisor.start(name)
-        self._wait_all(list(names), progress)
-        self.record_pids(self.supervisor.processes())
-        return [s for s in self.status() if s.name in names]
+        return self._start_stopped(names, progress)
 
     def _known(self, service: str) -> tuple[str, ...]:
         names = self._expand((service,))

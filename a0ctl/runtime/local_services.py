@@ -158,10 +158,6 @@ def python() -> str:
         return sys.executable
 
 
-def worker_name(replica: int) -> str:
-    return replica_name("conversation-worker", replica)
-
-
 def worker_metrics_port(settings: Settings, replica: int) -> int:
     return settings.worker.metrics_port + 10 * replica
 
@@ -293,6 +289,22 @@ def build_services(
     def app_command(name: str) -> Callable[[], list[str]]:
         return lambda: [python(), "-m", "a0ctl", "run", name]
 
+    def consumer_replicas(
+        service: str, metrics_port: Callable[..., int], port_variable: str
+    ) -> list[LocalService]:
+        """The replicas of a consumer service: one group, each on its own metrics port."""
+        return [
+            LocalService(
+                name=replica_name(service, replica),
+                port=metrics_port(settings, replica),
+                probe=health.metrics_probe(partial(metrics_port, replica=replica)),
+                command=app_command(service),
+                env={port_variable: str(metrics_port(settings, replica))},
+                app=True,
+            )
+            for replica in range(scaled[service])
+        ]
+
     services = [
         LocalService(
             name="kafka",
@@ -378,28 +390,8 @@ def build_services(
             command=app_command("llm-sim"),
             app=True,
         ),
-        *(
-            LocalService(
-                name=replica_name("tool-executor", replica),
-                port=tools_metrics_port(settings, replica),
-                probe=health.metrics_probe(partial(tools_metrics_port, replica=replica)),
-                command=app_command("tool-executor"),
-                env={"A0_TOOLS_METRICS_PORT": str(tools_metrics_port(settings, replica))},
-                app=True,
-            )
-            for replica in range(scaled["tool-executor"])
-        ),
-        *(
-            LocalService(
-                name=worker_name(replica),
-                port=worker_metrics_port(settings, replica),
-                probe=health.metrics_probe(partial(worker_metrics_port, replica=replica)),
-                command=app_command("conversation-worker"),
-                env={"A0_WORKER_METRICS_PORT": str(worker_metrics_port(settings, replica))},
-                app=True,
-            )
-            for replica in range(scaled["conversation-worker"])
-        ),
+        *consumer_replicas("tool-executor", tools_metrics_port, "A0_TOOLS_METRICS_PORT"),
+        *consumer_replicas("conversation-worker", worker_metrics_port, "A0_WORKER_METRICS_PORT"),
         LocalService(
             name="gateway",
             port=settings.gateway.port,
