@@ -79,9 +79,6 @@ class Envelope(BaseModel):
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
 
-    def key(self) -> bytes:
-        return self.conversation_id.encode()
-
     def client_event(self) -> dict[str, Any]:
         """The JSON a client receives (SSE data, WebSocket message, REST list item)."""
         return self.model_dump(mode="json", exclude={"v"})

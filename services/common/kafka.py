@@ -69,9 +69,14 @@ async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
 
 async def publish(producer: AIOKafkaProducer, topic: str, envelope: Envelope) -> asyncio.Future[object]:
     """Queue an envelope (W3C trace context in the headers); await the result for the ack."""
-    return await producer.send(
-        topic, envelope.to_bytes(), key=envelope.key(), headers=telemetry.kafka_headers()
-    )
+    return await publish_encoded(producer, topic, envelope.conversation_id, envelope.to_bytes())
+
+
+async def publish_encoded(
+    producer: AIOKafkaProducer, topic: str, conversation_id: str, value: bytes
+) -> asyncio.Future[object]:
+    """:func:`publish` for an envelope already in its wire encoding."""
+    return await producer.send(topic, value, key=conversation_id.encode(), headers=telemetry.kafka_headers())
 
 
 async def dead_letter(

@@ -23,9 +23,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
-from services.common import telemetry
 from services.common.envelope import Envelope, EventType, wire_event
-from services.common.kafka import OUTBOUND, PoisonRecord, publish
+from services.common.kafka import OUTBOUND, PoisonRecord, publish, publish_encoded
 
 # One statement for a whole step of a turn, so it is stored whole or not at all, in one
 # round trip: the events not stored yet under their keys get the conversation's next
@@ -147,7 +146,8 @@ class EventLog:
                     events.append(event)
             pending = self._unacked[conversation_id]
             for event in events:
-                pending.append(await self._publish(event))
+                encoded = orjson.dumps(event)
+                pending.append(await publish_encoded(self.producer, OUTBOUND, conversation_id, encoded))
         if end is not None:
             await self._confirm(pending)
         return Step(events, bool(rows and rows[0][3]))
@@ -161,14 +161,6 @@ class EventLog:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-
-    async def _publish(self, event: dict[str, Any]) -> asyncio.Future[Any]:
-        return await self.producer.send(
-            OUTBOUND,
-            orjson.dumps(event),
-            key=event["conversation_id"].encode(),
-            headers=telemetry.kafka_headers(),
-        )
 
     def forget(self, conversation_id: str) -> None:
         """Drop per-conversation state once nothing of it is in flight."""

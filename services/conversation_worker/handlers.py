@@ -164,8 +164,9 @@ class TurnRunner:
                     completion = await self._llm_round(
                         envelope, transcript, round_, deltas, offer_tools=round_ < max_rounds
                     )
-                finally:
+                except BaseException:
                     deltas.abandon()
+                    raise
                 tail = await deltas.close()
                 calls = completion.tool_calls
                 if not calls:
