@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from a0ctl.client import SseParser
 from a0ctl.topics.admin import consumer_lag
@@ -98,8 +98,10 @@ class LoadReport(BaseModel):
     errors: list[str]
     sla: Sla = Sla()
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
+        """Every session to the end; nothing failed, lost or shown twice; the SLA met."""
         return (
             self.sent > 0
             and self.lost == 0

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
+from a0ctl import subprocesses
 from services.common.errors import StackError
 from services.common.settings import Settings
 
@@ -45,7 +45,7 @@ def ensure_kafka(settings: Settings) -> Path:
     staging = libs.parent / "libs.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    result = subprocess.run(
+    subprocesses.run(
         [
             mvn,
             "-q",
@@ -57,16 +57,10 @@ def ensure_kafka(settings: Settings) -> Path:
             "-DincludeScope=runtime",
             f"-DoutputDirectory={staging}",
         ],
-        capture_output=True,
-        text=True,
+        what=f"resolving Apache Kafka {settings.kafka.version} with Maven",
+        service="kafka",
+        hint="check that Maven Central is reachable and A0_KAFKA_VERSION names a released version",
     )
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise StackError(
-            f"could not resolve Apache Kafka {settings.kafka.version} with Maven:\n{tail}",
-            service="kafka",
-            hint="check that Maven Central is reachable and A0_KAFKA_VERSION names a released version",
-        )
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
     marker.write_text(settings.kafka.version)
@@ -84,21 +78,18 @@ def ensure_opa(settings: Settings) -> Path:
         return cached
     on_path = shutil.which("opa")
     if on_path:
-        probe = subprocess.run([on_path, "version"], capture_output=True, text=True)
+        probe = subprocesses.run([on_path, "version"], what="opa version", service="opa", check=False)
         if f"Version: {settings.opa.version.lstrip('v')}" in probe.stdout:
             return Path(on_path)
     go = _require("go", "install Go (https://go.dev) or put opa on PATH", "opa")
     env = {**os.environ, "GOBIN": str(cached.parent), "CGO_ENABLED": "0"}
-    result = subprocess.run(
-        [go, "install", f"{OPA_MODULE}@{settings.opa.version}"], capture_output=True, text=True, env=env
+    hint = "check the Go module proxy is reachable and A0_OPA_VERSION names a released version"
+    what = f"building opa {settings.opa.version} with go install"
+    subprocesses.run(
+        [go, "install", f"{OPA_MODULE}@{settings.opa.version}"], what=what, service="opa", hint=hint, env=env
     )
-    if result.returncode != 0 or not cached.exists():
-        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
-        raise StackError(
-            f"could not build opa {settings.opa.version} with go install:\n{tail}",
-            service="opa",
-            hint="check the Go module proxy is reachable and A0_OPA_VERSION names a released version",
-        )
+    if not cached.exists():
+        raise StackError(f"{what} left no binary at {cached}", service="opa", hint=hint)
     return cached
 
 

@@ -12,7 +12,6 @@ import pwd
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from a0ctl import subprocesses
 from a0ctl.runtime import artifacts, health
 from a0ctl.runtime.postgres import HBA, UPGRADE_HBA, hba_trusts, initdb_argv, provision, write_owned
 from services.common.errors import StackError
@@ -51,10 +51,7 @@ class LocalService:
 
 
 def _run_checked(argv: list[str], service: str, what: str, user: str | None = None) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, **run_as(user))
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-10:])
-        raise StackError(f"{what} failed:\n{tail}", service=service)
+    subprocesses.run(argv, what=what, service=service, **run_as(user))
 
 
 def run_as(user: str | None) -> dict[str, Any]:
