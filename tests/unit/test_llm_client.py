@@ -17,6 +17,7 @@ from services.conversation_worker.events import Draft
 from services.conversation_worker.llm import LLMClients, LLMError, StreamAccumulator, status_error
 from services.llm_sim.main import create_app
 from services.tool_executor.tools import load_tools
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -147,11 +148,13 @@ class Recorder:
     def __init__(self, fail_first: int = 0) -> None:
         self.batches: list[list[Draft]] = []
         self.fail_first = fail_first
+        self.failed = asyncio.Event()  # set when a batch was refused
 
     async def emit_batch(self, source: Envelope, drafts: Sequence[Draft]) -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a real sink awaits I/O: let other tasks run here
         if self.fail_first:
             self.fail_first -= 1
+            self.failed.set()
             raise ConnectionError("database went away")
         self.batches.append(list(drafts))
 
@@ -181,10 +184,7 @@ async def test_text_waits_at_most_one_window() -> None:
     await stream.add("a", 0)
     await stream.add("b", 1)  # inside the window: waits for the timer
     assert [[d.payload["text"] for d in b] for b in sink.batches] == [["a"]]
-    for _ in range(100):
-        if len(sink.batches) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(sink.batches) == 2, 1, "the timed flush", poll_s=0.01)
     assert [d.payload["text"] for d in sink.batches[1]] == ["b"]
     assert await stream.close() == []
 
@@ -206,7 +206,7 @@ async def test_a_failed_timed_flush_is_raised_to_the_turn_and_loses_no_text() ->
     await stream.add("one ", 0)
     sink.fail_first = 1
     await stream.add("two ", 4)  # flushed by the timer, which fails
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(sink.failed.wait(), 1)
     with pytest.raises(ConnectionError):
         await stream.add("three", 8)
     # The turn is retried from the table: nothing after "one " was recorded as sent.
