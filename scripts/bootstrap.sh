@@ -3,7 +3,8 @@
 #   - Debian packages: redis-server, postgresql, maven, a Java runtime, chromium (browser tests),
 #     bubblewrap and python3-seccomp (the tool sandbox)
 #   - the unprivileged user `a0-tools` that the tool executor and its sandbox run as
-#   - the Python environment in .venv (re-installed only when pyproject.toml changes)
+#   - the Python environment in .venv, exactly as pinned in uv.lock (scripts/uv.sh runs the
+#     pinned uv, installed once from PyPI)
 # Kafka's jars (Maven Central) and the opa binary (go install) are fetched into
 # ~/.cache/a0 by `a0ctl up` itself, once.
 set -euo pipefail
@@ -44,16 +45,8 @@ if ! getent passwd a0-tools >/dev/null; then
   $SUDO useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin a0-tools
 fi
 
+# Exactly the versions in uv.lock (hashes checked), into .venv; a second run checks and
+# changes nothing. --locked refuses a uv.lock that no longer matches pyproject.toml.
 PY=${PYTHON:-python3}
-stamp=".venv/.a0-installed"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [[ ! -x .venv/bin/python ]]; then
-  echo "bootstrap: creating .venv"
-  "$PY" -m venv .venv
-fi
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-  echo "bootstrap: installing Python packages into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
-  echo "$want" > "$stamp"
-fi
+./scripts/uv.sh sync --locked --extra dev --python "$PY" --quiet
 echo "bootstrap: ok"
