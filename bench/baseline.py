@@ -48,7 +48,6 @@ async def _turn(
             [{"role": "system", "content": SYSTEM_PROMPT}, *transcript],
             tools=specs if round_ < max_rounds else None,
             on_text=ignore,
-            shard_key=conversation_id,
             fallback_call_id=partial(fallback_call_id, round_),
         )
         if not completion.tool_calls:
