@@ -32,10 +32,13 @@ async def serve(app: Any) -> AsyncIterator[str]:
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
+
+    def started() -> bool:
         if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+            task.result()  # raises why it could not start
+        return bool(server.started)
+
+    await eventually(started, 10, "the simulator serving", poll_s=0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}/v1"
