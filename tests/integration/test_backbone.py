@@ -330,19 +330,22 @@ async def test_past_its_turns_in_flight_the_gateway_sheds_with_429_until_a_turn_
 async def test_cancel_kills_a_running_tool_process(settings: Settings, client) -> None:
     # The sandbox shares no file with the host: its processes are watched from outside.
     code = "import time\nwhile True:\n    time.sleep(0.05)"
+    before = sandboxed_processes(settings.tools.run_as)  # other stacks' on this machine
     headers = auth(settings, "alice")
     conversation_id = await create_conversation(client, headers)
     events = sse_events(client, headers, conversation_id)
     accepted = await post_message(client, headers, conversation_id, f"run python: {code}")
     await read_until(events, "tool.call")
-    await eventually(lambda: sandboxed_processes(settings.tools.run_as), 10, "the tool's process started")
+    await eventually(
+        lambda: sandboxed_processes(settings.tools.run_as, before), 10, "the tool's process started"
+    )
     await client.post(
         f"/v1/conversations/{conversation_id}/cancel", json={"turn_id": accepted["turn_id"]}, headers=headers
     )
     rest = await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 10)
     await events.aclose()
     assert rest[-1]["type"] == "cancelled"
-    await wait_until_no_sandboxed_processes(settings.tools.run_as, timeout=5)
+    await wait_until_no_sandboxed_processes(settings.tools.run_as, timeout=5, besides=before)
 
 
 async def test_another_user_cannot_read_or_write_a_conversation(settings: Settings, client) -> None:

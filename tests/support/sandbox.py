@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+from collections.abc import Collection
 from pathlib import Path
 
 from tests.support.waiting import eventually
@@ -17,8 +18,10 @@ def _field(status: str, name: str) -> str:
     return ""
 
 
-def sandboxed_processes(tool_user: str) -> list[int]:
-    """Host pids of processes run as the tool user inside another pid namespace."""
+def sandboxed_processes(tool_user: str, besides: Collection[int] = ()) -> list[int]:
+    """Host pids of processes run as the tool user inside another pid namespace, except
+    ``besides``: sandboxes that ran before a test began, e.g. those of another stack on
+    the same machine (every stack's tools run as the same user)."""
     uid = str(pwd.getpwnam(tool_user).pw_uid)
     ours = os.readlink("/proc/self/ns/pid")
     found = []
@@ -31,17 +34,21 @@ def sandboxed_processes(tool_user: str) -> list[int]:
             namespace = os.readlink(f"/proc/{entry}/ns/pid")
         except OSError:
             continue  # gone meanwhile
-        if _field(status, "Uid").split()[:1] == [uid] and namespace != ours:
+        if _field(status, "Uid").split()[:1] == [uid] and namespace != ours and int(entry) not in besides:
             found.append(int(entry))
     return found
 
 
-async def wait_until_no_sandboxed_processes(tool_user: str, timeout: float = 10.0) -> None:
-    """Poll until nothing of any sandbox is left; fail with what is left otherwise."""
+async def wait_until_no_sandboxed_processes(
+    tool_user: str, timeout: float = 10.0, besides: Collection[int] = ()
+) -> None:
+    """Poll until nothing of any sandbox (but ``besides``) is left; fail with what is left."""
     try:
-        await eventually(lambda: not sandboxed_processes(tool_user), timeout, "no sandboxed process left")
+        await eventually(
+            lambda: not sandboxed_processes(tool_user, besides), timeout, "no sandboxed process left"
+        )
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; left running: {sandboxed_processes(tool_user)}") from None
+        raise AssertionError(f"{exc}; left running: {sandboxed_processes(tool_user, besides)}") from None
 
 
 def process_tree(root: int) -> list[int]:
