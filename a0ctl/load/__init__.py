@@ -35,6 +35,7 @@ from a0ctl.client import SseParser
 from a0ctl.topics.admin import consumer_lag
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
+from services.common.errors import A0Error
 from services.common.settings import Settings
 
 TERMINAL = frozenset(str(t) for t in TERMINAL_EVENTS)
@@ -288,7 +289,7 @@ class _Session:
             await self.http.aclose()
 
 
-class _SessionFailed(Exception):
+class _SessionFailed(A0Error):
     """A session cannot go on; the message says why."""
 
 

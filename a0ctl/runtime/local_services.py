@@ -20,9 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, health
 from a0ctl.runtime.postgres import HBA, UPGRADE_HBA, hba_trusts, initdb_argv, provision, write_owned
-from services.common.errors import StackError
 from services.common.settings import Settings
 
 

@@ -16,16 +16,13 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import httpx
-import psycopg
-import psycopg_pool
-import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EnvelopeError
+from services.common.errors import PoisonRecord, TransientError, is_transient
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,27 +90,6 @@ async def dead_letter(
         *((f"a0-dlq-{key}", value.encode()) for key, value in extra.items()),
     ]
     await (await producer.send(topic, record.value or b"", key=record.key, headers=headers))
-
-
-class PoisonRecord(Exception):
-    """The record can never be handled: it goes to the dead-letter topic with this reason."""
-
-
-class TransientError(Exception):
-    """Worth retrying with backoff (a dependency briefly unavailable)."""
-
-
-# A dependency that is down or restarting: retry the record, never dead-letter it early.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    TransientError,
-    KafkaError,
-    OSError,
-    psycopg.OperationalError,
-    psycopg_pool.PoolTimeout,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    httpx.TransportError,
-)
 
 
 Handler = Callable[[Envelope, ConsumerRecord[bytes, bytes]], Awaitable[None]]
@@ -261,7 +237,13 @@ class ConsumerLoop:
             except PoisonRecord as exc:
                 await self._dead_letter(record, str(exc))
                 return
-            except TRANSIENT_ERRORS as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):  # a handler bug must not stop the partition forever
+                    log.exception("handler failed on %s", envelope.id)
+                    await self._dead_letter(record, f"handler error: {type(exc).__name__}: {exc}")
+                    return
                 if attempt == self.retries:
                     await self._dead_letter(record, f"gave up after {attempt + 1} attempts: {exc}")
                     return
@@ -274,12 +256,6 @@ class ConsumerLoop:
                     exc,
                 )
                 await asyncio.sleep(delay)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a handler bug must not stop the partition forever
-                log.exception("handler failed on %s", envelope.id)
-                await self._dead_letter(record, f"handler error: {type(exc).__name__}: {exc}")
-                return
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         metrics.DEAD_LETTERS.labels(self.group_id).inc()

@@ -24,7 +24,8 @@ from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.envelope import Envelope, EventType, wire_event
-from services.common.kafka import OUTBOUND, PoisonRecord, publish, publish_encoded
+from services.common.errors import PoisonRecord
+from services.common.kafka import OUTBOUND, publish, publish_encoded
 
 # One statement for a whole step of a turn, so it is stored whole or not at all, in one
 # round trip: the events not stored yet under their keys get the conversation's next

@@ -20,8 +20,8 @@ from redis.asyncio import Redis
 
 from services.common import metrics
 from services.common.envelope import Envelope, EventType, tool_call_key
-from services.common.errors import CredentialError, PolicyDenied
-from services.common.kafka import TOOL_REQUESTS, PoisonRecord, publish
+from services.common.errors import CredentialError, PoisonRecord, PolicyDenied
+from services.common.kafka import TOOL_REQUESTS, publish
 from services.common.settings import Settings
 from services.conversation_worker.deltas import DeltaStream
 from services.conversation_worker.events import Draft, EventLog

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from services.common import metrics
 from services.common.envelope import CLIENT_EVENTS, Envelope, EnvelopeError
+from services.common.errors import A0Error
 from services.common.kafka import OUTBOUND, dead_letter
 from services.common.settings import Settings
 
@@ -35,7 +36,7 @@ DEAD_LETTER_TOPIC = "dlq.gateway"
 PAGE = 500
 
 
-class SlowConsumer(Exception):
+class SlowConsumer(A0Error):
     """The client fell more than a queue behind; close its stream, it resumes on reconnect."""
 
 

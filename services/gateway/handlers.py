@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import psycopg
-from aiokafka.errors import KafkaError
 from opentelemetry.trace import SpanKind
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 
 from services.common.auth import Principal
 from services.common.envelope import Envelope, EventType, new_id
+from services.common.errors import is_transient
 from services.common.kafka import INBOUND, publish
 from services.common.telemetry import tracer
 from services.gateway import ratelimit
@@ -200,7 +200,9 @@ async def publish_confirmed(state: GatewayState, envelope: Envelope) -> None:
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
             delivery = await publish(state.producer, INBOUND, envelope)
             await delivery
-    except (KafkaError, TimeoutError, OSError) as exc:
+    except Exception as exc:
+        if not is_transient(exc):  # TimeoutError is one: an OSError
+            raise
         log.warning("publishing %s %s failed: %s: %s", envelope.type, envelope.id, type(exc).__name__, exc)
         raise Unavailable(BROKER_DOWN) from exc
 

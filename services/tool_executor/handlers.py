@@ -19,8 +19,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common import metrics
 from services.common.envelope import Envelope, EventType, tool_call_key
-from services.common.kafka import TOOL_RESULTS, PoisonRecord, TransientError, publish
-from services.common.policy import PolicyClient, PolicyUnavailable
+from services.common.errors import PoisonRecord, is_transient
+from services.common.kafka import TOOL_RESULTS, publish
+from services.common.policy import PolicyClient
 from services.tool_executor.sandbox import SandboxLimits
 from services.tool_executor.tools import Tool, ToolContext, ToolError
 
@@ -58,9 +59,9 @@ class ToolExecutor:
         key = tool_call_key(envelope.turn_id, call_id)
         try:
             await self._answer(envelope, call_id, name, key)
-        except (PoisonRecord, TransientError, asyncio.CancelledError):
-            raise
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, PoisonRecord) or is_transient(exc):
+                raise  # dead-lettered as it is, or retried by the consumer loop
             # The record goes to the dead-letter topic; the turn still gets an answer,
             # rather than waiting out its timeout.
             failure = {
@@ -124,12 +125,10 @@ class ToolExecutor:
                 **base,
                 "error": {"code": "bad_arguments", "message": "tool arguments must be a JSON object"},
             }
-        try:
-            decision = await self.policy.decide(
-                "tool.call", envelope.user_id, tool=name, conversation_id=envelope.conversation_id
-            )
-        except PolicyUnavailable as exc:
-            raise TransientError(str(exc)) from exc
+        # PolicyUnavailable is transient: the consumer loop asks again after a backoff.
+        decision = await self.policy.decide(
+            "tool.call", envelope.user_id, tool=name, conversation_id=envelope.conversation_id
+        )
         if not decision.allow:
             metrics.TOOL_CALLS.labels(name, "denied").inc()
             return {**base, "error": {"code": "denied", "message": f"policy {decision.reason}"}}

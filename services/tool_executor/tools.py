@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field
 
+from services.common.errors import A0Error
 from services.tool_executor.sandbox import SandboxError, SandboxLimits, run_code
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "a0.tools"
 
 
-class ToolError(Exception):
+class ToolError(A0Error):
     """A tool failure to report to the model/user; ``str(err)`` is the message."""
 
     code: str = "tool_failed"

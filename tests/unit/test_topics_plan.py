@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from a0ctl.errors import TopicsFileError
 from a0ctl.topics.model import load_topics_file, resolve
 from a0ctl.topics.plan import LiveTopic, compute_plan
-from services.common.errors import TopicsFileError
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
