@@ -27,11 +27,6 @@ from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-INBOUND = "conversation.inbound"
-OUTBOUND = "conversation.outbound"
-TOOL_REQUESTS = "tool.requests"
-TOOL_RESULTS = "tool.results"
-
 
 def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(

@@ -9,7 +9,6 @@ finished step and re-emits nothing a client has already seen.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -18,17 +17,20 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from redis.asyncio import Redis
 
-from services.common import metrics
+from services.common import metrics, open_turns
 from services.common.envelope import Envelope, EventType, tool_call_key
 from services.common.errors import CredentialError, PoisonRecord, PolicyDenied
-from services.common.kafka import TOOL_REQUESTS, publish
+from services.common.kafka import publish
 from services.common.settings import Settings
+from services.common.tools import ToolResult
+from services.common.topics import TOOL_REQUESTS
+from services.common.turns import TERMINAL, TurnStatus
 from services.conversation_worker.deltas import DeltaStream
 from services.conversation_worker.events import Draft, EventLog
 from services.conversation_worker.llm import Completion, LLMClients, LLMError, classify
 from services.conversation_worker.results import ToolResults
 from services.conversation_worker.sequencer import Sequencer
-from services.conversation_worker.turns import TERMINAL, Transcript, TurnStart, TurnStatus, TurnStore
+from services.conversation_worker.turns import Transcript, TurnStart, TurnStore
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,6 @@ SYSTEM_PROMPT = (
     "You are a helpful assistant in the a0 agent stack. Use the tools offered when they help, "
     "and answer concisely."
 )
-OPEN_TURNS_KEY = "a0:turns:open"
 
 
 @dataclass
@@ -118,17 +119,17 @@ class TurnRunner:
         metrics.TURNS_INFLIGHT.inc()
         try:
             await self._rounds(envelope, start)
-            metrics.TURNS.labels("completed").inc()
+            metrics.TURNS.labels(TurnStatus.COMPLETED).inc()
         except asyncio.CancelledError:
             if turn_id not in self.cancel_requested:
                 raise  # the worker is stopping: the turn is redelivered and resumes
             if await self.store.status(turn_id) not in TERMINAL:  # not if it had just finished
                 await self._end(envelope, TurnStatus.CANCELLED, [_cancelled(turn_id)])
-            metrics.TURNS.labels("cancelled").inc()
+            metrics.TURNS.labels(TurnStatus.CANCELLED).inc()
         except LLMError as exc:
             error = Draft(EventType.ERROR, {"code": exc.code, "message": exc.message}, f"error:{turn_id}")
             await self._end(envelope, TurnStatus.FAILED, [error])
-            metrics.TURNS.labels("failed").inc()
+            metrics.TURNS.labels(TurnStatus.FAILED).inc()
         finally:
             metrics.TURNS_INFLIGHT.dec()
             metrics.TURN_SECONDS.observe(time.monotonic() - started)
@@ -222,7 +223,7 @@ class TurnRunner:
         self, envelope: Envelope, transcript: Transcript, calls: list[dict[str, Any]]
     ) -> None:
         turn_id = envelope.turn_id
-        waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        waiting: dict[str, asyncio.Future[ToolResult]] = {}
         open_calls = self.open_calls.setdefault(turn_id, set())
         requests = []
         for call in calls:
@@ -251,18 +252,13 @@ class TurnRunner:
             try:
                 result = await asyncio.wait_for(asyncio.shield(waiting[call_id]), timeout)
             except TimeoutError:
-                result = {
-                    "call_id": call_id,
-                    "name": name,
-                    "error": {"code": "timeout", "message": f"no result within {timeout:.0f}s"},
-                }
+                result = ToolResult.failed(call_id, name, "timeout", f"no result within {timeout:.0f}s")
             open_calls.discard(call_id)
             self.results.forget(key)
-            content = result["output"] if "output" in result else json.dumps({"error": result.get("error")})
-            body = {"role": "tool", "tool_call_id": call_id, "name": name, "content": content}
+            body = {"role": "tool", "tool_call_id": call_id, "name": name, "content": result.for_model()}
             await self.events.emit_batch(
                 envelope,
-                [Draft(EventType.TOOL_RESULT, result, f"toolresult:{key}")],
+                [Draft(EventType.TOOL_RESULT, result.payload(), f"toolresult:{key}")],
                 messages=[(f"tool:{key}", body)],
             )
             transcript.add(f"tool:{key}", body)
@@ -299,9 +295,7 @@ class TurnRunner:
         ends, its slot in the gateway's budget of open turns is released."""
         step = await self.events.emit_batch(envelope, drafts, messages=messages or [], end=str(status))
         if step.ended:
-            value = await self.redis.decr(OPEN_TURNS_KEY)
-            if value < 0:
-                await self.redis.set(OPEN_TURNS_KEY, 0)
+            await open_turns.release(self.redis)
 
 
 def _cancelled(turn_id: str) -> Draft:

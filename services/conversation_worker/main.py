@@ -12,17 +12,18 @@ from prometheus_client import start_http_server
 
 from services.common.credentials import CredentialStore
 from services.common.db import migrate, open_pool
-from services.common.kafka import INBOUND, ConsumerLoop, make_producer
+from services.common.kafka import ConsumerLoop, make_producer
 from services.common.logging import setup_logging
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
+from services.common.tools import tool_catalog
+from services.common.topics import INBOUND, dead_letter_topic
 from services.conversation_worker.events import EventLog
 from services.conversation_worker.handlers import TurnRunner
 from services.conversation_worker.llm import LLMClients
 from services.conversation_worker.results import ToolResults
 from services.conversation_worker.turns import TurnStore
-from services.tool_executor.tools import load_tools
 
 log = logging.getLogger(__name__)
 GROUP = "a0-conversation-worker"
@@ -50,14 +51,14 @@ async def run(settings: Settings) -> None:
         events=EventLog(pool, producer),
         results=results,
         llm=llm,
-        tool_specs=[tool.spec.openai_tool() for tool in load_tools().values()],
+        tool_specs=[spec.openai_tool() for spec in tool_catalog()],
     )
     loop = ConsumerLoop(
         settings,
         topics=[INBOUND],
         group_id=GROUP,
         handler=runner.handle,
-        dead_letter_topic="dlq.conversation-worker",
+        dead_letter_topic=dead_letter_topic("conversation-worker"),
         producer=producer,
         max_in_flight=settings.worker.max_inflight,
     )

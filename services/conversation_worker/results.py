@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from pydantic import ValidationError
 
 from services.common.envelope import Envelope, EnvelopeError, EventType, tool_call_key
-from services.common.kafka import TOOL_RESULTS, partitions_of
+from services.common.kafka import partitions_of
 from services.common.settings import Settings
+from services.common.tools import ToolResult
+from services.common.topics import TOOL_RESULTS
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ class ToolResults:
             enable_auto_commit=False,
             client_id="worker-tool-results",
         )
-        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.pending: dict[str, asyncio.Future[ToolResult]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -46,7 +48,7 @@ class ToolResults:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.consumer.stop()
 
-    def expect(self, key: str) -> asyncio.Future[dict[str, Any]]:
+    def expect(self, key: str) -> asyncio.Future[ToolResult]:
         """A future for the result of a call, by :func:`tool_call_key`."""
         future = self.pending.get(key)
         if future is None or future.done():
@@ -70,4 +72,9 @@ class ToolResults:
                 continue
             future = self.pending.get(tool_call_key(envelope.turn_id, str(envelope.payload.get("call_id"))))
             if future is not None and not future.done():
-                future.set_result(envelope.payload)
+                try:
+                    future.set_result(ToolResult.model_validate(envelope.payload))
+                except ValidationError as exc:
+                    log.warning(
+                        "ignoring malformed tool result at %s@%d: %s", record.partition, record.offset, exc
+                    )

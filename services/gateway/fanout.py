@@ -26,13 +26,14 @@ from pydantic import ValidationError
 from services.common import metrics
 from services.common.envelope import CLIENT_EVENTS, Envelope, EnvelopeError
 from services.common.errors import A0Error
-from services.common.kafka import OUTBOUND, dead_letter
+from services.common.kafka import dead_letter
 from services.common.settings import Settings
+from services.common.topics import OUTBOUND, dead_letter_topic
 
 log = logging.getLogger("a0.gateway.fanout")
 
 QUEUE_SIZE = 1000
-DEAD_LETTER_TOPIC = "dlq.gateway"
+DEAD_LETTER_TOPIC = dead_letter_topic("gateway")
 PAGE = 500
 
 

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
+from services.common import open_turns
 from services.common.auth import check_sign_in
 from services.common.credentials import CredentialStore
 from services.common.db import migrate, open_pool
@@ -33,7 +34,7 @@ from services.gateway.deps import GatewayState
 from services.gateway.errors import NotFound, install_error_handlers
 from services.gateway.fanout import Hub, OutboundConsumer
 from services.gateway.middleware import GatewayMiddleware
-from services.gateway.ratelimit import OpenTurns, reconcile_open_turns
+from services.gateway.ratelimit import OpenTurns
 
 log = logging.getLogger("a0.gateway")
 
@@ -74,7 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub = Hub()
         outbound = OutboundConsumer(settings, hub, producer)
         consumer_task = asyncio.create_task(outbound.run(), name="outbound-consumer")
-        reconciler = asyncio.create_task(reconcile_open_turns(redis, pool), name="open-turns")
+        reconciler = asyncio.create_task(open_turns.reconcile(redis, pool), name="open-turns")
         app.state.gateway = GatewayState(
             settings=settings,
             pool=pool,

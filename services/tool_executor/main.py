@@ -9,11 +9,12 @@ import uvloop
 from prometheus_client import start_http_server
 
 from services.common.db import migrate, open_pool
-from services.common.kafka import TOOL_REQUESTS, ConsumerLoop, make_producer
+from services.common.kafka import ConsumerLoop, make_producer
 from services.common.logging import setup_logging
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
+from services.common.topics import TOOL_REQUESTS, dead_letter_topic
 from services.tool_executor.confinement import ConfinementError, confinement
 from services.tool_executor.handlers import ToolExecutor
 from services.tool_executor.privileges import drop_root
@@ -42,7 +43,7 @@ async def run(settings: Settings) -> None:
         topics=[TOOL_REQUESTS],
         group_id=GROUP,
         handler=executor.handle,
-        dead_letter_topic="dlq.tool-executor",
+        dead_letter_topic=dead_letter_topic("tool-executor"),
         producer=producer,
         max_in_flight=settings.tools.max_inflight,
     )

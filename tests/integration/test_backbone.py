@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from a0ctl.runtime.local import LocalRuntime
 from services.common.auth import mint_token
+from services.common.open_turns import OPEN_TURNS_KEY, OPEN_TURNS_QUERY
 from services.common.settings import Settings
-from services.gateway.ratelimit import OPEN_TURNS_KEY, OPEN_TURNS_QUERY
 from tests.support.gateway import (
     answer_text,
     auth,

@@ -12,11 +12,11 @@ import pytest
 
 from services.common.envelope import Envelope, EventType
 from services.common.settings import load_settings
+from services.common.tools import tool_catalog
 from services.conversation_worker.deltas import DeltaStream
 from services.conversation_worker.events import Draft
 from services.conversation_worker.llm import LLMClients, LLMError, StreamAccumulator, status_error
 from services.llm_sim.main import create_app
-from services.tool_executor.tools import load_tools
 
 pytestmark = pytest.mark.unit
 
@@ -51,7 +51,7 @@ async def chat(llm: LLMClients, content: str, *, api_key: str = KEY, model: str 
     async def on_text(text: str, position: int) -> None:
         pieces.append((position, text))
 
-    specs = [tool.spec.openai_tool() for tool in load_tools().values()]
+    specs = [spec.openai_tool() for spec in tool_catalog()]
     completion = await llm.stream_chat(
         config(api_key, model),
         [{"role": "user", "content": content}],
