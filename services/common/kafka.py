@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 
 from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EnvelopeError
-from services.common.errors import PoisonRecord, TransientError, is_transient
+from services.common.errors import PoisonRecord, is_transient
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,23 +39,6 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
         linger_ms=0,
         request_timeout_ms=15_000,
         max_request_size=1_048_576,
-    )
-
-
-async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
-    """Every partition of a topic (for consumers that read all of them, without a group)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"]:
-        raise TransientError(f"topic {topic} is not available (error {described['error_code']})")
-    return sorted(
-        (TopicPartition(topic, p["partition"]) for p in described["partitions"]), key=lambda tp: tp.partition
     )
 
 

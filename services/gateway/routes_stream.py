@@ -64,7 +64,7 @@ async def _sse_stream(
 ) -> AsyncIterator[ServerSentEvent]:
     metrics.CLIENTS.labels("sse").inc()
     try:
-        async with Subscription(state.hub, state.pool, conversation_id, after) as events:
+        async with Subscription(state.hub, state.history, conversation_id, after) as events:
             async for envelope in events:
                 metrics.EVENTS_FANNED_OUT.labels(str(envelope.type)).inc()
                 yield sse_event(envelope)
@@ -234,7 +234,7 @@ class WsSession:
 
     async def _follow(self, conversation_id: str, after: int, request_id: str | None) -> None:
         try:
-            async with Subscription(self.state.hub, self.state.pool, conversation_id, after) as events:
+            async with Subscription(self.state.hub, self.state.history, conversation_id, after) as events:
                 async for envelope in events:
                     await self.send(envelope.client_event())
                     metrics.EVENTS_FANNED_OUT.labels(str(envelope.type)).inc()
