@@ -513,6 +513,32 @@ async def test_gateway_dead_letters_an_unreadable_outbound_record(settings: Sett
     assert turn[-1]["type"] == "message.completed"
 
 
+async def test_worker_dead_letters_an_unreadable_tool_result_and_tools_still_answer(
+    settings: Settings, client
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    dlq = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    await dlq.start()
+    try:
+        tp = TopicPartition("dlq.conversation-worker", 0)
+        dlq.assign([tp])
+        await dlq.seek_to_end(tp)
+        await dlq.position(tp)
+        await producer.send_and_wait("tool.results", b"{not a result", key=b"poison")
+        record = await asyncio.wait_for(dlq.getone(), 30)
+        headers = dict(record.headers)
+        assert record.value == b"{not a result"
+        assert b"not JSON" in headers["a0-dlq-reason"] and headers["a0-dlq-source-topic"] == b"tool.results"
+    finally:
+        await producer.stop()
+        await dlq.stop()
+    alice = auth(settings, "alice")
+    events = await send_and_collect(client, alice, await create_conversation(client, alice), "compute 6*7")
+    result = next(e for e in events if e["type"] == "tool.result")
+    assert result["payload"]["output"] == "42" and events[-1]["type"] == "message.completed"
+
+
 async def test_postgres_restarted_mid_turn_the_turn_completes_once(
     settings: Settings, client, stack: LocalRuntime
 ) -> None:
