@@ -44,14 +44,9 @@ class ToolRounds:
                 continue  # answered before a restart
             waiting[call_id] = self.results.expect(key)
             open_calls.add(call_id)
-            request = Envelope(
-                id=f"req-{key}",
-                type=EventType.TOOL_REQUEST,
-                conversation_id=envelope.conversation_id,
-                turn_id=turn_id,
-                user_id=envelope.user_id,
-                payload={"call_id": call_id, "name": name, "arguments": call["function"]["arguments"]},
-            )
+            arguments = call["function"]["arguments"]
+            payload = {"call_id": call_id, "name": name, "arguments": arguments}
+            request = _to_executor(envelope, EventType.TOOL_REQUEST, f"req-{key}", turn_id, payload)
             requests.append(await publish(self.producer, TOOL_REQUESTS, request))
         await asyncio.gather(*requests)
         for call in calls:
@@ -78,13 +73,9 @@ class ToolRounds:
     async def cancel(self, source: Envelope, turn_id: str) -> None:
         """Ask the executor to stop the turn's calls still running."""
         for call_id in self._open.get(turn_id, set()):
-            cancel = Envelope(
-                id=f"cancel-{tool_call_key(turn_id, call_id)}",
-                type=EventType.TOOL_CANCEL,
-                conversation_id=source.conversation_id,
-                turn_id=turn_id,
-                user_id=source.user_id,
-                payload={"call_id": call_id},
+            key = tool_call_key(turn_id, call_id)
+            cancel = _to_executor(
+                source, EventType.TOOL_CANCEL, f"cancel-{key}", turn_id, {"call_id": call_id}
             )
             await (await publish(self.producer, TOOL_REQUESTS, cancel))
 
@@ -92,6 +83,21 @@ class ToolRounds:
         """The turn ended: stop waiting for any of its results."""
         for call_id in self._open.pop(turn_id, set()):
             self.results.forget(tool_call_key(turn_id, call_id))
+
+
+def _to_executor(
+    source: Envelope, type_: EventType, id_: str, turn_id: str, payload: dict[str, Any]
+) -> Envelope:
+    """A record for ``tool.requests``; its id is fixed by the call, so a re-run turn's
+    request is the same record again."""
+    return Envelope(
+        id=id_,
+        type=type_,
+        conversation_id=source.conversation_id,
+        turn_id=turn_id,
+        user_id=source.user_id,
+        payload=payload,
+    )
 
 
 def tool_call_event(turn_id: str, call: dict[str, Any]) -> Draft:
