@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
@@ -32,8 +32,8 @@ MAX_BACKOFF_S = 10.0
 class PartitionTail:
     """Follow ``topic`` from its end until stopped, passing each envelope to ``handle``.
 
-    ``wants(record)`` (optional) is asked first, before decoding, to skip records
-    cheaply (by key); ``handle`` raises :class:`PoisonRecord` for an envelope it cannot
+    With ``keys``, a record whose key (a conversation id) is not in it is skipped
+    before it is decoded; ``handle`` raises :class:`PoisonRecord` for an envelope it cannot
     use, which is dead-lettered like one that does not decode; ``on_connected`` runs each time the tail has its positions, the
     first time included; ``dead_letter_headers`` go with every dead-lettered record."""
 
@@ -46,7 +46,7 @@ class PartitionTail:
         producer: AIOKafkaProducer,
         dead_letter_topic: str,
         handle: Callable[[Envelope], None],
-        wants: Callable[[ConsumerRecord[bytes, bytes]], bool] | None = None,
+        keys: Container[str] | None = None,
         on_connected: Callable[[], None] | None = None,
         resume: bool = False,
         dead_letter_headers: dict[str, str] | None = None,
@@ -57,7 +57,7 @@ class PartitionTail:
         self.producer = producer
         self.dead_letter_topic = dead_letter_topic
         self.handle = handle
-        self.wants = wants
+        self.keys = keys
         self.on_connected = on_connected
         self.resume = resume
         self.dead_letter_headers = dead_letter_headers or {}
@@ -155,7 +155,11 @@ class PartitionTail:
             await consumer.stop()
 
     def dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        if self.wants is not None and not self.wants(record):
+        if (
+            self.keys is not None
+            and record.key is not None
+            and record.key.decode(errors="replace") not in self.keys
+        ):
             return
         try:
             self.handle(Envelope.from_bytes(record.value))

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
@@ -83,7 +83,7 @@ class Hub:
         self.queue_size = queue_size
         self._subscribers: dict[str, set[Subscriber]] = {}
 
-    def __contains__(self, conversation_id: str) -> bool:
+    def __contains__(self, conversation_id: object) -> bool:
         return conversation_id in self._subscribers
 
     def __len__(self) -> int:
@@ -242,10 +242,6 @@ def outbound_tail(settings: Settings, hub: Hub, producer: AIOKafkaProducer) -> P
     """This process's follower of every partition of ``conversation.outbound``, into the
     hub; after each (re)connection every subscriber re-reads the table."""
 
-    def wants(record: ConsumerRecord[bytes, bytes]) -> bool:
-        # The key is the conversation id: skip decoding events nobody here follows.
-        return record.key is None or record.key.decode(errors="replace") in hub
-
     def handle(envelope: Envelope) -> None:
         if envelope.type in CLIENT_EVENTS and envelope.conversation_id in hub:
             observe_latency(envelope)
@@ -259,7 +255,7 @@ def outbound_tail(settings: Settings, hub: Hub, producer: AIOKafkaProducer) -> P
         producer=producer,
         dead_letter_topic=dead_letter_topic("gateway"),
         handle=handle,
-        wants=wants,
+        keys=hub,  # skip decoding events of conversations nobody here follows
         on_connected=hub.resync_all,
         dead_letter_headers={"replica": replica},
     )
