@@ -65,6 +65,7 @@ class CredentialError(A0Error):
 def transient_types() -> tuple[type[Exception], ...]:
     """Third-party failures that mean "down or restarting", not "wrong". Imported on
     first use: the CLI imports this module and needs none of these clients."""
+    import aiohttp
     import httpx
     import psycopg
     import redis.exceptions
@@ -77,6 +78,7 @@ def transient_types() -> tuple[type[Exception], ...]:
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
         httpx.TransportError,
+        aiohttp.ClientConnectionError,  # refused, reset, and the server's timeouts
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import httpx
 import psycopg
 import psycopg_pool
@@ -39,6 +40,7 @@ pytestmark = pytest.mark.unit
         redis.exceptions.ConnectionError("reset"),
         redis.exceptions.TimeoutError("no answer"),
         httpx.ConnectError("refused"),
+        aiohttp.ServerDisconnectedError(),
         status_error(503),
         status_error(429, "3"),
     ],
