@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.logging import RichHandler
 
-from services.common.errors import A0Error, StackError
+from a0ctl.errors import StackError
+from services.common.errors import A0Error
 from services.common.logging import RedactionFilter
 from services.common.settings import Settings, load_settings
 

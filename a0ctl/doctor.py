@@ -10,8 +10,8 @@ import sys
 from pydantic import BaseModel, computed_field
 
 from a0ctl import subprocesses
+from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, docker_engine_answers
-from services.common.errors import StackError
 from services.common.secrets_env import secrets_path
 from services.common.settings import Settings
 from services.tool_executor.confinement import ConfinementError, check

@@ -17,7 +17,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import StackError
+from a0ctl.errors import StackError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from supervisor.xmlrpc import SupervisorTransport
 
 from a0ctl import subprocesses
-from services.common.errors import StackError
+from a0ctl.errors import StackError
 
 # supervisord's states in which a process is running or about to (it refuses to start those).
 ACTIVE_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF"})
