@@ -331,7 +331,7 @@ _MARKUP_PREFIX = re.compile(r"^(?:[#>*+\-]+|\d+[.)]|`{3,}\S*)\s*")
 def title_from_message(content: str) -> str:
     """A conversation's title from its first message: the first line with words, without
     markdown's leading marks, whitespace collapsed, at most 60 characters."""
-    for line in content.splitlines():
+    for line in content[:4000].splitlines():  # the first lines are enough
         text = " ".join(_MARKUP_PREFIX.sub("", line.strip()).replace("`", "").split())
         if text:
             return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1].rstrip() + "…"
