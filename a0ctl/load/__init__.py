@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from a0ctl.topics.admin import consumer_lag
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
+from services.common.errors import A0Error
 from services.common.settings import Settings
 from services.common.sse import SseParser
 
@@ -302,7 +303,7 @@ def _retry_after(response: httpx.Response, until: float) -> float:
     return max(0.0, min(wait, until - time.monotonic()))
 
 
-class _SessionFailed(Exception):
+class _SessionFailed(A0Error):
     """A session cannot go on; the message says why."""
 
 
