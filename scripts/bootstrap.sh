@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything a0 needs on a Debian machine, idempotently:
 #   - Debian packages: redis-server, postgresql, maven, a Java runtime, chromium (browser tests),
-#     bubblewrap and python3-seccomp (the tool sandbox)
+#     npm (the chat UI's pinned browser packages), bubblewrap and python3-seccomp (the tool sandbox)
 #   - the unprivileged user `a0-tools` that the tool executor and its sandbox run as
 #   - the Python environment in .venv, exactly as pinned in uv.lock (scripts/uv.sh runs the
 #     pinned uv, installed once from PyPI)
+#   - the chat UI's browser packages, pinned and integrity-checked (scripts/vendor-js.sh)
 # Kafka's jars (Maven Central) and the opa binary (go install) are fetched into
 # ~/.cache/a0 by `a0ctl up` itself, once.
 set -euo pipefail
@@ -16,6 +17,7 @@ declare -A NEEDS=(
   [maven]=mvn
   [default-jre-headless]=java
   [chromium]=chromium
+  [npm]=npm
   [bubblewrap]=bwrap
 )
 SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
@@ -49,4 +51,5 @@ fi
 # changes nothing. --locked refuses a uv.lock that no longer matches pyproject.toml.
 PY=${PYTHON:-python3}
 ./scripts/uv.sh sync --locked --extra dev --python "$PY" --quiet
+./scripts/vendor-js.sh
 echo "bootstrap: ok"
