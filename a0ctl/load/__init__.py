@@ -292,6 +292,10 @@ class _Session:
                 await asyncio.sleep(think_s * random.uniform(0.5, 1.5))
         except _SessionFailed as exc:
             tally.fail(str(exc), session=True)
+        except aiohttp.ClientConnectorError as exc:
+            tally.fail(
+                f"cannot connect to the gateway at {self.base_url} ({exc.os_error.strerror})", session=True
+            )
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             tally.fail(f"{type(exc).__name__}: {exc}"[:160], session=True)
         finally:
@@ -301,12 +305,14 @@ class _Session:
 
 
 def _retry_after(response: _Answer, until: float) -> float:
-    """How long a shed request waits, as its ``Retry-After`` says, within the run."""
+    """How long a shed request waits: as its ``Retry-After`` says, and up to half as long
+    again at random, as people do — a crowd that retries in the same instant is the
+    overload again — within the run."""
     try:
         wait = float(response.retry_after or "1")
     except ValueError:
         wait = 1.0
-    return max(0.0, min(wait, until - time.monotonic()))
+    return max(0.0, min(wait * random.uniform(1.0, 1.5), until - time.monotonic()))
 
 
 class _SessionFailed(A0Error):

@@ -23,7 +23,7 @@ _CALLER_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-PENDING_RETRY_AFTER_S = 1
+PENDING_RETRY_AFTER_S = 2
 
 # The browser's rules for everything the gateway serves (docs/ui.md): scripts, styles and
 # connections only from the gateway itself, no inline script, never inside a frame.
