@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from a0ctl.commands import chat, creds, load, run, smoke, stack, token, topics
+from a0ctl.commands import chat, creds, load, observe, run, smoke, stack, token, topics
 
 app = typer.Typer(
     name="a0ctl",
@@ -21,6 +21,8 @@ app.command()(run.run)
 app.command()(token.token)
 app.command()(chat.chat)
 app.command()(load.load)
+app.command()(observe.trace)
+app.command()(observe.top)
 
 if __name__ == "__main__":
     app()

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything a0 needs on a Debian machine, idempotently:
-#   - Debian packages: redis-server, postgresql, maven, a Java runtime, chromium (browser tests),
-#     bubblewrap and python3-seccomp (the tool sandbox)
+#   - Debian packages: redis-server, postgresql, maven, a Java runtime, prometheus (metrics),
+#     chromium (browser tests), bubblewrap and python3-seccomp (the tool sandbox), golang when
+#     opa or jaeger is not built yet
 #   - the unprivileged user `a0-tools` that the tool executor and its sandbox run as
 #   - the Python environment in .venv (re-installed only when pyproject.toml changes)
-# Kafka's jars (Maven Central) and the opa binary (go install) are fetched into
-# ~/.cache/a0 by `a0ctl up` itself, once.
+# Kafka's jars (Maven Central), the opa binary (go install) and the jaeger binary (go build)
+# are fetched into ~/.cache/a0 by `a0ctl up` itself, once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ declare -A NEEDS=(
   [default-jre-headless]=java
   [chromium]=chromium
   [bubblewrap]=bwrap
+  [prometheus]=prometheus
 )
 SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()
@@ -32,8 +34,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! command -v go >/dev/null 2>&1 && [[ ! -x "$HOME/.cache/a0/opa-v1.22.3/opa" ]] && ! command -v opa >/dev/null; then
-  echo "bootstrap: neither go nor opa found; installing golang to build opa"
+if ! command -v go >/dev/null 2>&1 && { [[ ! -x "$HOME/.cache/a0/jaeger-v1.76.0/jaeger" ]] ||
+  { [[ ! -x "$HOME/.cache/a0/opa-v1.22.3/opa" ]] && ! command -v opa >/dev/null; }; }; then
+  echo "bootstrap: go not found; installing golang to build opa and jaeger"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang >/dev/null
 fi

@@ -134,10 +134,12 @@ START_ORDER = (
     "redis",
     "postgres",
     "opa",
+    "jaeger",
     "llm-sim",
     "tool-executor",
     "conversation-worker",
     "gateway",
+    "prometheus",
 )
 # Services that run as several replicas in one consumer group (`a0ctl scale`).
 SCALABLE = ("conversation-worker", "tool-executor")
@@ -285,9 +287,40 @@ def build_services(
         path.write_text(json.dumps({"a0_local": {"egress_allowed": sorted(set(names))}}))
         return path
 
+    # --- Jaeger and Prometheus ---------------------------------------------------
+    jaeger_config = run / "jaeger.yaml"
+    prometheus_config = run / "prometheus.yml"
+    telemetry = settings.telemetry
+
+    def jaeger_prepare() -> None:
+        artifacts.ensure_jaeger(settings)
+        jaeger_config.write_text(
+            jaeger_config_text(
+                host,
+                otlp_port=telemetry.jaeger_otlp_port,
+                query_port=telemetry.jaeger_query_port,
+                grpc_port=telemetry.jaeger_grpc_port,
+                max_traces=telemetry.jaeger_max_traces,
+            )
+        )
+
+    prometheus_targets = run / "prometheus-targets.json"
+
+    def prometheus_prepare() -> None:
+        """Also run by `a0ctl scale`, so the targets follow the replicas."""
+        (data / "prometheus").mkdir(parents=True, exist_ok=True)
+        prometheus_config.write_text(prometheus_config_text(settings, prometheus_targets))
+        staging = prometheus_targets.with_suffix(".tmp")
+        staging.write_text(prometheus_targets_text(settings, scaled))
+        staging.rename(prometheus_targets)  # Prometheus never reads half a file
+
     # --- the services ----------------------------------------------------------
     def app_command(name: str) -> Callable[[], list[str]]:
         return lambda: [python(), "-m", "a0ctl", "run", name]
+
+    # a0's services export their spans to the local Jaeger when it runs.
+    endpoint = telemetry.endpoint(host)
+    app_env = {"A0_OTEL_EXPORTER_OTLP_ENDPOINT": endpoint} if endpoint else {}
 
     def consumer_replicas(
         service: str, metrics_port: Callable[..., int], port_variable: str
@@ -299,7 +332,7 @@ def build_services(
                 port=metrics_port(settings, replica),
                 probe=health.metrics_probe(partial(metrics_port, replica=replica)),
                 command=app_command(service),
-                env={port_variable: str(metrics_port(settings, replica))},
+                env={**app_env, port_variable: str(metrics_port(settings, replica))},
                 app=True,
             )
             for replica in range(scaled[service])
@@ -383,6 +416,20 @@ def build_services(
                 str(opa_local_data()),
             ],
         ),
+        *(
+            [
+                LocalService(
+                    name="jaeger",
+                    port=telemetry.jaeger_query_port,
+                    extra_ports=(telemetry.jaeger_otlp_port, telemetry.jaeger_grpc_port),
+                    probe=health.jaeger_probe,
+                    prepare=jaeger_prepare,
+                    command=lambda: [str(artifacts.jaeger_path(settings)), "--config", str(jaeger_config)],
+                )
+            ]
+            if telemetry.jaeger
+            else []
+        ),
         LocalService(
             name="llm-sim",
             port=settings.llm_sim.port,
@@ -397,7 +444,28 @@ def build_services(
             port=settings.gateway.port,
             probe=health.gateway_probe,
             command=app_command("gateway"),
+            env=app_env,
             app=True,
+        ),
+        *(
+            [
+                LocalService(
+                    name="prometheus",
+                    port=settings.prometheus.port,
+                    probe=health.prometheus_probe,
+                    prepare=prometheus_prepare,
+                    command=lambda: [
+                        artifacts.require_binary("prometheus", "prometheus", "apt-get install prometheus"),
+                        f"--config.file={prometheus_config}",
+                        f"--storage.tsdb.path={data / 'prometheus'}",
+                        f"--storage.tsdb.retention.time={settings.prometheus.retention}",
+                        f"--web.listen-address={host}:{settings.prometheus.port}",
+                        "--log.level=warn",
+                    ],
+                )
+            ]
+            if settings.prometheus.enabled
+            else []
         ),
     ]
     for service in services:
@@ -406,3 +474,74 @@ def build_services(
         base = next((b for b in START_ORDER if service.name == b or service.name.startswith(f"{b}-")), "")
         service.priority = 100 + 10 * START_ORDER.index(base) if base else 500
     return {service.name: service for service in services}
+
+
+def jaeger_config_text(host: str, *, otlp_port: int, query_port: int, grpc_port: int, max_traces: int) -> str:
+    """Jaeger v2's configuration: OTLP/HTTP in, in-memory storage, the query API; every
+    port on ``host`` and named (Jaeger's defaults would open others on all addresses)."""
+    config = {
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query"],
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["batch"],
+                    "exporters": ["jaeger_storage_exporter"],
+                }
+            },
+            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+        },
+        "extensions": {
+            "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": max_traces}}}},
+            "jaeger_query": {
+                "storage": {"traces": "memstore"},
+                "http": {"endpoint": f"{host}:{query_port}"},
+                "grpc": {"endpoint": f"{host}:{grpc_port}"},
+            },
+        },
+        "receivers": {"otlp": {"protocols": {"http": {"endpoint": f"{host}:{otlp_port}"}}}},
+        "processors": {"batch": {}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
+    }
+    return json.dumps(config, indent=2)  # JSON is YAML
+
+
+def scrape_targets(settings: Settings, replicas: dict[str, int]) -> dict[str, list[str]]:
+    """Every a0 service's metrics address, by job (one per service, replicas as targets)."""
+    host = settings.stack.host
+    return {
+        "gateway": [f"{host}:{settings.gateway.port}"],
+        "conversation-worker": [
+            f"{host}:{worker_metrics_port(settings, r)}" for r in range(replicas["conversation-worker"])
+        ],
+        "tool-executor": [
+            f"{host}:{tools_metrics_port(settings, r)}" for r in range(replicas["tool-executor"])
+        ],
+    }
+
+
+def prometheus_config_text(settings: Settings, targets_file: Path) -> str:
+    """Prometheus's configuration in the local runtime: scrape what ``targets_file`` lists
+    (Prometheus re-reads it when it changes, so `a0ctl scale` needs no restart)."""
+    interval = f"{settings.prometheus.scrape_interval_s}s"
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [
+            {
+                "job_name": "a0",
+                "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
+            }
+        ],
+    }
+    return json.dumps(config, indent=2)
+
+
+def prometheus_targets_text(settings: Settings, replicas: dict[str, int]) -> str:
+    """The scrape targets (file_sd format): one job per a0 service, replicas as targets."""
+    return json.dumps(
+        [
+            {"targets": targets, "labels": {"job": job, "service": job}}
+            for job, targets in scrape_targets(settings, replicas).items()
+        ],
+        indent=2,
+    )

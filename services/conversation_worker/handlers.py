@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from opentelemetry import trace
 from redis.asyncio import Redis
 
-from services.common import metrics
+from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EventType, tool_call_key
 from services.common.errors import CredentialError, PolicyDenied
 from services.common.kafka import TOOL_REQUESTS, PoisonRecord, publish
@@ -119,16 +120,19 @@ class TurnRunner:
         try:
             await self._rounds(envelope, start)
             metrics.TURNS.labels("completed").inc()
+            telemetry.set_outcome(trace.get_current_span(), "completed", error=False)
         except asyncio.CancelledError:
             if turn_id not in self.cancel_requested:
                 raise  # the worker is stopping: the turn is redelivered and resumes
             if await self.store.status(turn_id) not in TERMINAL:  # not if it had just finished
                 await self._end(envelope, TurnStatus.CANCELLED, [_cancelled(turn_id)])
             metrics.TURNS.labels("cancelled").inc()
+            telemetry.set_outcome(trace.get_current_span(), "cancelled", error=False)
         except LLMError as exc:
             error = Draft(EventType.ERROR, {"code": exc.code, "message": exc.message}, f"error:{turn_id}")
             await self._end(envelope, TurnStatus.FAILED, [error])
             metrics.TURNS.labels("failed").inc()
+            telemetry.set_outcome(trace.get_current_span(), "failed", error=True)
         finally:
             metrics.TURNS_INFLIGHT.dec()
             metrics.TURN_SECONDS.observe(time.monotonic() - started)

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EnvelopeError, EventType, tool_call_key
 from services.common.kafka import TOOL_RESULTS, partitions_of
 from services.common.settings import Settings
@@ -58,7 +59,9 @@ class ToolResults:
         self.pending.pop(key, None)
 
     async def _run(self) -> None:
+        consumed = metrics.MESSAGES_IN.labels("worker-tool-results", TOOL_RESULTS)
         async for record in self.consumer:
+            consumed.inc()
             try:
                 envelope = Envelope.from_bytes(record.value)
             except EnvelopeError as exc:
@@ -70,4 +73,9 @@ class ToolResults:
                 continue
             future = self.pending.get(tool_call_key(envelope.turn_id, str(envelope.payload.get("call_id"))))
             if future is not None and not future.done():
-                future.set_result(envelope.payload)
+                # The hop back to the waiting turn, in the trace of the executor's answer.
+                with telemetry.consume_span("worker tool.result", record, envelope) as span:
+                    if span is not None and span.is_recording():
+                        span.set_attribute("a0.tool", str(envelope.payload.get("name", "")))
+                        telemetry.set_outcome(span, "error" if "error" in envelope.payload else "ok")
+                    future.set_result(envelope.payload)

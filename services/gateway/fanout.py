@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
-from services.common import metrics
-from services.common.envelope import CLIENT_EVENTS, Envelope, EnvelopeError
+from services.common import metrics, telemetry
+from services.common.envelope import CLIENT_EVENTS, Envelope, EnvelopeError, EventType
 from services.common.kafka import OUTBOUND, dead_letter
 from services.common.settings import Settings
 
@@ -228,6 +228,7 @@ class OutboundConsumer:
         self.connected = False
         self.last_error: str | None = "not started"
         self._dead_letters: set[asyncio.Task[None]] = set()
+        self._consumed = metrics.MESSAGES_IN.labels("gateway", OUTBOUND)
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -279,6 +280,7 @@ class OutboundConsumer:
             await consumer.stop()
 
     def dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self._consumed.inc()
         # The key is the conversation id: skip decoding events nobody here follows.
         if record.key is not None and record.key.decode(errors="replace") not in self.hub:
             return
@@ -287,7 +289,12 @@ class OutboundConsumer:
         except EnvelopeError as exc:
             task = asyncio.create_task(
                 dead_letter(
-                    self.producer, DEAD_LETTER_TOPIC, record, str(exc), replica=self.settings.gateway.replica
+                    self.producer,
+                    DEAD_LETTER_TOPIC,
+                    record,
+                    str(exc),
+                    group="gateway",
+                    replica=self.settings.gateway.replica,
                 )
             )
             self._dead_letters.add(task)
@@ -296,4 +303,11 @@ class OutboundConsumer:
         if envelope.type not in CLIENT_EVENTS or envelope.conversation_id not in self.hub:
             return
         observe_latency(envelope)
+        if telemetry.enabled() and envelope.type != EventType.DELTA:
+            # The last hop of a turn's trace; streamed text is delivered without spans.
+            with telemetry.consume_span(f"gateway deliver {envelope.type}", record, envelope) as span:
+                delivered = self.hub.publish(envelope)
+                if span is not None and span.is_recording():
+                    span.set_attribute("a0.clients", delivered)
+            return
         self.hub.publish(envelope)

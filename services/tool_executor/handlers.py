@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from services.common import metrics
+from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EventType, tool_call_key
 from services.common.kafka import TOOL_RESULTS, PoisonRecord, TransientError, publish
 from services.common.policy import PolicyClient, PolicyUnavailable
@@ -87,7 +87,20 @@ class ToolExecutor:
             # Redelivery (or the worker asking again after a restart): answer from the store.
             await (await publish(self.producer, TOOL_RESULTS, stored))
             return
-        result = self._result(envelope, key, await self._execute(envelope, call_id, name, key))
+        attributes = {
+            "a0.tool": name,
+            "a0.conversation_id": envelope.conversation_id,
+            "a0.turn_id": envelope.turn_id,
+        }
+        with telemetry.span("tool run", attributes) as span:
+            started = time.monotonic()
+            payload = await self._execute(envelope, call_id, name, key)
+            failed = "error" in payload
+            if failed:
+                metrics.TOOL_ERRORS.labels(name, str(payload["error"].get("code", "error"))).inc()
+            metrics.TOOL_SECONDS.labels(name).observe(time.monotonic() - started)
+            telemetry.set_outcome(span, str(payload["error"].get("code")) if failed else "ok", error=failed)
+        result = self._result(envelope, key, payload)
         async with self.pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO tool_results (call_key, envelope) VALUES (%s, %s) ON CONFLICT DO NOTHING",
