@@ -10,7 +10,9 @@ for each size N:
 
 It prints turns/s and response times of both, their ratio, the mean overhead a0 adds
 per turn, and CPU seconds per turn of every process (read from ``/proc``), so a change
-shows where it saved. The simulator runs with the stack's default pace (first token
+shows where it saved. With ``--tracing both`` (the default) it measures everything with
+tracing off (no exporter: no spans), then restarts a0's services exporting every span
+to the stack's Jaeger and measures again, in the same run. The simulator runs with the stack's default pace (first token
 after 20 ms, 400 tokens/s) unless told otherwise. Results go to ``bench/results/``
 with the machine described.
 
