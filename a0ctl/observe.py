@@ -115,12 +115,13 @@ TOP_QUERIES: dict[str, str] = {
     "turn_p99_s": f"histogram_quantile(0.99, sum by (le) (rate(a0_turn_seconds_bucket[{RATE_WINDOW}])))",
     "ttft_p50_s": f"histogram_quantile(0.5, sum by (le) (rate(a0_llm_ttft_seconds_bucket[{RATE_WINDOW}])))",
     "ttft_p95_s": f"histogram_quantile(0.95, sum by (le) (rate(a0_llm_ttft_seconds_bucket[{RATE_WINDOW}])))",
-    "error_rate": f'sum(rate(a0_turns_total{{outcome="failed"}}[{RATE_WINDOW}])) '
+    # `or vector(0)`: a counter with no error yet has no series, and none is a zero.
+    "error_rate": f'(sum(rate(a0_turns_total{{outcome="failed"}}[{RATE_WINDOW}])) or vector(0)) '
     f"/ sum(rate(a0_turns_total[{RATE_WINDOW}]))",
-    "http_5xx_per_s": f'sum(rate(a0_gateway_requests_total{{status=~"5.."}}[{RATE_WINDOW}]))',
-    "shed_per_s": f"sum(rate(a0_gateway_shed_total[{RATE_WINDOW}]))",
-    "tool_errors_per_s": f"sum by (tool) (rate(a0_tool_errors_total[{RATE_WINDOW}]))",
-    "dead_letters_per_s": f"sum by (group) (rate(a0_dead_letters_total[{RATE_WINDOW}]))",
+    "http_5xx_per_s": f'sum(rate(a0_gateway_requests_total{{status=~"5.."}}[{RATE_WINDOW}])) or vector(0)',
+    "shed_per_s": f"sum(rate(a0_gateway_shed_total[{RATE_WINDOW}])) or vector(0)",
+    "tool_errors_per_s": f"sum by (tool) (rate(a0_tool_errors_total[{RATE_WINDOW}])) or vector(0)",
+    "dead_letters_per_s": f"sum by (group) (rate(a0_dead_letters_total[{RATE_WINDOW}])) or vector(0)",
     "turns_in_flight": "sum(a0_turns_inflight)",
     "lag_records": "sum by (group, topic, partition) (a0_consumer_lag_records)",
 }

@@ -495,6 +495,7 @@ def jaeger_config_text(host: str, *, otlp_port: int, query_port: int, grpc_port:
             "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": max_traces}}}},
             "jaeger_query": {
                 "storage": {"traces": "memstore"},
+                "enable_tracing": False,  # its own spans would go to localhost:4317
                 "http": {"endpoint": f"{host}:{query_port}"},
                 "grpc": {"endpoint": f"{host}:{grpc_port}"},
             },
