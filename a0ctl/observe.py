@@ -159,7 +159,7 @@ def top_snapshot(settings: Settings) -> dict[str, Any]:
     with httpx.Client() as client:
         for name, expr in TOP_QUERIES.items():
             result = prometheus_query(settings, expr, client)
-            if " by (" in expr:
+            if " by (" in expr.replace("by (le)", ""):  # grouped by a label, not a quantile
                 snapshot[name] = {
                     "/".join(item["metric"].values()) or "all": _number(item["value"][1]) for item in result
                 }
