@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from services.common.errors import StackError
+from a0ctl.errors import StackError
 from services.common.settings import Settings
 
 # --- traces --------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Trace context travels in Kafka headers (W3C ``traceparent``/``tracestate``). Spa
 recorded and exported over OTLP/HTTP when ``A0_OTEL_EXPORTER_OTLP_ENDPOINT`` is set
 (``a0ctl up`` sets it to the local Jaeger when that runs). Then the maintained
 instrumentations trace the clients: aiokafka (a span per record sent, whose context
-goes into the record's headers), psycopg, redis and httpx; FastAPI traces requests
+goes into the record's headers), psycopg, redis and aiohttp; FastAPI traces requests
 itself (its native telemetry); the services add hand spans for what those do not see
 (consuming a record with its handler, the LLM call with its time to first token, a tool
 run, a delivery to clients). Without the endpoint nothing is instrumented and no span
@@ -92,8 +92,8 @@ def setup_tracing(settings: Settings, service_name: str) -> None:
         return  # nothing would receive the spans: keep the no-op provider, instrument nothing
     import aiokafka
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.utils import unwrap
@@ -120,7 +120,7 @@ def setup_tracing(settings: Settings, service_name: str) -> None:
     unwrap(aiokafka.AIOKafkaConsumer, "getmany")
     PsycopgInstrumentor().instrument(tracer_provider=provider)
     RedisInstrumentor().instrument(tracer_provider=provider)
-    HTTPXClientInstrumentor().instrument(tracer_provider=provider)
+    AioHttpClientInstrumentor().instrument(tracer_provider=provider)
     _enabled = True
     log.info("tracing to %s as %s", url, service_name)
 
