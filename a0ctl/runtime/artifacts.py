@@ -163,3 +163,18 @@ def ensure_jaeger(settings: Settings) -> Path:
 def require_binary(binary: str, service: str, install: str) -> str:
     """The path of a binary from Debian's packages, or a StackError naming the package."""
     return _require(binary, f"{install} (scripts/bootstrap.sh does)", service)
+
+
+def ensure_all(settings: Settings) -> None:
+    """Everything the local runtime builds or resolves, so a first start does not wait on
+    it (scripts/test.sh runs this before the tiers: a test's time limit is no build's)."""
+    ensure_kafka(settings)
+    ensure_opa(settings)
+    if settings.telemetry.jaeger:
+        ensure_jaeger(settings)
+
+
+if __name__ == "__main__":
+    from services.common.settings import load_settings
+
+    ensure_all(load_settings())
