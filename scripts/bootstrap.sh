@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything a0 needs on a Debian machine, idempotently:
 #   - Debian packages: redis-server, postgresql, maven, a Java runtime, prometheus (metrics),
-#     chromium (browser tests), bubblewrap and python3-seccomp (the tool sandbox), golang when
-#     opa or jaeger is not built yet
+#     chromium (browser tests), npm (the chat UI's pinned browser packages), bubblewrap and
+#     python3-seccomp (the tool sandbox), golang when opa or jaeger is not built yet
 #   - the unprivileged user `a0-tools` that the tool executor and its sandbox run as
 #   - the Python environment in .venv (re-installed only when pyproject.toml changes)
+#   - the chat UI's browser packages, pinned and integrity-checked (scripts/vendor-js.sh)
 # Kafka's jars (Maven Central), the opa binary (go install) and the jaeger binary (go build)
 # are fetched into ~/.cache/a0 by `a0ctl up` itself, once.
 set -euo pipefail
@@ -16,6 +17,7 @@ declare -A NEEDS=(
   [maven]=mvn
   [default-jre-headless]=java
   [chromium]=chromium
+  [npm]=npm
   [bubblewrap]=bwrap
   [prometheus]=prometheus
 )
@@ -59,4 +61,5 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+./scripts/vendor-js.sh
 echo "bootstrap: ok"

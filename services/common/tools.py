@@ -128,6 +128,8 @@ def plugin_tools() -> dict[str, Any]:
             continue
         name = tool.spec.name
         existing = tools.get(name)
+        if BUILTIN_SPECS.get(name) is tool.spec:
+            continue  # a built-in, which a0's own package registers as an entry point too
         if name in BUILTIN_SPECS or (existing is not None and existing is not tool):
             log.warning("skipping tool entry point %r: tool name %r is already taken", ep.name, name)
         else:

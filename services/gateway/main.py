@@ -105,7 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_credentials.router)
 
     # The chat UI: checked per request, so the files may appear after the app is built.
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         page = STATIC_DIR / "index.html"
         if not page.is_file():

@@ -35,6 +35,7 @@ from services.common.sse import SseParser
 from services.gateway import fanout
 from services.gateway.errors import InvalidRequest, error_body, validation_message
 from services.gateway.fanout import Cursor, Hub, SlowConsumer, Step, Subscription
+from services.gateway.handlers import title_from_message
 from services.gateway.main import create_app
 from services.gateway.middleware import GatewayMiddleware, pick_request_id
 from services.gateway.ratelimit import over_budget, over_capacity, rate_key, seconds_to_next_minute
@@ -395,6 +396,36 @@ def test_request_id_is_echoed(client: TestClient) -> None:
     assert response.json()["error"]["request_id"] == "trace-me-1"
 
 
+def test_every_response_carries_the_security_headers(client: TestClient) -> None:
+    for response in (
+        client.get("/health"),
+        client.get("/nope"),
+        client.post("/v1/auth/dev-login", content=b"x" * 5000),  # refused by the middleware itself
+    ):
+        policy = response.headers["Content-Security-Policy"]
+        assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert len(response.headers.get_list("Content-Security-Policy")) == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "title"),
+    [
+        ("hello there", "hello there"),
+        ("\n\n## Plan a trip to Kyoto\nwith temples", "Plan a trip to Kyoto"),
+        ("- `pip install a0`  now", "pip install a0 now"),
+        ("> quoted\n", "quoted"),
+        ("```python\nprint(1)\n```", "print(1)"),  # a fence line names no subject
+        ("x" * 80, "x" * 59 + "…"),
+        ("  \n\t\n", "New chat"),
+    ],
+)
+def test_a_conversation_is_titled_after_its_first_message(message: str, title: str) -> None:
+    assert title_from_message(message) == title
+
+
 def test_not_ready_while_starting(client: TestClient) -> None:
     assert client.get("/ready").status_code == 503
 
@@ -431,6 +462,10 @@ def test_openapi_lists_each_routes_error_responses(client: TestClient) -> None:
                 assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, code)
     messages = spec["paths"]["/v1/conversations/{conversation_id}/messages"]["post"]["responses"]
     assert {"401", "404", "413", "422", "429"} <= set(messages)
+    deletion = spec["paths"]["/v1/conversations/{conversation_id}"]["delete"]["responses"]
+    assert {"204", "401", "403", "404"} <= set(deletion)
+    probe = spec["paths"]["/v1/settings/credentials/{provider}/test"]["post"]["responses"]
+    assert {"200", "400", "401", "403", "422"} <= set(probe)
 
 
 # --- text and JSON that cannot be stored or parsed -----------------------------------------
