@@ -120,7 +120,22 @@ def run_doctor(settings: Settings) -> DoctorReport:
             fix=f"`a0ctl up` builds opa {settings.opa.version} with `go install` (needs go)",
         )
     )
-    if not opa_ok:
+    jaeger = artifacts.jaeger_path(settings)
+    if settings.telemetry.jaeger:
+        checks.append(
+            DoctorCheck(
+                name="jaeger (traces)",
+                ok=jaeger.exists(),
+                detail=str(jaeger) if jaeger.exists() else "not built yet",
+                fix=f"`a0ctl up` builds jaeger {settings.telemetry.jaeger_version} with go once (minutes); "
+                "A0_OTEL_JAEGER=false runs without traces",
+            )
+        )
+    if settings.prometheus.enabled:
+        checks.append(
+            _binary("prometheus", f"{BOOTSTRAP} apt-get install prometheus (or A0_PROMETHEUS_ENABLED=false)")
+        )
+    if not opa_ok or (settings.telemetry.jaeger and not jaeger.exists()):
         checks.append(_binary("go", f"{BOOTSTRAP} apt-get install golang", ("version",)))
     checks.append(
         DoctorCheck(

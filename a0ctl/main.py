@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from a0ctl.commands import chat, creds, load, run, smoke, stack, token, topics
+from a0ctl.commands import chat, creds, load, observe, run, smoke, stack, token, topics
 from a0ctl.console import exit_codes_help, setup_logging
 
 # Help texts are written one paragraph per line: rich keeps a line break where it finds
@@ -40,6 +40,8 @@ app.command()(run.run)
 app.command()(token.token)
 app.command()(chat.chat)
 app.command()(load.load)
+app.command()(observe.trace)
+app.command()(observe.top)
 
 if __name__ == "__main__":
     app()

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything a0 needs on a Debian machine, idempotently:
-#   - Debian packages: redis-server, postgresql, maven, a Java runtime, chromium (browser tests),
-#     npm (the chat UI's pinned browser packages), bubblewrap and python3-seccomp (the tool sandbox)
+#   - Debian packages: redis-server, postgresql, maven, a Java runtime, prometheus (metrics),
+#     chromium (browser tests), npm (the chat UI's pinned browser packages), bubblewrap and
+#     python3-seccomp (the tool sandbox), golang when opa or jaeger is not built yet
 #   - the unprivileged user `a0-tools` that the tool executor and its sandbox run as
 #   - the Python environment in .venv, exactly as pinned in uv.lock (scripts/uv.sh runs the
 #     pinned uv, installed once from PyPI)
 #   - the chat UI's browser packages, pinned and integrity-checked (scripts/vendor-js.sh)
-# Kafka's jars (Maven Central) and the opa binary (go install) are fetched into
-# ~/.cache/a0 by `a0ctl up` itself, once.
+# Kafka's jars (Maven Central), the opa binary (go install) and the jaeger binary (go build)
+# are fetched into ~/.cache/a0 by `a0ctl up` itself, once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,7 @@ declare -A NEEDS=(
   [chromium]=chromium
   [npm]=npm
   [bubblewrap]=bwrap
+  [prometheus]=prometheus
 )
 SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()
@@ -35,8 +37,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! command -v go >/dev/null 2>&1 && [[ ! -x "$HOME/.cache/a0/opa-v1.22.3/opa" ]] && ! command -v opa >/dev/null; then
-  echo "bootstrap: neither go nor opa found; installing golang to build opa"
+if ! command -v go >/dev/null 2>&1 && { [[ ! -x "$HOME/.cache/a0/jaeger-v1.76.0/jaeger" ]] ||
+  { [[ ! -x "$HOME/.cache/a0/opa-v1.22.3/opa" ]] && ! command -v opa >/dev/null; }; }; then
+  echo "bootstrap: go not found; installing golang to build opa and jaeger"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang >/dev/null
 fi

@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check a0ctl services tests bench || exit 1
 .venv/bin/ruff format --check a0ctl services tests bench || exit 1
 .venv/bin/mypy a0ctl services tests bench || exit 1
+# Kafka's jars, opa and jaeger, once (the jaeger build takes minutes on two cores).
+.venv/bin/python -m a0ctl.runtime.artifacts || exit 1
 
 mkdir -p test-artifacts
 rm -f test-artifacts/junit-*.xml

@@ -4,10 +4,16 @@
   ``stack/kafka/pom.xml``.
 - OPA: the ``opa`` server binary at a pinned version, from ``go install`` when the
   machine has none of that version.
+- Jaeger v2: the ``jaeger`` binary at a pinned version, built with ``go build`` from the
+  module the Go module proxy serves (its go.mod has a replace directive, so ``go
+  install mod@version`` refuses it). Several minutes on two cores, once; Go's build
+  cache makes a rebuild quick.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +27,7 @@ KAFKA_POM = REPO_ROOT / "stack" / "kafka" / "pom.xml"
 KAFKA_LOG4J = REPO_ROOT / "stack" / "kafka" / "log4j2.properties"
 OPA_POLICY_DIR = REPO_ROOT / "stack" / "opa"
 OPA_MODULE = "github.com/open-policy-agent/opa"
+JAEGER_MODULE = "github.com/jaegertracing/jaeger"
 
 
 def _require(binary: str, fix: str, service: str) -> str:
@@ -93,6 +100,72 @@ def ensure_opa(settings: Settings) -> Path:
     return cached
 
 
+def jaeger_path(settings: Settings) -> Path:
+    return settings.stack.cache_dir / f"jaeger-{settings.telemetry.jaeger_version}" / "jaeger"
+
+
+def _go_failed(what: str, result: subprocess.CompletedProcess[str]) -> StackError:
+    tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+    return StackError(
+        f"could not {what}:\n{tail}",
+        service="jaeger",
+        hint="check the Go module proxy is reachable and A0_OTEL_JAEGER_VERSION names a released version "
+        "(or set A0_OTEL_JAEGER=false to run without traces)",
+    )
+
+
+def ensure_jaeger(settings: Settings) -> Path:
+    """Return the pinned ``jaeger`` binary, building it with Go when missing (one build at a
+    time per machine: a second caller waits for the first and finds the binary)."""
+    cached = jaeger_path(settings)
+    if cached.exists():
+        return cached
+    version = settings.telemetry.jaeger_version
+    go = _require("go", "install Go (apt-get install golang; scripts/bootstrap.sh does)", "jaeger")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with open(cached.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cached.exists():
+            return cached
+        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath"}
+        download = subprocess.run(
+            [go, "mod", "download", "-json", f"{JAEGER_MODULE}@{version}"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if download.returncode != 0:
+            raise _go_failed(f"download {JAEGER_MODULE}@{version}", download)
+        source = json.loads(download.stdout)["Dir"]
+        partial = cached.with_name("jaeger.partial")
+        build = subprocess.run(
+            [go, "build", "-o", str(partial), "./cmd/jaeger"],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if build.returncode != 0 or not partial.exists():
+            raise _go_failed(f"build jaeger {version}", build)
+        partial.rename(cached)
+    return cached
+
+
 def require_binary(binary: str, service: str, install: str) -> str:
     """The path of a binary from Debian's packages, or a StackError naming the package."""
     return _require(binary, f"{install} (scripts/bootstrap.sh does)", service)
+
+
+def ensure_all(settings: Settings) -> None:
+    """Everything the local runtime builds or resolves, so a first start does not wait on
+    it (scripts/test.sh runs this before the tiers: a test's time limit is no build's)."""
+    ensure_kafka(settings)
+    ensure_opa(settings)
+    if settings.telemetry.jaeger:
+        ensure_jaeger(settings)
+
+
+if __name__ == "__main__":
+    from services.common.settings import load_settings
+
+    ensure_all(load_settings())

@@ -342,6 +342,8 @@ class LocalRuntime:
         self._run_file(SCALE_FILE).write_text(json.dumps({**self.replicas(), service: replicas}))
         self.services = build_services(self.settings, self.state, self.replicas())
         self._ensure_supervisor()
+        if "prometheus" in self.services:
+            self.services["prometheus"].prepare()  # scrape the new replicas too
         names = self._expand((service,))
         return self._start_stopped(names, progress)
 

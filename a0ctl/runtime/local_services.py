@@ -131,10 +131,12 @@ START_ORDER = (
     "redis",
     "postgres",
     "opa",
+    "jaeger",
     "llm-sim",
     "tool-executor",
     "conversation-worker",
     "gateway",
+    "prometheus",
 )
 # Services that run as several replicas in one consumer group (`a0ctl scale`).
 SCALABLE = ("conversation-worker", "tool-executor")
@@ -186,15 +188,20 @@ def build_services(
         **(replicas or {}),
     }
     dirs = StackDirs.under(state)
+    # a0's services export their spans to the local Jaeger when it runs.
+    endpoint = settings.telemetry.endpoint(settings.stack.host)
+    traced = {"A0_OTEL_EXPORTER_OTLP_ENDPOINT": endpoint} if endpoint else {}
     services = [
         kafka_service(settings, dirs),
         redis_service(settings, dirs),
         postgres_service(settings, dirs),
         opa_service(settings, dirs),
+        *([jaeger_service(settings, dirs)] if settings.telemetry.jaeger else []),
         app_service("llm-sim", settings.llm_sim.port, health.llm_sim_probe),
-        *consumer_replicas(settings, "tool-executor", scaled["tool-executor"]),
-        *consumer_replicas(settings, "conversation-worker", scaled["conversation-worker"]),
-        app_service("gateway", settings.gateway.port, health.gateway_probe),
+        *consumer_replicas(settings, "tool-executor", scaled["tool-executor"], traced),
+        *consumer_replicas(settings, "conversation-worker", scaled["conversation-worker"], traced),
+        app_service("gateway", settings.gateway.port, health.gateway_probe, env=traced),
+        *([prometheus_service(settings, dirs, scaled)] if settings.prometheus.enabled else []),
     ]
     for service in services:
         base = next((b for b in START_ORDER if service.name == b or service.name.startswith(f"{b}-")), "")
@@ -439,7 +446,9 @@ _METRICS_PORTS: dict[str, tuple[Callable[..., int], str]] = {
 }
 
 
-def consumer_replicas(settings: Settings, service: str, count: int) -> list[LocalService]:
+def consumer_replicas(
+    settings: Settings, service: str, count: int, env: dict[str, str] | None = None
+) -> list[LocalService]:
     """The replicas of a consumer service: one group, each on its own metrics port."""
     metrics_port, port_variable = _METRICS_PORTS[service]
     replicas = []
@@ -449,8 +458,141 @@ def consumer_replicas(settings: Settings, service: str, count: int) -> list[Loca
             service,
             port,
             health.metrics_probe(partial(metrics_port, replica=replica)),
-            env={port_variable: str(port)},
+            env={**(env or {}), port_variable: str(port)},
         )
         app.name = replica_name(service, replica)
         replicas.append(app)
     return replicas
+
+
+# --- Jaeger and Prometheus -----------------------------------------------------------
+
+
+def jaeger_service(settings: Settings, dirs: StackDirs) -> LocalService:
+    """Jaeger v2 (built once with Go): OTLP/HTTP in, traces in memory, the query API."""
+    telemetry = settings.telemetry
+    config = dirs.run / "jaeger.yaml"
+
+    def prepare() -> None:
+        artifacts.ensure_jaeger(settings)
+        config.write_text(
+            jaeger_config_text(
+                settings.stack.host,
+                otlp_port=telemetry.jaeger_otlp_port,
+                query_port=telemetry.jaeger_query_port,
+                grpc_port=telemetry.jaeger_grpc_port,
+                max_traces=telemetry.jaeger_max_traces,
+            )
+        )
+
+    return LocalService(
+        name="jaeger",
+        port=telemetry.jaeger_query_port,
+        extra_ports=(telemetry.jaeger_otlp_port, telemetry.jaeger_grpc_port),
+        probe=health.jaeger_probe,
+        prepare=prepare,
+        command=lambda: [str(artifacts.jaeger_path(settings)), "--config", str(config)],
+    )
+
+
+def jaeger_config_text(host: str, *, otlp_port: int, query_port: int, grpc_port: int, max_traces: int) -> str:
+    """Jaeger v2's configuration: OTLP/HTTP in, in-memory storage, the query API; every
+    port on ``host`` and named (Jaeger's defaults would open others on all addresses)."""
+    config = {
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query"],
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["batch"],
+                    "exporters": ["jaeger_storage_exporter"],
+                }
+            },
+            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+        },
+        "extensions": {
+            "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": max_traces}}}},
+            "jaeger_query": {
+                "storage": {"traces": "memstore"},
+                "enable_tracing": False,  # its own spans would go to localhost:4317
+                "http": {"endpoint": f"{host}:{query_port}"},
+                "grpc": {"endpoint": f"{host}:{grpc_port}"},
+            },
+        },
+        "receivers": {"otlp": {"protocols": {"http": {"endpoint": f"{host}:{otlp_port}"}}}},
+        "processors": {"batch": {}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
+    }
+    return json.dumps(config, indent=2)  # JSON is YAML
+
+
+def prometheus_service(settings: Settings, dirs: StackDirs, scaled: dict[str, int]) -> LocalService:
+    """Debian's Prometheus, scraping every a0 service (targets follow `a0ctl scale`)."""
+    config = dirs.run / "prometheus.yml"
+    targets = dirs.run / "prometheus-targets.json"
+    storage = dirs.data / "prometheus"
+    host = settings.stack.host
+
+    def prepare() -> None:
+        """Also run by `a0ctl scale`, so the targets follow the replicas."""
+        storage.mkdir(parents=True, exist_ok=True)
+        config.write_text(prometheus_config_text(settings, targets))
+        staging = targets.with_suffix(".tmp")
+        staging.write_text(prometheus_targets_text(settings, scaled))
+        staging.rename(targets)  # Prometheus never reads half a file
+
+    return LocalService(
+        name="prometheus",
+        port=settings.prometheus.port,
+        probe=health.prometheus_probe,
+        prepare=prepare,
+        command=lambda: [
+            artifacts.require_binary("prometheus", "prometheus", "apt-get install prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={storage}",
+            f"--storage.tsdb.retention.time={settings.prometheus.retention}",
+            f"--web.listen-address={host}:{settings.prometheus.port}",
+            "--log.level=warn",
+        ],
+    )
+
+
+def scrape_targets(settings: Settings, replicas: dict[str, int]) -> dict[str, list[str]]:
+    """Every a0 service's metrics address, by job (one per service, replicas as targets)."""
+    host = settings.stack.host
+    return {
+        "gateway": [f"{host}:{settings.gateway.port}"],
+        "conversation-worker": [
+            f"{host}:{worker_metrics_port(settings, r)}" for r in range(replicas["conversation-worker"])
+        ],
+        "tool-executor": [
+            f"{host}:{tools_metrics_port(settings, r)}" for r in range(replicas["tool-executor"])
+        ],
+    }
+
+
+def prometheus_config_text(settings: Settings, targets_file: Path) -> str:
+    """Prometheus's configuration in the local runtime: scrape what ``targets_file`` lists
+    (Prometheus re-reads it when it changes, so `a0ctl scale` needs no restart)."""
+    interval = f"{settings.prometheus.scrape_interval_s}s"
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [
+            {
+                "job_name": "a0",
+                "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
+            }
+        ],
+    }
+    return json.dumps(config, indent=2)
+
+
+def prometheus_targets_text(settings: Settings, replicas: dict[str, int]) -> str:
+    """The scrape targets (file_sd format): one job per a0 service, replicas as targets."""
+    return json.dumps(
+        [
+            {"targets": targets, "labels": {"job": job, "service": job}}
+            for job, targets in scrape_targets(settings, replicas).items()
+        ],
+        indent=2,
+    )

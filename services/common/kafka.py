@@ -51,20 +51,29 @@ async def publish_encoded(
     producer: AIOKafkaProducer, topic: str, conversation_id: str, value: bytes
 ) -> asyncio.Future[object]:
     """:func:`publish` for an envelope already in its wire encoding."""
+    metrics.produced(topic)
     return await producer.send(topic, value, key=conversation_id.encode(), headers=telemetry.kafka_headers())
 
 
 async def dead_letter(
-    producer: AIOKafkaProducer, topic: str, record: ConsumerRecord[bytes, bytes], reason: str, **extra: str
+    producer: AIOKafkaProducer,
+    topic: str,
+    record: ConsumerRecord[bytes, bytes],
+    reason: str,
+    *,
+    group: str,
+    **extra: str,
 ) -> None:
     """Copy a record that cannot be handled to a dead-letter topic, unchanged, with why
     and where it came from in the headers (``a0-dlq-*``)."""
     log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+    metrics.DEAD_LETTERS.labels(group).inc()
     headers = [
         ("a0-dlq-reason", reason.encode()),
         ("a0-dlq-source-topic", record.topic.encode()),
         ("a0-dlq-source-partition", str(record.partition).encode()),
         ("a0-dlq-source-offset", str(record.offset).encode()),
+        ("a0-dlq-group", group.encode()),
         *((f"a0-dlq-{key}", value.encode()) for key, value in extra.items()),
     ]
     await (await producer.send(topic, record.value or b"", key=record.key, headers=headers))
@@ -159,6 +168,7 @@ class ConsumerLoop:
     async def run(self) -> None:
         """Fetch, dispatch and commit until stopped."""
         committer = asyncio.create_task(self._commit_periodically())
+        lag = asyncio.create_task(self._measure_lag_periodically())
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure()
@@ -168,6 +178,7 @@ class ConsumerLoop:
                         self._dispatch(tp, record)
         finally:
             committer.cancel()
+            lag.cancel()
             await self._commit()
 
     def _apply_backpressure(self) -> None:
@@ -202,6 +213,7 @@ class ConsumerLoop:
     async def _handle_with_retries(self, record: ConsumerRecord[bytes, bytes]) -> None:
         lag_s = max(0.0, (telemetry.now_ms() - record.timestamp) / 1000)
         metrics.CONSUMER_LAG_SECONDS.labels(self.group_id, record.topic).observe(lag_s)
+        metrics.MESSAGES_IN.labels(self.group_id, record.topic).inc()
         try:
             envelope = Envelope.from_bytes(record.value)
         except EnvelopeError as exc:
@@ -209,8 +221,17 @@ class ConsumerLoop:
             return
         for attempt in range(self.retries + 1):
             try:
-                with telemetry.consume_span(f"{self.group_id} {envelope.type}", record, envelope):
-                    await self.handler(envelope, record)
+                with telemetry.consume_span(f"{self.group_id} {envelope.type}", record, envelope) as span:
+                    try:
+                        await self.handler(envelope, record)
+                    except PoisonRecord:
+                        telemetry.set_outcome(span, "dead_letter", error=True)
+                        raise
+                    except Exception as exc:
+                        telemetry.set_outcome(
+                            span, "retry" if is_transient(exc) else "dead_letter", error=True
+                        )
+                        raise
                 return
             except PoisonRecord as exc:
                 await self._dead_letter(record, str(exc))
@@ -236,8 +257,7 @@ class ConsumerLoop:
                 await asyncio.sleep(delay)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        metrics.DEAD_LETTERS.labels(self.group_id).inc()
-        await dead_letter(self.producer, self.dead_letter_topic, record, reason)
+        await dead_letter(self.producer, self.dead_letter_topic, record, reason, group=self.group_id)
 
     async def _commit(self) -> None:
         offsets = {}
@@ -252,6 +272,24 @@ class ConsumerLoop:
         except KafkaError as exc:
             # A rebalance in progress: the next commit (or the new owner) covers it.
             log.info("commit skipped: %s", exc)
+
+    async def _measure_lag_periodically(self) -> None:
+        """Per assigned partition: records past what this group has handled."""
+        while True:
+            await asyncio.sleep(1.0)
+            for tp in list(self.consumer.assignment()):
+                highwater = self.consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                state = self._partitions.get(tp)
+                done = state.committable() if state is not None else None
+                if done is None:
+                    try:
+                        done = await self.consumer.position(tp)
+                    except KafkaError:
+                        continue
+                lag = max(0, highwater - done)
+                metrics.CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
 
     async def _commit_periodically(self) -> None:
         while True:

@@ -238,10 +238,48 @@ class LLMSimSettings(BaseSettings):
 
 
 class TelemetrySettings(BaseSettings):
+    """Traces: where services export them (OTLP/HTTP), and the local runtime's Jaeger."""
+
     model_config = _config("A0_OTEL_")
 
-    exporter_otlp_endpoint: str | None = None
+    exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint services export spans to; unset with Jaeger off: no tracing.",
+    )
     service_namespace: str = "a0"
+    jaeger: bool = Field(
+        default=True, description="The local runtime runs Jaeger and services export their spans to it."
+    )
+    jaeger_version: str = "v1.76.0"
+    jaeger_otlp_port: int = Field(default=14318, description="Jaeger's OTLP/HTTP receiver.")
+    jaeger_query_port: int = Field(default=16686, description="Jaeger's UI and query API.")
+    jaeger_grpc_port: int = Field(default=16685, description="Jaeger's gRPC query API.")
+    jaeger_max_traces: int = Field(default=10_000, ge=100, description="Traces Jaeger keeps in memory.")
+    jaeger_url: str | None = Field(default=None, description="Jaeger's query API (default: the local one).")
+
+    def endpoint(self, host: str) -> str | None:
+        """Where services export: the configured endpoint, else the local Jaeger if it runs."""
+        if self.exporter_otlp_endpoint:
+            return self.exporter_otlp_endpoint
+        return f"http://{host}:{self.jaeger_otlp_port}" if self.jaeger else None
+
+    def query_url(self, host: str) -> str:
+        return self.jaeger_url or f"http://{host}:{self.jaeger_query_port}"
+
+
+class PrometheusSettings(BaseSettings):
+    """The local runtime's Prometheus (Debian's package), scraping every a0 service."""
+
+    model_config = _config("A0_PROMETHEUS_")
+
+    enabled: bool = Field(default=True, description="The local runtime runs Prometheus.")
+    port: int = 19090
+    scrape_interval_s: int = Field(default=2, ge=1, le=60, description="How often every service is scraped.")
+    retention: str = Field(default="2d", description="How long samples are kept.")
+    url: str | None = Field(default=None, description="Prometheus's HTTP API (default: the local one).")
+
+    def base_url(self, host: str) -> str:
+        return self.url or f"http://{host}:{self.port}"
 
 
 class Settings(BaseModel):
@@ -258,6 +296,7 @@ class Settings(BaseModel):
     llm: LLMSettings
     llm_sim: LLMSimSettings
     telemetry: TelemetrySettings
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
 
     model_config = {"arbitrary_types_allowed": True}
 
@@ -307,5 +346,6 @@ def load_settings() -> Settings:
         llm=LLMSettings(),
         llm_sim=LLMSimSettings(),
         telemetry=TelemetrySettings(),
+        prometheus=PrometheusSettings(),
     )
     return apply_generated_secrets(settings)

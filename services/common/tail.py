@@ -18,7 +18,7 @@ from collections.abc import Callable, Container
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from services.common import metrics
+from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.errors import PoisonRecord, TransientError
 from services.common.kafka import dead_letter
@@ -35,7 +35,8 @@ class PartitionTail:
     With ``keys``, a record whose key (a conversation id) is not in it is skipped
     before it is decoded; ``handle`` raises :class:`PoisonRecord` for an envelope it cannot
     use, which is dead-lettered like one that does not decode; ``on_connected`` runs each time the tail has its positions, the
-    first time included; ``dead_letter_headers`` go with every dead-lettered record."""
+    first time included; ``dead_letter_headers`` go with every dead-lettered record;
+    ``span_name`` names the span of an envelope worth tracing (None: not traced)."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class PartitionTail:
         on_connected: Callable[[], None] | None = None,
         resume: bool = False,
         dead_letter_headers: dict[str, str] | None = None,
+        span_name: Callable[[Envelope], str | None] | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic
@@ -61,6 +63,8 @@ class PartitionTail:
         self.on_connected = on_connected
         self.resume = resume
         self.dead_letter_headers = dead_letter_headers or {}
+        self.span_name = span_name
+        self._consumed = metrics.MESSAGES_IN.labels(client_id, topic)
         self.connected = False
         self.connected_once = False
         self.last_error: str | None = "not started"
@@ -155,6 +159,7 @@ class PartitionTail:
             await consumer.stop()
 
     def dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self._consumed.inc()
         if (
             self.keys is not None
             and record.key is not None
@@ -162,15 +167,27 @@ class PartitionTail:
         ):
             return
         try:
-            self.handle(Envelope.from_bytes(record.value))
+            envelope = Envelope.from_bytes(record.value)
+            name = self.span_name(envelope) if self.span_name is not None and telemetry.enabled() else None
+            if name is None:
+                self.handle(envelope)
+            else:  # a hop of a turn's trace, the child of the span that sent the record
+                with telemetry.consume_span(name, record, envelope):
+                    self.handle(envelope)
         except (EnvelopeError, PoisonRecord) as exc:
             self._dead_letter(record, str(exc))
 
     def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         # In the background: the tail never waits for the broker per record.
-        metrics.DEAD_LETTERS.labels(self.client_id).inc()
         task = asyncio.create_task(
-            dead_letter(self.producer, self.dead_letter_topic, record, reason, **self.dead_letter_headers)
+            dead_letter(
+                self.producer,
+                self.dead_letter_topic,
+                record,
+                reason,
+                group=self.client_id,
+                **self.dead_letter_headers,
+            )
         )
         self._dead_letters.add(task)
         task.add_done_callback(self._dead_letters.discard)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from opentelemetry import trace
 from redis.asyncio import Redis
 
-from services.common import metrics, open_turns
+from services.common import metrics, open_turns, telemetry
 from services.common.envelope import Envelope, EventType
 from services.common.errors import CredentialError, PoisonRecord, PolicyDenied
 from services.common.settings import Settings
@@ -122,16 +123,19 @@ class TurnRunner:
         try:
             await self._rounds(envelope, start)
             metrics.TURNS.labels(TurnStatus.COMPLETED).inc()
+            telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.COMPLETED), error=False)
         except asyncio.CancelledError:
             if turn_id not in self.cancel_requested:
                 raise  # the worker is stopping: the turn is redelivered and resumes
             if await self.store.status(turn_id) not in TERMINAL:  # not if it had just finished
                 await self._end(envelope, TurnStatus.CANCELLED, [_cancelled(turn_id)])
             metrics.TURNS.labels(TurnStatus.CANCELLED).inc()
+            telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.CANCELLED), error=False)
         except LLMError as exc:
             error = Draft(EventType.ERROR, {"code": exc.code, "message": exc.message}, f"error:{turn_id}")
             await self._end(envelope, TurnStatus.FAILED, [error])
             metrics.TURNS.labels(TurnStatus.FAILED).inc()
+            telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.FAILED), error=True)
         finally:
             metrics.TURNS_INFLIGHT.dec()
             metrics.TURN_SECONDS.observe(time.monotonic() - started)

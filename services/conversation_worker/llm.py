@@ -17,6 +17,7 @@ maps them to its exception classes: 401, 403, 404, 400, 429 (retried after
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from services.common import metrics, telemetry
 from services.common.credentials import LLMConfig
 from services.common.errors import A0Error, CredentialError, PolicyDenied
 from services.common.logging import register_secret
@@ -116,6 +118,22 @@ READ_BUFFER = 1 << 20
 TextSink = Callable[[str, int], Awaitable[None]]
 
 
+class _FirstToken:
+    """Time to first token of one call: a span event and a histogram, once."""
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+        self.started = time.monotonic()
+        self.pending = True
+
+    def seen(self) -> None:
+        self.pending = False
+        seconds = time.monotonic() - self.started
+        metrics.TTFT_SECONDS.observe(seconds)
+        if self.span.is_recording():
+            self.span.add_event("first token", {"a0.ttft_ms": round(seconds * 1000, 1)})
+
+
 class LLMClients:
     def __init__(self, settings: Settings, credentials: CredentialLookup | None = None) -> None:
         self.settings = settings
@@ -171,14 +189,25 @@ class LLMClients:
             body["tools"] = tools
         payload = orjson.dumps(body)
         http = self._http()
-        for attempt in range(ATTEMPTS):
-            try:
-                return await self._stream_once(http, config, payload, on_text, fallback_call_id)
-            except LLMError as error:
-                if not error.retriable or attempt == ATTEMPTS - 1:
-                    raise
-                delay = error.retry_after_s if error.retry_after_s is not None else 0.5 * 2**attempt
-                await asyncio.sleep(min(delay, 30.0))
+        # One span per call (its retries included), never one per streamed piece.
+        attributes = {"gen_ai.request.model": config.model, "a0.llm.source": config.source}
+        with telemetry.span("llm call", attributes) as span:
+            for attempt in range(ATTEMPTS):
+                try:
+                    completion = await self._stream_once(
+                        http, config, payload, on_text, fallback_call_id, _FirstToken(span)
+                    )
+                    if span.is_recording():
+                        span.set_attribute("a0.llm.tool_calls", len(completion.tool_calls))
+                        telemetry.set_outcome(span, "tool_calls" if completion.tool_calls else "answer")
+                    return completion
+                except LLMError as error:
+                    if not error.retriable or attempt == ATTEMPTS - 1:
+                        telemetry.set_outcome(span, error.code, error=True)
+                        raise
+                    delay = error.retry_after_s if error.retry_after_s is not None else 0.5 * 2**attempt
+                    span.add_event("retry", {"a0.llm.error": error.code, "a0.llm.attempt": attempt + 1})
+                    await asyncio.sleep(min(delay, 30.0))
         raise LLMError("llm_unavailable", "The LLM provider could not be reached.")  # not reached
 
     async def _stream_once(
@@ -188,6 +217,7 @@ class LLMClients:
         payload: bytes,
         on_text: TextSink,
         fallback_call_id: Callable[[int], str],
+        first_token: _FirstToken,
     ) -> Completion:
         headers = {
             "Authorization": f"Bearer {config.api_key or 'none'}",
@@ -214,6 +244,8 @@ class LLMClients:
                     if event["data"] == "[DONE]":
                         break
                     chunk = orjson.loads(event["data"])
+                    if first_token.pending:
+                        first_token.seen()
                     if isinstance(chunk, dict) and "error" in chunk:
                         raise LLMError("llm_error", "The LLM provider ended the answer with an error.")
                     position = accumulator.length

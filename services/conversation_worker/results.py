@@ -38,6 +38,10 @@ class ToolResults:
             dead_letter_topic=dead_letter_topic("conversation-worker"),
             handle=self._resolve,
             resume=True,
+            # The hop back to the waiting turn, in the trace of the executor's answer.
+            span_name=lambda envelope: (
+                "worker tool.result" if envelope.type == EventType.TOOL_RESPONSE else None
+            ),
         )
 
     async def start(self) -> None:

@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
 from services.common import metrics
-from services.common.envelope import CLIENT_EVENTS, Envelope
+from services.common.envelope import CLIENT_EVENTS, Envelope, EventType
 from services.common.errors import A0Error
 from services.common.settings import Settings
 from services.common.tail import PartitionTail
@@ -258,4 +258,12 @@ def outbound_tail(settings: Settings, hub: Hub, producer: AIOKafkaProducer) -> P
         keys=hub,  # skip decoding events of conversations nobody here follows
         on_connected=hub.resync_all,
         dead_letter_headers={"replica": replica},
+        span_name=_delivery_span,
     )
+
+
+def _delivery_span(envelope: Envelope) -> str | None:
+    """The last hop of a turn's trace; streamed text is delivered without spans."""
+    if envelope.type == EventType.DELTA or envelope.type not in CLIENT_EVENTS:
+        return None
+    return f"gateway deliver {envelope.type}"

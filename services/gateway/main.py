@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -72,6 +73,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.gateway = None
 
 
+def _untraced_path(scope: Any) -> bool:
+    return scope.get("path") in ("/metrics", "/health", "/ready")
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The gateway app; raises ConfigError for a sign-in set-up it must not run with."""
     check_sign_in(settings)
@@ -83,7 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
         strict_content_type=False,  # a JSON body without a Content-Type header is still JSON
         # A span per request, not per dependency and serializer: those cost more than the
         # request's own work under load.
-        telemetry={"operation_spans": False},
+        # Scrapes and probes are not traced.
+        telemetry={"operation_spans": False, "exclude": _untraced_path},
     )
     app.state.settings = settings
     app.state.gateway = None

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from services.common import metrics
+from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EventType, tool_call_key
 from services.common.errors import PoisonRecord, is_transient
 from services.common.kafka import publish
@@ -87,7 +87,20 @@ class ToolExecutor:
             # Redelivery (or the worker asking again after a restart): answer from the store.
             await (await publish(self.producer, TOOL_RESULTS, stored))
             return
-        result = self._result(envelope, key, await self._execute(envelope, call_id, name, key))
+        attributes = {
+            "a0.tool": name,
+            "a0.conversation_id": envelope.conversation_id,
+            "a0.turn_id": envelope.turn_id,
+        }
+        with telemetry.span("tool run", attributes) as span:
+            started = time.monotonic()
+            payload = await self._execute(envelope, call_id, name, key)
+            if payload.error is not None:
+                metrics.TOOL_ERRORS.labels(name, payload.error.code).inc()
+            metrics.TOOL_SECONDS.labels(name).observe(time.monotonic() - started)
+            outcome = payload.error.code if payload.error is not None else "ok"
+            telemetry.set_outcome(span, outcome, error=payload.error is not None)
+        result = self._result(envelope, key, payload)
         async with self.pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO tool_results (call_key, envelope) VALUES (%s, %s) ON CONFLICT DO NOTHING",
