@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict
 
 from a0ctl.errors import StackError
 from services.common.settings import Settings
@@ -151,6 +152,21 @@ def prometheus_query(
 def _number(value: str) -> float | None:
     number = float(value)
     return None if math.isnan(number) or math.isinf(number) else number
+
+
+class TracesOutput(BaseModel):
+    """``a0ctl trace --json``: ``{"traces": [{"trace_id", "spans": [{"span_id", "parent_id",
+    "service", "name", "start", "duration_ms", "attributes", "events"}]}]}``."""
+
+    traces: list[dict[str, Any]]
+
+
+class TopSnapshot(BaseModel):
+    """``a0ctl top --json``: ``at`` and each figure of :data:`TOP_QUERIES` by its name."""
+
+    model_config = ConfigDict(extra="allow")
+
+    at: str
 
 
 def top_snapshot(settings: Settings) -> dict[str, Any]:

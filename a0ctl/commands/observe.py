@@ -13,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from a0ctl.console import console, errors_to_exit, fail, print_json, settings
-from a0ctl.observe import query_traces, span_children, top_snapshot
+from a0ctl.console import ExitCode, console, errors_to_exit, fail, print_json, settings
+from a0ctl.observe import TopSnapshot, TracesOutput, query_traces, span_children, top_snapshot
 
 # Attributes worth a glance in the tree (all of them are in --json).
 SHOWN = (
@@ -96,22 +96,20 @@ def trace(
 ) -> None:
     """Show a conversation's turns as span trees (one trace per turn) from Jaeger.
 
-    Each hop is a span: the gateway's request, the record sent to Kafka, the worker
-    handling it, the LLM call (with its time to first token), the tool request, the tool
-    executor's run, the result back to the worker, the answer's records and their
-    delivery by the gateway, with durations and the topic, partition and offset.
+    Each hop is a span: the gateway's request, the record sent to Kafka, the worker handling it, the LLM call (with its time to first token), the tool request, the tool executor's run, the result back to the worker, the answer's records and their delivery by the gateway, with durations and the topic, partition and offset.
 
     Example: a0ctl trace 01J...  --turn 01J...
     """
     with errors_to_exit():
         traces = query_traces(settings(), conversation_id, turn)
     if json_out:
-        print_json({"traces": traces})
+        print_json(TracesOutput(traces=traces))
     if not traces:
         what = f"turn {turn} of conversation {conversation_id}" if turn else f"conversation {conversation_id}"
         fail(
-            f"no trace of {what} in Jaeger (spans reach it a second or two after a turn; "
-            "Jaeger keeps traces in memory until it restarts)"
+            ExitCode.FAILED,
+            f"no trace of {what} in Jaeger",
+            "spans reach it a second or two after a turn, and Jaeger keeps traces in memory until it restarts",
         )
     if not json_out:
         for found in traces:
@@ -166,16 +164,14 @@ def top(
     json_out: Annotated[bool, typer.Option("--json", help="Print one snapshot as JSON and exit.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.2)] = 1.0,
 ) -> None:
-    """Live view of the stack from Prometheus: throughput, turn latency percentiles and
-    time to first token, error rate, in-flight turns, consumer lag, shed requests and
-    dead letters. Refreshed every second until ctrl-c.
+    """Live view of the stack from Prometheus: throughput, turn latency percentiles and time to first token, error rate, in-flight turns, consumer lag, shed requests and dead letters. Refreshed every second until ctrl-c.
 
     Example: a0ctl top     (a0ctl top --json for scripts)
     """
     config = settings()
     with errors_to_exit():
         if json_out:
-            print_json(top_snapshot(config))
+            print_json(TopSnapshot.model_validate(top_snapshot(config)))
             return
         if once:
             console.print(top_view(top_snapshot(config)))

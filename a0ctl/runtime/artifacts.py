@@ -104,14 +104,10 @@ def jaeger_path(settings: Settings) -> Path:
     return settings.stack.cache_dir / f"jaeger-{settings.telemetry.jaeger_version}" / "jaeger"
 
 
-def _go_failed(what: str, result: subprocess.CompletedProcess[str]) -> StackError:
-    tail = "\n".join(result.stderr.strip().splitlines()[-15:])
-    return StackError(
-        f"could not {what}:\n{tail}",
-        service="jaeger",
-        hint="check the Go module proxy is reachable and A0_OTEL_JAEGER_VERSION names a released version "
-        "(or set A0_OTEL_JAEGER=false to run without traces)",
-    )
+JAEGER_HINT = (
+    "check the Go module proxy is reachable and A0_OTEL_JAEGER_VERSION names a released version "
+    "(or set A0_OTEL_JAEGER=false to run without traces)"
+)
 
 
 def ensure_jaeger(settings: Settings) -> Path:
@@ -128,25 +124,27 @@ def ensure_jaeger(settings: Settings) -> Path:
         if cached.exists():
             return cached
         env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath"}
-        download = subprocess.run(
+        download = subprocesses.run(
             [go, "mod", "download", "-json", f"{JAEGER_MODULE}@{version}"],
-            capture_output=True,
-            text=True,
+            what=f"downloading {JAEGER_MODULE}@{version}",
+            service="jaeger",
+            hint=JAEGER_HINT,
             env=env,
         )
-        if download.returncode != 0:
-            raise _go_failed(f"download {JAEGER_MODULE}@{version}", download)
         source = json.loads(download.stdout)["Dir"]
         partial = cached.with_name("jaeger.partial")
-        build = subprocess.run(
+        subprocesses.run(
             [go, "build", "-o", str(partial), "./cmd/jaeger"],
+            what=f"building jaeger {version}",
+            service="jaeger",
+            hint=JAEGER_HINT,
             cwd=source,
-            capture_output=True,
-            text=True,
             env=env,
         )
-        if build.returncode != 0 or not partial.exists():
-            raise _go_failed(f"build jaeger {version}", build)
+        if not partial.exists():
+            raise StackError(
+                f"building jaeger {version} left no binary at {partial}", service="jaeger", hint=JAEGER_HINT
+            )
         partial.rename(cached)
     return cached
 

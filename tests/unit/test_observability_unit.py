@@ -4,6 +4,7 @@ of traces, the generated Jaeger and Prometheus configurations, the trace tree.""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from opentelemetry import context as otel_context
@@ -79,7 +80,7 @@ def test_prometheus_scrapes_every_replica_of_every_service(tmp_path) -> None:
 
 
 def test_trace_tree_nests_children_under_parents_across_services() -> None:
-    spans = [
+    spans: list[dict[str, Any]] = [
         {
             "span_id": "a",
             "parent_id": None,
