@@ -247,6 +247,12 @@ class TelemetrySettings(BaseSettings):
         description="OTLP/HTTP endpoint services export spans to; unset with Jaeger off: no tracing.",
     )
     service_namespace: str = "a0"
+    traces_per_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="New traces each process starts per second, at most (a turn is one trace, followed "
+        "across every hop): all of them on a quiet stack, a sample under load. 0: every one.",
+    )
     jaeger: bool = Field(
         default=True, description="The local runtime runs Jaeger and services export their spans to it."
     )
