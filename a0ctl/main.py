@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from a0ctl.commands import chat, creds, load, run, smoke, stack, token, topics
+from a0ctl.commands import chat, creds, db, load, release, roadmap, run, smoke, stack, token, topics
 
 app = typer.Typer(
     name="a0ctl",
@@ -16,11 +16,14 @@ app = typer.Typer(
 stack.register(app)
 app.add_typer(topics.app, name="topics")
 app.add_typer(creds.app, name="creds")
+app.add_typer(db.app, name="db")
+app.add_typer(release.app, name="release")
 app.command()(smoke.smoke)
 app.command()(run.run)
 app.command()(token.token)
 app.command()(chat.chat)
 app.command()(load.load)
+app.command()(roadmap.roadmap)
 
 if __name__ == "__main__":
     app()

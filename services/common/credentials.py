@@ -249,11 +249,14 @@ class CredentialStore:
         """Re-encrypt every credential under a new KEK in one transaction.
 
         The new key is written first, with the old one kept as previous, so a crash at any
-        point leaves every row readable; the previous key is dropped after the commit."""
+        point leaves every row readable; the previous key is dropped after the commit. A
+        rotation that did not finish (a previous key is still there) is finished under its
+        own new key: a fresh one would push out the key its rows are still sealed with."""
         conf = self.settings.stack.conf_path
-        old_value = read_generated_secret(conf, KEK_KEY)
-        new_value = base64.urlsafe_b64encode(os.urandom(32)).decode()
-        write_generated_secrets(conf, {KEK_KEY: new_value, PREVIOUS_KEK_KEY: old_value or ""})
+        if not read_generated_secret(conf, PREVIOUS_KEK_KEY):
+            old_value = read_generated_secret(conf, KEK_KEY)
+            new_value = base64.urlsafe_b64encode(os.urandom(32)).decode()
+            write_generated_secrets(conf, {KEK_KEY: new_value, PREVIOUS_KEK_KEY: old_value or ""})
         self.keyring = Keyring(self.settings)
         async with self.pool.connection() as conn, conn.transaction():
             rows = await (
