@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from a0ctl.console import console, errors_to_exit, print_json, settings
-from services.common.schema import migrate_to, schema_status
 
 app = typer.Typer(
     help="The database schema: which revision it is at, and migrating it.", no_args_is_help=True
@@ -26,6 +25,8 @@ def status(
 
     Example: a0ctl db status --json
     """
+    from services.common.schema import schema_status  # alembic is imported by db commands only
+
     with errors_to_exit():
         result = schema_status(settings())
     if json_out:
@@ -62,6 +63,8 @@ def migrate(
 
     Example: a0ctl db migrate --to 0002
     """
+    from services.common.schema import migrate_to
+
     with errors_to_exit():
         result = migrate_to(settings(), to)
     if json_out:

@@ -15,7 +15,6 @@ from a0ctl.load import LoadReport, run_load
 from a0ctl.smoke.checks import run_smoke
 from a0ctl.topics.apply import plan_topics
 from services.common.errors import A0Error
-from services.common.schema import schema_status
 from services.common.settings import Settings
 
 
@@ -60,6 +59,8 @@ def doctor_check(settings: Settings) -> GateCheck:
 
 def migrations_check(settings: Settings) -> GateCheck:
     def run() -> tuple[bool, str]:
+        from services.common.schema import schema_status  # alembic only when it runs
+
         status = schema_status(settings)
         if status.at_head:
             return True, f"schema at head {status.head}"

@@ -102,8 +102,10 @@ def command_check(args: tuple[str, ...], home: Path, name: str) -> GateCheck:
         result = subprocess.run(
             [sys.executable, "-m", *args], cwd=home, capture_output=True, text=True, timeout=300
         )
-        out = (result.stdout + result.stderr).strip().splitlines()
-        return result.returncode == 0, (out[-1] if out else f"exit {result.returncode}")
+        # The last line with words in it (rich draws error boxes around its messages).
+        lines = [line.strip(" │╭╰╮╯─") for line in (result.stdout + result.stderr).splitlines()]
+        words = [line for line in lines if any(c.isalnum() for c in line)]
+        return result.returncode == 0, (words[-1] if words else f"exit {result.returncode}")
 
     return timed(name, run)
 

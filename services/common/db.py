@@ -13,7 +13,6 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.logging import register_secret
-from services.common.schema import migrate_to
 from services.common.settings import Settings
 
 # JSON and JSONB columns are read and written with orjson, in every service.
@@ -34,6 +33,8 @@ async def ensure_database(settings: Settings) -> None:
 
 async def migrate(settings: Settings) -> None:
     """Create the database if needed and upgrade its schema to this version's head."""
+    from services.common.schema import migrate_to  # alembic: only where a schema is migrated
+
     await ensure_database(settings)
     await asyncio.to_thread(migrate_to, settings, "head")
 
