@@ -31,11 +31,11 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from a0ctl.client import SseParser
 from a0ctl.topics.admin import consumer_lag
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
 from services.common.settings import Settings
+from services.common.sse import SseParser
 
 TERMINAL = frozenset(str(t) for t in TERMINAL_EVENTS)
 

@@ -14,7 +14,6 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from a0ctl.client import SseParser
 from services.common.auth import mint_token
 from services.common.envelope import Envelope, EventType
 from services.common.settings import (
@@ -31,6 +30,7 @@ from services.common.settings import (
     ToolSettings,
     WorkerSettings,
 )
+from services.common.sse import SseParser
 from services.gateway import fanout
 from services.gateway.errors import InvalidRequest, error_body, validation_message
 from services.gateway.fanout import Cursor, Hub, SlowConsumer, Step, Subscription
