@@ -88,11 +88,16 @@ def _connection(settings: Settings) -> Iterator[Connection]:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
             yield connection
     except (SQLAlchemyError, psycopg.Error) as exc:
-        cause = exc.orig if isinstance(exc, SQLAlchemyError) and exc.orig else exc  # type: ignore[attr-defined]
+        cause = getattr(exc, "orig", None) or exc
+        unreachable = isinstance(cause, psycopg.OperationalError)
         raise StackError(
-            f"PostgreSQL at {settings.stack.host}:{settings.postgres.port}: {cause}".strip(),
+            f"PostgreSQL at {settings.stack.host}:{settings.postgres.port}: {cause}".strip()
+            if unreachable
+            else f"the schema migration failed, nothing was changed (one transaction): {cause}".strip(),
             service="postgres",
-            hint="is the stack up? `a0ctl up --infra-only` starts PostgreSQL",
+            hint="is the stack up? `a0ctl up --infra-only` starts PostgreSQL"
+            if unreachable
+            else "fix the cause named here, then run it again; `a0ctl db status` shows where the schema is",
         ) from None
     finally:
         engine.dispose()
