@@ -16,10 +16,11 @@ def roadmap(
         bool, typer.Option("--json", help="Print {milestones: [{id, title, met, checks}]}.")
     ] = False,
 ) -> None:
-    """Run the checks of milestones M0-M5 (docs/roadmap.md) and print met / not met with
-    the evidence. Live checks need the stack up (they include a short load run); test
-    results are read from the latest test-artifacts/junit-*.xml. Exit 1 if any milestone
-    is not met.
+    """Run the acceptance checks of milestones M0-M5: met / not met, with evidence.
+
+    The milestones are those of docs/roadmap.md. Live checks need the stack up (they
+    include a 20 s load run); test results are read from the latest
+    test-artifacts/junit-*.xml. Exit 1 while any milestone is not met.
 
     Example: a0ctl roadmap --json
     """
