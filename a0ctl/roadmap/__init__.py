@@ -75,10 +75,11 @@ def junit_check(home: Path, tier: str, tests: tuple[str, ...] = ()) -> GateCheck
 def stack_check(settings: Settings) -> GateCheck:
     def run() -> tuple[bool, str]:
         statuses = get_runtime(settings).status()
-        bad = [f"{s.name} {s.state}" for s in statuses if s.state == "stopped" or not s.healthy]
-        if bad:
-            return False, f"not healthy: {', '.join(bad)}; run `a0ctl up`"
-        return True, f"{len(statuses)} services healthy: {', '.join(s.name for s in statuses)}"
+        running = [s for s in statuses if s.state != "stopped"]  # as `a0ctl status` counts them
+        bad = [f"{s.name} {s.state}" for s in running if not s.healthy]
+        if bad or not running:
+            return False, f"not healthy: {', '.join(bad) or 'nothing runs'}; run `a0ctl up`"
+        return True, f"{len(running)} services healthy: {', '.join(s.name for s in running)}"
 
     return timed("every service healthy (a0ctl status)", run)
 
