@@ -50,7 +50,8 @@ def junit_check(home: Path, tier: str, tests: tuple[str, ...] = ()) -> GateCheck
         if not path.exists():
             return False, f"no {path.relative_to(home)}: run `make test` (or the {tier} tier) first"
         results: dict[str, str] = {}
-        for case in ET.parse(path).getroot().iter("testcase"):
+        cases = list(ET.parse(path).getroot().iter("testcase"))
+        for case in cases:
             test = case.get("name", "").split("[")[0]  # parametrized cases count as their test
             outcome = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
             if results.get(test, "passed") == "passed":
@@ -66,7 +67,7 @@ def junit_check(home: Path, tier: str, tests: tuple[str, ...] = ()) -> GateCheck
         bad = [f"{t} {o}" for t, o in results.items() if o != "passed"]
         if not results or bad:
             return False, f"{source}: " + ("; ".join(bad[:5]) or "no tests")
-        return True, f"{source}: {len(results)} passed, 0 failed, 0 skipped"
+        return True, f"{source}: {len(cases)} passed, 0 failed, 0 skipped"
 
     return timed(name, run)
 

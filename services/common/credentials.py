@@ -195,6 +195,9 @@ class CredentialStore:
             except CredentialError as exc:
                 await self._audit(actor, owner_id, provider, "set", "rejected", exc.message)
                 raise
+        # Seal with the KEK the file holds now: `a0ctl creds rotate-key` (another process)
+        # may have replaced the one loaded at start, and drops the old one once it is done.
+        self.keyring = Keyring(self.settings)
         nonce, ciphertext, key_id = self.keyring.encrypt(owner_id, provider, api_key)
         async with self.pool.connection() as conn:
             row = await (
