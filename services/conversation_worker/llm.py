@@ -17,9 +17,11 @@ maps them to its exception classes: 401, 403, 404, 400, 429 (retried after
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -123,6 +125,17 @@ class LLMClients:
         )
         # Opened on the first call, inside the event loop that uses it.
         self._session: aiohttp.ClientSession | None = None
+        # HTTP(S)_PROXY and NO_PROXY are read once per base URL, not on every call (aiohttp's
+        # trust_env reads the environment and ~/.netrc in a thread for each request).
+        self._environment_proxies = urllib.request.getproxies()
+        self._proxies: dict[str, str | None] = {}
+
+    def _proxy_for(self, base_url: str) -> str | None:
+        if base_url not in self._proxies:
+            parts = urlsplit(base_url)
+            bypass = urllib.request.proxy_bypass(parts.hostname or "")
+            self._proxies[base_url] = None if bypass else self._environment_proxies.get(parts.scheme)
+        return self._proxies[base_url]
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -130,7 +143,6 @@ class LLMClients:
                 connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
                 timeout=self._timeout,
                 read_bufsize=READ_BUFFER,
-                trust_env=True,
             )
         return self._session
 
@@ -183,9 +195,10 @@ class LLMClients:
             "Accept": "text/event-stream",
         }
         url = config.base_url.rstrip("/") + "/chat/completions"
+        proxy = self._proxy_for(config.base_url)
         accumulator = StreamAccumulator()
         try:
-            async with http.post(url, data=payload, headers=headers) as response:
+            async with http.post(url, data=payload, headers=headers, proxy=proxy) as response:
                 if response.status >= 400:
                     await response.read()
                     raise status_error(response.status, response.headers.get("Retry-After"))
