@@ -12,7 +12,8 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-from services.common.errors import A0Error, StackError
+from a0ctl.errors import StackError
+from services.common.errors import A0Error
 from services.common.settings import Settings, load_settings
 
 # Client libraries log connection retries as errors while a service starts; a0ctl

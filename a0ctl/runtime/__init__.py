@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+from a0ctl.errors import StackError
 from a0ctl.runtime.base import Runtime, ServiceStatus
-from services.common.errors import StackError
 from services.common.settings import Settings
 
 __all__ = ["Runtime", "ServiceStatus", "docker_engine_answers", "get_runtime"]

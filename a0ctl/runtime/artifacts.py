@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from services.common.errors import StackError
+from a0ctl.errors import StackError
 from services.common.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -20,9 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, health
 from a0ctl.runtime.postgres import HBA, UPGRADE_HBA, hba_trusts, initdb_argv, provision, write_owned
-from services.common.errors import StackError
 from services.common.settings import Settings
 
 
@@ -166,6 +166,18 @@ def tools_metrics_port(settings: Settings, replica: int) -> int:
     return settings.tools.metrics_port + 10 * replica
 
 
+@dataclass(frozen=True)
+class StackDirs:
+    """Where a local stack keeps its data and its run files (generated configs, sockets)."""
+
+    data: Path
+    run: Path
+
+    @classmethod
+    def under(cls, state: Path) -> StackDirs:
+        return cls(data=state / "data", run=state / "run")
+
+
 def build_services(
     settings: Settings, state: Path, replicas: dict[str, int] | None = None
 ) -> dict[str, LocalService]:
@@ -176,49 +188,41 @@ def build_services(
         "tool-executor": settings.tools.replicas,
         **(replicas or {}),
     }
-    host = settings.stack.host
-    data = state / "data"
-    run = state / "run"
+    dirs = StackDirs.under(state)
+    services = [
+        kafka_service(settings, dirs),
+        redis_service(settings, dirs),
+        postgres_service(settings, dirs),
+        opa_service(settings, dirs),
+        app_service("llm-sim", settings.llm_sim.port, health.llm_sim_probe),
+        *consumer_replicas(settings, "tool-executor", scaled["tool-executor"]),
+        *consumer_replicas(settings, "conversation-worker", scaled["conversation-worker"]),
+        app_service("gateway", settings.gateway.port, health.gateway_probe),
+    ]
+    for service in services:
+        base = next((b for b in START_ORDER if service.name == b or service.name.startswith(f"{b}-")), "")
+        service.priority = 100 + 10 * START_ORDER.index(base) if base else 500
+    return {service.name: service for service in services}
 
-    # --- Kafka ---------------------------------------------------------------
-    kafka_dir = data / "kafka"
-    kafka_props = run / "kafka-server.properties"
 
-    def kafka_prepare() -> None:
+# --- Kafka ---------------------------------------------------------------------------
+
+
+def kafka_service(settings: Settings, dirs: StackDirs) -> LocalService:
+    """Apache Kafka, one broker and controller (KRaft); storage formatted on first start."""
+    kafka_dir = dirs.data / "kafka"
+    kafka_props = dirs.run / "kafka-server.properties"
+
+    def prepare() -> None:
         if _dir_is_corrupt(kafka_dir, "meta.properties"):
             raise _corrupt("kafka", kafka_dir, "meta.properties")
         artifacts.ensure_kafka(settings)
-        k = settings.kafka
-        kafka_props.write_text(
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@{host}:{k.controller_port}",
-                    f"listeners=PLAINTEXT://{host}:{k.port},CONTROLLER://{host}:{k.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{host}:{k.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    f"log.dirs={kafka_dir}",
-                    "auto.create.topics.enable=false",
-                    "num.partitions=1",
-                    "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=6",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    "",
-                ]
-            )
-        )
+        kafka_props.write_text(kafka_properties(settings, kafka_dir))
         if not (kafka_dir / "meta.properties").exists():
             kafka_dir.mkdir(parents=True, exist_ok=True)
             _run_checked(
                 [
-                    *kafka_java(),
+                    *kafka_java(settings),
                     "kafka.tools.StorageTool",
                     "format",
                     "--ignore-formatted",
@@ -231,28 +235,105 @@ def build_services(
                 "formatting Kafka storage",
             )
 
-    def kafka_java() -> list[str]:
-        java = shutil.which("java")
-        if not java:
-            raise StackError("java not found", service="kafka", hint="install a Java 17+ runtime")
-        libs = artifacts.kafka_libs(settings)
-        return [
-            java,
-            "-Xms256m",
-            f"-Xmx{settings.kafka.heap}",
-            "-XX:+UseG1GC",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={artifacts.KAFKA_LOG4J}",
-            "-cp",
-            f"{libs}/*",
-        ]
+    return LocalService(
+        name="kafka",
+        port=settings.kafka.port,
+        extra_ports=(settings.kafka.controller_port,),
+        probe=health.kafka_probe,
+        prepare=prepare,
+        command=lambda: [*kafka_java(settings), "kafka.Kafka", str(kafka_props)],
+        # SIGTERM starts a controlled shutdown: leadership moved, logs flushed and
+        # closed cleanly, so the next start needs no log recovery.
+        stop_wait_s=60,
+        start_s=10,
+    )
 
-    # --- PostgreSQL ----------------------------------------------------------
-    pg_dir = data / "postgres"
-    pg_sock = run / "postgres"
+
+def kafka_properties(settings: Settings, kafka_dir: Path) -> str:
+    host, k = settings.stack.host, settings.kafka
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{host}:{k.controller_port}",
+            f"listeners=PLAINTEXT://{host}:{k.port},CONTROLLER://{host}:{k.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{host}:{k.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"log.dirs={kafka_dir}",
+            "auto.create.topics.enable=false",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=6",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "",
+        ]
+    )
+
+
+def kafka_java(settings: Settings) -> list[str]:
+    java = shutil.which("java")
+    if not java:
+        raise StackError("java not found", service="kafka", hint="install a Java 17+ runtime")
+    libs = artifacts.kafka_libs(settings)
+    return [
+        java,
+        "-Xms256m",
+        f"-Xmx{settings.kafka.heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={artifacts.KAFKA_LOG4J}",
+        "-cp",
+        f"{libs}/*",
+    ]
+
+
+# --- Redis ---------------------------------------------------------------------------
+
+
+def redis_service(settings: Settings, dirs: StackDirs) -> LocalService:
+    redis_dir = dirs.data / "redis"
+    return LocalService(
+        name="redis",
+        port=settings.redis.port,
+        probe=health.redis_probe,
+        prepare=lambda: redis_dir.mkdir(parents=True, exist_ok=True),
+        command=lambda: [
+            artifacts.require_binary("redis-server", "redis", "apt-get install redis-server"),
+            "--port",
+            str(settings.redis.port),
+            "--bind",
+            settings.stack.host,
+            "--dir",
+            str(redis_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+    )
+
+
+# --- PostgreSQL ----------------------------------------------------------------------
+
+
+def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:
+    """PostgreSQL in a private data directory (initdb on first start) and socket dir; run
+    as 'postgres' when a0ctl is root, and provisioned once it accepts connections."""
+    pg_dir = dirs.data / "postgres"
+    pg_sock = dirs.run / "postgres"
     pg_user = _non_root_user()
 
-    def pg_prepare() -> None:
+    def prepare() -> None:
         if _dir_is_corrupt(pg_dir, "PG_VERSION"):
             raise _corrupt("postgres", pg_dir, "PG_VERSION")
         for path in (pg_sock, pg_dir):
@@ -275,134 +356,104 @@ def build_services(
         else:
             write_owned(pg_dir / "pg_hba.conf", HBA, pg_user)
 
-    # --- OPA ---------------------------------------------------------------------
-    def opa_local_data() -> Path:
-        """This stack's own policy data: its simulator is the one loopback base URL a
-        credential may use (data.a0_local.egress_allowed in stack/opa/authz.rego)."""
+    return LocalService(
+        name="postgres",
+        port=settings.postgres.port,
+        probe=health.postgres_probe,
+        prepare=prepare,
+        after_start=lambda: provision(settings, pg_sock, pg_dir, pg_user),
+        user=pg_user,
+        stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
+        stop_wait_s=30,
+        command=lambda: [
+            _pg_bin("postgres"),
+            "-D",
+            str(pg_dir),
+            "-p",
+            str(settings.postgres.port),
+            "-k",
+            str(pg_sock),
+            "-c",
+            f"listen_addresses={settings.stack.host}",
+            "-c",
+            "max_connections=300",
+        ],
+    )
+
+
+# --- OPA -----------------------------------------------------------------------------
+
+
+def opa_service(settings: Settings, dirs: StackDirs) -> LocalService:
+    """The OPA server with a0's policies (stack/opa) and this stack's own policy data."""
+
+    def local_data() -> Path:
+        """This stack's simulator is the one loopback base URL a credential may use
+        (data.a0_local.egress_allowed in stack/opa/authz.rego)."""
         port = settings.llm_sim.port
-        names = [f"{name}:{port}" for name in (host, "127.0.0.1", "localhost")]
-        path = run / "opa-local.json"
+        names = [f"{name}:{port}" for name in (settings.stack.host, "127.0.0.1", "localhost")]
+        path = dirs.run / "opa-local.json"
         path.write_text(json.dumps({"a0_local": {"egress_allowed": sorted(set(names))}}))
         return path
 
-    # --- the services ----------------------------------------------------------
-    def app_command(name: str) -> Callable[[], list[str]]:
-        return lambda: [python(), "-m", "a0ctl", "run", name]
+    return LocalService(
+        name="opa",
+        port=settings.opa.port,
+        probe=health.opa_probe,
+        command=lambda: [
+            str(artifacts.ensure_opa(settings)),
+            "run",
+            "--server",
+            "--addr",
+            f"{settings.stack.host}:{settings.opa.port}",
+            "--disable-telemetry",
+            "--log-level",
+            "error",
+            "--ignore",
+            "*_test.rego",
+            str(artifacts.OPA_POLICY_DIR),
+            str(local_data()),
+        ],
+    )
 
-    def consumer_replicas(
-        service: str, metrics_port: Callable[..., int], port_variable: str
-    ) -> list[LocalService]:
-        """The replicas of a consumer service: one group, each on its own metrics port."""
-        return [
-            LocalService(
-                name=replica_name(service, replica),
-                port=metrics_port(settings, replica),
-                probe=health.metrics_probe(partial(metrics_port, replica=replica)),
-                command=app_command(service),
-                env={port_variable: str(metrics_port(settings, replica))},
-                app=True,
-            )
-            for replica in range(scaled[service])
-        ]
 
-    services = [
-        LocalService(
-            name="kafka",
-            port=settings.kafka.port,
-            extra_ports=(settings.kafka.controller_port,),
-            probe=health.kafka_probe,
-            prepare=kafka_prepare,
-            command=lambda: [*kafka_java(), "kafka.Kafka", str(kafka_props)],
-            # SIGTERM starts a controlled shutdown: leadership moved, logs flushed and
-            # closed cleanly, so the next start needs no log recovery.
-            stop_wait_s=60,
-            start_s=10,
-        ),
-        LocalService(
-            name="redis",
-            port=settings.redis.port,
-            probe=health.redis_probe,
-            prepare=lambda: (data / "redis").mkdir(parents=True, exist_ok=True),
-            command=lambda: [
-                artifacts.require_binary("redis-server", "redis", "apt-get install redis-server"),
-                "--port",
-                str(settings.redis.port),
-                "--bind",
-                host,
-                "--dir",
-                str(data / "redis"),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],
-        ),
-        LocalService(
-            name="postgres",
-            port=settings.postgres.port,
-            probe=health.postgres_probe,
-            prepare=pg_prepare,
-            after_start=lambda: provision(settings, pg_sock, pg_dir, pg_user),
-            user=pg_user,
-            stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
-            stop_wait_s=30,
-            command=lambda: [
-                _pg_bin("postgres"),
-                "-D",
-                str(pg_dir),
-                "-p",
-                str(settings.postgres.port),
-                "-k",
-                str(pg_sock),
-                "-c",
-                f"listen_addresses={host}",
-                "-c",
-                "max_connections=300",
-            ],
-        ),
-        LocalService(
-            name="opa",
-            port=settings.opa.port,
-            probe=health.opa_probe,
-            command=lambda: [
-                str(artifacts.ensure_opa(settings)),
-                "run",
-                "--server",
-                "--addr",
-                f"{host}:{settings.opa.port}",
-                "--disable-telemetry",
-                "--log-level",
-                "error",
-                "--ignore",
-                "*_test.rego",
-                str(artifacts.OPA_POLICY_DIR),
-                str(opa_local_data()),
-            ],
-        ),
-        LocalService(
-            name="llm-sim",
-            port=settings.llm_sim.port,
-            probe=health.llm_sim_probe,
-            command=app_command("llm-sim"),
-            app=True,
-        ),
-        *consumer_replicas("tool-executor", tools_metrics_port, "A0_TOOLS_METRICS_PORT"),
-        *consumer_replicas("conversation-worker", worker_metrics_port, "A0_WORKER_METRICS_PORT"),
-        LocalService(
-            name="gateway",
-            port=settings.gateway.port,
-            probe=health.gateway_probe,
-            command=app_command("gateway"),
-            app=True,
-        ),
-    ]
-    for service in services:
-        if service.app:
-            service.stop_wait_s = 10
-        base = next((b for b in START_ORDER if service.name == b or service.name.startswith(f"{b}-")), "")
-        service.priority = 100 + 10 * START_ORDER.index(base) if base else 500
-    return {service.name: service for service in services}
+# --- a0's own services ---------------------------------------------------------------
+
+APP_STOP_WAIT_S = 10  # a0's services stop within seconds
+
+
+def app_service(name: str, port: int, probe: health.Probe, env: dict[str, str] | None = None) -> LocalService:
+    """One of a0's own services, run as ``a0ctl run <name>``."""
+    return LocalService(
+        name=name,
+        port=port,
+        probe=probe,
+        command=lambda: [python(), "-m", "a0ctl", "run", name],
+        env=env or {},
+        app=True,
+        stop_wait_s=APP_STOP_WAIT_S,
+    )
+
+
+# The metrics port of each replica, and the variable that tells the replica.
+_METRICS_PORTS: dict[str, tuple[Callable[..., int], str]] = {
+    "conversation-worker": (worker_metrics_port, "A0_WORKER_METRICS_PORT"),
+    "tool-executor": (tools_metrics_port, "A0_TOOLS_METRICS_PORT"),
+}
+
+
+def consumer_replicas(settings: Settings, service: str, count: int) -> list[LocalService]:
+    """The replicas of a consumer service: one group, each on its own metrics port."""
+    metrics_port, port_variable = _METRICS_PORTS[service]
+    replicas = []
+    for replica in range(count):
+        port = metrics_port(settings, replica)
+        app = app_service(
+            service,
+            port,
+            health.metrics_probe(partial(metrics_port, replica=replica)),
+            env={port_variable: str(port)},
+        )
+        app.name = replica_name(service, replica)
+        replicas.append(app)
+    return replicas

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from supervisor.xmlrpc import SupervisorTransport
 
-from services.common.errors import StackError
+from a0ctl.errors import StackError
 
 # supervisord's states in which a process is running or about to (it refuses to start those).
 ACTIVE_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF"})

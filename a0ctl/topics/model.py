@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from services.common.errors import TopicsFileError
+from a0ctl.errors import TopicsFileError
 
 ENVIRONMENTS = ("local", "staging", "production")
 

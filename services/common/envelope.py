@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from services.common.errors import A0Error
+
 # The version this release writes (``v`` of every envelope), and the oldest it reads:
 # release N reads N-1 too, so records an older producer left on a topic (or in the events
 # table) during a rolling upgrade or a rollback are read, not dead-lettered.
@@ -61,8 +63,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(A0Error):
     """A record that is not a valid envelope: a poison message for the dead-letter topic."""
+
+    code = "invalid_envelope"
 
 
 class Envelope(BaseModel):

@@ -16,24 +16,16 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import httpx
-import psycopg
-import psycopg_pool
-import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EnvelopeError
+from services.common.errors import PoisonRecord, is_transient
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
-
-INBOUND = "conversation.inbound"
-OUTBOUND = "conversation.outbound"
-TOOL_REQUESTS = "tool.requests"
-TOOL_RESULTS = "tool.results"
 
 
 def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
@@ -47,23 +39,6 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
         linger_ms=0,
         request_timeout_ms=15_000,
         max_request_size=1_048_576,
-    )
-
-
-async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
-    """Every partition of a topic (for consumers that read all of them, without a group)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"]:
-        raise TransientError(f"topic {topic} is not available (error {described['error_code']})")
-    return sorted(
-        (TopicPartition(topic, p["partition"]) for p in described["partitions"]), key=lambda tp: tp.partition
     )
 
 
@@ -93,27 +68,6 @@ async def dead_letter(
         *((f"a0-dlq-{key}", value.encode()) for key, value in extra.items()),
     ]
     await (await producer.send(topic, record.value or b"", key=record.key, headers=headers))
-
-
-class PoisonRecord(Exception):
-    """The record can never be handled: it goes to the dead-letter topic with this reason."""
-
-
-class TransientError(Exception):
-    """Worth retrying with backoff (a dependency briefly unavailable)."""
-
-
-# A dependency that is down or restarting: retry the record, never dead-letter it early.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    TransientError,
-    KafkaError,
-    OSError,
-    psycopg.OperationalError,
-    psycopg_pool.PoolTimeout,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    httpx.TransportError,
-)
 
 
 Handler = Callable[[Envelope, ConsumerRecord[bytes, bytes]], Awaitable[None]]
@@ -261,7 +215,13 @@ class ConsumerLoop:
             except PoisonRecord as exc:
                 await self._dead_letter(record, str(exc))
                 return
-            except TRANSIENT_ERRORS as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):  # a handler bug must not stop the partition forever
+                    log.exception("handler failed on %s", envelope.id)
+                    await self._dead_letter(record, f"handler error: {type(exc).__name__}: {exc}")
+                    return
                 if attempt == self.retries:
                     await self._dead_letter(record, f"gave up after {attempt + 1} attempts: {exc}")
                     return
@@ -274,12 +234,6 @@ class ConsumerLoop:
                     exc,
                 )
                 await asyncio.sleep(delay)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a handler bug must not stop the partition forever
-                log.exception("handler failed on %s", envelope.id)
-                await self._dead_letter(record, f"handler error: {type(exc).__name__}: {exc}")
-                return
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         metrics.DEAD_LETTERS.labels(self.group_id).inc()

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from services.common.errors import StackError
+from services.common.errors import SchemaError, TransientError
 from services.common.logging import register_secret
 from services.common.settings import Settings
 
@@ -90,11 +90,10 @@ def _connection(settings: Settings) -> Iterator[Connection]:
     except (SQLAlchemyError, psycopg.Error) as exc:
         cause = getattr(exc, "orig", None) or exc
         unreachable = isinstance(cause, psycopg.OperationalError)
-        raise StackError(
+        raise (TransientError if unreachable else SchemaError)(
             f"PostgreSQL at {settings.stack.host}:{settings.postgres.port}: {cause}".strip()
             if unreachable
             else f"the schema migration failed, nothing was changed (one transaction): {cause}".strip(),
-            service="postgres",
             hint="is the stack up? `a0ctl up --infra-only` starts PostgreSQL"
             if unreachable
             else "fix the cause named here, then run it again; `a0ctl db status` shows where the schema is",
@@ -113,10 +112,9 @@ def _status(connection: Connection) -> SchemaStatus:
     known = [s.revision for s in scripts]
     current = _current(connection)
     if current is not None and current not in known:
-        raise StackError(
+        raise SchemaError(
             f"the database is at schema revision {current!r}, which this version of a0 does not know "
             f"(it knows {', '.join(known)})",
-            service="postgres",
             hint="a newer a0 migrated it: run `a0ctl db migrate --to "
             f"{known[-1]}` with that version before going back (docs/rollback.md)",
         )
@@ -140,7 +138,7 @@ def migrate_to(settings: Settings, target: str = "head") -> MigrationResult:
     scripts = history()
     known = [s.revision for s in scripts]
     if target == "base":
-        raise StackError(
+        raise SchemaError(
             f"below the baseline ({known[0]}) there is no schema: every table would be dropped",
             hint="`a0ctl down --purge` deletes the data; `a0ctl db migrate --to REVISION` goes back one release",
         )
@@ -149,7 +147,7 @@ def migrate_to(settings: Settings, target: str = "head") -> MigrationResult:
     except CommandError:
         wanted = None
     if wanted is None:
-        raise StackError(
+        raise SchemaError(
             f"unknown schema revision {target!r}",
             hint=f"one of: {', '.join(known)} or head (see `a0ctl db status`)",
         )

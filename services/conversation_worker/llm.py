@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 
 from services.common.credentials import LLMConfig
-from services.common.errors import CredentialError, PolicyDenied
+from services.common.errors import A0Error, CredentialError, PolicyDenied
 from services.common.logging import register_secret
 from services.common.settings import Settings
 from services.common.sse import SseParser
@@ -39,16 +39,16 @@ class CredentialLookup(Protocol):
     async def llm_config_for(self, user_id: str) -> LLMConfig | None: ...
 
 
-class LLMError(Exception):
-    """An upstream failure, phrased for the user; ``code`` goes into the error event."""
+class LLMError(A0Error):
+    """An upstream failure, phrased for the user; ``code`` goes into the error event.
+    ``retriable`` ones are retried within the call; a turn fails on any that is left."""
 
     def __init__(
-        self, code: str, message: str, *, retryable: bool = False, retry_after_s: float | None = None
+        self, code: str, message: str, *, retriable: bool = False, retry_after_s: float | None = None
     ) -> None:
         super().__init__(message)
         self.code = code
-        self.message = message
-        self.retryable = retryable
+        self.retriable = retriable
         self.retry_after_s = retry_after_s
 
 
@@ -175,7 +175,7 @@ class LLMClients:
             try:
                 return await self._stream_once(http, config, payload, on_text, fallback_call_id)
             except LLMError as error:
-                if not error.retryable or attempt == ATTEMPTS - 1:
+                if not error.retriable or attempt == ATTEMPTS - 1:
                     raise
                 delay = error.retry_after_s if error.retry_after_s is not None else 0.5 * 2**attempt
                 await asyncio.sleep(min(delay, 30.0))
@@ -204,7 +204,7 @@ class LLMClients:
                     raise status_error(response.status, response.headers.get("Retry-After"))
                 if response.content_type != "text/event-stream":
                     raise LLMError(
-                        "llm_unavailable", "The LLM provider did not answer with a stream.", retryable=True
+                        "llm_unavailable", "The LLM provider did not answer with a stream.", retriable=True
                     )
                 parser = SseParser()
                 async for raw in response.content:
@@ -223,7 +223,7 @@ class LLMClients:
         except (TimeoutError, aiohttp.ClientError, ValueError):
             # ValueError: a line that is not UTF-8 or JSON, or longer than the read buffer.
             raise LLMError(
-                "llm_unavailable", "The LLM provider could not be reached.", retryable=True
+                "llm_unavailable", "The LLM provider could not be reached.", retriable=True
             ) from None
         return accumulator.completion(fallback_call_id)
 
@@ -255,11 +255,11 @@ def status_error(status: int, retry_after: str | None = None) -> LLMError:
         return LLMError(
             "llm_rate_limited",
             "The LLM provider is rate limiting; try again shortly.",
-            retryable=True,
+            retriable=True,
             retry_after_s=_retry_after(retry_after),
         )
     if status >= 500 or status in (408, 409):
-        return LLMError("llm_unavailable", "The LLM provider could not be reached.", retryable=True)
+        return LLMError("llm_unavailable", "The LLM provider could not be reached.", retriable=True)
     if status in (400, 422):
         return LLMError("llm_bad_request", "The LLM provider rejected the request.")
     return LLMError("llm_error", f"The LLM call failed (HTTP {status}).")

@@ -8,16 +8,19 @@ import logging
 from typing import Any
 
 import psycopg
-from aiokafka.errors import KafkaError
 from opentelemetry.trace import SpanKind
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
+from services.common import open_turns
 from services.common.auth import Principal
 from services.common.envelope import Envelope, EventType, new_id
-from services.common.kafka import INBOUND, publish
+from services.common.errors import is_transient
+from services.common.kafka import publish
 from services.common.telemetry import tracer
+from services.common.topics import INBOUND
+from services.common.turns import OPEN_SQL, TurnStatus
 from services.gateway import ratelimit
 from services.gateway.deps import GatewayState
 from services.gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
@@ -200,7 +203,9 @@ async def publish_confirmed(state: GatewayState, envelope: Envelope) -> None:
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
             delivery = await publish(state.producer, INBOUND, envelope)
             await delivery
-    except (KafkaError, TimeoutError, OSError) as exc:
+    except Exception as exc:
+        if not is_transient(exc):  # TimeoutError is one: an OSError
+            raise
         log.warning("publishing %s %s failed: %s: %s", envelope.type, envelope.id, type(exc).__name__, exc)
         raise Unavailable(BROKER_DOWN) from exc
 
@@ -262,20 +267,20 @@ async def submit_message(
             except Unavailable:
                 async with state.pool.connection(timeout=10) as conn:
                     await conn.execute(
-                        "UPDATE turns SET status = 'failed', updated_at = now() WHERE turn_id = %s",
-                        (turn_id,),
+                        "UPDATE turns SET status = %s, updated_at = now() WHERE turn_id = %s",
+                        (TurnStatus.FAILED, turn_id),
                     )
                 raise
         accepted = True
     finally:
         if not accepted:
-            await ratelimit.release_turn(state.redis)
+            await open_turns.release(state.redis)
     return MessageAccepted(conversation_id=conversation_id, message_id=message_id, turn_id=turn_id)
 
 
-_QUEUE_TURN = """
+_QUEUE_TURN = f"""
 WITH queued AS (
-    INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, 'queued')
+    INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, '{TurnStatus.QUEUED.value}')
 )
 UPDATE conversations SET updated_at = now() WHERE id = %(c)s
 """
@@ -289,7 +294,7 @@ async def _queue_turn_by_policy(
     async with state.pool.connection(timeout=10) as conn, conn.transaction():
         locked = await conn.execute(
             "SELECT policy, EXISTS (SELECT 1 FROM turns WHERE conversation_id = %(c)s "
-            "AND status IN ('queued', 'running')) FROM conversations WHERE id = %(c)s FOR UPDATE",
+            f"AND status IN {OPEN_SQL}) FROM conversations WHERE id = %(c)s FOR UPDATE",
             {"c": conversation_id},
         )
         found = await locked.fetchone()

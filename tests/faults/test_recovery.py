@@ -18,10 +18,10 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from a0ctl.errors import StackError
 from a0ctl.runtime.local import LocalRuntime, port_in_use, process_alive
 from a0ctl.runtime.stack import bring_up
 from a0ctl.runtime.supervisor import daemon_pid
-from services.common.errors import StackError
 from services.common.settings import Settings, load_settings
 from tests.support.cli import a0ctl
 

@@ -16,12 +16,11 @@ import psycopg
 import pytest
 import redis.asyncio
 import websockets
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from a0ctl.runtime.local import LocalRuntime
 from services.common.auth import mint_token
+from services.common.open_turns import OPEN_TURNS_KEY, OPEN_TURNS_QUERY
 from services.common.settings import Settings
-from services.gateway.ratelimit import OPEN_TURNS_KEY, OPEN_TURNS_QUERY
 from tests.support.gateway import (
     answer_text,
     auth,
@@ -33,6 +32,7 @@ from tests.support.gateway import (
     send_and_collect,
     sse_events,
 )
+from tests.support.kafka import dead_letters, send_raw
 from tests.support.processes import running_gateway
 from tests.support.sandbox import sandboxed_processes, wait_until_no_sandboxed_processes
 
@@ -164,26 +164,15 @@ async def test_failing_or_denied_tool_reaches_client_and_turn_completes(
 async def test_malformed_record_goes_to_dead_letter_and_consumer_carries_on(
     settings: Settings, client
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    dlq = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await producer.start()
-    await dlq.start()
-    try:
-        tp = TopicPartition("dlq.conversation-worker", 0)
-        dlq.assign([tp])
-        await dlq.seek_to_end(tp)
-        end = await dlq.position(tp)
-        await producer.send_and_wait("conversation.inbound", b"{not json", key=b"poison")
-        record = await asyncio.wait_for(dlq.getone(), 30)
-        assert record.offset >= end and record.value == b"{not json"
+    async with dead_letters(settings, "dlq.conversation-worker") as dlq:
+        await send_raw(settings, "conversation.inbound", b"{not json", key=b"poison")
+        record = await dlq.next()
+        assert record.offset >= dlq.start and record.value == b"{not json"
         headers = dict(record.headers)
         assert (
             b"not JSON" in headers["a0-dlq-reason"]
             and headers["a0-dlq-source-topic"] == b"conversation.inbound"
         )
-    finally:
-        await producer.stop()
-        await dlq.stop()
     alice = auth(settings, "alice")
     events = await send_and_collect(client, alice, await create_conversation(client, alice), "hello again")
     assert events[-1]["type"] == "message.completed"
@@ -490,27 +479,35 @@ async def test_gateway_dead_letters_an_unreadable_outbound_record(settings: Sett
     events = sse_events(client, headers, conversation_id)
     following = asyncio.ensure_future(anext(events))  # someone follows the conversation here
     await asyncio.sleep(0.5)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    dlq = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await producer.start()
-    await dlq.start()
     try:
-        tp = TopicPartition("dlq.gateway", 0)
-        dlq.assign([tp])
-        await dlq.seek_to_end(tp)
-        await dlq.position(tp)
-        await producer.send_and_wait("conversation.outbound", b'{"type": 1}', key=conversation_id.encode())
-        record = await asyncio.wait_for(dlq.getone(), 30)
-        assert record.key == conversation_id.encode() and dict(record.headers)["a0-dlq-replica"] == b"gw-1"
+        async with dead_letters(settings, "dlq.gateway") as dlq:
+            await send_raw(settings, "conversation.outbound", b'{"type": 1}', key=conversation_id.encode())
+            record = await dlq.next()
+            assert (
+                record.key == conversation_id.encode() and dict(record.headers)["a0-dlq-replica"] == b"gw-1"
+            )
     finally:
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
         await events.aclose()
-        await producer.stop()
-        await dlq.stop()
     # The stream still works for that conversation.
     turn = await send_and_collect(client, headers, conversation_id, "hello")
     assert turn[-1]["type"] == "message.completed"
+
+
+async def test_worker_dead_letters_an_unreadable_tool_result_and_tools_still_answer(
+    settings: Settings, client
+) -> None:
+    async with dead_letters(settings, "dlq.conversation-worker") as dlq:
+        await send_raw(settings, "tool.results", b"{not a result", key=b"poison")
+        record = await dlq.next()
+        headers = dict(record.headers)
+        assert record.value == b"{not a result"
+        assert b"not JSON" in headers["a0-dlq-reason"] and headers["a0-dlq-source-topic"] == b"tool.results"
+    alice = auth(settings, "alice")
+    events = await send_and_collect(client, alice, await create_conversation(client, alice), "compute 6*7")
+    result = next(e for e in events if e["type"] == "tool.result")
+    assert result["payload"]["output"] == "42" and events[-1]["type"] == "message.completed"
 
 
 async def test_postgres_restarted_mid_turn_the_turn_completes_once(

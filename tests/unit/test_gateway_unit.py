@@ -229,7 +229,7 @@ class MemoryEvents:
         self.stored = stored
 
     async def load(
-        self, _pool: Any, conversation_id: str, after: int, before: int | None = None
+        self, conversation_id: str, after: int, before: int | None = None
     ) -> AsyncIterator[Envelope]:
         for envelope in sorted(self.stored, key=lambda e: e.seq):
             if (
@@ -250,13 +250,10 @@ async def _take(events: AsyncIterator[Envelope], count: int) -> list[int]:
     return seqs
 
 
-async def test_subscription_replays_then_follows_without_gap_or_duplicate(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_subscription_replays_then_follows_without_gap_or_duplicate() -> None:
     table = MemoryEvents([event(seq) for seq in range(1, 6)])
-    monkeypatch.setattr(fanout, "load_events", table.load)
     hub = Hub()
-    async with Subscription(hub, None, CONVERSATION, after=2) as events:  # type: ignore[arg-type]
+    async with Subscription(hub, table.load, CONVERSATION, after=2) as events:
         assert await _take(events, 3) == [3, 4, 5]
         hub.publish(event(4))  # already replayed: skipped
         hub.publish(event(5))
@@ -268,23 +265,19 @@ async def test_subscription_replays_then_follows_without_gap_or_duplicate(
     assert len(hub) == 0
 
 
-async def test_subscription_resyncs_from_the_table_after_a_consumer_restart(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_subscription_resyncs_from_the_table_after_a_consumer_restart() -> None:
     table = MemoryEvents([event(1)])
-    monkeypatch.setattr(fanout, "load_events", table.load)
     hub = Hub()
-    async with Subscription(hub, None, CONVERSATION, after=0) as events:  # type: ignore[arg-type]
+    async with Subscription(hub, table.load, CONVERSATION, after=0) as events:
         assert await _take(events, 1) == [1]
         table.stored += [event(2), event(3)]  # published while the consumer was away
         hub.resync_all()
         assert await _take(events, 2) == [2, 3]
 
 
-async def test_a_slow_subscription_ends_so_the_client_can_resume(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fanout, "load_events", MemoryEvents([]).load)
+async def test_a_slow_subscription_ends_so_the_client_can_resume() -> None:
     hub = Hub(queue_size=1)
-    async with Subscription(hub, None, CONVERSATION, after=0) as events:  # type: ignore[arg-type]
+    async with Subscription(hub, MemoryEvents([]).load, CONVERSATION, after=0) as events:
         hub.publish(event(1))
         hub.publish(event(2))  # overflow
         with pytest.raises(SlowConsumer):

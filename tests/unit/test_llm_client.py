@@ -13,11 +13,11 @@ import uvicorn
 
 from services.common.envelope import Envelope, EventType
 from services.common.settings import load_settings
+from services.common.tools import tool_catalog
 from services.conversation_worker.deltas import DeltaStream
 from services.conversation_worker.events import Draft
 from services.conversation_worker.llm import LLMClients, LLMError, StreamAccumulator, status_error
 from services.llm_sim.main import create_app
-from services.tool_executor.tools import load_tools
 
 pytestmark = pytest.mark.unit
 
@@ -76,7 +76,7 @@ async def chat(llm: Upstream, content: str, *, api_key: str = KEY, model: str = 
     async def on_text(text: str, position: int) -> None:
         pieces.append((position, text))
 
-    specs = [tool.spec.openai_tool() for tool in load_tools().values()]
+    specs = [spec.openai_tool() for spec in tool_catalog()]
     completion = await llm.clients.stream_chat(
         config(llm.base_url, api_key, model),
         [{"role": "user", "content": content}],
@@ -107,7 +107,7 @@ async def test_text_arrives_in_pieces_with_their_offsets(llm: Upstream) -> None:
 async def test_a_wrong_key_is_an_auth_error_that_does_not_quote_it(llm: Upstream) -> None:
     with pytest.raises(LLMError) as info:
         await chat(llm, "hello", api_key="sk-wrong-key-999")
-    assert info.value.code == "llm_auth" and not info.value.retryable
+    assert info.value.code == "llm_auth" and not info.value.retriable
     assert "sk-wrong" not in info.value.message
 
 
@@ -141,9 +141,9 @@ async def test_a_server_error_is_retried_and_the_answer_arrives(sim: Any) -> Non
 
 def test_status_codes_map_like_the_openai_sdk() -> None:
     limited = status_error(429, "3")
-    assert limited.code == "llm_rate_limited" and limited.retryable and limited.retry_after_s == 3.0
-    assert status_error(500).retryable and status_error(502).code == "llm_unavailable"
-    assert status_error(403).code == "llm_forbidden" and not status_error(403).retryable
+    assert limited.code == "llm_rate_limited" and limited.retriable and limited.retry_after_s == 3.0
+    assert status_error(500).retriable and status_error(502).code == "llm_unavailable"
+    assert status_error(403).code == "llm_forbidden" and not status_error(403).retriable
     assert status_error(400).code == "llm_bad_request"
 
 
