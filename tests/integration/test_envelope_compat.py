@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from services.common.envelope import MIN_READ_VERSION, new_id
-from services.common.kafka import INBOUND, make_producer, publish_encoded
+from services.common.kafka import make_producer, publish_encoded
 from services.common.settings import Settings
+from services.common.topics import INBOUND
 from tests.support.gateway import answer_text, auth, collect_turn, create_conversation, sse_events
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from a0ctl.client import GatewayClient
-from services.common.kafka import INBOUND, OUTBOUND, TOOL_REQUESTS, TOOL_RESULTS
 from services.common.secrets_env import apply_generated_secrets
 from services.common.settings import Settings, load_settings
+from services.common.topics import INBOUND, OUTBOUND, TOOL_REQUESTS, TOOL_RESULTS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "envelopes"
 
