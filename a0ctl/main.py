@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from a0ctl.commands import chat, creds, load, observe, run, smoke, stack, token, topics
+from a0ctl.commands import chat, creds, db, load, observe, release, roadmap, run, smoke, stack, token, topics
 from a0ctl.console import exit_codes_help, setup_logging
 
 # Help texts are written one paragraph per line: rich keeps a line break where it finds
@@ -35,6 +35,8 @@ def main(
 stack.register(app)
 app.add_typer(topics.app, name="topics")
 app.add_typer(creds.app, name="creds")
+app.add_typer(db.app, name="db")
+app.add_typer(release.app, name="release")
 app.command()(smoke.smoke)
 app.command()(run.run)
 app.command()(token.token)
@@ -42,6 +44,7 @@ app.command()(chat.chat)
 app.command()(load.load)
 app.command()(observe.trace)
 app.command()(observe.top)
+app.command()(roadmap.roadmap)
 
 if __name__ == "__main__":
     app()
