@@ -20,8 +20,7 @@ def status(
 ) -> None:
     """Show the schema revision of the database, the head of this version, and what is pending.
 
-    Exit 1 when the database cannot be reached or is at a revision this version does
-    not know; 0 otherwise (`at_head` in --json says whether a migration is pending).
+    Exit 1 when the database cannot be reached or is at a revision this version does not know; 0 otherwise (`at_head` in --json says whether a migration is pending).
 
     Example: a0ctl db status --json
     """
@@ -58,8 +57,7 @@ def migrate(
 ) -> None:
     """Upgrade (or downgrade) the schema to a revision, in one transaction.
 
-    `a0ctl up` upgrades to head by itself; --to an older revision rolls the schema back
-    before running the previous release (docs/rollback.md).
+    `a0ctl up` upgrades to head by itself; --to an older revision rolls the schema back before running the previous release (docs/rollback.md).
 
     Example: a0ctl db migrate --to 0002
     """

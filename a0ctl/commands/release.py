@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from a0ctl.console import console, errors_to_exit, print_json, settings
+from a0ctl.console import ExitCode, console, errors_to_exit, print_json, settings
 from a0ctl.release.evidence import ReleaseEvidence, run_check, tag_release
 from a0ctl.release.gate import GateCheck, LoadLimits
 
@@ -46,8 +46,7 @@ def check(
     ] = DEFAULTS.sla_p99_s,
     json_out: Annotated[bool, typer.Option("--json", help="Print the evidence as JSON.")] = False,
 ) -> None:
-    """Run the release gate on the running stack: doctor, migrations at head, topics plan
-    without drift, smoke, and a load run within the SLA. Exit 1 if any check fails.
+    """Run the release gate on the running stack: doctor, migrations at head, topics plan without drift, smoke, and a load run within the SLA. Exit 1 if any check fails.
 
     The evidence is kept under the state dir (release/last-check.json) for `release tag`.
 
@@ -63,7 +62,7 @@ def check(
     else:
         render(evidence)
     if not evidence.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @app.command()

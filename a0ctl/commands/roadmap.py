@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from a0ctl.commands.release import check_table
-from a0ctl.console import console, errors_to_exit, print_json, settings
+from a0ctl.console import ExitCode, console, errors_to_exit, print_json, settings
 from a0ctl.roadmap import run_roadmap
 
 
@@ -18,9 +18,7 @@ def roadmap(
 ) -> None:
     """Run the acceptance checks of milestones M0-M5: met / not met, with evidence.
 
-    The milestones are those of docs/roadmap.md. Live checks need the stack up (they
-    include a 20 s load run); test results are read from the latest
-    test-artifacts/junit-*.xml. Exit 1 while any milestone is not met.
+    The milestones are those of docs/roadmap.md. Live checks need the stack up (they include a 20 s load run); test results are read from the latest test-artifacts/junit-*.xml. Exit 1 while any milestone is not met.
 
     Example: a0ctl roadmap --json
     """
@@ -35,4 +33,4 @@ def roadmap(
         met = sum(m.met for m in result.milestones)
         console.print(f"{met} of {len(result.milestones)} milestones met", highlight=False)
     if not all(m.met for m in result.milestones):
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)

@@ -50,7 +50,7 @@ def timed(name: str, run: Callable[[], tuple[bool, str]]) -> GateCheck:
 
 def doctor_check(settings: Settings) -> GateCheck:
     def run() -> tuple[bool, str]:
-        checks = run_doctor(settings)
+        checks = run_doctor(settings).checks
         failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
         return not failed, "; ".join(failed) if failed else f"{len(checks)} prerequisites present"
 
