@@ -37,7 +37,6 @@ export function initConversationList(hooks) {
   let query = "";
   let activeId = null; // the row that holds the list's tab stop
   let searchTimer = null;
-  let pendingDelete = null;
 
   const titleOf = (conversation) => conversation.title || "New chat";
   const rows = () => [...list.querySelectorAll("[data-testid=conversation-row]")];
@@ -186,7 +185,10 @@ export function initConversationList(hooks) {
   function askDelete(id) {
     const conversation = conversations.find((c) => c.id === id);
     if (!conversation) return;
-    pendingDelete = id;
+    // The dialog holds what it asks about: a "close" event of an earlier opening, which the
+    // browser delivers later, cannot change it.
+    confirm.dataset.conversationId = id;
+    confirm.returnValue = "";
     document.getElementById("confirm-delete-text").textContent =
       `Delete “${titleOf(conversation)}”? Its messages are removed from the server for good.`;
     confirm.showModal();
@@ -194,9 +196,8 @@ export function initConversationList(hooks) {
   }
 
   async function doDelete() {
-    const id = pendingDelete;
-    pendingDelete = null;
-    confirm.close();
+    const id = confirm.dataset.conversationId;
+    confirm.close("deleted");
     if (!id) return;
     const index = rows().findIndex((r) => r.dataset.conversationId === id);
     try {
@@ -266,13 +267,11 @@ export function initConversationList(hooks) {
     }
   });
   document.getElementById("confirm-delete-ok").addEventListener("click", doDelete);
-  document.getElementById("confirm-delete-cancel").addEventListener("click", () => {
-    pendingDelete = null;
-    confirm.close();
-  });
+  document.getElementById("confirm-delete-cancel").addEventListener("click", () => confirm.close("cancel"));
   confirm.addEventListener("close", () => {
-    if (pendingDelete) setActive(pendingDelete, true);
-    pendingDelete = null;
+    // Kept (cancel, Escape): focus goes back to its row. Deleted: doDelete moves it on.
+    const id = confirm.dataset.conversationId;
+    if (confirm.returnValue !== "deleted" && id && rowOf(id)) setActive(id, true);
   });
 
   return {
