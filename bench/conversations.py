@@ -11,8 +11,9 @@ for each size N:
 It prints turns/s and response times of both, their ratio, the mean overhead a0 adds
 per turn, and CPU seconds per turn of every process (read from ``/proc``), so a change
 shows where it saved. With ``--tracing both`` (the default) it measures everything with
-tracing off (no exporter: no spans), then restarts a0's services exporting every span
-to the stack's Jaeger and measures again, in the same run. The simulator runs with the stack's default pace (first token
+tracing off (no exporter: no spans), then restarts a0's services exporting to the
+stack's Jaeger as ``a0ctl up`` does (``A0_OTEL_TRACES_PER_S`` new traces a second per
+process; 0 traces every turn) and measures again, in the same run. The simulator runs with the stack's default pace (first token
 after 20 ms, 400 tokens/s) unless told otherwise. Results go to ``bench/results/``
 with the machine described.
 
@@ -202,7 +203,7 @@ def main() -> None:
         "--tracing",
         choices=("both", "off", "on"),
         default="both",
-        help="measure with tracing off (no exporter: no spans), on (every span to the stack's Jaeger), "
+        help="measure with tracing off (no exporter: no spans), on (as a0ctl up runs it, to the stack's Jaeger), "
         "or both, one after the other in the same run (default)",
     )
     args = parser.parse_args()
