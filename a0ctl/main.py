@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from a0ctl.commands import chat, creds, load, run, smoke, stack, token, topics
+from a0ctl.commands import chat, creds, deploy, load, run, smoke, stack, token, topics
 
 app = typer.Typer(
     name="a0ctl",
@@ -16,6 +16,7 @@ app = typer.Typer(
 stack.register(app)
 app.add_typer(topics.app, name="topics")
 app.add_typer(creds.app, name="creds")
+app.add_typer(deploy.app, name="deploy")
 app.command()(smoke.smoke)
 app.command()(run.run)
 app.command()(token.token)

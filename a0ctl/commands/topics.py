@@ -12,7 +12,9 @@ from rich.table import Table
 from a0ctl.console import console, errors_to_exit, print_json, settings
 from a0ctl.topics.admin import consumer_lag, describe_topics
 from a0ctl.topics.apply import plan_topics
+from a0ctl.topics.model import load_topics_file
 from a0ctl.topics.plan import TopicPlan
+from a0ctl.topics.render import RenderFormat, render
 
 app = typer.Typer(
     help="Topics as code: compare topics.yaml with the cluster and apply it.", no_args_is_help=True
@@ -168,3 +170,28 @@ def lag(
             f"{r.lag_seconds:.1f}s" if r.lag else "-",
         )
     console.print(table)
+
+
+@app.command("render")
+def render_command(
+    fmt: Annotated[RenderFormat, typer.Option("--format", help="What to render: strimzi.")] = "strimzi",
+    file: FileOpt = None,
+    env: Annotated[str, typer.Option("--env", "-e", help="local | staging | production.")] = "production",
+    cluster: Annotated[str, typer.Option("--cluster", help="Name of the Strimzi Kafka resource.")] = "a0",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file (default: standard output).")
+    ] = None,
+) -> None:
+    """Render topics.yaml as Strimzi KafkaTopic and KafkaUser (ACL) resources.
+
+    deploy/kubernetes/kafka/topics-and-users.yaml is this command's output; never edit it.
+
+    Example: a0ctl topics render --format strimzi --env production -o deploy/kubernetes/kafka/topics-and-users.yaml
+    """
+    with errors_to_exit():
+        text = render(load_topics_file(file or settings().stack.topics_file), fmt, env, cluster)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        console.print(f"wrote {output}", highlight=False)

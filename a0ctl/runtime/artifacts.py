@@ -4,6 +4,7 @@
   ``stack/kafka/pom.xml``.
 - OPA: the ``opa`` server binary at a pinned version, from ``go install`` when the
   machine has none of that version.
+- kubeconform and kustomize (``a0ctl deploy validate``): ``go install`` at pinned versions.
 """
 
 from __future__ import annotations
@@ -87,19 +88,26 @@ def ensure_opa(settings: Settings) -> Path:
         probe = subprocess.run([on_path, "version"], capture_output=True, text=True)
         if f"Version: {settings.opa.version.lstrip('v')}" in probe.stdout:
             return Path(on_path)
-    go = _require("go", "install Go (https://go.dev) or put opa on PATH", "opa")
-    env = {**os.environ, "GOBIN": str(cached.parent), "CGO_ENABLED": "0"}
-    result = subprocess.run(
-        [go, "install", f"{OPA_MODULE}@{settings.opa.version}"], capture_output=True, text=True, env=env
+    return go_install(OPA_MODULE, settings.opa.version, cached, service="opa", setting="A0_OPA_VERSION")
+
+
+def go_install(module: str, version: str, binary: Path, *, service: str, setting: str) -> Path:
+    """Build ``module@version`` with ``go install`` into ``binary``'s directory, once."""
+    if binary.exists():
+        return binary
+    go = _require(
+        "go", f"install Go (apt-get install golang; scripts/bootstrap.sh does) to build {service}", service
     )
-    if result.returncode != 0 or not cached.exists():
+    env = {**os.environ, "GOBIN": str(binary.parent), "CGO_ENABLED": "0"}
+    result = subprocess.run([go, "install", f"{module}@{version}"], capture_output=True, text=True, env=env)
+    if result.returncode != 0 or not binary.exists():
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
         raise StackError(
-            f"could not build opa {settings.opa.version} with go install:\n{tail}",
-            service="opa",
-            hint="check the Go module proxy is reachable and A0_OPA_VERSION names a released version",
+            f"could not build {service} {version} with go install:\n{tail}",
+            service=service,
+            hint=f"check the Go module proxy is reachable and {setting} names a released version",
         )
-    return cached
+    return binary
 
 
 def require_binary(binary: str, service: str, install: str) -> str:

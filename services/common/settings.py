@@ -235,6 +235,22 @@ class TelemetrySettings(BaseSettings):
     service_namespace: str = "a0"
 
 
+class KubernetesSettings(BaseSettings):
+    """What ``a0ctl deploy validate`` checks deploy/kubernetes with, all pinned."""
+
+    model_config = _config("A0_K8S_")
+
+    version: str = Field(
+        default="1.33.0", description="Kubernetes version whose schemas the manifests must fit."
+    )
+    kubeconform_version: str = "v0.8.0"
+    kustomize_version: str = "v5.8.0"
+    strimzi_version: str = Field(
+        default="0.45.0", description="Strimzi operator release of the Kafka resources."
+    )
+    keda_version: str = Field(default="v2.18.0", description="KEDA release of the ScaledObject resources.")
+
+
 class Settings(BaseModel):
     """All of a0's settings, built once per process by :func:`load_settings`."""
 
@@ -249,6 +265,7 @@ class Settings(BaseModel):
     llm: LLMSettings
     llm_sim: LLMSimSettings
     telemetry: TelemetrySettings
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
     model_config = {"arbitrary_types_allowed": True}
 
@@ -298,5 +315,6 @@ def load_settings() -> Settings:
         llm=LLMSettings(),
         llm_sim=LLMSimSettings(),
         telemetry=TelemetrySettings(),
+        kubernetes=KubernetesSettings(),
     )
     return apply_generated_secrets(settings)
