@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -50,18 +52,34 @@ def not_healthy(statuses: list[ServiceStatus]) -> list[str]:
     return [s.name for s in statuses if s.state != "stopped" and not s.healthy]
 
 
+class Profile(StrEnum):
+    single = "single"
+    cluster = "cluster"
+
+
 def up(
     runtime: RuntimeOpt = None,
     infra_only: Annotated[bool, typer.Option(help="Start only Kafka, Redis, PostgreSQL and OPA.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final status as JSON.")] = False,
+    profile: Annotated[
+        Profile | None,
+        typer.Option(
+            help="single: one Kafka node; cluster: three KRaft nodes, topics replicated 3 with "
+            "min.insync.replicas 2 (topics.yaml's staging section). Same as A0_PROFILE; keep it "
+            "in .env so every command sees the same stack.",
+        ),
+    ] = None,
 ) -> None:
     """Start the stack under supervisord (idempotent) and wait until every service is healthy.
 
     A crashed service is restarted by supervisord, one that stays unhealthy by the
     watchdog. Running it again starts only what is not running.
 
-    Example: a0ctl up
+    Example: a0ctl up --profile cluster
     """
+    if profile is not None:
+        # A setting like any other: this process, supervisord and every service see it.
+        os.environ["A0_PROFILE"] = profile.value
     progress: dict[str, str] = {}
 
     def render() -> Table:

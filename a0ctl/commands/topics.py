@@ -50,10 +50,29 @@ def render_plan(plan: TopicPlan) -> None:
         console.print(f"unchanged: {', '.join(plan.unchanged)}", highlight=False)
     if plan.unmanaged:
         console.print(f"[dim]on the cluster, not in the file (left alone): {', '.join(plan.unmanaged)}[/]")
+    if not plan.acls_enforced:
+        console.print("[dim]ACLs: not enforced (A0_KAFKA_SECURITY_PROTOCOL=PLAINTEXT)[/]")
+    elif plan.acls:
+        table = Table(title=f"ACL plan ({plan.env})", title_justify="left")
+        table.add_column("principal")
+        table.add_column("action")
+        table.add_column("change")
+        for acl_change in plan.acls:
+            style = "green" if acl_change.action == "grant" else "red"
+            table.add_row(
+                acl_change.entry.principal, f"[{style}]{acl_change.action}[/]", acl_change.entry.describe()
+            )
+        console.print(table)
+    else:
+        console.print("[green]ACLs match.[/] every principal has exactly what topics.yaml grants.")
+    if plan.unmanaged_acls:
+        console.print(
+            f"[dim]ACLs of principals not in the file (left alone): {'; '.join(plan.unmanaged_acls)}[/]"
+        )
 
 
 def _plan_json(plan: TopicPlan) -> dict[str, object]:
-    return {**plan.model_dump(), "has_changes": plan.has_changes}
+    return {**plan.model_dump(), "acls": [c.model_dump() for c in plan.acls], "has_changes": plan.has_changes}
 
 
 @app.command()
@@ -126,7 +145,7 @@ def describe(
     Example: a0ctl topics describe conversation.inbound --json
     """
     with errors_to_exit():
-        topics = asyncio.run(describe_topics(settings().kafka_bootstrap, [topic] if topic else None))
+        topics = asyncio.run(describe_topics(settings(), [topic] if topic else None))
     if json_out:
         print_json({"topics": [t.model_dump() for t in topics]})
         return
@@ -152,7 +171,7 @@ def lag(
     Example: a0ctl topics lag --group a0-conversation-worker
     """
     with errors_to_exit():
-        rows = asyncio.run(consumer_lag(settings().kafka_bootstrap, group))
+        rows = asyncio.run(consumer_lag(settings(), group))
     if json_out:
         print_json({"lag": [r.model_dump() for r in rows], "total": sum(r.lag for r in rows)})
         return

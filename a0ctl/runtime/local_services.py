@@ -180,72 +180,7 @@ def build_services(
     data = state / "data"
     run = state / "run"
 
-    # --- Kafka ---------------------------------------------------------------
-    kafka_dir = data / "kafka"
-    kafka_props = run / "kafka-server.properties"
-
-    def kafka_prepare() -> None:
-        if _dir_is_corrupt(kafka_dir, "meta.properties"):
-            raise _corrupt("kafka", kafka_dir, "meta.properties")
-        artifacts.ensure_kafka(settings)
-        k = settings.kafka
-        kafka_props.write_text(
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@{host}:{k.controller_port}",
-                    f"listeners=PLAINTEXT://{host}:{k.port},CONTROLLER://{host}:{k.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{host}:{k.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    f"log.dirs={kafka_dir}",
-                    "auto.create.topics.enable=false",
-                    "num.partitions=1",
-                    "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=6",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    "",
-                ]
-            )
-        )
-        if not (kafka_dir / "meta.properties").exists():
-            kafka_dir.mkdir(parents=True, exist_ok=True)
-            _run_checked(
-                [
-                    *kafka_java(),
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "--ignore-formatted",
-                    "-t",
-                    settings.kafka.cluster_id,
-                    "-c",
-                    str(kafka_props),
-                ],
-                "kafka",
-                "formatting Kafka storage",
-            )
-
-    def kafka_java() -> list[str]:
-        java = shutil.which("java")
-        if not java:
-            raise StackError("java not found", service="kafka", hint="install a Java 17+ runtime")
-        libs = artifacts.kafka_libs(settings)
-        return [
-            java,
-            "-Xms256m",
-            f"-Xmx{settings.kafka.heap}",
-            "-XX:+UseG1GC",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={artifacts.KAFKA_LOG4J}",
-            "-cp",
-            f"{libs}/*",
-        ]
+    from a0ctl.runtime.kafka_local import kafka_services
 
     # --- PostgreSQL ----------------------------------------------------------
     pg_dir = data / "postgres"
@@ -299,25 +234,14 @@ def build_services(
                 port=metrics_port(settings, replica),
                 probe=health.metrics_probe(partial(metrics_port, replica=replica)),
                 command=app_command(service),
-                env={port_variable: str(metrics_port(settings, replica))},
+                env={port_variable: str(metrics_port(settings, replica)), "A0_KAFKA_SASL_USERNAME": service},
                 app=True,
             )
             for replica in range(scaled[service])
         ]
 
     services = [
-        LocalService(
-            name="kafka",
-            port=settings.kafka.port,
-            extra_ports=(settings.kafka.controller_port,),
-            probe=health.kafka_probe,
-            prepare=kafka_prepare,
-            command=lambda: [*kafka_java(), "kafka.Kafka", str(kafka_props)],
-            # SIGTERM starts a controlled shutdown: leadership moved, logs flushed and
-            # closed cleanly, so the next start needs no log recovery.
-            stop_wait_s=60,
-            start_s=10,
-        ),
+        *kafka_services(settings, state),
         LocalService(
             name="redis",
             port=settings.redis.port,
@@ -397,6 +321,7 @@ def build_services(
             port=settings.gateway.port,
             probe=health.gateway_probe,
             command=app_command("gateway"),
+            env={"A0_KAFKA_SASL_USERNAME": "gateway"},
             app=True,
         ),
     ]

@@ -56,3 +56,33 @@ def desired_acls(spec: TopicsFile) -> list[AclEntry]:
 
 def sort_acls(entries: set[AclEntry] | list[AclEntry]) -> list[AclEntry]:
     return sorted(entries, key=lambda e: (e.principal, e.resource_type, e.name, e.operation))
+
+
+class AclChange(BaseModel):
+    action: Literal["grant", "revoke"]
+    entry: AclEntry
+
+    @property
+    def detail(self) -> str:
+        return f"{self.action} {self.entry.describe()}"
+
+
+def compute_acl_changes(
+    desired: list[AclEntry], live: list[AclEntry], principals: list[str]
+) -> tuple[list[AclChange], list[str]]:
+    """What makes the cluster's ACLs the file's: grants for what is missing, revokes for
+    what a declared principal has beyond the file. ACLs of principals the file does not
+    declare are returned as unmanaged, and left alone."""
+    wanted, current = set(desired), set(live)
+    changes = [AclChange(action="grant", entry=entry) for entry in sort_acls(wanted - current)]
+    changes += [
+        AclChange(action="revoke", entry=entry)
+        for entry in sort_acls(current - wanted)
+        if entry.principal in principals
+    ]
+    unmanaged = [
+        f"User:{entry.principal} {entry.describe()}"
+        for entry in sort_acls(current)
+        if entry.principal not in principals
+    ]
+    return changes, unmanaged

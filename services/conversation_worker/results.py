@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from services.common.envelope import Envelope, EnvelopeError, EventType, tool_call_key
-from services.common.kafka import TOOL_RESULTS, partitions_of
+from services.common.kafka import TOOL_RESULTS, client_options, partitions_of
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ class ToolResults:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_options(settings),
             enable_auto_commit=False,
             client_id="worker-tool-results",
         )

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from services.common import metrics
 from services.common.envelope import CLIENT_EVENTS, Envelope, EnvelopeError
-from services.common.kafka import OUTBOUND, dead_letter
+from services.common.kafka import OUTBOUND, client_options, dead_letter
 from services.common.settings import Settings
 
 log = logging.getLogger("a0.gateway.fanout")
@@ -231,7 +231,7 @@ class OutboundConsumer:
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **client_options(self.settings),
             client_id=f"gateway-{self.settings.gateway.replica}-outbound",
             group_id=None,
             enable_auto_commit=False,

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from a0ctl.runtime.local import LocalRuntime
 from services.common.auth import mint_token
+from services.common.kafka import client_options
 from services.common.settings import Settings
 from services.gateway.ratelimit import OPEN_TURNS_KEY, OPEN_TURNS_QUERY
 from tests.support.gateway import (
@@ -164,8 +165,8 @@ async def test_failing_or_denied_tool_reaches_client_and_turn_completes(
 async def test_malformed_record_goes_to_dead_letter_and_consumer_carries_on(
     settings: Settings, client
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    dlq = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(**client_options(settings))
+    dlq = AIOKafkaConsumer(**client_options(settings))
     await producer.start()
     await dlq.start()
     try:
@@ -490,8 +491,8 @@ async def test_gateway_dead_letters_an_unreadable_outbound_record(settings: Sett
     events = sse_events(client, headers, conversation_id)
     following = asyncio.ensure_future(anext(events))  # someone follows the conversation here
     await asyncio.sleep(0.5)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    dlq = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(**client_options(settings))
+    dlq = AIOKafkaConsumer(**client_options(settings))
     await producer.start()
     await dlq.start()
     try:

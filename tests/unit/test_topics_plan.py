@@ -115,9 +115,7 @@ def test_unmanaged_topics_are_reported_not_touched() -> None:
 
 
 def test_a_principal_naming_an_undeclared_topic_is_rejected_with_its_line(tmp_path: Path) -> None:
-    text = (ROOT / "topics.yaml").read_text().replace(
-        "consume: [tool.requests]", "consume: [tool.request]"
-    )
+    text = (ROOT / "topics.yaml").read_text().replace("consume: [tool.requests]", "consume: [tool.request]")
     path = tmp_path / "topics.yaml"
     path.write_text(text)
     with pytest.raises(TopicsFileError) as info:
