@@ -15,7 +15,6 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -24,6 +23,7 @@ from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
 from services.common.errors import A0Error
 from services.common.settings import Settings
+from services.common.sse import SseParser
 
 TERMINAL_TYPES = frozenset(str(event_type) for event_type in TERMINAL_EVENTS)
 STREAM_RETRIES = 5
@@ -59,40 +59,6 @@ def _raise_for_error(response: httpx.Response) -> None:
     raise GatewayError(
         f"{code}: {message}", code=code, status=response.status_code, request_id=request_id, hint=hint
     )
-
-
-@dataclass
-class SseParser:
-    """Server-sent events, one line at a time (lines already split on CR, LF or CRLF)."""
-
-    data: list[str] = field(default_factory=list)
-    event: str = ""
-    last_id: str | None = None
-
-    def feed(self, line: str) -> dict[str, str] | None:
-        """Returns ``{"id", "event", "data"}`` when ``line`` completes an event."""
-        if line == "":
-            if not self.data:
-                self.event = ""
-                return None
-            message = {
-                "id": self.last_id or "",
-                "event": self.event or "message",
-                "data": "\n".join(self.data),
-            }
-            self.data, self.event = [], ""
-            return message
-        if line.startswith(":"):
-            return None  # a comment: keep-alive ping
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self.data.append(value)
-        elif name == "event":
-            self.event = value
-        elif name == "id" and "\0" not in value:
-            self.last_id = value
-        return None
 
 
 class GatewayClient:

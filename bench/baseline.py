@@ -43,7 +43,6 @@ async def _turn(
             [{"role": "system", "content": SYSTEM_PROMPT}, *transcript],
             tools=specs if round_ < max_rounds else None,
             on_text=ignore,
-            shard_key=conversation_id,
             fallback_call_id=lambda index, round_=round_: f"call_{round_}_{index}",
         )
         if not completion.tool_calls:

@@ -31,11 +31,11 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from a0ctl.client import SseParser
 from a0ctl.topics.admin import consumer_lag
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
 from services.common.settings import Settings
+from services.common.sse import SseParser
 
 TERMINAL = frozenset(str(t) for t in TERMINAL_EVENTS)
 
@@ -81,7 +81,8 @@ class LoadReport(BaseModel):
     sent: int
     accepted: int
     rejected: int  # refused with 429 (shed); kept under its first name
-    shed: int
+    shed: int  # messages refused with 429
+    shed_sign_ins: int = 0  # conversations refused with 429 (a busy gateway), then retried
     completed: int
     failed: int  # turns that ended in an error, or a request answered with another failure
     failed_sessions: int  # sessions that could not go on (no conversation, broken stream)
@@ -126,6 +127,7 @@ AnswerHook = Callable[[float, float], None]
 class _Tally:
     def __init__(self) -> None:
         self.sent = self.accepted = self.shed = self.completed = self.failed = self.lost = 0
+        self.shed_sign_ins = 0
         self.failed_sessions = 0
         self.duplicates = self.missing = 0
         self.response: list[float] = []
@@ -234,6 +236,10 @@ class _Session:
         reader: asyncio.Task[None] | None = None
         try:
             created = await self.http.post("/v1/conversations", json={"title": "load"})
+            while created.status_code == 429 and time.monotonic() < until:
+                tally.shed_sign_ins += 1
+                await asyncio.sleep(_retry_after(created, until))
+                created = await self.http.post("/v1/conversations", json={"title": "load"})
             if created.status_code != 201:
                 raise _SessionFailed(_http_cause("POST /v1/conversations", created))
             conversation_id = created.json()["id"]
@@ -248,8 +254,7 @@ class _Session:
                 )
                 if posted.status_code == 429:
                     tally.shed += 1
-                    retry_after = float(posted.headers.get("Retry-After", "1"))
-                    await asyncio.sleep(max(0.0, min(retry_after, until - time.monotonic())))
+                    await asyncio.sleep(_retry_after(posted, until))
                     continue
                 if posted.status_code != 202:
                     tally.fail(_http_cause("POST message", posted))
@@ -286,6 +291,15 @@ class _Session:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
             await self.http.aclose()
+
+
+def _retry_after(response: httpx.Response, until: float) -> float:
+    """How long a shed request waits, as its ``Retry-After`` says, within the run."""
+    try:
+        wait = float(response.headers.get("Retry-After", "1"))
+    except ValueError:
+        wait = 1.0
+    return max(0.0, min(wait, until - time.monotonic()))
 
 
 class _SessionFailed(Exception):
@@ -346,6 +360,7 @@ async def run_load(
         accepted=tally.accepted,
         rejected=tally.shed,
         shed=tally.shed,
+        shed_sign_ins=tally.shed_sign_ins,
         completed=tally.completed,
         failed=tally.failed,
         failed_sessions=tally.failed_sessions,

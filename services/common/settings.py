@@ -194,6 +194,13 @@ class GatewaySettings(BaseSettings):
         description="Turns accepted and not yet answered, across replicas; past it new messages "
         "are shed with 429 + Retry-After. Default: 48 per core.",
     )
+    max_pending_writes: int = Field(
+        default=128,
+        ge=1,
+        description="Writes (POST, PUT, PATCH, DELETE under /v1) one gateway process works on at "
+        "once, until their answer starts; past it a new write is shed with 429 + Retry-After 1 "
+        "before any sign-in, policy or database work.",
+    )
     workers: int = Field(
         default_factory=lambda: min(8, max(1, (os.cpu_count() or 1) // 2)),
         ge=1,

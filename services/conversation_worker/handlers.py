@@ -211,7 +211,6 @@ class TurnRunner:
                     messages,
                     tools=self.tool_specs if offer_tools else None,
                     on_text=deltas.add,
-                    shard_key=envelope.conversation_id,
                     fallback_call_id=lambda index: f"call_{envelope.turn_id}_{round_}_{index}",
                 )
             except LLMError as error:

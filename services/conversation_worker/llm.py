@@ -5,10 +5,11 @@ The configuration comes from the user's stored credential when there is one (see
 :mod:`services.common.credentials`), else from the settings; when neither names a
 provider, the local simulator (llm_sim) with its generated key.
 
-The call is plain httpx plus an SSE parser: the request body is built once as JSON and
-each ``chat.completion.chunk`` is decoded with orjson, with no per-call model transform
-of the whole history (the openai SDK re-walked every message on every call, which was
-half of the worker's CPU under load). Status codes map to a0's errors the way the SDK
+The call is plain aiohttp plus a0's SSE parser: the request body is built once as JSON
+and each ``chat.completion.chunk`` is decoded with orjson, with no per-call model
+transform of the whole history (the openai SDK re-walked every message on every call,
+which was half of the worker's CPU under load; httpx's connection pool and stream layers
+cost about three times aiohttp's client CPU per streamed call). Status codes map to a0's errors the way the SDK
 maps them to its exception classes: 401, 403, 404, 400, 429 (retried after
 ``Retry-After``), 5xx and transport errors (retried with backoff).
 """
@@ -16,19 +17,20 @@ maps them to its exception classes: 401, 403, 404, 400, 429 (retried after
 from __future__ import annotations
 
 import asyncio
-import zlib
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import orjson
-from httpx_sse import SSEError, aconnect_sse
 
 from services.common.credentials import LLMConfig
 from services.common.errors import CredentialError, PolicyDenied
 from services.common.logging import register_secret
 from services.common.settings import Settings
+from services.common.sse import SseParser
 
 ATTEMPTS = 4
 
@@ -105,35 +107,44 @@ class StreamAccumulator:
         return Completion("".join(self._pieces), calls)
 
 
-# Hundreds of concurrent streams are spread over several small connection pools: a pool
-# scans its connections on every request, so one large pool costs more CPU than the calls.
-HTTP_SHARDS = 8
-CONNECTIONS_PER_SHARD = 128
+# Enough keep-alive connections for every turn in flight; a stream's lines may be long
+# (a tool call's arguments arrive in one chunk), hence the larger read buffer.
+MAX_CONNECTIONS = 1024
+READ_BUFFER = 1 << 20
 
 # Text as it arrives, with its character offset in the answer.
 TextSink = Callable[[str, int], Awaitable[None]]
 
 
 class LLMClients:
-    def __init__(
-        self,
-        settings: Settings,
-        credentials: CredentialLookup | None = None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, credentials: CredentialLookup | None = None) -> None:
         self.settings = settings
         self.credentials = credentials
-        self._http = [
-            httpx.AsyncClient(
-                transport=transport,
-                limits=httpx.Limits(
-                    max_connections=CONNECTIONS_PER_SHARD, max_keepalive_connections=CONNECTIONS_PER_SHARD
-                ),
-                timeout=httpx.Timeout(settings.worker.llm_timeout_s, connect=5.0),
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=5.0, sock_read=settings.worker.llm_timeout_s
+        )
+        # Opened on the first call, inside the event loop that uses it.
+        self._session: aiohttp.ClientSession | None = None
+        # HTTP(S)_PROXY and NO_PROXY are read once per base URL, not on every call (aiohttp's
+        # trust_env reads the environment and ~/.netrc in a thread for each request).
+        self._environment_proxies = urllib.request.getproxies()
+        self._proxies: dict[str, str | None] = {}
+
+    def _proxy_for(self, base_url: str) -> str | None:
+        if base_url not in self._proxies:
+            parts = urlsplit(base_url)
+            bypass = urllib.request.proxy_bypass(parts.hostname or "")
+            self._proxies[base_url] = None if bypass else self._environment_proxies.get(parts.scheme)
+        return self._proxies[base_url]
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+                timeout=self._timeout,
+                read_bufsize=READ_BUFFER,
             )
-            for _ in range(HTTP_SHARDS)
-        ]
+        return self._session
 
     async def config_for(self, user_id: str) -> LLMConfig:
         if self.credentials is not None:
@@ -149,7 +160,6 @@ class LLMClients:
         *,
         tools: list[dict[str, Any]] | None,
         on_text: TextSink,
-        shard_key: str,
         fallback_call_id: Callable[[int], str],
     ) -> Completion:
         """One streamed chat completion, retried on transient failures. ``on_text`` gets
@@ -160,7 +170,7 @@ class LLMClients:
         if tools:
             body["tools"] = tools
         payload = orjson.dumps(body)
-        http = self._http[zlib.crc32(shard_key.encode()) % HTTP_SHARDS]
+        http = self._http()
         for attempt in range(ATTEMPTS):
             try:
                 return await self._stream_once(http, config, payload, on_text, fallback_call_id)
@@ -173,42 +183,54 @@ class LLMClients:
 
     async def _stream_once(
         self,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         config: LLMConfig,
         payload: bytes,
         on_text: TextSink,
         fallback_call_id: Callable[[int], str],
     ) -> Completion:
-        headers = {"Authorization": f"Bearer {config.api_key or 'none'}", "Content-Type": "application/json"}
+        headers = {
+            "Authorization": f"Bearer {config.api_key or 'none'}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
         url = config.base_url.rstrip("/") + "/chat/completions"
+        proxy = self._proxy_for(config.base_url)
         accumulator = StreamAccumulator()
         try:
-            async with aconnect_sse(http, "POST", url, content=payload, headers=headers) as source:
-                response = source.response
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise status_error(response.status_code, response.headers.get("retry-after"))
-                async for event in source.aiter_sse():
-                    if event.data == "[DONE]":
-                        break
-                    if not event.data:
+            async with http.post(url, data=payload, headers=headers, proxy=proxy) as response:
+                if response.status >= 400:
+                    await response.read()
+                    raise status_error(response.status, response.headers.get("Retry-After"))
+                if response.content_type != "text/event-stream":
+                    raise LLMError(
+                        "llm_unavailable", "The LLM provider did not answer with a stream.", retryable=True
+                    )
+                parser = SseParser()
+                async for raw in response.content:
+                    event = parser.feed(raw.decode().rstrip("\r\n"))
+                    if event is None or not event["data"]:
                         continue
-                    chunk = orjson.loads(event.data)
+                    if event["data"] == "[DONE]":
+                        break
+                    chunk = orjson.loads(event["data"])
                     if isinstance(chunk, dict) and "error" in chunk:
                         raise LLMError("llm_error", "The LLM provider ended the answer with an error.")
                     position = accumulator.length
                     text = accumulator.feed(chunk)
                     if text:
                         await on_text(text, position)
-        except (httpx.TimeoutException, httpx.TransportError, SSEError, orjson.JSONDecodeError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            # ValueError: a line that is not UTF-8 or JSON, or longer than the read buffer.
             raise LLMError(
                 "llm_unavailable", "The LLM provider could not be reached.", retryable=True
             ) from None
         return accumulator.completion(fallback_call_id)
 
     async def aclose(self) -> None:
-        for http in self._http:
-            await http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -121,7 +121,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.gateway = None
     install_error_handlers(app)
-    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.gateway.max_body_bytes)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=settings.gateway.max_body_bytes,
+        max_pending_writes=settings.gateway.max_pending_writes,
+    )
     app.include_router(routes_ops.router)
     app.include_router(routes_conversations.router)
     app.include_router(routes_stream.router)

@@ -1,6 +1,6 @@
 """One pure-ASGI middleware for every request: a request id (``X-Request-ID``), the body
 size limit (Content-Length checked up front, streamed bodies counted as they arrive),
-and the request metrics. Pure ASGI, not ``BaseHTTPMiddleware``, so SSE streams pass
+shedding of writes past the process's limit of pending ones, and the request metrics. Pure ASGI, not ``BaseHTTPMiddleware``, so SSE streams pass
 through untouched."""
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ _CALLER_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+PENDING_RETRY_AFTER_S = 1
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -45,9 +47,14 @@ def route_label(scope: Scope) -> str:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_pending_writes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Writes admitted and not yet answered in this process. Past the limit the process
+        # is behind (a burst of sign-ins, say): a new write is refused at once, which
+        # costs far less than queueing it behind the others.
+        self.max_pending_writes = max_pending_writes
+        self.pending_writes = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -67,9 +74,28 @@ class GatewayMiddleware:
 
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._reject_too_large(send, request_id)
+            await self._reject(
+                send, request_id, 413, "payload_too_large", f"the request body is larger than {limit} bytes"
+            )
             self._observe(scope, 413, started, streaming=False)
             return
+
+        write = scope.get("method") in _WRITE_METHODS and scope.get("path", "").startswith("/v1/")
+        if write and self.pending_writes >= self.max_pending_writes:
+            metrics.SHED.labels("pending").inc()
+            await self._reject(
+                send,
+                request_id,
+                429,
+                "overloaded",
+                "the gateway is busy with other requests; try again shortly",
+                retry_after=PENDING_RETRY_AFTER_S,
+            )
+            self._observe(scope, 429, started, streaming=False)
+            return
+        pending = write
+        if pending:
+            self.pending_writes += 1
 
         if scope.get("method") in _BODY_METHODS and not _is_json(headers.get("content-type")):
             # A JSON-only API: a body sent as form or text (``curl -d``) is read as JSON too.
@@ -90,8 +116,11 @@ class GatewayMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, streaming
+            nonlocal status, streaming, pending
             if message["type"] == "http.response.start":
+                if pending:
+                    pending = False
+                    self.pending_writes -= 1
                 status = message["status"]
                 response_headers = MutableHeaders(scope=message)
                 response_headers[REQUEST_ID_HEADER] = request_id
@@ -101,25 +130,25 @@ class GatewayMiddleware:
         try:
             await self.app(scope, receive_capped, send_with_id)
         finally:
+            if pending:
+                self.pending_writes -= 1
             self._observe(scope, status, started, streaming=streaming)
 
-    async def _reject_too_large(self, send: Send, request_id: str) -> None:
-        message = f"the request body is larger than {self.max_body_bytes} bytes"
-        body = json.dumps(
-            error_body("payload_too_large", message, request_id), separators=(",", ":")
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
+    @staticmethod
+    async def _reject(
+        send: Send, request_id: str, status: int, code: str, message: str, *, retry_after: int | None = None
+    ) -> None:
+        body = json.dumps(error_body(code, message, request_id), separators=(",", ":")).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+        ]
+        if retry_after is None:
+            headers.append((b"connection", b"close"))  # the unread body stays unread
+        else:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod

@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 
-from a0ctl.client import SseParser
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
 from services.common.settings import Settings
+from services.common.sse import SseParser
 
 
 def auth(settings: Settings, user: str) -> dict[str, str]:

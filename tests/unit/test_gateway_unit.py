@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from a0ctl.client import SseParser
 from services.common.auth import mint_token
 from services.common.envelope import Envelope, EventType
 from services.common.settings import (
@@ -31,11 +31,12 @@ from services.common.settings import (
     ToolSettings,
     WorkerSettings,
 )
+from services.common.sse import SseParser
 from services.gateway import fanout
 from services.gateway.errors import InvalidRequest, error_body, validation_message
 from services.gateway.fanout import Cursor, Hub, SlowConsumer, Step, Subscription
 from services.gateway.main import create_app
-from services.gateway.middleware import pick_request_id
+from services.gateway.middleware import GatewayMiddleware, pick_request_id
 from services.gateway.ratelimit import over_budget, over_capacity, rate_key, seconds_to_next_minute
 from services.gateway.routes_stream import resume_cursor, sse_event
 from services.gateway.textcheck import json_too_deep, storable_text
@@ -90,6 +91,38 @@ def test_validation_message_names_the_field_without_the_body_prefix() -> None:
 def test_validation_message_strips_websocket_command_tags() -> None:
     errors = [{"type": "missing", "loc": ("message", "content"), "msg": "Field required"}]
     assert validation_message(errors, frozenset({"message"}))[1] == "content: Field required"
+
+
+async def test_writes_past_the_pending_limit_are_shed_until_answers_start() -> None:
+    """Writes wait on ``release``; the third is refused at once with 429 + Retry-After,
+    reads are never counted, and a slot frees as soon as an answer starts."""
+    release, both_in = asyncio.Event(), asyncio.Event()
+    started = 0
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal started
+        started += 1
+        if started == 2:
+            both_in.set()
+        if scope["method"] == "POST":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    app = GatewayMiddleware(slow, max_body_bytes=1024, max_pending_writes=2)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        held = [asyncio.create_task(client.post("/v1/conversations", json={})) for _ in range(2)]
+        await asyncio.wait_for(both_in.wait(), 5)
+        shed = await client.post("/v1/conversations", json={})
+        read = await client.get("/v1/conversations")
+        assert shed.status_code == 429 and shed.headers["Retry-After"] == "1"
+        assert shed.json()["error"]["code"] == "overloaded" and "busy" in shed.json()["error"]["message"]
+        assert read.status_code == 202 and started == 3  # the shed write never reached the app
+        release.set()
+        assert [response.status_code for response in await asyncio.gather(*held)] == [202, 202]
+        assert (await client.post("/v1/conversations", json={})).status_code == 202
+    assert app.pending_writes == 0
 
 
 def test_caller_request_id_is_kept_only_when_plain() -> None:

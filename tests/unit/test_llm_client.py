@@ -1,14 +1,15 @@
-"""The worker's upstream client (httpx + SSE) against the simulator's OpenAI protocol, and
-the coalescing of answer text into deltas."""
+"""The worker's upstream client (aiohttp + SSE) against the simulator's OpenAI protocol,
+served on a loopback port, and the coalescing of answer text into deltas."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import pytest
+import uvicorn
 
 from services.common.envelope import Envelope, EventType
 from services.common.settings import load_settings
@@ -23,14 +24,29 @@ pytestmark = pytest.mark.unit
 KEY = "sk-sim-unit-key-0123456789"
 
 
-def config(api_key: str = KEY, model: str = "a0-sim-1") -> Any:
+@asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Serves an ASGI app on a free loopback port; yields its OpenAI base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def config(base_url: str, api_key: str = KEY, model: str = "a0-sim-1") -> Any:
     from services.common.credentials import LLMConfig
 
-    return LLMConfig(base_url="http://sim/v1", api_key=api_key, model=model, source="settings")
-
-
-def clients(app: Any) -> LLMClients:
-    return LLMClients(load_settings(), transport=httpx.ASGITransport(app=app))
+    return LLMConfig(base_url=base_url, api_key=api_key, model=model, source="settings")
 
 
 @pytest.fixture
@@ -38,32 +54,40 @@ def sim() -> Any:
     return create_app(KEY, latency_ms=0, tokens_per_s=0)
 
 
+class Upstream:
+    """The client under test and the URL of the simulator it talks to."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.clients = LLMClients(load_settings())
+
+
 @pytest.fixture
-async def llm(sim: Any) -> AsyncIterator[LLMClients]:
-    clients_ = clients(sim)
-    yield clients_
-    await clients_.aclose()
+async def llm(sim: Any) -> AsyncIterator[Upstream]:
+    async with serve(sim) as base_url:
+        upstream = Upstream(base_url)
+        yield upstream
+        await upstream.clients.aclose()
 
 
-async def chat(llm: LLMClients, content: str, *, api_key: str = KEY, model: str = "a0-sim-1") -> Any:
+async def chat(llm: Upstream, content: str, *, api_key: str = KEY, model: str = "a0-sim-1") -> Any:
     pieces: list[tuple[int, str]] = []
 
     async def on_text(text: str, position: int) -> None:
         pieces.append((position, text))
 
     specs = [tool.spec.openai_tool() for tool in load_tools().values()]
-    completion = await llm.stream_chat(
-        config(api_key, model),
+    completion = await llm.clients.stream_chat(
+        config(llm.base_url, api_key, model),
         [{"role": "user", "content": content}],
         tools=specs,
         on_text=on_text,
-        shard_key="c1",
         fallback_call_id=lambda index: f"fallback_{index}",
     )
     return completion, pieces
 
 
-async def test_a_tool_call_is_assembled_from_its_chunks(llm: LLMClients) -> None:
+async def test_a_tool_call_is_assembled_from_its_chunks(llm: Upstream) -> None:
     completion, pieces = await chat(llm, "compute 6*7")
     assert pieces == [] and completion.text == ""
     [call] = completion.tool_calls
@@ -72,7 +96,7 @@ async def test_a_tool_call_is_assembled_from_its_chunks(llm: LLMClients) -> None
     assert '"6*7"' in call["function"]["arguments"]
 
 
-async def test_text_arrives_in_pieces_with_their_offsets(llm: LLMClients) -> None:
+async def test_text_arrives_in_pieces_with_their_offsets(llm: Upstream) -> None:
     completion, pieces = await chat(llm, "long answer")
     assert len(pieces) > 100
     assert "".join(text for _, text in pieces) == completion.text
@@ -80,14 +104,14 @@ async def test_text_arrives_in_pieces_with_their_offsets(llm: LLMClients) -> Non
     assert offsets == [sum(len(t) for _, t in pieces[:i]) for i in range(len(pieces))]
 
 
-async def test_a_wrong_key_is_an_auth_error_that_does_not_quote_it(llm: LLMClients) -> None:
+async def test_a_wrong_key_is_an_auth_error_that_does_not_quote_it(llm: Upstream) -> None:
     with pytest.raises(LLMError) as info:
         await chat(llm, "hello", api_key="sk-wrong-key-999")
     assert info.value.code == "llm_auth" and not info.value.retryable
     assert "sk-wrong" not in info.value.message
 
 
-async def test_an_unknown_model_says_to_check_the_model(llm: LLMClients) -> None:
+async def test_an_unknown_model_says_to_check_the_model(llm: Upstream) -> None:
     with pytest.raises(LLMError) as info:
         await chat(llm, "hello", model="no-such-model")
     assert info.value.code == "llm_model" and "model" in info.value.message
@@ -106,11 +130,12 @@ async def test_a_server_error_is_retried_and_the_answer_arrives(sim: Any) -> Non
                 return
         await sim(scope, receive, send)
 
-    llm = clients(flaky)
-    try:
-        completion, _ = await chat(llm, "hello there")
-    finally:
-        await llm.aclose()
+    async with serve(flaky) as base_url:
+        llm = Upstream(base_url)
+        try:
+            completion, _ = await chat(llm, "hello there")
+        finally:
+            await llm.clients.aclose()
     assert calls == 2 and completion.text
 
 
