@@ -29,8 +29,9 @@ def revoke(settings: Settings, entry: AclEntry) -> None:
 def wait_for_log(stack: LocalRuntime, service: str, needle: str, since: int, timeout: float = 90) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = stack.log_path(service).read_text(errors="replace")
-        for line in text[since:].splitlines():
+        # ``since`` is a size in bytes, and tracebacks in the log hold multi-byte characters.
+        text = stack.log_path(service).read_bytes()[since:].decode(errors="replace")
+        for line in text.splitlines():
             if needle in line:
                 return line
         time.sleep(0.5)
