@@ -1,5 +1,5 @@
-# The two set-up commands of the README.
-.PHONY: up test down bootstrap
+# The set-up commands of the README.
+.PHONY: up test down bootstrap upgrade
 
 bootstrap:
 	./scripts/bootstrap.sh
@@ -13,3 +13,9 @@ test:
 
 down:
 	.venv/bin/a0ctl down
+
+# Every Python dependency to its newest release that pyproject.toml allows: rewrites
+# uv.lock, then installs it. Commit uv.lock with what the upgrade needed.
+upgrade:
+	./scripts/uv.sh lock --upgrade
+	./scripts/bootstrap.sh

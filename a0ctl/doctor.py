@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import subprocess
 import sys
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
+from a0ctl import subprocesses
+from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, docker_engine_answers
 from services.common.secrets_env import secrets_path
 from services.common.settings import Settings
@@ -25,17 +26,29 @@ class DoctorCheck(BaseModel):
     fix: str = ""
 
 
+class DoctorReport(BaseModel):
+    """What ``a0ctl doctor --json`` prints."""
+
+    checks: list[DoctorCheck]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+
 def _binary(name: str, fix: str, version_args: tuple[str, ...] = ("--version",)) -> DoctorCheck:
     path = shutil.which(name)
     if not path:
         return DoctorCheck(name=name, ok=False, detail="not found on PATH", fix=fix)
     try:
-        out = subprocess.run([path, *version_args], capture_output=True, text=True, timeout=20)
-        first = (
-            (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else path
+        out = subprocesses.run(
+            [path, *version_args], what=f"{name} {' '.join(version_args)}", check=False, timeout=20
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return DoctorCheck(name=name, ok=False, detail=f"{path} does not run: {exc}", fix=fix)
+    except subprocesses.CommandError as exc:
+        return DoctorCheck(name=name, ok=False, detail=f"{path} does not run: {exc.message}", fix=fix)
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    first = lines[0].strip() if lines else path
     return DoctorCheck(name=name, ok=True, detail=first)
 
 
@@ -64,7 +77,7 @@ def _tool_sandbox(settings: Settings) -> list[DoctorCheck]:
     return [sandbox, tool_user]
 
 
-def run_doctor(settings: Settings) -> list[DoctorCheck]:
+def run_doctor(settings: Settings) -> DoctorReport:
     checks = [
         DoctorCheck(
             name="python",
@@ -81,7 +94,7 @@ def run_doctor(settings: Settings) -> list[DoctorCheck]:
 
         pg = _pg_bin("postgres")
         checks.append(DoctorCheck(name="postgresql", ok=True, detail=pg))
-    except Exception as exc:
+    except StackError as exc:
         checks.append(
             DoctorCheck(
                 name="postgresql", ok=False, detail=str(exc), fix=f"{BOOTSTRAP} apt-get install postgresql"
@@ -107,7 +120,22 @@ def run_doctor(settings: Settings) -> list[DoctorCheck]:
             fix=f"`a0ctl up` builds opa {settings.opa.version} with `go install` (needs go)",
         )
     )
-    if not opa_ok:
+    jaeger = artifacts.jaeger_path(settings)
+    if settings.telemetry.jaeger:
+        checks.append(
+            DoctorCheck(
+                name="jaeger (traces)",
+                ok=jaeger.exists(),
+                detail=str(jaeger) if jaeger.exists() else "not built yet",
+                fix=f"`a0ctl up` builds jaeger {settings.telemetry.jaeger_version} with go once (minutes); "
+                "A0_OTEL_JAEGER=false runs without traces",
+            )
+        )
+    if settings.prometheus.enabled:
+        checks.append(
+            _binary("prometheus", f"{BOOTSTRAP} apt-get install prometheus (or A0_PROMETHEUS_ENABLED=false)")
+        )
+    if not opa_ok or (settings.telemetry.jaeger and not jaeger.exists()):
         checks.append(_binary("go", f"{BOOTSTRAP} apt-get install golang", ("version",)))
     checks.append(
         DoctorCheck(
@@ -135,4 +163,4 @@ def run_doctor(settings: Settings) -> list[DoctorCheck]:
             detail="answers" if engine else "none: the local runtime is used",
         )
     )
-    return checks
+    return DoctorReport(checks=checks)

@@ -13,12 +13,17 @@ import asyncio
 import json
 import statistics
 import time
+from functools import partial
 from typing import Any
 
 from services.common.settings import Settings
 from services.conversation_worker.handlers import SYSTEM_PROMPT
 from services.conversation_worker.llm import LLMClients, settings_config
 from services.tool_executor.tools import Tool, ToolContext, ToolError, load_tools
+
+
+def fallback_call_id(round_: int, index: int) -> str:
+    return f"call_{round_}_{index}"
 
 
 async def _turn(
@@ -43,7 +48,7 @@ async def _turn(
             [{"role": "system", "content": SYSTEM_PROMPT}, *transcript],
             tools=specs if round_ < max_rounds else None,
             on_text=ignore,
-            fallback_call_id=lambda index, round_=round_: f"call_{round_}_{index}",
+            fallback_call_id=partial(fallback_call_id, round_),
         )
         if not completion.tool_calls:
             transcript.append({"role": "assistant", "content": completion.text})

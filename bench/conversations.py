@@ -10,7 +10,9 @@ for each size N:
 
 It prints turns/s and response times of both, their ratio, the mean overhead a0 adds
 per turn, and CPU seconds per turn of every process (read from ``/proc``), so a change
-shows where it saved. The simulator runs with the stack's default pace (first token
+shows where it saved. With ``--tracing both`` (the default) it measures everything with
+tracing off (no exporter: no spans), then restarts a0's services exporting every span
+to the stack's Jaeger and measures again, in the same run. The simulator runs with the stack's default pace (first token
 after 20 ms, 400 tokens/s) unless told otherwise. Results go to ``bench/results/``
 with the machine described.
 
@@ -45,6 +47,10 @@ def _configure_env(offset: int, latency_ms: int, tokens_per_s: float) -> None:
         "A0_LLM_SIM_PORT": 28000,
         "A0_WORKER_METRICS_PORT": 29101,
         "A0_TOOLS_METRICS_PORT": 29102,
+        "A0_OTEL_JAEGER_OTLP_PORT": 24318,
+        "A0_OTEL_JAEGER_QUERY_PORT": 26686,
+        "A0_OTEL_JAEGER_GRPC_PORT": 26685,
+        "A0_PROMETHEUS_PORT": 29090,
     }
     state = ROOT / f".a0-bench-{offset}"
     os.environ.update({key: str(port + offset) for key, port in ports.items()})
@@ -59,7 +65,7 @@ def _configure_env(offset: int, latency_ms: int, tokens_per_s: float) -> None:
             "A0_GATEWAY_RATE_PER_USER_PER_MIN": "100000",
         }
     )
-    for key in ("A0_LLM_BASE_URL", "A0_LLM_API_KEY"):
+    for key in ("A0_LLM_BASE_URL", "A0_LLM_API_KEY", "A0_OTEL_EXPORTER_OTLP_ENDPOINT"):
         os.environ.pop(key, None)
 
 
@@ -170,6 +176,7 @@ def run_size(settings: Any, runtime: Any, size: int, duration_s: float, prompt: 
 def _print(result: dict[str, Any]) -> None:
     base, a0 = result["baseline"], result["a0"]
     print(
+        f"tracing {result.get('tracing', 'off'):>3} "
         f"{result['sessions']:>4} sessions: in-process {base['turns_per_s']:>7.1f} turns/s "
         f"mean {base['response_s']['mean']} s | a0 {a0['turns_per_s']:>7.1f} turns/s "
         f"mean {a0['response_s']['mean']} s p99 {a0['response_s']['p99']} s | "
@@ -191,30 +198,45 @@ def main() -> None:
     parser.add_argument("--sim-latency-ms", type=int, default=20, help="simulator's time to first token")
     parser.add_argument("--sim-tokens-per-s", type=float, default=400.0, help="simulator's pace (0: no wait)")
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running afterwards")
+    parser.add_argument(
+        "--tracing",
+        choices=("both", "off", "on"),
+        default="both",
+        help="measure with tracing off (no exporter: no spans), on (every span to the stack's Jaeger), "
+        "or both, one after the other in the same run (default)",
+    )
     args = parser.parse_args()
     _configure_env(PORT_OFFSET, args.sim_latency_ms, args.sim_tokens_per_s)
 
     from a0ctl.runtime.stack import bring_up
     from services.common.settings import load_settings
 
-    runtime, _ = bring_up(load_settings(), runtime_name="local")
-    settings = load_settings()
+    modes = ("off", "on") if args.tracing == "both" else (args.tracing,)
     report: dict[str, Any] = {
         "prompt": args.prompt,
         "upstream": f"llm_sim, first token {args.sim_latency_ms} ms, {args.sim_tokens_per_s} tokens/s",
         "machine": machine(),
         "runs": [],
     }
+    runtime = None
     try:
         from a0ctl.load import run_load
 
-        asyncio.run(run_load(settings, sessions=5, duration_s=3, think_s=0, prompt=args.prompt))  # warm-up
-        for size in (int(s) for s in args.sizes.split(",")):
-            result = run_size(settings, runtime, size, args.duration, args.prompt)
-            report["runs"].append(result)
-            _print(result)
+        for mode in modes:
+            # The same stack: switching restarts a0's services with or without an exporter.
+            os.environ["A0_OTEL_JAEGER"] = "true" if mode == "on" else "false"
+            runtime, _ = bring_up(load_settings(), runtime_name="local")
+            settings = load_settings()
+            print(f"tracing {mode}")
+            asyncio.run(
+                run_load(settings, sessions=5, duration_s=3, think_s=0, prompt=args.prompt)
+            )  # warm-up
+            for size in (int(s) for s in args.sizes.split(",")):
+                result = {"tracing": mode, **run_size(settings, runtime, size, args.duration, args.prompt)}
+                report["runs"].append(result)
+                _print(result)
     finally:
-        if not args.keep:
+        if runtime is not None and not args.keep:
             runtime.down(purge=True)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

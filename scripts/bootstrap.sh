@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything a0 needs on a Debian machine, idempotently:
-#   - Debian packages: redis-server, postgresql, maven, a Java runtime, chromium (browser tests),
-#     bubblewrap and python3-seccomp (the tool sandbox)
+#   - Debian packages: redis-server, postgresql, maven, a Java runtime, prometheus (metrics),
+#     chromium (browser tests), npm (the chat UI's pinned browser packages), bubblewrap and
+#     python3-seccomp (the tool sandbox), golang when opa or jaeger is not built yet
 #   - the unprivileged user `a0-tools` that the tool executor and its sandbox run as
-#   - the Python environment in .venv (re-installed only when pyproject.toml changes)
-# Kafka's jars (Maven Central) and the opa binary (go install) are fetched into
-# ~/.cache/a0 by `a0ctl up` itself, once.
+#   - the Python environment in .venv, exactly as pinned in uv.lock (scripts/uv.sh runs the
+#     pinned uv, installed once from PyPI)
+#   - the chat UI's browser packages, pinned and integrity-checked (scripts/vendor-js.sh)
+# Kafka's jars (Maven Central), the opa binary (go install) and the jaeger binary (go build)
+# are fetched into ~/.cache/a0 by `a0ctl up` itself, once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +18,9 @@ declare -A NEEDS=(
   [maven]=mvn
   [default-jre-headless]=java
   [chromium]=chromium
+  [npm]=npm
   [bubblewrap]=bwrap
+  [prometheus]=prometheus
 )
 SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()
@@ -32,9 +37,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Go builds opa, and kubeconform and kustomize for `a0ctl deploy validate`.
+# Go builds opa and jaeger, and kubeconform and kustomize for `a0ctl deploy validate`.
 if ! command -v go >/dev/null 2>&1; then
-  echo "bootstrap: go not found; installing golang (builds opa, kubeconform, kustomize)"
+  echo "bootstrap: go not found; installing golang (builds opa, jaeger, kubeconform, kustomize)"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang >/dev/null
 fi
@@ -45,16 +50,9 @@ if ! getent passwd a0-tools >/dev/null; then
   $SUDO useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin a0-tools
 fi
 
+# Exactly the versions in uv.lock (hashes checked), into .venv; a second run checks and
+# changes nothing. --locked refuses a uv.lock that no longer matches pyproject.toml.
 PY=${PYTHON:-python3}
-stamp=".venv/.a0-installed"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [[ ! -x .venv/bin/python ]]; then
-  echo "bootstrap: creating .venv"
-  "$PY" -m venv .venv
-fi
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-  echo "bootstrap: installing Python packages into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
-  echo "$want" > "$stamp"
-fi
+./scripts/uv.sh sync --locked --extra dev --python "$PY" --quiet
+./scripts/vendor-js.sh
 echo "bootstrap: ok"

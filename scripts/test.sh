@@ -9,14 +9,16 @@ cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh || exit 1
 .venv/bin/ruff check a0ctl services tests bench || exit 1
 .venv/bin/ruff format --check a0ctl services tests bench || exit 1
-.venv/bin/mypy a0ctl services || exit 1
+.venv/bin/mypy a0ctl services tests bench || exit 1
+# Kafka's jars, opa and jaeger, once (the jaeger build takes minutes on two cores).
+.venv/bin/python -m a0ctl.runtime.artifacts || exit 1
 
 mkdir -p test-artifacts
 rm -f test-artifacts/junit-*.xml
 status=0
 for tier in unit integration faults cluster hostile e2e; do
   echo "=== $tier tests ==="
-  .venv/bin/python -m pytest "tests/$tier" -m "not load" -p no:cacheprovider \
+  .venv/bin/python -m pytest "tests/$tier" -p no:cacheprovider \
     --junitxml="test-artifacts/junit-$tier.xml" "$@" || status=1
 done
 .venv/bin/python - <<'PY'

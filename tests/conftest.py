@@ -32,6 +32,10 @@ TEST_ENV = {
     "A0_LLM_SIM_PORT": _port(28000),
     "A0_WORKER_METRICS_PORT": _port(29101),
     "A0_TOOLS_METRICS_PORT": _port(29102),
+    "A0_OTEL_JAEGER_OTLP_PORT": _port(24318),
+    "A0_OTEL_JAEGER_QUERY_PORT": _port(26686),
+    "A0_OTEL_JAEGER_GRPC_PORT": _port(26685),
+    "A0_PROMETHEUS_PORT": _port(29090),
     "A0_RUNTIME": "local",
     # Slow enough that a test can cancel or disconnect mid-answer.
     "A0_LLM_SIM_TOKENS_PER_S": "80",
@@ -41,5 +45,12 @@ TEST_ENV = {
 }
 # Set before any settings are read, and inherited by every process the tests start.
 os.environ.update(TEST_ENV)
-for key in ("A0_LLM_BASE_URL", "A0_LLM_API_KEY", "A0_GATEWAY_JWT_SECRET"):
+for key in (
+    "A0_LLM_BASE_URL",
+    "A0_LLM_API_KEY",
+    "A0_GATEWAY_JWT_SECRET",
+    "A0_OTEL_EXPORTER_OTLP_ENDPOINT",
+    "A0_OTEL_JAEGER_URL",
+    "A0_PROMETHEUS_URL",
+):
     os.environ.pop(key, None)

@@ -13,14 +13,12 @@ from rich.panel import Panel
 from rich.text import Text
 
 from a0ctl.client import GatewayClient, GatewayError
-from a0ctl.console import console, err_console, errors_to_exit, settings
+from a0ctl.console import ExitCode, console, err_console, errors_to_exit, settings
 from services.common.auth import mint_token
 from services.common.settings import Settings
 
 CANCEL_GRACE_S = 10.0
 TOOL_OUTPUT_CHARS = 2000
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
 
 
 def _pretty(value: Any) -> str:
@@ -136,10 +134,12 @@ class ChatSession:
         return printer.outcome
 
 
-def _exit_code(outcome: str) -> int:
-    return {"completed": 0, "cancelled": EXIT_INTERRUPTED, "interrupted": EXIT_INTERRUPTED}.get(
-        outcome, EXIT_FAILED
-    )
+def _exit_code(outcome: str) -> ExitCode:
+    return {
+        "completed": ExitCode.OK,
+        "cancelled": ExitCode.INTERRUPTED,
+        "interrupted": ExitCode.INTERRUPTED,
+    }.get(outcome, ExitCode.FAILED)
 
 
 def run_chat(
@@ -166,9 +166,9 @@ def run_chat(
                     text = console.input("[bold cyan]you>[/] ").strip()
                 except (EOFError, KeyboardInterrupt):
                     console.print()
-                    return 0
+                    return ExitCode.OK
                 if text in ("/quit", "/exit"):
-                    return 0
+                    return ExitCode.OK
                 if text:
                     try:
                         runner.run(session.turn(text))
@@ -194,8 +194,9 @@ def chat(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Give up on an answer after this many seconds.")] = 300.0,
 ) -> None:
-    """Chat with the stack in the terminal: answers stream in, tool calls and results show
-    as dim blocks. Ctrl-C during an answer cancels that turn; Ctrl-D quits.
+    """Chat with the stack in the terminal, through the gateway like any client.
+
+    Answers stream in; tool calls and their results show as dim blocks. Ctrl-C during an answer cancels that turn; Ctrl-D quits. With -m, one message is sent and the command exits 0 when it was answered, 130 when it was cancelled and 1 when it failed.
 
     Example: a0ctl chat -m "compute 6*7"   (or: a0ctl chat --user alice -c <conversation id>)
     """

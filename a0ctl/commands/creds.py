@@ -7,12 +7,22 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import BaseModel
 from rich.table import Table
 
 from a0ctl import creds as logic
-from a0ctl.console import console, errors_to_exit, fail, print_json, settings
+from a0ctl.console import ExitCode, JsonOption, console, errors_to_exit, fail, print_json, settings
+from services.common.credentials import CredentialView
 
 app = typer.Typer(help="LLM provider credentials: stored encrypted, shown masked.", no_args_is_help=True)
+
+
+class CredentialList(BaseModel):
+    """What ``creds list --json`` prints: keys masked, never the key itself."""
+
+    credentials: list[CredentialView]
+
+
 UserOpt = Annotated[str, typer.Option("--user", "-u", help="Whose credential (the gateway's user id).")]
 
 
@@ -34,7 +44,7 @@ def set_(
         sys.stdin.readline() if not sys.stdin.isatty() else typer.prompt("API key", hide_input=True)
     ).strip()
     if not api_key:
-        fail("no API key given (type it at the prompt or pipe it on stdin)")
+        fail(ExitCode.FAILED, "no API key given", "type it at the prompt, or pipe it on stdin")
     with errors_to_exit():
         view = asyncio.run(
             logic.set_credential(
@@ -54,7 +64,7 @@ def set_(
 
 
 @app.command("list")
-def list_(user: UserOpt, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+def list_(user: UserOpt, json_out: JsonOption = False) -> None:
     """List a user's credentials, keys masked.
 
     Example: a0ctl creds list --user alice
@@ -62,7 +72,7 @@ def list_(user: UserOpt, json_out: Annotated[bool, typer.Option("--json")] = Fal
     with errors_to_exit():
         views = asyncio.run(logic.list_credentials(settings(), user=user))
     if json_out:
-        print_json({"credentials": [v.model_dump(mode="json") for v in views]})
+        print_json(CredentialList(credentials=views))
         return
     table = Table(title=f"credentials of {user}", title_justify="left")
     for column in ("provider", "base url", "model", "key", "updated"):
@@ -83,7 +93,7 @@ def rm(provider: Annotated[str, typer.Argument(help="Provider name.")], user: Us
     with errors_to_exit():
         removed = asyncio.run(logic.remove_credential(settings(), user=user, provider=provider))
     if not removed:
-        fail(f"{user} has no {provider} credential")
+        fail(ExitCode.FAILED, f"{user} has no {provider} credential", f"a0ctl creds list --user {user}")
     console.print(f"removed {provider} for {user}")
 
 

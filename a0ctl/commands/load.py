@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from a0ctl.console import console, print_json, settings
+from a0ctl.console import ExitCode, JsonOption, console, print_json, settings
 from a0ctl.load import LoadReport, run_load
 
 
@@ -71,12 +71,11 @@ def load(
     sla_p99: Annotated[
         float | None, typer.Option(help="Fail (exit 1) if the p99 response time is above this (s).")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
-    """Load the running stack through the gateway; exit 1 if a session failed, a turn
-    failed or was lost, an event was shown twice or missing, or an SLA was missed. Load
-    shed with 429 is reported apart and is not a failure: sessions retry after
-    Retry-After.
+    """Load the running stack through the gateway with many chat sessions, and report.
+
+    Exit 1 if a session failed, a turn failed or was lost, an event was shown twice or missing, or an SLA was missed. Load shed with 429 is reported apart and is not a failure: sessions retry after Retry-After.
 
     Example: a0ctl load --sessions 500 --duration 60 --think 10 --sla-mean 0.5 --sla-p99 1.5 --json
     """
@@ -86,8 +85,8 @@ def load(
         )
     ).check_sla(sla_mean, sla_p99)
     if json_out:
-        print_json({**report.model_dump(), "ok": report.ok})
+        print_json(report)
     else:
         render(report)
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from a0ctl.console import console, print_json, settings
+from a0ctl.console import ExitCode, JsonOption, console, print_json, settings
 from a0ctl.smoke.checks import run_smoke
 
 
 def smoke(
-    json_out: Annotated[bool, typer.Option("--json", help="Print {ok, checks} for CI.")] = False,
+    json_out: JsonOption = False,
     infra_only: Annotated[
         bool, typer.Option(help="Check only Kafka, topics, Redis, PostgreSQL and OPA.")
     ] = False,
@@ -20,7 +20,9 @@ def smoke(
         float, typer.Option(help="Most seconds a consumer group's oldest unconsumed record may wait.")
     ] = 5.0,
 ) -> None:
-    """Run one check per concern; exit 1 if any fails.
+    """Run one check per concern against the running stack; exit 1 if any fails.
+
+    With --json: {"ok": bool, "checks": [{"name", "ok", "detail"}]}.
 
     Example: a0ctl smoke --json
     """
@@ -33,4 +35,4 @@ def smoke(
             console.print(f"{mark} {check.name}: ", end="")
             console.print(check.detail, markup=False, highlight=False)
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)

@@ -7,10 +7,20 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
+from pydantic import BaseModel
 from rich.live import Live
 from rich.table import Table
 
-from a0ctl.console import console, errors_to_exit, fail, print_json, settings
+from a0ctl.console import (
+    ExitCode,
+    JsonOption,
+    console,
+    err_console,
+    errors_to_exit,
+    fail,
+    print_json,
+    settings,
+)
 from a0ctl.doctor import run_doctor
 from a0ctl.runtime import ServiceStatus, get_runtime
 from a0ctl.runtime.stack import bring_up
@@ -40,11 +50,10 @@ def status_table(statuses: list[ServiceStatus]) -> Table:
     return table
 
 
-def print_statuses(statuses: list[ServiceStatus], json_out: bool) -> None:
-    if json_out:
-        print_json({"services": [s.model_dump(mode="json") for s in statuses]})
-    else:
-        console.print(status_table(statuses))
+class StackStatus(BaseModel):
+    """What ``up``, ``status``, ``restart`` and ``scale`` print with --json."""
+
+    services: list[ServiceStatus]
 
 
 def not_healthy(statuses: list[ServiceStatus]) -> list[str]:
@@ -57,10 +66,20 @@ class Profile(StrEnum):
     cluster = "cluster"
 
 
+def print_statuses(statuses: list[ServiceStatus], json_out: bool) -> None:
+    """The statuses as a table or JSON; exit 1 if a service that should run is not healthy."""
+    if json_out:
+        print_json(StackStatus(services=statuses))
+    else:
+        console.print(status_table(statuses))
+    if not_healthy(statuses):
+        raise typer.Exit(ExitCode.FAILED)
+
+
 def up(
     runtime: RuntimeOpt = None,
     infra_only: Annotated[bool, typer.Option(help="Start only Kafka, Redis, PostgreSQL and OPA.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the final status as JSON.")] = False,
+    json_out: JsonOption = False,
     profile: Annotated[
         Profile | None,
         typer.Option(
@@ -72,8 +91,7 @@ def up(
 ) -> None:
     """Start the stack under supervisord (idempotent) and wait until every service is healthy.
 
-    A crashed service is restarted by supervisord, one that stays unhealthy by the
-    watchdog. Running it again starts only what is not running.
+    Running it again starts only what is not running. A crashed service is restarted by supervisord, one that stays unhealthy by the watchdog. Exit 1 if a service is not healthy in the end, with --json too.
 
     Example: a0ctl up --profile cluster
     """
@@ -90,7 +108,9 @@ def up(
         return table
 
     with errors_to_exit():
-        with Live(render(), console=console, transient=True, refresh_per_second=8) as live:
+        with Live(
+            render(), console=err_console if json_out else console, transient=True, refresh_per_second=8
+        ) as live:
 
             def report(name: str, state: str) -> None:
                 progress[name] = state
@@ -99,14 +119,9 @@ def up(
             stack_runtime, statuses = bring_up(
                 settings(), runtime_name=runtime, progress=report, with_apps=not infra_only
             )
-    if json_out:
-        print_json({"services": [s.model_dump(mode="json") for s in statuses]})
-        return
-    console.print(status_table(statuses))
-    if not_healthy(statuses):
-        raise typer.Exit(1)
+    print_statuses(statuses, json_out)
     gateway = next((s for s in statuses if s.name == "gateway" and s.healthy), None)
-    if gateway:
+    if gateway and not json_out:
         console.print(
             f"chat UI: [bold]http://{gateway.endpoint}/[/]  ·  terminal: a0ctl chat", highlight=False
         )
@@ -130,22 +145,18 @@ def down(
 
 
 def status(
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_out: JsonOption = False,
     runtime: RuntimeOpt = None,
 ) -> None:
     """Show each service: state, endpoint, pid, restarts, since when, and health.
 
-    States: running, starting, unhealthy, failed (supervisord gave up after repeated quick
-    exits: fix the cause, then `a0ctl restart SERVICE`), stopped. Exit 1 if a service that
-    should run is not healthy.
+    States: running, starting, unhealthy, failed (supervisord gave up after repeated quick exits: fix the cause, then `a0ctl restart SERVICE`), stopped. Exit 1 if a service that should run is not healthy.
 
     Example: a0ctl status --json
     """
     with errors_to_exit():
         statuses = get_runtime(settings(), runtime).status()
     print_statuses(statuses, json_out)
-    if not_healthy(statuses):
-        raise typer.Exit(1)
 
 
 def logs(
@@ -172,66 +183,63 @@ def restart(
     service: Annotated[
         str, typer.Argument(help="kafka, redis, postgres, opa, gateway, conversation-worker ...")
     ],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the service's status as JSON.")] = False,
+    json_out: JsonOption = False,
     runtime: RuntimeOpt = None,
 ) -> None:
     """Restart a service of the running stack and wait until it is healthy.
 
-    A name with replicas restarts each in turn. Also brings back a service supervisord
-    gave up on (state `failed`).
+    A name with replicas restarts each in turn. Also brings back a service supervisord gave up on (state `failed`). Exit 1 if it is not healthy in the end.
 
     Example: a0ctl restart conversation-worker
     """
     with errors_to_exit():
         statuses = get_runtime(settings(), runtime).restart(service)
     print_statuses(statuses, json_out)
-    if not_healthy(statuses):
-        raise typer.Exit(1)
 
 
 def scale(
     service_replicas: Annotated[
         str, typer.Argument(metavar="SERVICE=N", help="conversation-worker=N or tool-executor=N")
     ],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the replicas' status as JSON.")] = False,
+    json_out: JsonOption = False,
     runtime: RuntimeOpt = None,
 ) -> None:
     """Run N replicas of a worker or tool executor on the running stack.
 
-    The replicas share one consumer group, which rebalances its partitions; removed
-    replicas stop gracefully. The count holds until `a0ctl down`, then
-    A0_WORKER_REPLICAS / A0_TOOLS_REPLICAS apply again.
+    The replicas share one consumer group, which rebalances its partitions; removed replicas stop gracefully. The count holds until `a0ctl down`, then A0_WORKER_REPLICAS / A0_TOOLS_REPLICAS apply again. Exit 1 if a replica is not healthy in the end.
 
     Example: a0ctl scale conversation-worker=3
     """
     service, _, count = service_replicas.partition("=")
     if not count.isdigit():
-        fail(f"expected SERVICE=N, got {service_replicas!r} (example: a0ctl scale conversation-worker=3)")
+        fail(
+            ExitCode.FAILED,
+            f"expected SERVICE=N, got {service_replicas!r}",
+            "example: a0ctl scale conversation-worker=3",
+        )
     with errors_to_exit():
         statuses = get_runtime(settings(), runtime).scale(service, int(count))
     print_statuses(statuses, json_out)
-    if not_healthy(statuses):
-        raise typer.Exit(1)
 
 
-def doctor(
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """Check every prerequisite and say how to fix each missing one.
+def doctor(json_out: JsonOption = False) -> None:
+    """Check every prerequisite and say how to fix each missing one; exit 1 if one is missing.
 
     Example: a0ctl doctor
     """
-    checks = run_doctor(settings())
+    report = run_doctor(settings())
     if json_out:
-        print_json({"ok": all(c.ok for c in checks), "checks": [c.model_dump() for c in checks]})
+        print_json(report)
     else:
-        for check in checks:
+        for check in report.checks:
             mark = "[green]✔[/]" if check.ok else "[red]✘[/]"
-            console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+            console.print(f"{mark} {check.name}: ", end="")
+            console.print(check.detail, markup=False, highlight=False)
             if not check.ok and check.fix:
-                console.print(f"    [yellow]fix:[/] {check.fix}", highlight=False)
-    if not all(c.ok for c in checks):
-        raise typer.Exit(1)
+                console.print("    [yellow]fix:[/] ", end="")
+                console.print(check.fix, markup=False, highlight=False)
+    if not report.ok:
+        raise typer.Exit(ExitCode.FAILED)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import BaseModel, computed_field
 from rich.table import Table
 
-from a0ctl.console import console, errors_to_exit, print_json, settings
-from a0ctl.topics.admin import consumer_lag, describe_topics
+from a0ctl.console import ExitCode, JsonOption, console, errors_to_exit, print_json, settings
+from a0ctl.topics.admin import PartitionLag, TopicDescription, consumer_lag, describe_topics
 from a0ctl.topics.apply import plan_topics
 from a0ctl.topics.model import load_topics_file
 from a0ctl.topics.plan import TopicPlan
@@ -24,7 +25,6 @@ FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Topics file 
 EnvOpt = Annotated[
     str | None, typer.Option("--env", "-e", help="local | staging | production (default: A0_ENV).")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ACTION_STYLE = {
     "create": "green",
     "alter_config": "yellow",
@@ -71,15 +71,28 @@ def render_plan(plan: TopicPlan) -> None:
         )
 
 
-def _plan_json(plan: TopicPlan) -> dict[str, object]:
-    return {**plan.model_dump(), "acls": [c.model_dump() for c in plan.acls], "has_changes": plan.has_changes}
+class TopicDescriptions(BaseModel):
+    """What ``topics describe --json`` prints."""
+
+    topics: list[TopicDescription]
+
+
+class ConsumerLag(BaseModel):
+    """What ``topics lag --json`` prints: every partition of every group, and their sum."""
+
+    lag: list[PartitionLag]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total(self) -> int:
+        return sum(row.lag for row in self.lag)
 
 
 @app.command()
 def plan(
     file: FileOpt = None,
     env: EnvOpt = None,
-    json_out: JsonOpt = False,
+    json_out: JsonOption = False,
     detailed_exitcode: Annotated[
         bool, typer.Option("--detailed-exitcode", help="Exit 0: no changes, 2: changes pending, 1: error.")
     ] = False,
@@ -91,11 +104,11 @@ def plan(
     with errors_to_exit():
         result = asyncio.run(plan_topics(settings(), file, env))
     if json_out:
-        print_json(_plan_json(result))
+        print_json(result)
     else:
         render_plan(result)
     if detailed_exitcode and result.has_changes:
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.CHANGES_PENDING)
 
 
 @app.command()
@@ -110,7 +123,7 @@ def apply(
             help="Allow more partitions on keyed topics (breaks ordering while old records drain).",
         ),
     ] = False,
-    json_out: JsonOpt = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Make the cluster match topics.yaml (idempotent). Refuses what loses data or Kafka cannot do.
 
@@ -128,7 +141,7 @@ def apply(
             )
         )
     if json_out:
-        print_json(_plan_json(result))
+        print_json(result)
         return
     render_plan(result)
     if result.has_changes:
@@ -138,7 +151,7 @@ def apply(
 @app.command()
 def describe(
     topic: Annotated[str | None, typer.Argument(help="One topic (default: all).")] = None,
-    json_out: JsonOpt = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Partitions, leaders, replicas, configs and end offsets of topics on the cluster.
 
@@ -147,7 +160,7 @@ def describe(
     with errors_to_exit():
         topics = asyncio.run(describe_topics(settings(), [topic] if topic else None))
     if json_out:
-        print_json({"topics": [t.model_dump() for t in topics]})
+        print_json(TopicDescriptions(topics=topics))
         return
     for described in topics:
         table = Table(title=described.name, title_justify="left")
@@ -164,7 +177,7 @@ def lag(
     group: Annotated[
         str | None, typer.Option("--group", "-g", help="One consumer group (default: all).")
     ] = None,
-    json_out: JsonOpt = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Lag of consumer groups, per partition (end offset minus committed offset).
 
@@ -173,7 +186,7 @@ def lag(
     with errors_to_exit():
         rows = asyncio.run(consumer_lag(settings(), group))
     if json_out:
-        print_json({"lag": [r.model_dump() for r in rows], "total": sum(r.lag for r in rows)})
+        print_json(ConsumerLag(lag=rows))
         return
     table = Table(title="consumer lag", title_justify="left")
     for column in ("group", "topic", "partition", "committed", "end offset", "lag", "oldest waiting"):

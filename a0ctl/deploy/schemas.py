@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Any
 
 import yaml
 
+from a0ctl import subprocesses
+from a0ctl.errors import StackError
 from a0ctl.runtime.artifacts import REPO_ROOT, _require
-from services.common.errors import StackError
 from services.common.settings import Settings
 
 STRIMZI_POM = REPO_ROOT / "stack" / "strimzi" / "pom.xml"
@@ -161,14 +161,6 @@ def _write_crds(documents: list[dict[str, Any]], target: Path) -> None:
             (group_dir / name).write_text(json.dumps(schema))
 
 
-def _run(argv: list[str], what: str, service: str, hint: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise StackError(f"{what} failed:\n{tail}", service=service, hint=hint)
-    return result
-
-
 def strimzi_crds(settings: Settings, work: Path) -> list[dict[str, Any]]:
     """Strimzi's CRDs, written by its own generator from its API model."""
     version = settings.kubernetes.strimzi_version
@@ -177,7 +169,7 @@ def strimzi_crds(settings: Settings, work: Path) -> list[dict[str, Any]]:
     libs = settings.stack.cache_dir / f"strimzi-{version}" / "libs"
     if not (libs.parent / ".complete").exists():
         shutil.rmtree(libs, ignore_errors=True)
-        _run(
+        subprocesses.run(
             [
                 mvn,
                 "-q",
@@ -189,13 +181,13 @@ def strimzi_crds(settings: Settings, work: Path) -> list[dict[str, Any]]:
                 "-DincludeScope=runtime",
                 f"-DoutputDirectory={libs}",
             ],
-            f"resolving Strimzi {version} with Maven",
-            "strimzi",
-            "check that Maven Central is reachable and A0_K8S_STRIMZI_VERSION names a release",
+            what=f"resolving Strimzi {version} with Maven",
+            service="strimzi",
+            hint="check that Maven Central is reachable and A0_K8S_STRIMZI_VERSION names a release",
         )
         (libs.parent / ".complete").write_text(version)
     outputs = {kind: work / f"{kind}.yaml" for kind in STRIMZI_KINDS}
-    _run(
+    subprocesses.run(
         [
             java,
             "-cp",
@@ -210,9 +202,9 @@ def strimzi_crds(settings: Settings, work: Path) -> list[dict[str, Any]]:
             "v1beta2",
             *(f"{cls}={outputs[kind]}" for kind, cls in STRIMZI_KINDS.items()),
         ],
-        "generating Strimzi's CRDs",
-        "strimzi",
-        "see the output above",
+        what="generating Strimzi's CRDs",
+        service="strimzi",
+        hint="A0_K8S_STRIMZI_VERSION names a Strimzi release whose generator takes these options",
     )
     return [yaml.safe_load(path.read_text()) for path in outputs.values()]
 
@@ -221,11 +213,11 @@ def keda_crds(settings: Settings) -> list[dict[str, Any]]:
     """KEDA's CRDs, as its Go module ships them (config/crd/bases)."""
     version = settings.kubernetes.keda_version
     go = _require("go", "install Go (apt-get install golang; scripts/bootstrap.sh does)", "keda")
-    result = _run(
+    result = subprocesses.run(
         [go, "mod", "download", "-json", f"{KEDA_MODULE}@{version}"],
-        f"downloading {KEDA_MODULE}@{version}",
-        "keda",
-        "check the Go module proxy is reachable and A0_K8S_KEDA_VERSION names a release",
+        what=f"downloading {KEDA_MODULE}@{version}",
+        service="keda",
+        hint="check the Go module proxy is reachable and A0_K8S_KEDA_VERSION names a release",
     )
     bases = Path(json.loads(result.stdout)["Dir"]) / "config" / "crd" / "bases"
     return [yaml.safe_load((bases / name).read_text()) for name in KEDA_CRDS]

@@ -6,17 +6,17 @@ from topics.yaml are the ones committed."""
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
+from a0ctl import subprocesses
 from a0ctl.deploy.schemas import ensure_crd_schemas, ensure_kubernetes_schemas
+from a0ctl.errors import StackError
 from a0ctl.runtime.artifacts import REPO_ROOT, go_install
 from a0ctl.topics.model import load_topics_file
 from a0ctl.topics.render import render
-from services.common.errors import StackError
 from services.common.settings import Settings
 
 KUSTOMIZATION = REPO_ROOT / "deploy" / "kubernetes"
@@ -36,6 +36,8 @@ class ResourceResult(BaseModel):
 
 
 class ValidationReport(BaseModel):
+    """What ``deploy validate --json`` prints."""
+
     resources: list[ResourceResult]
     generated_up_to_date: bool
 
@@ -43,6 +45,7 @@ class ValidationReport(BaseModel):
     def problems(self) -> list[ResourceResult]:
         return [r for r in self.resources if r.status != "statusValid"]
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
         return bool(self.resources) and not self.problems and self.generated_up_to_date
@@ -65,16 +68,12 @@ def go_tool(settings: Settings, name: str) -> Path:
 
 def build(settings: Settings, directory: Path = KUSTOMIZATION) -> str:
     """The manifests a ``kubectl apply -k`` of the directory would send."""
-    result = subprocess.run(
-        [str(go_tool(settings, "kustomize")), "build", str(directory)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise StackError(
-            f"kustomize build {directory} failed:\n{result.stderr.strip()}",
-            service="kustomize",
-            hint="fix the kustomization or the file it names",
-        )
-    return result.stdout
+    return subprocesses.run(
+        [go_tool(settings, "kustomize"), "build", directory],
+        what=f"kustomize build {directory}",
+        service="kustomize",
+        hint="fix the kustomization or the file it names",
+    ).stdout
 
 
 def check_manifests(settings: Settings, manifests: str) -> list[ResourceResult]:
@@ -100,7 +99,10 @@ def check_manifests(settings: Settings, manifests: str) -> list[ResourceResult]:
             f"{crds}/{{{{.Group}}}}/{{{{.ResourceKind}}}}_{{{{.ResourceAPIVersion}}}}.json",
             "-",
         ]
-        result = subprocess.run(argv, input=manifests, capture_output=True, text=True)
+        # Exit 1 when a resource is invalid: the report says which, so it is read either way.
+        result = subprocesses.run(
+            argv, what="kubeconform", service="kubeconform", check=False, input=manifests
+        )
     try:
         report = json.loads(result.stdout)
     except ValueError:

@@ -17,27 +17,29 @@ the worst consumer lag sampled while it ran, in records and seconds.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import random
-import ssl
 import statistics
 import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
-from pydantic import BaseModel
+import aiohttp
+from pydantic import BaseModel, computed_field
 
 from a0ctl.topics.admin import consumer_lag
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
+from services.common.errors import A0Error
 from services.common.settings import Settings
 from services.common.sse import SseParser
 
 TERMINAL = frozenset(str(t) for t in TERMINAL_EVENTS)
+# A stream waits for the next event; the gateway pings every 15 s.
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=90)
 
 
 class Percentiles(BaseModel):
@@ -99,8 +101,10 @@ class LoadReport(BaseModel):
     errors: list[str]
     sla: Sla = Sla()
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def ok(self) -> bool:
+        """Every session to the end; nothing failed, lost or shown twice; the SLA met."""
         return (
             self.sent > 0
             and self.lost == 0
@@ -143,20 +147,24 @@ class _Tally:
         self.causes[cause] = self.causes.get(cause, 0) + 1
 
 
-def _http_cause(what: str, response: httpx.Response) -> str:
+@dataclass(frozen=True)
+class _Answer:
+    """A gateway answer, read whole: its status, ``Retry-After`` and body."""
+
+    status: int
+    retry_after: str | None
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _http_cause(what: str, response: _Answer) -> str:
     try:
         code = response.json()["error"]["code"]
     except (ValueError, KeyError, TypeError):
-        code = response.text[:80]
-    return f"{what} answered {response.status_code} ({code})"
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One TLS context for every session's client: building one loads the CA bundle,
-    about 20 ms of CPU, which for hundreds of sessions would make the load generator
-    compete with the stack it measures."""
-    return ssl.create_default_context()
+        code = response.body[:80].decode(errors="replace")
+    return f"{what} answered {response.status} ({code})"
 
 
 class _Turn:
@@ -172,21 +180,25 @@ class _Session:
     """One user, one conversation, one SSE stream followed for the whole run."""
 
     def __init__(
-        self, settings: Settings, index: int, tally: _Tally, on_answer: AnswerHook | None = None
+        self,
+        http: aiohttp.ClientSession,
+        settings: Settings,
+        index: int,
+        tally: _Tally,
+        on_answer: AnswerHook | None = None,
     ) -> None:
         self.tally = tally
         self.on_answer = on_answer
+        self.base_url = settings.gateway_url
         self.headers = {"Authorization": f"Bearer {mint_token(settings, f'load-{index}')}"}
-        self.http = httpx.AsyncClient(
-            base_url=settings.gateway_url,
-            headers=self.headers,
-            limits=httpx.Limits(max_connections=4),
-            timeout=httpx.Timeout(30, read=90),
-            verify=_tls_context(),
-        )
+        self.http = http
         self.last_seq = 0
         # By turn id; events may arrive before the POST's answer names the turn.
         self.turns: dict[str, _Turn] = {}
+
+    async def post(self, path: str, body: dict[str, Any]) -> _Answer:
+        async with self.http.post(self.base_url + path, json=body, headers=self.headers) as response:
+            return _Answer(response.status, response.headers.get("Retry-After"), await response.read())
 
     def _turn(self, turn_id: str) -> _Turn:
         turn = self.turns.get(turn_id)
@@ -196,22 +208,20 @@ class _Session:
 
     async def follow(self, conversation_id: str) -> None:
         """Read the stream, resuming with Last-Event-ID when it drops; check every seq."""
+        url = f"{self.base_url}/v1/conversations/{conversation_id}/events"
         while True:
             try:
-                async with self.http.stream(
-                    "GET",
-                    f"/v1/conversations/{conversation_id}/events",
-                    headers={"Last-Event-ID": str(self.last_seq)},
-                ) as response:
-                    if response.status_code != 200:
-                        await response.aread()
-                        raise _SessionFailed(_http_cause("GET events", response))
+                headers = {**self.headers, "Last-Event-ID": str(self.last_seq)}
+                async with self.http.get(url, headers=headers, timeout=STREAM_TIMEOUT) as response:
+                    if response.status != 200:
+                        answer = _Answer(response.status, None, await response.read())
+                        raise _SessionFailed(_http_cause("GET events", answer))
                     parser = SseParser()
-                    async for line in response.aiter_lines():
-                        message = parser.feed(line)
+                    async for line in response.content:
+                        message = parser.feed(line.decode().rstrip("\r\n"))
                         if message is not None:
                             self._observe(json.loads(message["data"]))
-            except httpx.TransportError:
+            except (aiohttp.ClientError, TimeoutError):
                 await asyncio.sleep(0.5)
 
     def _observe(self, event: dict[str, Any]) -> None:
@@ -235,12 +245,12 @@ class _Session:
         tally = self.tally
         reader: asyncio.Task[None] | None = None
         try:
-            created = await self.http.post("/v1/conversations", json={"title": "load"})
-            while created.status_code == 429 and time.monotonic() < until:
+            created = await self.post("/v1/conversations", {"title": "load"})
+            while created.status == 429 and time.monotonic() < until:
                 tally.shed_sign_ins += 1
                 await asyncio.sleep(_retry_after(created, until))
-                created = await self.http.post("/v1/conversations", json={"title": "load"})
-            if created.status_code != 201:
+                created = await self.post("/v1/conversations", {"title": "load"})
+            if created.status != 201:
                 raise _SessionFailed(_http_cause("POST /v1/conversations", created))
             conversation_id = created.json()["id"]
             reader = asyncio.create_task(self.follow(conversation_id))
@@ -249,14 +259,12 @@ class _Session:
                     reader.result()  # the stream failed for good: raise why
                 started = time.monotonic()
                 tally.sent += 1
-                posted = await self.http.post(
-                    f"/v1/conversations/{conversation_id}/messages", json={"content": prompt}
-                )
-                if posted.status_code == 429:
+                posted = await self.post(f"/v1/conversations/{conversation_id}/messages", {"content": prompt})
+                if posted.status == 429:
                     tally.shed += 1
                     await asyncio.sleep(_retry_after(posted, until))
                     continue
-                if posted.status_code != 202:
+                if posted.status != 202:
                     tally.fail(_http_cause("POST message", posted))
                     await asyncio.sleep(min(1.0, think_s))
                     continue
@@ -284,25 +292,30 @@ class _Session:
                 await asyncio.sleep(think_s * random.uniform(0.5, 1.5))
         except _SessionFailed as exc:
             tally.fail(str(exc), session=True)
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
+        except aiohttp.ClientConnectorError as exc:
+            tally.fail(
+                f"cannot connect to the gateway at {self.base_url} ({exc.os_error.strerror})", session=True
+            )
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             tally.fail(f"{type(exc).__name__}: {exc}"[:160], session=True)
         finally:
             if reader is not None:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
-            await self.http.aclose()
 
 
-def _retry_after(response: httpx.Response, until: float) -> float:
-    """How long a shed request waits, as its ``Retry-After`` says, within the run."""
+def _retry_after(response: _Answer, until: float) -> float:
+    """How long a shed request waits: as its ``Retry-After`` says, and up to half as long
+    again at random, as people do — a crowd that retries in the same instant is the
+    overload again — within the run."""
     try:
-        wait = float(response.headers.get("Retry-After", "1"))
+        wait = float(response.retry_after or "1")
     except ValueError:
         wait = 1.0
-    return max(0.0, min(wait, until - time.monotonic()))
+    return max(0.0, min(wait * random.uniform(1.0, 1.5), until - time.monotonic()))
 
 
-class _SessionFailed(Exception):
+class _SessionFailed(A0Error):
     """A session cannot go on; the message says why."""
 
 
@@ -342,11 +355,21 @@ async def run_load(
 
     ramp = max(2.0, think_s) if ramp_s is None else ramp_s
 
+    # One client for every session (one TLS context, one pool: a connection per session's
+    # stream plus its requests), on aiohttp: the load generator shares the machine with the
+    # stack it measures, and httpx cost it about ten times the CPU per request.
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=30),
+        read_bufsize=1 << 18,
+    )
+
     async def start_session(index: int) -> None:
         await asyncio.sleep(ramp * index / max(1, sessions))
-        await _Session(settings, index, tally, on_answer).run(prompt, until, think_s, turn_timeout_s)
+        await _Session(http, settings, index, tally, on_answer).run(prompt, until, think_s, turn_timeout_s)
 
-    await asyncio.gather(*(start_session(i) for i in range(sessions)))
+    async with http:
+        await asyncio.gather(*(start_session(i) for i in range(sessions)))
     elapsed = time.monotonic() - started
     stop.set()
     max_lag_s, max_lag_records = await lag

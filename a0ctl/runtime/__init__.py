@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 
+from a0ctl import subprocesses
+from a0ctl.errors import StackError
 from a0ctl.runtime.base import Runtime, ServiceStatus
-from services.common.errors import StackError
 from services.common.settings import Settings
 
 __all__ = ["Runtime", "ServiceStatus", "docker_engine_answers", "get_runtime"]
@@ -16,9 +16,12 @@ def docker_engine_answers() -> bool:
     """True when a Docker engine (not just the client) answers."""
     if not shutil.which("docker"):
         return False
-    result = subprocess.run(
-        ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=10
-    )
+    try:
+        result = subprocesses.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], what="docker info", check=False, timeout=10
+        )
+    except subprocesses.CommandError:
+        return False
     return result.returncode == 0 and bool(result.stdout.strip())
 
 

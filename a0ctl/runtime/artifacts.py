@@ -5,16 +5,22 @@
 - OPA: the ``opa`` server binary at a pinned version, from ``go install`` when the
   machine has none of that version.
 - kubeconform and kustomize (``a0ctl deploy validate``): ``go install`` at pinned versions.
+- Jaeger v2: the ``jaeger`` binary at a pinned version, built with ``go build`` from the
+  module the Go module proxy serves (its go.mod has a replace directive, so ``go
+  install mod@version`` refuses it). Several minutes on two cores, once; Go's build
+  cache makes a rebuild quick.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
-from services.common.errors import StackError
+from a0ctl import subprocesses
+from a0ctl.errors import StackError
 from services.common.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +28,7 @@ KAFKA_POM = REPO_ROOT / "stack" / "kafka" / "pom.xml"
 KAFKA_LOG4J = REPO_ROOT / "stack" / "kafka" / "log4j2.properties"
 OPA_POLICY_DIR = REPO_ROOT / "stack" / "opa"
 OPA_MODULE = "github.com/open-policy-agent/opa"
+JAEGER_MODULE = "github.com/jaegertracing/jaeger"
 
 
 def _require(binary: str, fix: str, service: str) -> str:
@@ -46,7 +53,7 @@ def ensure_kafka(settings: Settings) -> Path:
     staging = libs.parent / "libs.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    result = subprocess.run(
+    subprocesses.run(
         [
             mvn,
             "-q",
@@ -58,16 +65,10 @@ def ensure_kafka(settings: Settings) -> Path:
             "-DincludeScope=runtime",
             f"-DoutputDirectory={staging}",
         ],
-        capture_output=True,
-        text=True,
+        what=f"resolving Apache Kafka {settings.kafka.version} with Maven",
+        service="kafka",
+        hint="check that Maven Central is reachable and A0_KAFKA_VERSION names a released version",
     )
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise StackError(
-            f"could not resolve Apache Kafka {settings.kafka.version} with Maven:\n{tail}",
-            service="kafka",
-            hint="check that Maven Central is reachable and A0_KAFKA_VERSION names a released version",
-        )
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
     marker.write_text(settings.kafka.version)
@@ -85,7 +86,7 @@ def ensure_opa(settings: Settings) -> Path:
         return cached
     on_path = shutil.which("opa")
     if on_path:
-        probe = subprocess.run([on_path, "version"], capture_output=True, text=True)
+        probe = subprocesses.run([on_path, "version"], what="opa version", service="opa", check=False)
         if f"Version: {settings.opa.version.lstrip('v')}" in probe.stdout:
             return Path(on_path)
     return go_install(OPA_MODULE, settings.opa.version, cached, service="opa", setting="A0_OPA_VERSION")
@@ -99,17 +100,78 @@ def go_install(module: str, version: str, binary: Path, *, service: str, setting
         "go", f"install Go (apt-get install golang; scripts/bootstrap.sh does) to build {service}", service
     )
     env = {**os.environ, "GOBIN": str(binary.parent), "CGO_ENABLED": "0"}
-    result = subprocess.run([go, "install", f"{module}@{version}"], capture_output=True, text=True, env=env)
-    if result.returncode != 0 or not binary.exists():
-        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
-        raise StackError(
-            f"could not build {service} {version} with go install:\n{tail}",
-            service=service,
-            hint=f"check the Go module proxy is reachable and {setting} names a released version",
-        )
+    hint = f"check the Go module proxy is reachable and {setting} names a released version"
+    what = f"building {service} {version} with go install"
+    subprocesses.run([go, "install", f"{module}@{version}"], what=what, service=service, hint=hint, env=env)
+    if not binary.exists():
+        raise StackError(f"{what} left no binary at {binary}", service=service, hint=hint)
     return binary
+
+
+def jaeger_path(settings: Settings) -> Path:
+    return settings.stack.cache_dir / f"jaeger-{settings.telemetry.jaeger_version}" / "jaeger"
+
+
+JAEGER_HINT = (
+    "check the Go module proxy is reachable and A0_OTEL_JAEGER_VERSION names a released version "
+    "(or set A0_OTEL_JAEGER=false to run without traces)"
+)
+
+
+def ensure_jaeger(settings: Settings) -> Path:
+    """Return the pinned ``jaeger`` binary, building it with Go when missing (one build at a
+    time per machine: a second caller waits for the first and finds the binary)."""
+    cached = jaeger_path(settings)
+    if cached.exists():
+        return cached
+    version = settings.telemetry.jaeger_version
+    go = _require("go", "install Go (apt-get install golang; scripts/bootstrap.sh does)", "jaeger")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with open(cached.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cached.exists():
+            return cached
+        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath"}
+        download = subprocesses.run(
+            [go, "mod", "download", "-json", f"{JAEGER_MODULE}@{version}"],
+            what=f"downloading {JAEGER_MODULE}@{version}",
+            service="jaeger",
+            hint=JAEGER_HINT,
+            env=env,
+        )
+        source = json.loads(download.stdout)["Dir"]
+        partial = cached.with_name("jaeger.partial")
+        subprocesses.run(
+            [go, "build", "-o", str(partial), "./cmd/jaeger"],
+            what=f"building jaeger {version}",
+            service="jaeger",
+            hint=JAEGER_HINT,
+            cwd=source,
+            env=env,
+        )
+        if not partial.exists():
+            raise StackError(
+                f"building jaeger {version} left no binary at {partial}", service="jaeger", hint=JAEGER_HINT
+            )
+        partial.rename(cached)
+    return cached
 
 
 def require_binary(binary: str, service: str, install: str) -> str:
     """The path of a binary from Debian's packages, or a StackError naming the package."""
     return _require(binary, f"{install} (scripts/bootstrap.sh does)", service)
+
+
+def ensure_all(settings: Settings) -> None:
+    """Everything the local runtime builds or resolves, so a first start does not wait on
+    it (scripts/test.sh runs this before the tiers: a test's time limit is no build's)."""
+    ensure_kafka(settings)
+    ensure_opa(settings)
+    if settings.telemetry.jaeger:
+        ensure_jaeger(settings)
+
+
+if __name__ == "__main__":
+    from services.common.settings import load_settings
+
+    ensure_all(load_settings())

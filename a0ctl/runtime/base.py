@@ -10,6 +10,8 @@ from pydantic import BaseModel
 
 INFRA = ("kafka", "redis", "postgres", "opa")
 APPS = ("llm-sim", "tool-executor", "conversation-worker", "gateway")
+# Traces and metrics of the local runtime (A0_OTEL_JAEGER, A0_PROMETHEUS_ENABLED).
+OBSERVABILITY = ("jaeger", "prometheus")
 
 
 class ServiceStatus(BaseModel):

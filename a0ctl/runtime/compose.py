@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from a0ctl.errors import StackError
 from a0ctl.runtime.artifacts import REPO_ROOT
 from a0ctl.runtime.base import ProgressFn, ServiceStatus
-from services.common.errors import StackError
 from services.common.secrets_env import secrets_path
 from services.common.settings import Settings
 

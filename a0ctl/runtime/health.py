@@ -87,6 +87,14 @@ async def llm_sim_probe(settings: Settings) -> str:
     return await _http_ok(f"http://{settings.stack.host}:{settings.llm_sim.port}/health")
 
 
+async def jaeger_probe(settings: Settings) -> str:
+    return await _http_ok(f"{settings.telemetry.query_url(settings.stack.host)}/api/services")
+
+
+async def prometheus_probe(settings: Settings) -> str:
+    return await _http_ok(f"{settings.prometheus.base_url(settings.stack.host)}/-/ready")
+
+
 def metrics_probe(port_of: Callable[[Settings], int]) -> Probe:
     async def probe(settings: Settings) -> str:
         return await _http_ok(f"http://{settings.stack.host}:{port_of(settings)}/metrics")

@@ -15,10 +15,10 @@ import shutil
 from functools import partial
 from pathlib import Path
 
+from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, health
 from a0ctl.runtime.local_services import LocalService, _corrupt, _dir_is_corrupt, _run_checked
 from a0ctl.runtime.postgres import write_owned
-from services.common.errors import StackError
 from services.common.secrets_env import kafka_password_key, read_generated_secret
 from services.common.settings import KAFKA_ADMIN, Settings
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from a0ctl.errors import StackError
 from a0ctl.runtime import health
 from a0ctl.runtime.base import ProgressFn, ServiceStatus
 from a0ctl.runtime.local_services import SCALABLE, LocalService, build_services, python
@@ -35,7 +36,6 @@ from a0ctl.runtime.supervisor import (
     signal_name,
     start_daemon,
 )
-from services.common.errors import StackError
 from services.common.settings import Settings
 
 LOG_TAIL_LINES = 20
@@ -342,6 +342,8 @@ class LocalRuntime:
         self._run_file(SCALE_FILE).write_text(json.dumps({**self.replicas(), service: replicas}))
         self.services = build_services(self.settings, self.state, self.replicas())
         self._ensure_supervisor()
+        if "prometheus" in self.services:
+            self.services["prometheus"].prepare()  # scrape the new replicas too
         names = self._expand((service,))
         return self._start_stopped(names, progress)
 

@@ -12,7 +12,6 @@ import pwd
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from a0ctl import subprocesses
+from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, health
 from a0ctl.runtime.postgres import HBA, UPGRADE_HBA, hba_trusts, initdb_argv, provision, write_owned
-from services.common.errors import StackError
 from services.common.settings import Settings
 
 
@@ -51,10 +51,7 @@ class LocalService:
 
 
 def _run_checked(argv: list[str], service: str, what: str, user: str | None = None) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, **run_as(user))
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-10:])
-        raise StackError(f"{what} failed:\n{tail}", service=service)
+    subprocesses.run(argv, what=what, service=service, **run_as(user))
 
 
 def run_as(user: str | None) -> dict[str, Any]:
@@ -134,10 +131,12 @@ START_ORDER = (
     "redis",
     "postgres",
     "opa",
+    "jaeger",
     "llm-sim",
     "tool-executor",
     "conversation-worker",
     "gateway",
+    "prometheus",
 )
 # Services that run as several replicas in one consumer group (`a0ctl scale`).
 SCALABLE = ("conversation-worker", "tool-executor")
@@ -166,6 +165,18 @@ def tools_metrics_port(settings: Settings, replica: int) -> int:
     return settings.tools.metrics_port + 10 * replica
 
 
+@dataclass(frozen=True)
+class StackDirs:
+    """Where a local stack keeps its data and its run files (generated configs, sockets)."""
+
+    data: Path
+    run: Path
+
+    @classmethod
+    def under(cls, state: Path) -> StackDirs:
+        return cls(data=state / "data", run=state / "run")
+
+
 def build_services(
     settings: Settings, state: Path, replicas: dict[str, int] | None = None
 ) -> dict[str, LocalService]:
@@ -176,18 +187,71 @@ def build_services(
         "tool-executor": settings.tools.replicas,
         **(replicas or {}),
     }
-    host = settings.stack.host
-    data = state / "data"
-    run = state / "run"
-
+    dirs = StackDirs.under(state)
+    # a0's services export their spans to the local Jaeger when it runs.
+    endpoint = settings.telemetry.endpoint(settings.stack.host)
+    traced = {"A0_OTEL_EXPORTER_OTLP_ENDPOINT": endpoint} if endpoint else {}
     from a0ctl.runtime.kafka_local import kafka_services
 
-    # --- PostgreSQL ----------------------------------------------------------
-    pg_dir = data / "postgres"
-    pg_sock = run / "postgres"
+    services = [
+        *kafka_services(settings, state),
+        redis_service(settings, dirs),
+        postgres_service(settings, dirs),
+        opa_service(settings, dirs),
+        *([jaeger_service(settings, dirs)] if settings.telemetry.jaeger else []),
+        app_service("llm-sim", settings.llm_sim.port, health.llm_sim_probe),
+        *consumer_replicas(settings, "tool-executor", scaled["tool-executor"], traced),
+        *consumer_replicas(settings, "conversation-worker", scaled["conversation-worker"], traced),
+        app_service("gateway", settings.gateway.port, health.gateway_probe, env=traced),
+        *([prometheus_service(settings, dirs, scaled)] if settings.prometheus.enabled else []),
+    ]
+    for service in services:
+        base = next((b for b in START_ORDER if service.name == b or service.name.startswith(f"{b}-")), "")
+        service.priority = 100 + 10 * START_ORDER.index(base) if base else 500
+    return {service.name: service for service in services}
+
+
+# --- Redis ---------------------------------------------------------------------------
+
+
+def redis_service(settings: Settings, dirs: StackDirs) -> LocalService:
+    redis_dir = dirs.data / "redis"
+    return LocalService(
+        name="redis",
+        port=settings.redis.port,
+        probe=health.redis_probe,
+        prepare=lambda: redis_dir.mkdir(parents=True, exist_ok=True),
+        command=lambda: [
+            artifacts.require_binary("redis-server", "redis", "apt-get install redis-server"),
+            "--port",
+            str(settings.redis.port),
+            "--bind",
+            settings.stack.host,
+            "--dir",
+            str(redis_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+    )
+
+
+# --- PostgreSQL ----------------------------------------------------------------------
+
+
+def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:
+    """PostgreSQL in a private data directory (initdb on first start) and socket dir; run
+    as 'postgres' when a0ctl is root, and provisioned once it accepts connections."""
+    pg_dir = dirs.data / "postgres"
+    pg_sock = dirs.run / "postgres"
     pg_user = _non_root_user()
 
-    def pg_prepare() -> None:
+    def prepare() -> None:
         if _dir_is_corrupt(pg_dir, "PG_VERSION"):
             raise _corrupt("postgres", pg_dir, "PG_VERSION")
         for path in (pg_sock, pg_dir):
@@ -210,124 +274,240 @@ def build_services(
         else:
             write_owned(pg_dir / "pg_hba.conf", HBA, pg_user)
 
-    # --- OPA ---------------------------------------------------------------------
-    def opa_local_data() -> Path:
-        """This stack's own policy data: its simulator is the one loopback base URL a
-        credential may use (data.a0_local.egress_allowed in stack/opa/authz.rego)."""
+    return LocalService(
+        name="postgres",
+        port=settings.postgres.port,
+        probe=health.postgres_probe,
+        prepare=prepare,
+        after_start=lambda: provision(settings, pg_sock, pg_dir, pg_user),
+        user=pg_user,
+        stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
+        stop_wait_s=30,
+        command=lambda: [
+            _pg_bin("postgres"),
+            "-D",
+            str(pg_dir),
+            "-p",
+            str(settings.postgres.port),
+            "-k",
+            str(pg_sock),
+            "-c",
+            f"listen_addresses={settings.stack.host}",
+            "-c",
+            "max_connections=300",
+        ],
+    )
+
+
+# --- OPA -----------------------------------------------------------------------------
+
+
+def opa_service(settings: Settings, dirs: StackDirs) -> LocalService:
+    """The OPA server with a0's policies (stack/opa) and this stack's own policy data."""
+
+    def local_data() -> Path:
+        """This stack's simulator is the one loopback base URL a credential may use
+        (data.a0_local.egress_allowed in stack/opa/authz.rego)."""
         port = settings.llm_sim.port
-        names = [f"{name}:{port}" for name in (host, "127.0.0.1", "localhost")]
-        path = run / "opa-local.json"
+        names = [f"{name}:{port}" for name in (settings.stack.host, "127.0.0.1", "localhost")]
+        path = dirs.run / "opa-local.json"
         path.write_text(json.dumps({"a0_local": {"egress_allowed": sorted(set(names))}}))
         return path
 
-    # --- the services ----------------------------------------------------------
-    def app_command(name: str) -> Callable[[], list[str]]:
-        return lambda: [python(), "-m", "a0ctl", "run", name]
+    return LocalService(
+        name="opa",
+        port=settings.opa.port,
+        probe=health.opa_probe,
+        command=lambda: [
+            str(artifacts.ensure_opa(settings)),
+            "run",
+            "--server",
+            "--addr",
+            f"{settings.stack.host}:{settings.opa.port}",
+            "--disable-telemetry",
+            "--log-level",
+            "error",
+            "--ignore",
+            "*_test.rego",
+            str(artifacts.OPA_POLICY_DIR),
+            str(local_data()),
+        ],
+    )
 
-    def consumer_replicas(
-        service: str, metrics_port: Callable[..., int], port_variable: str
-    ) -> list[LocalService]:
-        """The replicas of a consumer service: one group, each on its own metrics port."""
-        return [
-            LocalService(
-                name=replica_name(service, replica),
-                port=metrics_port(settings, replica),
-                probe=health.metrics_probe(partial(metrics_port, replica=replica)),
-                command=app_command(service),
-                env={port_variable: str(metrics_port(settings, replica)), "A0_KAFKA_SASL_USERNAME": service},
-                app=True,
+
+# --- a0's own services ---------------------------------------------------------------
+
+APP_STOP_WAIT_S = 10  # a0's services stop within seconds
+
+
+def app_service(name: str, port: int, probe: health.Probe, env: dict[str, str] | None = None) -> LocalService:
+    """One of a0's own services, run as ``a0ctl run <name>``; with SASL it connects to Kafka
+    as the principal of its own name (topics.yaml's principals)."""
+    return LocalService(
+        name=name,
+        port=port,
+        probe=probe,
+        command=lambda: [python(), "-m", "a0ctl", "run", name],
+        env={"A0_KAFKA_SASL_USERNAME": name, **(env or {})},
+        app=True,
+        stop_wait_s=APP_STOP_WAIT_S,
+    )
+
+
+# The metrics port of each replica, and the variable that tells the replica.
+_METRICS_PORTS: dict[str, tuple[Callable[..., int], str]] = {
+    "conversation-worker": (worker_metrics_port, "A0_WORKER_METRICS_PORT"),
+    "tool-executor": (tools_metrics_port, "A0_TOOLS_METRICS_PORT"),
+}
+
+
+def consumer_replicas(
+    settings: Settings, service: str, count: int, env: dict[str, str] | None = None
+) -> list[LocalService]:
+    """The replicas of a consumer service: one group, each on its own metrics port."""
+    metrics_port, port_variable = _METRICS_PORTS[service]
+    replicas = []
+    for replica in range(count):
+        port = metrics_port(settings, replica)
+        app = app_service(
+            service,
+            port,
+            health.metrics_probe(partial(metrics_port, replica=replica)),
+            env={**(env or {}), port_variable: str(port)},
+        )
+        app.name = replica_name(service, replica)
+        replicas.append(app)
+    return replicas
+
+
+# --- Jaeger and Prometheus -----------------------------------------------------------
+
+
+def jaeger_service(settings: Settings, dirs: StackDirs) -> LocalService:
+    """Jaeger v2 (built once with Go): OTLP/HTTP in, traces in memory, the query API."""
+    telemetry = settings.telemetry
+    config = dirs.run / "jaeger.yaml"
+
+    def prepare() -> None:
+        artifacts.ensure_jaeger(settings)
+        config.write_text(
+            jaeger_config_text(
+                settings.stack.host,
+                otlp_port=telemetry.jaeger_otlp_port,
+                query_port=telemetry.jaeger_query_port,
+                grpc_port=telemetry.jaeger_grpc_port,
+                max_traces=telemetry.jaeger_max_traces,
             )
-            for replica in range(scaled[service])
-        ]
+        )
 
-    services = [
-        *kafka_services(settings, state),
-        LocalService(
-            name="redis",
-            port=settings.redis.port,
-            probe=health.redis_probe,
-            prepare=lambda: (data / "redis").mkdir(parents=True, exist_ok=True),
-            command=lambda: [
-                artifacts.require_binary("redis-server", "redis", "apt-get install redis-server"),
-                "--port",
-                str(settings.redis.port),
-                "--bind",
-                host,
-                "--dir",
-                str(data / "redis"),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],
-        ),
-        LocalService(
-            name="postgres",
-            port=settings.postgres.port,
-            probe=health.postgres_probe,
-            prepare=pg_prepare,
-            after_start=lambda: provision(settings, pg_sock, pg_dir, pg_user),
-            user=pg_user,
-            stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
-            stop_wait_s=30,
-            command=lambda: [
-                _pg_bin("postgres"),
-                "-D",
-                str(pg_dir),
-                "-p",
-                str(settings.postgres.port),
-                "-k",
-                str(pg_sock),
-                "-c",
-                f"listen_addresses={host}",
-                "-c",
-                "max_connections=300",
-            ],
-        ),
-        LocalService(
-            name="opa",
-            port=settings.opa.port,
-            probe=health.opa_probe,
-            command=lambda: [
-                str(artifacts.ensure_opa(settings)),
-                "run",
-                "--server",
-                "--addr",
-                f"{host}:{settings.opa.port}",
-                "--disable-telemetry",
-                "--log-level",
-                "error",
-                "--ignore",
-                "*_test.rego",
-                str(artifacts.OPA_POLICY_DIR),
-                str(opa_local_data()),
-            ],
-        ),
-        LocalService(
-            name="llm-sim",
-            port=settings.llm_sim.port,
-            probe=health.llm_sim_probe,
-            command=app_command("llm-sim"),
-            app=True,
-        ),
-        *consumer_replicas("tool-executor", tools_metrics_port, "A0_TOOLS_METRICS_PORT"),
-        *consumer_replicas("conversation-worker", worker_metrics_port, "A0_WORKER_METRICS_PORT"),
-        LocalService(
-            name="gateway",
-            port=settings.gateway.port,
-            probe=health.gateway_probe,
-            command=app_command("gateway"),
-            env={"A0_KAFKA_SASL_USERNAME": "gateway"},
-            app=True,
-        ),
-    ]
-    for service in services:
-        if service.app:
-            service.stop_wait_s = 10
-        base = next((b for b in START_ORDER if service.name == b or service.name.startswith(f"{b}-")), "")
-        service.priority = 100 + 10 * START_ORDER.index(base) if base else 500
-    return {service.name: service for service in services}
+    return LocalService(
+        name="jaeger",
+        port=telemetry.jaeger_query_port,
+        extra_ports=(telemetry.jaeger_otlp_port, telemetry.jaeger_grpc_port),
+        probe=health.jaeger_probe,
+        prepare=prepare,
+        command=lambda: [str(artifacts.jaeger_path(settings)), "--config", str(config)],
+    )
+
+
+def jaeger_config_text(host: str, *, otlp_port: int, query_port: int, grpc_port: int, max_traces: int) -> str:
+    """Jaeger v2's configuration: OTLP/HTTP in, in-memory storage, the query API; every
+    port on ``host`` and named (Jaeger's defaults would open others on all addresses)."""
+    config = {
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query"],
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["batch"],
+                    "exporters": ["jaeger_storage_exporter"],
+                }
+            },
+            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+        },
+        "extensions": {
+            "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": max_traces}}}},
+            "jaeger_query": {
+                "storage": {"traces": "memstore"},
+                "enable_tracing": False,  # its own spans would go to localhost:4317
+                "http": {"endpoint": f"{host}:{query_port}"},
+                "grpc": {"endpoint": f"{host}:{grpc_port}"},
+            },
+        },
+        "receivers": {"otlp": {"protocols": {"http": {"endpoint": f"{host}:{otlp_port}"}}}},
+        "processors": {"batch": {}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
+    }
+    return json.dumps(config, indent=2)  # JSON is YAML
+
+
+def prometheus_service(settings: Settings, dirs: StackDirs, scaled: dict[str, int]) -> LocalService:
+    """Debian's Prometheus, scraping every a0 service (targets follow `a0ctl scale`)."""
+    config = dirs.run / "prometheus.yml"
+    targets = dirs.run / "prometheus-targets.json"
+    storage = dirs.data / "prometheus"
+    host = settings.stack.host
+
+    def prepare() -> None:
+        """Also run by `a0ctl scale`, so the targets follow the replicas."""
+        storage.mkdir(parents=True, exist_ok=True)
+        config.write_text(prometheus_config_text(settings, targets))
+        staging = targets.with_suffix(".tmp")
+        staging.write_text(prometheus_targets_text(settings, scaled))
+        staging.rename(targets)  # Prometheus never reads half a file
+
+    return LocalService(
+        name="prometheus",
+        port=settings.prometheus.port,
+        probe=health.prometheus_probe,
+        prepare=prepare,
+        command=lambda: [
+            artifacts.require_binary("prometheus", "prometheus", "apt-get install prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={storage}",
+            f"--storage.tsdb.retention.time={settings.prometheus.retention}",
+            f"--web.listen-address={host}:{settings.prometheus.port}",
+            "--log.level=warn",
+        ],
+    )
+
+
+def scrape_targets(settings: Settings, replicas: dict[str, int]) -> dict[str, list[str]]:
+    """Every a0 service's metrics address, by job (one per service, replicas as targets)."""
+    host = settings.stack.host
+    return {
+        "gateway": [f"{host}:{settings.gateway.port}"],
+        "conversation-worker": [
+            f"{host}:{worker_metrics_port(settings, r)}" for r in range(replicas["conversation-worker"])
+        ],
+        "tool-executor": [
+            f"{host}:{tools_metrics_port(settings, r)}" for r in range(replicas["tool-executor"])
+        ],
+    }
+
+
+def prometheus_config_text(settings: Settings, targets_file: Path) -> str:
+    """Prometheus's configuration in the local runtime: scrape what ``targets_file`` lists
+    (Prometheus re-reads it when it changes, so `a0ctl scale` needs no restart)."""
+    interval = f"{settings.prometheus.scrape_interval_s}s"
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [
+            {
+                "job_name": "a0",
+                "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
+            }
+        ],
+    }
+    return json.dumps(config, indent=2)
+
+
+def prometheus_targets_text(settings: Settings, replicas: dict[str, int]) -> str:
+    """The scrape targets (file_sd format): one job per a0 service, replicas as targets."""
+    return json.dumps(
+        [
+            {"targets": targets, "labels": {"job": job, "service": job}}
+            for job, targets in scrape_targets(settings, replicas).items()
+        ],
+        indent=2,
+    )

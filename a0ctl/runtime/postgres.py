@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from services.common.errors import StackError
+from a0ctl.errors import StackError
 from services.common.settings import Settings
 
 HBA = """\

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from a0ctl.runtime import get_runtime
-from a0ctl.runtime.base import APPS, INFRA, ProgressFn, Runtime, ServiceStatus
+from a0ctl.runtime.base import APPS, INFRA, OBSERVABILITY, ProgressFn, Runtime, ServiceStatus
 from services.common.secrets_env import (
     apply_generated_secrets,
     ensure_generated_secrets,
@@ -44,5 +44,6 @@ def bring_up(
 
     asyncio.run(migrate(settings))
     if with_apps:
-        runtime.up(progress, services=APPS)
+        # Jaeger first, so the services' first spans have somewhere to go.
+        runtime.up(progress, services=(OBSERVABILITY[0], *APPS, *OBSERVABILITY[1:]))
     return runtime, runtime.status()

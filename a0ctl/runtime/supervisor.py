@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 from supervisor.xmlrpc import SupervisorTransport
 
-from services.common.errors import StackError
+from a0ctl import subprocesses
+from a0ctl.errors import StackError
 
 # supervisord's states in which a process is running or about to (it refuses to start those).
 ACTIVE_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF"})
@@ -262,16 +262,17 @@ def start_daemon(paths: SupervisorPaths, timeout: float = 30.0) -> None:
     paths.pidfile.unlink(missing_ok=True)
     supervisord = Path(sys.executable).parent / "supervisord"
     argv = [str(supervisord), "-c", str(paths.conf)]
-    with open(paths.log, "ab") as out:
-        result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    hint = f"full log: {paths.log}"
+    # It detaches: what it prints before that goes to its own log, not to a pipe it would keep.
+    subprocesses.run(argv, what="starting supervisord", hint=hint, output_file=paths.log)
     client = SupervisorClient(paths)
     deadline = time.monotonic() + timeout
     while not client.answers():
-        if result.returncode != 0 or time.monotonic() > deadline:
-            tail = "\n".join(paths.log.read_text(errors="replace").splitlines()[-10:])
+        if time.monotonic() > deadline:
             raise StackError(
-                f"supervisord did not start ({shlex.join(argv)}):\n{tail}",
-                hint=f"full log: {paths.log}",
+                f"supervisord ({shlex.join(argv)}) did not answer within {timeout:g} s:\n"
+                + subprocesses.tail(paths.log.read_text(errors="replace"), 10),
+                hint=hint,
             )
         time.sleep(0.1)
 

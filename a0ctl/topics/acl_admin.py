@@ -23,8 +23,8 @@ from kafka.admin import (
 )
 from kafka.errors import KafkaError
 
+from a0ctl.errors import StackError, TopicPlanError
 from a0ctl.topics.acls import AclChange, AclEntry, Operation
-from services.common.errors import StackError, TopicPlanError
 from services.common.kafka import client_options
 from services.common.settings import Settings
 

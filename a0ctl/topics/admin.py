@@ -14,9 +14,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 
+from a0ctl.errors import StackError, TopicPlanError
 from a0ctl.topics.model import CONFIG_RULES, DesiredTopic
 from a0ctl.topics.plan import LiveTopic, TopicPlan
-from services.common.errors import StackError, TopicPlanError
 from services.common.kafka import client_options
 from services.common.settings import Settings
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from a0ctl.errors import StackError
 from a0ctl.topics.acl_admin import acl_admin, apply_acl_changes, live_acls, set_scram_credentials
 from a0ctl.topics.acls import AclChange, compute_acl_changes, desired_acls
 from a0ctl.topics.admin import admin_client, apply_plan, live_topics
 from a0ctl.topics.model import TopicsFile, load_topics_file, resolve
 from a0ctl.topics.plan import TopicPlan, compute_plan
-from services.common.errors import StackError
 from services.common.secrets_env import kafka_password_key, read_generated_secret
 from services.common.settings import Settings
 

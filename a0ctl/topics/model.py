@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.common.errors import TopicsFileError
+from a0ctl.errors import TopicsFileError
 
 ENVIRONMENTS = ("local", "staging", "production")
 

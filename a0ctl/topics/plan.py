@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from a0ctl.topics.acls import AclChange
 from a0ctl.topics.model import DesiredTopic
@@ -44,6 +44,7 @@ class TopicPlan(BaseModel):
     def refused(self) -> list[TopicChange]:
         return [change for change in self.changes if change.action == "refused"]
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def has_changes(self) -> bool:
         return bool(self.changes or self.acls)

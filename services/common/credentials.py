@@ -149,7 +149,9 @@ class CredentialStore:
 
     async def verify_with_provider(
         self, base_url: str, api_key: str, addresses: list[str] | None = None
-    ) -> None:
+    ) -> list[str]:
+        """The ids of the provider's ``/models`` list, fetched with ``api_key``; raises
+        CredentialError (never naming the key) when the provider refuses it."""
         url = base_url.rstrip("/") + "/models"
         # One message for "nothing there" and "something else there": the answer must not
         # tell a caller whether a port is open.
@@ -168,6 +170,32 @@ class CredentialStore:
             raise CredentialError(f"the provider at {base_url} refused this API key ({response.status_code})")
         if response.status_code >= 300:
             raise unverified
+        try:
+            listed = response.json().get("data")
+        except ValueError:
+            raise unverified from None
+        if not isinstance(listed, list):
+            raise unverified
+        ids = {str(m["id"]) for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)}
+        return sorted(ids)
+
+    async def test(
+        self,
+        policy: PolicyClient,
+        *,
+        actor: str,
+        roles: list[str],
+        owner_id: str,
+        provider: str,
+        base_url: str,
+        api_key: str,
+    ) -> list[str]:
+        """Try ``api_key`` at ``base_url`` as saving it would, store nothing; the models the
+        provider lists. The same policy decisions as a save (who, and where to)."""
+        register_secret(api_key)
+        await self._authorize(policy, "credentials.set", actor, roles, owner_id, provider)
+        addresses = await check_base_url(policy, actor, roles, base_url)
+        return await self.verify_with_provider(base_url, api_key, addresses)
 
     async def set(
         self,

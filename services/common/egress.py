@@ -17,8 +17,8 @@ import socket
 
 import httpx
 
-from services.common.errors import CredentialError
-from services.common.policy import PolicyClient, PolicyUnavailable
+from services.common.errors import CredentialError, PolicyUnavailable
+from services.common.policy import PolicyClient
 
 
 def _address(raw: str) -> str:

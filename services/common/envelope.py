@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.common.errors import A0Error
+
 SCHEMA_VERSION = 1
 
 
@@ -57,8 +59,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(A0Error):
     """A record that is not a valid envelope: a poison message for the dead-letter topic."""
+
+    code = "invalid_envelope"
 
 
 class Envelope(BaseModel):

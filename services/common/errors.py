@@ -1,6 +1,16 @@
-"""The exception hierarchy of a0. Each error carries a message a user can act on."""
+"""The exception hierarchy of a0, and the one rule that decides retry or give up.
+
+Every a0 error derives from :class:`A0Error`: ``str(err)`` is a message a person can act
+on, and ``retriable`` says whether the same work may succeed if done again later (a
+dependency briefly down) or never will (bad input, a bug). :func:`is_transient` applies
+that rule to any exception, a0's own and those of the clients a0 uses (Kafka,
+PostgreSQL, Redis, HTTP, the OS), so the consumer loop's retries, the gateway's 503s
+and the WebSocket's ``unavailable`` errors all decide alike.
+"""
 
 from __future__ import annotations
+
+import functools
 
 
 class A0Error(Exception):
@@ -8,6 +18,7 @@ class A0Error(Exception):
 
     code = "a0_error"
     status = 500
+    retriable = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -18,26 +29,22 @@ class A0Error(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+class TransientError(A0Error):
+    """Worth retrying with backoff (a dependency briefly unavailable)."""
+
+    code = "unavailable"
+    status = 503
+    retriable = True
+
+
+class PoisonRecord(A0Error):
+    """A record that can never be handled: it goes to the dead-letter topic with this reason."""
+
+    code = "poison_record"
+
+
 class ConfigError(A0Error):
     code = "config_error"
-
-
-class StackError(A0Error):
-    """A service of the stack could not be started, found or reached."""
-
-    code = "stack_error"
-
-    def __init__(self, message: str, *, service: str | None = None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.service = service
-
-
-class TopicPlanError(A0Error):
-    code = "topic_plan_error"
-
-
-class TopicsFileError(A0Error):
-    code = "topics_file_error"
 
 
 class PolicyDenied(A0Error):
@@ -45,6 +52,38 @@ class PolicyDenied(A0Error):
     status = 403
 
 
+class PolicyUnavailable(TransientError):
+    """OPA could not be asked; callers fail closed."""
+
+
 class CredentialError(A0Error):
     code = "credential_error"
     status = 400
+
+
+@functools.cache
+def transient_types() -> tuple[type[Exception], ...]:
+    """Third-party failures that mean "down or restarting", not "wrong". Imported on
+    first use: the CLI imports this module and needs none of these clients."""
+    import aiohttp
+    import httpx
+    import psycopg
+    import redis.exceptions
+    from aiokafka.errors import KafkaError
+
+    return (
+        KafkaError,  # every broker error: a restarting broker raises many kinds
+        OSError,  # refused or reset connections, and TimeoutError
+        psycopg.OperationalError,  # includes psycopg_pool.PoolTimeout
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        httpx.TransportError,
+        aiohttp.ClientConnectionError,  # refused, reset, and the server's timeouts
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the work that raised ``exc`` is worth doing again after a backoff."""
+    if isinstance(exc, A0Error):
+        return exc.retriable
+    return isinstance(exc, transient_types())

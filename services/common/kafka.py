@@ -17,26 +17,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-import psycopg
-import psycopg_pool
-import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
 
 from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EnvelopeError
-from services.common.errors import ConfigError
+from services.common.errors import ConfigError, PoisonRecord, is_transient
 from services.common.logging import register_secret
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
-
-INBOUND = "conversation.inbound"
-OUTBOUND = "conversation.outbound"
-TOOL_REQUESTS = "tool.requests"
-TOOL_RESULTS = "tool.results"
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -75,23 +66,6 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
     )
 
 
-async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
-    """Every partition of a topic (for consumers that read all of them, without a group)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"]:
-        raise TransientError(f"topic {topic} is not available (error {described['error_code']})")
-    return sorted(
-        (TopicPartition(topic, p["partition"]) for p in described["partitions"]), key=lambda tp: tp.partition
-    )
-
-
 async def publish(producer: AIOKafkaProducer, topic: str, envelope: Envelope) -> asyncio.Future[object]:
     """Queue an envelope (W3C trace context in the headers); await the result for the ack."""
     return await publish_encoded(producer, topic, envelope.conversation_id, envelope.to_bytes())
@@ -101,44 +75,32 @@ async def publish_encoded(
     producer: AIOKafkaProducer, topic: str, conversation_id: str, value: bytes
 ) -> asyncio.Future[object]:
     """:func:`publish` for an envelope already in its wire encoding."""
+    metrics.produced(topic)
     return await producer.send(topic, value, key=conversation_id.encode(), headers=telemetry.kafka_headers())
 
 
 async def dead_letter(
-    producer: AIOKafkaProducer, topic: str, record: ConsumerRecord[bytes, bytes], reason: str, **extra: str
+    producer: AIOKafkaProducer,
+    topic: str,
+    record: ConsumerRecord[bytes, bytes],
+    reason: str,
+    *,
+    group: str,
+    **extra: str,
 ) -> None:
     """Copy a record that cannot be handled to a dead-letter topic, unchanged, with why
     and where it came from in the headers (``a0-dlq-*``)."""
     log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+    metrics.DEAD_LETTERS.labels(group).inc()
     headers = [
         ("a0-dlq-reason", reason.encode()),
         ("a0-dlq-source-topic", record.topic.encode()),
         ("a0-dlq-source-partition", str(record.partition).encode()),
         ("a0-dlq-source-offset", str(record.offset).encode()),
+        ("a0-dlq-group", group.encode()),
         *((f"a0-dlq-{key}", value.encode()) for key, value in extra.items()),
     ]
     await (await producer.send(topic, record.value or b"", key=record.key, headers=headers))
-
-
-class PoisonRecord(Exception):
-    """The record can never be handled: it goes to the dead-letter topic with this reason."""
-
-
-class TransientError(Exception):
-    """Worth retrying with backoff (a dependency briefly unavailable)."""
-
-
-# A dependency that is down or restarting: retry the record, never dead-letter it early.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    TransientError,
-    KafkaError,
-    OSError,
-    psycopg.OperationalError,
-    psycopg_pool.PoolTimeout,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    httpx.TransportError,
-)
 
 
 Handler = Callable[[Envelope, ConsumerRecord[bytes, bytes]], Awaitable[None]]
@@ -249,6 +211,7 @@ class ConsumerLoop:
     async def run(self) -> None:
         """Fetch, dispatch and commit until stopped."""
         committer = asyncio.create_task(self._commit_periodically())
+        lag = asyncio.create_task(self._measure_lag_periodically())
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure()
@@ -261,6 +224,7 @@ class ConsumerLoop:
             raise
         finally:
             committer.cancel()
+            lag.cancel()
             await self._commit()
 
     def _apply_backpressure(self) -> None:
@@ -295,6 +259,7 @@ class ConsumerLoop:
     async def _handle_with_retries(self, record: ConsumerRecord[bytes, bytes]) -> None:
         lag_s = max(0.0, (telemetry.now_ms() - record.timestamp) / 1000)
         metrics.CONSUMER_LAG_SECONDS.labels(self.group_id, record.topic).observe(lag_s)
+        metrics.MESSAGES_IN.labels(self.group_id, record.topic).inc()
         try:
             envelope = Envelope.from_bytes(record.value)
         except EnvelopeError as exc:
@@ -302,13 +267,28 @@ class ConsumerLoop:
             return
         for attempt in range(self.retries + 1):
             try:
-                with telemetry.consume_span(f"{self.group_id} {envelope.type}", record, envelope):
-                    await self.handler(envelope, record)
+                with telemetry.consume_span(f"{self.group_id} {envelope.type}", record, envelope) as span:
+                    try:
+                        await self.handler(envelope, record)
+                    except PoisonRecord:
+                        telemetry.set_outcome(span, "dead_letter", error=True)
+                        raise
+                    except Exception as exc:
+                        telemetry.set_outcome(
+                            span, "retry" if is_transient(exc) else "dead_letter", error=True
+                        )
+                        raise
                 return
             except PoisonRecord as exc:
                 await self._dead_letter(record, str(exc))
                 return
-            except TRANSIENT_ERRORS as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):  # a handler bug must not stop the partition forever
+                    log.exception("handler failed on %s", envelope.id)
+                    await self._dead_letter(record, f"handler error: {type(exc).__name__}: {exc}")
+                    return
                 if attempt == self.retries:
                     await self._dead_letter(record, f"gave up after {attempt + 1} attempts: {exc}")
                     return
@@ -321,16 +301,9 @@ class ConsumerLoop:
                     exc,
                 )
                 await asyncio.sleep(delay)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a handler bug must not stop the partition forever
-                log.exception("handler failed on %s", envelope.id)
-                await self._dead_letter(record, f"handler error: {type(exc).__name__}: {exc}")
-                return
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        metrics.DEAD_LETTERS.labels(self.group_id).inc()
-        await dead_letter(self.producer, self.dead_letter_topic, record, reason)
+        await dead_letter(self.producer, self.dead_letter_topic, record, reason, group=self.group_id)
 
     async def _commit(self) -> None:
         offsets = {}
@@ -345,6 +318,24 @@ class ConsumerLoop:
         except KafkaError as exc:
             # A rebalance in progress: the next commit (or the new owner) covers it.
             log.info("commit skipped: %s", exc)
+
+    async def _measure_lag_periodically(self) -> None:
+        """Per assigned partition: records past what this group has handled."""
+        while True:
+            await asyncio.sleep(1.0)
+            for tp in list(self.consumer.assignment()):
+                highwater = self.consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                state = self._partitions.get(tp)
+                done = state.committable() if state is not None else None
+                if done is None:
+                    try:
+                        done = await self.consumer.position(tp)
+                    except KafkaError:
+                        continue
+                lag = max(0, highwater - done)
+                metrics.CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
 
     async def _commit_periodically(self) -> None:
         while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -34,3 +36,29 @@ TURNS_INFLIGHT = Gauge("a0_turns_inflight", "Turns the worker is running")
 TURN_SECONDS = Histogram("a0_turn_seconds", "Turn duration in the worker", buckets=LATENCY_BUCKETS)
 LLM_SECONDS = Histogram("a0_llm_call_seconds", "Upstream LLM call duration", buckets=LATENCY_BUCKETS)
 TOOL_CALLS = Counter("a0_tool_calls_total", "Tool calls", ["tool", "outcome"])
+
+# --- messaging: every record a0 sends or handles, by topic ----------------------------
+MESSAGES_OUT = Counter("a0_messages_produced_total", "Records sent to Kafka", ["topic"])
+MESSAGES_IN = Counter("a0_messages_consumed_total", "Records read from Kafka and handled", ["group", "topic"])
+CONSUMER_LAG = Gauge(
+    "a0_consumer_lag_records",
+    "Records of a partition not handled yet by a consumer group (high watermark - handled)",
+    ["group", "topic", "partition"],
+)
+TTFT_SECONDS = Histogram(
+    "a0_llm_ttft_seconds",
+    "Time from an LLM call's start to its first streamed chunk",
+    buckets=LATENCY_BUCKETS,
+)
+TOOL_SECONDS = Histogram("a0_tool_seconds", "Tool run duration", ["tool"], buckets=LATENCY_BUCKETS)
+TOOL_ERRORS = Counter("a0_tool_errors_total", "Tool calls answered with an error", ["tool", "code"])
+
+_produced: dict[str, Any] = {}
+
+
+def produced(topic: str) -> None:
+    """Count a record sent (a label lookup per topic, once: this is on every hop)."""
+    child = _produced.get(topic)
+    if child is None:
+        child = _produced[topic] = MESSAGES_OUT.labels(topic)
+    child.inc()

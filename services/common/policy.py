@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 from pydantic import BaseModel
 
+from services.common.errors import PolicyUnavailable
 from services.common.settings import Settings
 
 DECISION_PATH = "/v1/data/a0/authz/decision"
@@ -29,10 +30,6 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 class Decision(BaseModel):
     allow: bool
     reason: str
-
-
-class PolicyUnavailable(Exception):
-    """OPA could not be asked; callers fail closed."""
 
 
 class PolicyClient:

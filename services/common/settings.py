@@ -18,8 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_FILE = ".env"
 # Turns one core carries with answers still fast (see docs/messaging.md): the default
-# bound on turns in flight, past which the gateway sheds load.
-TURNS_PER_CORE = 48
+# bound on turns in flight, past which the gateway sheds load. At saturation an accepted
+# turn waits about (turns in flight) / (turns answered per second): a core answers some
+# 20 turns/s, so 24 per core keeps that near 1.2 s.
+TURNS_PER_CORE = 24
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -192,13 +194,13 @@ class GatewaySettings(BaseSettings):
         default_factory=lambda: TURNS_PER_CORE * (os.cpu_count() or 1),
         ge=1,
         description="Turns accepted and not yet answered, across replicas; past it new messages "
-        "are shed with 429 + Retry-After. Default: 48 per core.",
+        "are shed with 429 + Retry-After. Default: 24 per core.",
     )
     max_pending_writes: int = Field(
         default=128,
         ge=1,
         description="Writes (POST, PUT, PATCH, DELETE under /v1) one gateway process works on at "
-        "once, until their answer starts; past it a new write is shed with 429 + Retry-After 1 "
+        "once, until their answer starts; past it a new write is shed with 429 + Retry-After 2 "
         "before any sign-in, policy or database work.",
     )
     workers: int = Field(
@@ -266,10 +268,48 @@ class LLMSimSettings(BaseSettings):
 
 
 class TelemetrySettings(BaseSettings):
+    """Traces: where services export them (OTLP/HTTP), and the local runtime's Jaeger."""
+
     model_config = _config("A0_OTEL_")
 
-    exporter_otlp_endpoint: str | None = None
+    exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint services export spans to; unset with Jaeger off: no tracing.",
+    )
     service_namespace: str = "a0"
+    jaeger: bool = Field(
+        default=True, description="The local runtime runs Jaeger and services export their spans to it."
+    )
+    jaeger_version: str = "v1.76.0"
+    jaeger_otlp_port: int = Field(default=14318, description="Jaeger's OTLP/HTTP receiver.")
+    jaeger_query_port: int = Field(default=16686, description="Jaeger's UI and query API.")
+    jaeger_grpc_port: int = Field(default=16685, description="Jaeger's gRPC query API.")
+    jaeger_max_traces: int = Field(default=10_000, ge=100, description="Traces Jaeger keeps in memory.")
+    jaeger_url: str | None = Field(default=None, description="Jaeger's query API (default: the local one).")
+
+    def endpoint(self, host: str) -> str | None:
+        """Where services export: the configured endpoint, else the local Jaeger if it runs."""
+        if self.exporter_otlp_endpoint:
+            return self.exporter_otlp_endpoint
+        return f"http://{host}:{self.jaeger_otlp_port}" if self.jaeger else None
+
+    def query_url(self, host: str) -> str:
+        return self.jaeger_url or f"http://{host}:{self.jaeger_query_port}"
+
+
+class PrometheusSettings(BaseSettings):
+    """The local runtime's Prometheus (Debian's package), scraping every a0 service."""
+
+    model_config = _config("A0_PROMETHEUS_")
+
+    enabled: bool = Field(default=True, description="The local runtime runs Prometheus.")
+    port: int = 19090
+    scrape_interval_s: int = Field(default=2, ge=1, le=60, description="How often every service is scraped.")
+    retention: str = Field(default="2d", description="How long samples are kept.")
+    url: str | None = Field(default=None, description="Prometheus's HTTP API (default: the local one).")
+
+    def base_url(self, host: str) -> str:
+        return self.url or f"http://{host}:{self.port}"
 
 
 class KubernetesSettings(BaseSettings):
@@ -303,6 +343,7 @@ class Settings(BaseModel):
     llm_sim: LLMSimSettings
     telemetry: TelemetrySettings
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
 
     model_config = {"arbitrary_types_allowed": True}
 
@@ -367,5 +408,6 @@ def load_settings() -> Settings:
         llm_sim=LLMSimSettings(),
         telemetry=TelemetrySettings(),
         kubernetes=KubernetesSettings(),
+        prometheus=PrometheusSettings(),
     )
     return apply_generated_secrets(settings)

@@ -1,50 +1,135 @@
 """OpenTelemetry: one trace per turn across gateway → Kafka → worker → tool executor.
 
 Trace context travels in Kafka headers (W3C ``traceparent``/``tracestate``). Spans are
-recorded and exported over OTLP/HTTP when ``A0_OTEL_EXPORTER_OTLP_ENDPOINT`` is set;
-without it no span is recorded (OpenTelemetry's no-op provider), which costs nothing
-per request, and a context that arrives in a request or a record is still passed on.
+recorded and exported over OTLP/HTTP when ``A0_OTEL_EXPORTER_OTLP_ENDPOINT`` is set
+(``a0ctl up`` sets it to the local Jaeger when that runs). Then the maintained
+instrumentations trace the clients: aiokafka (a span per record sent, whose context
+goes into the record's headers), psycopg, redis and aiohttp; FastAPI traces requests
+itself (its native telemetry); the services add hand spans for what those do not see
+(consuming a record with its handler, the LLM call with its time to first token, a tool
+run, a delivery to clients). Without the endpoint nothing is instrumented and no span
+is recorded (OpenTelemetry's no-op provider): no SDK work per request, and a context
+that arrives in a request or a record is still passed on.
+
+Streamed answer text is never traced piece by piece: the code that sends it runs under
+:func:`untraced`, whose spans (and those of every hop downstream of them, through the
+sampled flag in ``traceparent``) are dropped by the sampler.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.common.settings import Settings
 
+log = logging.getLogger(__name__)
+
 tracer = trace.get_tracer("a0")
+
+_UNTRACED = otel_context.create_key("a0-untraced")
+_enabled = False
+
+
+def enabled() -> bool:
+    """Whether this process records spans (an exporter is configured)."""
+    return _enabled
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _sampler() -> Any:
+    """Parent-based always-on, except under :func:`untraced`."""
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_ON,
+        Decision,
+        ParentBased,
+        Sampler,
+        SamplingResult,
+    )
+
+    class A0Sampler(Sampler):
+        def __init__(self) -> None:
+            self._parent_based = ParentBased(ALWAYS_ON)
+
+        def should_sample(
+            self,
+            parent_context: Any,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Any = None,
+            links: Sequence[Any] | None = None,
+            trace_state: Any = None,
+        ) -> SamplingResult:
+            current = parent_context if parent_context is not None else otel_context.get_current()
+            if otel_context.get_value(_UNTRACED, current):
+                return SamplingResult(Decision.DROP)
+            return self._parent_based.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+
+        def get_description(self) -> str:
+            return "A0Sampler(ParentBased(AlwaysOn), untraced dropped)"
+
+    return A0Sampler()
+
+
 def setup_tracing(settings: Settings, service_name: str) -> None:
-    if not settings.telemetry.exporter_otlp_endpoint:
-        return  # nothing would receive the spans: keep the no-op provider
+    """Record and export spans when an OTLP endpoint is configured; else do nothing."""
+    global _enabled
+    endpoint = settings.telemetry.exporter_otlp_endpoint
+    if not endpoint or _enabled:
+        return  # nothing would receive the spans: keep the no-op provider, instrument nothing
+    import aiokafka
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+    from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.utils import unwrap
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(
         resource=Resource.create(
             {"service.name": service_name, "service.namespace": settings.telemetry.service_namespace}
-        )
+        ),
+        sampler=_sampler(),
     )
-    endpoint = settings.telemetry.exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    url = endpoint.rstrip("/") + "/v1/traces"
+    # Exported within a second, so `a0ctl trace` shows a turn right after it ends.
+    exporter = OTLPSpanExporter(endpoint=url, timeout=5)
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
     trace.set_tracer_provider(provider)
+    AIOKafkaInstrumentor().instrument(tracer_provider=provider)
+    # Consuming is traced by ConsumerLoop and the gateway's fan-out, around the handler;
+    # the instrumentation's receive spans end before it runs, and its poll spans would
+    # start a trace of their own per fetch.
+    unwrap(aiokafka.AIOKafkaConsumer, "getone")
+    unwrap(aiokafka.AIOKafkaConsumer, "getmany")
+    PsycopgInstrumentor().instrument(tracer_provider=provider)
+    RedisInstrumentor().instrument(tracer_provider=provider)
+    AioHttpClientInstrumentor().instrument(tracer_provider=provider)
+    _enabled = True
+    log.info("tracing to %s as %s", url, service_name)
 
 
 def kafka_headers() -> list[tuple[str, bytes]]:
-    """The current trace context as Kafka headers."""
+    """Headers for a record to send: the current trace context. When the aiokafka
+    instrumentation runs it adds the context of its send span itself, to this list."""
+    if _enabled:
+        return []
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return [(key, value.encode()) for key, value in carrier.items()]
@@ -56,16 +141,55 @@ def context_from_headers(headers: Any) -> Any:
 
 
 @contextmanager
-def consume_span(name: str, record: Any, envelope: Any) -> Iterator[None]:
-    with tracer.start_as_current_span(
-        name,
-        context=context_from_headers(record.headers),
-        kind=SpanKind.CONSUMER,
-        attributes={
-            "messaging.system": "kafka",
-            "messaging.destination.name": record.topic,
-            "a0.conversation_id": envelope.conversation_id,
-            "a0.turn_id": envelope.turn_id,
-        },
-    ):
+def untraced() -> Iterator[None]:
+    """Work done here (streamed text sent piece by piece) gets no spans."""
+    if not _enabled:
         yield
+        return
+    token = otel_context.attach(otel_context.set_value(_UNTRACED, True))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def record_attributes(record: Any, envelope: Any) -> dict[str, Any]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.destination.name": record.topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.kafka.offset": record.offset,
+        "a0.conversation_id": envelope.conversation_id,
+        "a0.turn_id": envelope.turn_id,
+        "a0.event_type": str(envelope.type),
+    }
+
+
+@contextmanager
+def consume_span(name: str, record: Any, envelope: Any) -> Iterator[Span | None]:
+    """A span around a record's handler, the child of the span that sent the record."""
+    with trace.use_span(
+        tracer.start_span(
+            name,
+            context=context_from_headers(record.headers),
+            kind=SpanKind.CONSUMER,
+            attributes=record_attributes(record, envelope) if _enabled else None,
+        ),
+        end_on_exit=True,
+    ) as span:
+        yield span
+
+
+@contextmanager
+def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
+    """A hand span (internal) with a0's attributes; a no-op without tracing."""
+    with tracer.start_as_current_span(name, attributes=attributes if _enabled else None) as current:
+        yield current
+
+
+def set_outcome(current: Span | None, outcome: str, error: bool = False) -> None:
+    if current is None or not current.is_recording():
+        return
+    current.set_attribute("a0.outcome", outcome)
+    if error:
+        current.set_status(Status(StatusCode.ERROR, outcome))

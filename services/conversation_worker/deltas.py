@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from services.common import telemetry
 from services.common.envelope import Envelope, EventType
 from services.conversation_worker.events import Draft
 
@@ -80,9 +81,10 @@ class DeltaStream:
             if not self._pending:
                 return
             text, at = self._pending, self._pending_at
-            await self.events.emit_batch(
-                self.envelope, [Draft(EventType.DELTA, {"text": text}, self._key(at))]
-            )
+            with telemetry.untraced():  # one span for the LLM call, none per piece of text
+                await self.events.emit_batch(
+                    self.envelope, [Draft(EventType.DELTA, {"text": text}, self._key(at))]
+                )
             # Stored and published: what was added meanwhile stays pending. A failed
             # flush leaves it all pending, and the turn's retry starts from the table.
             self._pending = self._pending[len(text) :]

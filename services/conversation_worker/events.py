@@ -24,14 +24,17 @@ from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.envelope import Envelope, EventType, wire_event
-from services.common.kafka import OUTBOUND, PoisonRecord, publish, publish_encoded
+from services.common.errors import PoisonRecord
+from services.common.kafka import publish, publish_encoded
+from services.common.topics import OUTBOUND
+from services.common.turns import TERMINAL_SQL
 
 # One statement for a whole step of a turn, so it is stored whole or not at all, in one
 # round trip: the events not stored yet under their keys get the conversation's next
 # seqs; those stored before (a redelivered turn) come back as stored; the transcript
 # rows and the turn's new status (when it ends) are written with them. A turn's status
 # comes back only the first time it ends.
-_STORE_STEP = """
+_STORE_STEP = f"""
 WITH drafts AS (
     SELECT key, envelope, ord FROM unnest(%(keys)s::text[], %(envelopes)s::jsonb[]) WITH ORDINALITY
         AS d(key, envelope, ord)
@@ -49,7 +52,7 @@ WITH drafts AS (
     SELECT fresh.key, fresh.envelope, next.base + fresh.n AS seq FROM fresh CROSS JOIN next
 ), inserted AS (
     INSERT INTO events (conversation_id, seq, event_key, envelope)
-    SELECT %(c)s, seq, key, jsonb_set(envelope, '{seq}', to_jsonb(seq)) FROM numbered
+    SELECT %(c)s, seq, key, jsonb_set(envelope, '{{seq}}', to_jsonb(seq)) FROM numbered
 ), transcript AS (
     INSERT INTO messages (conversation_id, message_key, turn_id, role, body)
     SELECT %(c)s, m.key, %(t)s, m.body->>'role', m.body
@@ -59,7 +62,7 @@ WITH drafts AS (
 ), ended AS (
     UPDATE turns SET status = %(status)s, updated_at = now()
     WHERE %(status)s::text IS NOT NULL AND turn_id = %(t)s
-      AND status NOT IN ('completed', 'cancelled', 'failed')
+      AND status NOT IN {TERMINAL_SQL}
     RETURNING 1
 )
 SELECT d.key, x.envelope::text, n.seq, (SELECT count(*) FROM ended)

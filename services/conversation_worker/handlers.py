@@ -9,26 +9,27 @@ finished step and re-emits nothing a client has already seen.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from opentelemetry import trace
 from redis.asyncio import Redis
 
-from services.common import metrics
-from services.common.envelope import Envelope, EventType, tool_call_key
-from services.common.errors import CredentialError, PolicyDenied
-from services.common.kafka import TOOL_REQUESTS, PoisonRecord, publish
+from services.common import metrics, open_turns, telemetry
+from services.common.envelope import Envelope, EventType
+from services.common.errors import CredentialError, PoisonRecord, PolicyDenied
 from services.common.settings import Settings
+from services.common.turns import TERMINAL, TurnStatus
 from services.conversation_worker.deltas import DeltaStream
 from services.conversation_worker.events import Draft, EventLog
 from services.conversation_worker.llm import Completion, LLMClients, LLMError, classify
 from services.conversation_worker.results import ToolResults
 from services.conversation_worker.sequencer import Sequencer
-from services.conversation_worker.turns import TERMINAL, Transcript, TurnStart, TurnStatus, TurnStore
+from services.conversation_worker.tool_round import ToolRounds, tool_call_event
+from services.conversation_worker.turns import Transcript, TurnStart, TurnStore
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ SYSTEM_PROMPT = (
     "You are a helpful assistant in the a0 agent stack. Use the tools offered when they help, "
     "and answer concisely."
 )
-OPEN_TURNS_KEY = "a0:turns:open"
 
 
 @dataclass
@@ -46,6 +46,10 @@ class ActiveTurn:
 
 
 class TurnRunner:
+    """Runs the turns of the records it is handed, in order per conversation: the LLM
+    rounds here, the tool calls in :class:`ToolRounds`, the durable state in
+    :class:`TurnStore` and :class:`EventLog`."""
+
     def __init__(
         self,
         settings: Settings,
@@ -60,16 +64,16 @@ class TurnRunner:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.producer = producer
         self.redis = redis
         self.events = events
-        self.results = results
         self.llm = llm
         self.tool_specs = tool_specs
         self.sequencer = Sequencer()
         self.active: dict[str, ActiveTurn] = {}
         self.cancel_requested: set[str] = set()
-        self.open_calls: dict[str, set[str]] = {}
+        self.tools = ToolRounds(
+            producer=producer, events=events, results=results, timeout_s=settings.tools.wall_seconds + 30
+        )
 
     # --- entry point -------------------------------------------------------------
     async def handle(self, envelope: Envelope, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -118,25 +122,27 @@ class TurnRunner:
         metrics.TURNS_INFLIGHT.inc()
         try:
             await self._rounds(envelope, start)
-            metrics.TURNS.labels("completed").inc()
+            metrics.TURNS.labels(TurnStatus.COMPLETED).inc()
+            telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.COMPLETED), error=False)
         except asyncio.CancelledError:
             if turn_id not in self.cancel_requested:
                 raise  # the worker is stopping: the turn is redelivered and resumes
             if await self.store.status(turn_id) not in TERMINAL:  # not if it had just finished
                 await self._end(envelope, TurnStatus.CANCELLED, [_cancelled(turn_id)])
-            metrics.TURNS.labels("cancelled").inc()
+            metrics.TURNS.labels(TurnStatus.CANCELLED).inc()
+            telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.CANCELLED), error=False)
         except LLMError as exc:
             error = Draft(EventType.ERROR, {"code": exc.code, "message": exc.message}, f"error:{turn_id}")
             await self._end(envelope, TurnStatus.FAILED, [error])
-            metrics.TURNS.labels("failed").inc()
+            metrics.TURNS.labels(TurnStatus.FAILED).inc()
+            telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.FAILED), error=True)
         finally:
             metrics.TURNS_INFLIGHT.dec()
             metrics.TURN_SECONDS.observe(time.monotonic() - started)
             if (active := self.active.get(envelope.conversation_id)) and active.turn_id == turn_id:
                 del self.active[envelope.conversation_id]
             self.cancel_requested.discard(turn_id)
-            for call_id in self.open_calls.pop(turn_id, set()):
-                self.results.forget(tool_call_key(turn_id, call_id))
+            self.tools.forget(turn_id)
 
     async def _rounds(self, envelope: Envelope, start: TurnStart) -> None:
         """LLM rounds until an answer without tool calls; a round stored before a restart
@@ -175,11 +181,11 @@ class TurnRunner:
                 body = {"role": "assistant", "content": completion.text or None, "tool_calls": calls}
                 await self.events.emit_batch(
                     envelope,
-                    [*tail, *(_tool_call_event(turn_id, call) for call in calls)],
+                    [*tail, *(tool_call_event(turn_id, call) for call in calls)],
                     messages=[(key, body)],
                 )
                 transcript.add(key, body)
-            await self._tool_round(envelope, transcript, calls)
+            await self.tools.run(envelope, transcript, calls)
 
     async def _complete(self, envelope: Envelope, key: str, text: str, tail: list[Draft]) -> None:
         """The final answer: its last text, the transcript row, ``message.completed`` and
@@ -217,71 +223,13 @@ class TurnRunner:
                 log.warning("LLM call failed for turn %s: %s", envelope.turn_id, error.code)
                 raise
 
-    async def _tool_round(
-        self, envelope: Envelope, transcript: Transcript, calls: list[dict[str, Any]]
-    ) -> None:
-        turn_id = envelope.turn_id
-        waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        open_calls = self.open_calls.setdefault(turn_id, set())
-        requests = []
-        for call in calls:
-            call_id, name = call["id"], call["function"]["name"]
-            key = tool_call_key(turn_id, call_id)
-            if transcript.get(f"tool:{key}") is not None:
-                continue  # answered before a restart
-            waiting[call_id] = self.results.expect(key)
-            open_calls.add(call_id)
-            request = Envelope(
-                id=f"req-{key}",
-                type=EventType.TOOL_REQUEST,
-                conversation_id=envelope.conversation_id,
-                turn_id=turn_id,
-                user_id=envelope.user_id,
-                payload={"call_id": call_id, "name": name, "arguments": call["function"]["arguments"]},
-            )
-            requests.append(await publish(self.producer, TOOL_REQUESTS, request))
-        await asyncio.gather(*requests)
-        timeout = self.settings.tools.wall_seconds + 30
-        for call in calls:
-            call_id, name = call["id"], call["function"]["name"]
-            if call_id not in waiting:
-                continue
-            key = tool_call_key(turn_id, call_id)
-            try:
-                result = await asyncio.wait_for(asyncio.shield(waiting[call_id]), timeout)
-            except TimeoutError:
-                result = {
-                    "call_id": call_id,
-                    "name": name,
-                    "error": {"code": "timeout", "message": f"no result within {timeout:.0f}s"},
-                }
-            open_calls.discard(call_id)
-            self.results.forget(key)
-            content = result["output"] if "output" in result else json.dumps({"error": result.get("error")})
-            body = {"role": "tool", "tool_call_id": call_id, "name": name, "content": content}
-            await self.events.emit_batch(
-                envelope,
-                [Draft(EventType.TOOL_RESULT, result, f"toolresult:{key}")],
-                messages=[(f"tool:{key}", body)],
-            )
-            transcript.add(f"tool:{key}", body)
-
     # --- cancel ----------------------------------------------------------------------
     async def _cancel(self, envelope: Envelope) -> None:
         target = envelope.turn_id
         active = self.active.get(envelope.conversation_id)
         if active is not None and target in ("*", active.turn_id):
             self.cancel_requested.add(active.turn_id)
-            for call_id in self.open_calls.get(active.turn_id, set()):
-                cancel = Envelope(
-                    id=f"cancel-{tool_call_key(active.turn_id, call_id)}",
-                    type=EventType.TOOL_CANCEL,
-                    conversation_id=envelope.conversation_id,
-                    turn_id=active.turn_id,
-                    user_id=envelope.user_id,
-                    payload={"call_id": call_id},
-                )
-                await (await publish(self.producer, TOOL_REQUESTS, cancel))
+            await self.tools.cancel(envelope, active.turn_id)
             active.task.cancel()
         elif target != "*":
             self.cancel_requested.add(target)  # still queued: it is cancelled when its slot comes
@@ -298,19 +246,8 @@ class TurnRunner:
         ends, its slot in the gateway's budget of open turns is released."""
         step = await self.events.emit_batch(envelope, drafts, messages=messages or [], end=str(status))
         if step.ended:
-            value = await self.redis.decr(OPEN_TURNS_KEY)
-            if value < 0:
-                await self.redis.set(OPEN_TURNS_KEY, 0)
+            await open_turns.release(self.redis)
 
 
 def _cancelled(turn_id: str) -> Draft:
     return Draft(EventType.CANCELLED, {"reason": "cancelled by user"}, f"cancelled:{turn_id}")
-
-
-def _tool_call_event(turn_id: str, call: dict[str, Any]) -> Draft:
-    call_id = call["id"]
-    return Draft(
-        EventType.TOOL_CALL,
-        {"call_id": call_id, "name": call["function"]["name"], "arguments": call["function"]["arguments"]},
-        f"toolcall:{tool_call_key(turn_id, call_id)}",
-    )

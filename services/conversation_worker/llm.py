@@ -17,6 +17,7 @@ maps them to its exception classes: 401, 403, 404, 400, 429 (retried after
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,8 +27,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from services.common import metrics, telemetry
 from services.common.credentials import LLMConfig
-from services.common.errors import CredentialError, PolicyDenied
+from services.common.errors import A0Error, CredentialError, PolicyDenied
 from services.common.logging import register_secret
 from services.common.settings import Settings
 from services.common.sse import SseParser
@@ -39,16 +41,16 @@ class CredentialLookup(Protocol):
     async def llm_config_for(self, user_id: str) -> LLMConfig | None: ...
 
 
-class LLMError(Exception):
-    """An upstream failure, phrased for the user; ``code`` goes into the error event."""
+class LLMError(A0Error):
+    """An upstream failure, phrased for the user; ``code`` goes into the error event.
+    ``retriable`` ones are retried within the call; a turn fails on any that is left."""
 
     def __init__(
-        self, code: str, message: str, *, retryable: bool = False, retry_after_s: float | None = None
+        self, code: str, message: str, *, retriable: bool = False, retry_after_s: float | None = None
     ) -> None:
         super().__init__(message)
         self.code = code
-        self.message = message
-        self.retryable = retryable
+        self.retriable = retriable
         self.retry_after_s = retry_after_s
 
 
@@ -116,6 +118,22 @@ READ_BUFFER = 1 << 20
 TextSink = Callable[[str, int], Awaitable[None]]
 
 
+class _FirstToken:
+    """Time to first token of one call: a span event and a histogram, once."""
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+        self.started = time.monotonic()
+        self.pending = True
+
+    def seen(self) -> None:
+        self.pending = False
+        seconds = time.monotonic() - self.started
+        metrics.TTFT_SECONDS.observe(seconds)
+        if self.span.is_recording():
+            self.span.add_event("first token", {"a0.ttft_ms": round(seconds * 1000, 1)})
+
+
 class LLMClients:
     def __init__(self, settings: Settings, credentials: CredentialLookup | None = None) -> None:
         self.settings = settings
@@ -171,14 +189,25 @@ class LLMClients:
             body["tools"] = tools
         payload = orjson.dumps(body)
         http = self._http()
-        for attempt in range(ATTEMPTS):
-            try:
-                return await self._stream_once(http, config, payload, on_text, fallback_call_id)
-            except LLMError as error:
-                if not error.retryable or attempt == ATTEMPTS - 1:
-                    raise
-                delay = error.retry_after_s if error.retry_after_s is not None else 0.5 * 2**attempt
-                await asyncio.sleep(min(delay, 30.0))
+        # One span per call (its retries included), never one per streamed piece.
+        attributes = {"gen_ai.request.model": config.model, "a0.llm.source": config.source}
+        with telemetry.span("llm call", attributes) as span:
+            for attempt in range(ATTEMPTS):
+                try:
+                    completion = await self._stream_once(
+                        http, config, payload, on_text, fallback_call_id, _FirstToken(span)
+                    )
+                    if span.is_recording():
+                        span.set_attribute("a0.llm.tool_calls", len(completion.tool_calls))
+                        telemetry.set_outcome(span, "tool_calls" if completion.tool_calls else "answer")
+                    return completion
+                except LLMError as error:
+                    if not error.retriable or attempt == ATTEMPTS - 1:
+                        telemetry.set_outcome(span, error.code, error=True)
+                        raise
+                    delay = error.retry_after_s if error.retry_after_s is not None else 0.5 * 2**attempt
+                    span.add_event("retry", {"a0.llm.error": error.code, "a0.llm.attempt": attempt + 1})
+                    await asyncio.sleep(min(delay, 30.0))
         raise LLMError("llm_unavailable", "The LLM provider could not be reached.")  # not reached
 
     async def _stream_once(
@@ -188,6 +217,7 @@ class LLMClients:
         payload: bytes,
         on_text: TextSink,
         fallback_call_id: Callable[[int], str],
+        first_token: _FirstToken,
     ) -> Completion:
         headers = {
             "Authorization": f"Bearer {config.api_key or 'none'}",
@@ -204,7 +234,7 @@ class LLMClients:
                     raise status_error(response.status, response.headers.get("Retry-After"))
                 if response.content_type != "text/event-stream":
                     raise LLMError(
-                        "llm_unavailable", "The LLM provider did not answer with a stream.", retryable=True
+                        "llm_unavailable", "The LLM provider did not answer with a stream.", retriable=True
                     )
                 parser = SseParser()
                 async for raw in response.content:
@@ -214,6 +244,8 @@ class LLMClients:
                     if event["data"] == "[DONE]":
                         break
                     chunk = orjson.loads(event["data"])
+                    if first_token.pending:
+                        first_token.seen()
                     if isinstance(chunk, dict) and "error" in chunk:
                         raise LLMError("llm_error", "The LLM provider ended the answer with an error.")
                     position = accumulator.length
@@ -223,7 +255,7 @@ class LLMClients:
         except (TimeoutError, aiohttp.ClientError, ValueError):
             # ValueError: a line that is not UTF-8 or JSON, or longer than the read buffer.
             raise LLMError(
-                "llm_unavailable", "The LLM provider could not be reached.", retryable=True
+                "llm_unavailable", "The LLM provider could not be reached.", retriable=True
             ) from None
         return accumulator.completion(fallback_call_id)
 
@@ -255,11 +287,11 @@ def status_error(status: int, retry_after: str | None = None) -> LLMError:
         return LLMError(
             "llm_rate_limited",
             "The LLM provider is rate limiting; try again shortly.",
-            retryable=True,
+            retriable=True,
             retry_after_s=_retry_after(retry_after),
         )
     if status >= 500 or status in (408, 409):
-        return LLMError("llm_unavailable", "The LLM provider could not be reached.", retryable=True)
+        return LLMError("llm_unavailable", "The LLM provider could not be reached.", retriable=True)
     if status in (400, 422):
         return LLMError("llm_bad_request", "The LLM provider rejected the request.")
     return LLMError("llm_error", f"The LLM call failed (HTTP {status}).")

@@ -6,42 +6,41 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio as aioredis
 import uvloop
 from prometheus_client import start_http_server
 
+from services.common.bootstrap import ServiceStack, run_consumer_service
 from services.common.credentials import CredentialStore
-from services.common.db import migrate, open_pool
-from services.common.kafka import INBOUND, ConsumerLoop, make_producer
+from services.common.kafka import ConsumerLoop
 from services.common.logging import setup_logging
-from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
+from services.common.tools import tool_catalog
+from services.common.topics import INBOUND, dead_letter_topic
 from services.conversation_worker.events import EventLog
 from services.conversation_worker.handlers import TurnRunner
 from services.conversation_worker.llm import LLMClients
 from services.conversation_worker.results import ToolResults
 from services.conversation_worker.turns import TurnStore
-from services.tool_executor.tools import load_tools
 
 log = logging.getLogger(__name__)
 GROUP = "a0-conversation-worker"
 
 
-async def run(settings: Settings) -> None:
-    await migrate(settings)
+async def open_worker(stack: ServiceStack) -> ConsumerLoop:
+    """Everything the worker holds, opened on ``stack``, and its consumer loop."""
+    settings = stack.settings
     # Few connections kept open: after a database restart each dead one costs a turn one
     # failed attempt and a backoff before the pool replaces it.
-    pool = await open_pool(settings, min_size=4, max_size=40)
-    redis = aioredis.from_url(settings.redis_url)
-    producer = make_producer(settings, "conversation-worker")
-    results = ToolResults(settings)
-    policy = PolicyClient(settings)
+    pool = await stack.pool(min_size=4, max_size=40)
+    redis = stack.redis()
+    policy = stack.policy()
+    producer = await stack.producer("conversation-worker")
     credentials = CredentialStore(settings, pool, redis, policy)
-    llm = LLMClients(settings, credentials)
-    await producer.start()
-    await credentials.start_listening()
-    await results.start()
+    await stack.started(credentials.start_listening, credentials.stop_listening)
+    llm = stack.closing(LLMClients(settings, credentials))
+    results = ToolResults(settings, producer)
+    await stack.started(results.start, results.stop)
     runner = TurnRunner(
         settings,
         store=TurnStore(pool),
@@ -50,31 +49,21 @@ async def run(settings: Settings) -> None:
         events=EventLog(pool, producer),
         results=results,
         llm=llm,
-        tool_specs=[tool.spec.openai_tool() for tool in load_tools().values()],
+        tool_specs=[spec.openai_tool() for spec in tool_catalog()],
     )
-    loop = ConsumerLoop(
+    return ConsumerLoop(
         settings,
         topics=[INBOUND],
         group_id=GROUP,
         handler=runner.handle,
-        dead_letter_topic="dlq.conversation-worker",
+        dead_letter_topic=dead_letter_topic("conversation-worker"),
         producer=producer,
         max_in_flight=settings.worker.max_inflight,
     )
-    try:
-        await loop.run_until_signalled()
-    finally:
-        await results.stop()
-        await credentials.stop_listening()
-        await producer.stop()
-        await llm.aclose()
-        await policy.aclose()
-        await redis.aclose()
-        await pool.close()
 
 
 def serve(settings: Settings) -> None:
     setup_logging("conversation-worker")
     setup_tracing(settings, "conversation-worker")
     start_http_server(settings.worker.metrics_port, addr=settings.stack.host)
-    uvloop.run(run(settings))
+    uvloop.run(run_consumer_service(settings, open_worker))

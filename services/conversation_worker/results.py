@@ -1,52 +1,58 @@
-"""Tool results, consumed from ``tool.results`` and matched to waiting turns by call id.
+"""Tool results, followed on ``tool.results`` and matched to waiting turns by call id.
 
-Every worker reads every partition from the end (no consumer group): a turn waits only
-for calls it published after the listener started, and a turn re-run after a crash asks
-again — the tool executor answers a repeated call id from its store.
+Every worker follows every partition from the end (no consumer group,
+:class:`~services.common.tail.PartitionTail`): a turn waits only for calls it published
+after the reader started, and a turn re-run after a crash asks again — the tool
+executor answers a repeated call id from its store. After losing the broker the reader
+resumes where it was, so no result published meanwhile is missed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaProducer
+from pydantic import ValidationError
 
-from services.common.envelope import Envelope, EnvelopeError, EventType, tool_call_key
-from services.common.kafka import TOOL_RESULTS, client_options, partitions_of
+from services.common.envelope import Envelope, EventType, tool_call_key
+from services.common.errors import PoisonRecord
 from services.common.settings import Settings
+from services.common.tail import PartitionTail
+from services.common.tools import ToolResult
+from services.common.topics import TOOL_RESULTS, dead_letter_topic
 
 log = logging.getLogger(__name__)
 
+START_TIMEOUT_S = 30.0
+
 
 class ToolResults:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.consumer = AIOKafkaConsumer(
-            **client_options(settings),
-            enable_auto_commit=False,
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
+        self.pending: dict[str, asyncio.Future[ToolResult]] = {}
+        self.tail = PartitionTail(
+            settings,
+            topic=TOOL_RESULTS,
             client_id="worker-tool-results",
+            producer=producer,
+            dead_letter_topic=dead_letter_topic("conversation-worker"),
+            handle=self._resolve,
+            resume=True,
+            # The hop back to the waiting turn, in the trace of the executor's answer.
+            span_name=lambda envelope: (
+                "worker tool.result" if envelope.type == EventType.TOOL_RESPONSE else None
+            ),
         )
-        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        tps = await partitions_of(self.settings, TOOL_RESULTS)
-        await self.consumer.start()
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end offsets now, before any request is published
-            await self.consumer.position(tp)
-        self._task = asyncio.create_task(self._run())
+        """Follow from the end; returns once the end offsets are known, so the result
+        of any request published afterwards is seen."""
+        await self.tail.start(timeout_s=START_TIMEOUT_S)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self.consumer.stop()
+        await self.tail.stop()
 
-    def expect(self, key: str) -> asyncio.Future[dict[str, Any]]:
+    def expect(self, key: str) -> asyncio.Future[ToolResult]:
         """A future for the result of a call, by :func:`tool_call_key`."""
         future = self.pending.get(key)
         if future is None or future.done():
@@ -57,17 +63,13 @@ class ToolResults:
     def forget(self, key: str) -> None:
         self.pending.pop(key, None)
 
-    async def _run(self) -> None:
-        async for record in self.consumer:
-            try:
-                envelope = Envelope.from_bytes(record.value)
-            except EnvelopeError as exc:
-                log.warning(
-                    "ignoring malformed tool result at %s@%d: %s", record.partition, record.offset, exc
-                )
-                continue
-            if envelope.type != EventType.TOOL_RESPONSE:
-                continue
-            future = self.pending.get(tool_call_key(envelope.turn_id, str(envelope.payload.get("call_id"))))
-            if future is not None and not future.done():
-                future.set_result(envelope.payload)
+    def _resolve(self, envelope: Envelope) -> None:
+        if envelope.type != EventType.TOOL_RESPONSE:
+            return
+        future = self.pending.get(tool_call_key(envelope.turn_id, str(envelope.payload.get("call_id"))))
+        if future is None or future.done():
+            return
+        try:
+            future.set_result(ToolResult.model_validate(envelope.payload))
+        except ValidationError as exc:
+            raise PoisonRecord(f"not a tool result: {exc.error_count()} invalid fields") from None

@@ -10,35 +10,24 @@ adds and its final status are stored together with the events they go with (see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.envelope import Envelope
-
-
-class TurnStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-
-TERMINAL = frozenset({TurnStatus.COMPLETED, TurnStatus.CANCELLED, TurnStatus.FAILED})
+from services.common.turns import TERMINAL_SQL, TurnStatus
 
 # Claim the turn (unless it already ended), store the user's message with it, and read
 # the transcript: the rows stored before, plus the one this statement stores (a
 # statement does not see its own writes). The status before comes first.
-_BEGIN = """
+_BEGIN = f"""
 WITH prior AS (
     SELECT status FROM turns WHERE turn_id = %(t)s
 ), started AS (
-    INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, 'running')
-    ON CONFLICT (turn_id) DO UPDATE SET status = 'running', updated_at = now()
-    WHERE turns.status NOT IN ('completed', 'cancelled', 'failed')
+    INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, '{TurnStatus.RUNNING.value}')
+    ON CONFLICT (turn_id) DO UPDATE SET status = '{TurnStatus.RUNNING.value}', updated_at = now()
+    WHERE turns.status NOT IN {TERMINAL_SQL}
     RETURNING 1
 ), stored AS (
     INSERT INTO messages (conversation_id, message_key, turn_id, role, body)

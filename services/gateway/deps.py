@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from services.common.credentials import CredentialStore
-    from services.gateway.fanout import Hub, OutboundConsumer
+    from services.common.tail import PartitionTail
+    from services.gateway.fanout import EventLoader, Hub
     from services.gateway.ratelimit import OpenTurns
 
 
@@ -35,7 +36,8 @@ class GatewayState:
     producer: AIOKafkaProducer
     policy: PolicyClient
     hub: Hub
-    outbound: OutboundConsumer
+    outbound: PartitionTail
+    history: EventLoader  # the events table, for subscriptions
     credentials: CredentialStore
     open_turns: OpenTurns
 

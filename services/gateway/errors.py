@@ -8,9 +8,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg
-import psycopg_pool
-import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,12 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.auth import AuthError
 from services.common.envelope import new_id
-from services.common.errors import A0Error
-from services.common.policy import PolicyUnavailable
+from services.common.errors import A0Error, PolicyUnavailable, is_transient, transient_types
 
 log = logging.getLogger("a0.gateway")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+UNAVAILABLE = "a backing store is unavailable; try again"
+INTERNAL = "internal error; quote the request id when reporting it"
 
 
 class ApiError(A0Error):
@@ -213,20 +211,11 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("policy unavailable: %s", exc)
         return error_response(request, "unavailable", "the policy service is unavailable; try again", 503)
 
-    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("a store is unavailable: %s: %s", type(exc).__name__, exc)
-        return error_response(request, "unavailable", "a backing store is unavailable; try again", 503)
-
-    for store_error in (
-        psycopg.OperationalError,
-        psycopg_pool.PoolTimeout,
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-    ):
-        app.add_exception_handler(store_error, _store_down)
-
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):
+            log.warning("a backing service is unavailable: %s: %s", type(exc).__name__, exc)
+            return error_response(request, "unavailable", UNAVAILABLE, 503)
         log.error(
             "unhandled error on %s %s (request %s)",
             request.method,
@@ -234,6 +223,11 @@ def install_error_handlers(app: FastAPI) -> None:
             request_id_of(request),
             exc_info=exc,
         )
-        return error_response(
-            request, "internal", "internal error; quote the request id when reporting it", 500
-        )
+        return error_response(request, "internal", INTERNAL, 500)
+
+    # Starlette answers a handler for Exception only after its error middleware, which
+    # logs the exception again; transient ones are expected, so they are answered here
+    # (and a0's own errors, which say themselves whether they are).
+    answered_here: tuple[type[Exception], ...] = (A0Error, *transient_types())
+    for transient in answered_here:
+        app.add_exception_handler(transient, _internal)

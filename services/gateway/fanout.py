@@ -2,9 +2,10 @@
 each client subscription merges the hub with the events table so it sees every event of
 its conversation once, in order — across reconnects, replicas and broker restarts.
 
-The consumer has no group: each replica reads every partition of
-``conversation.outbound`` from the end (what came before is in PostgreSQL, where the
-worker writes each event before publishing it). A subscription registers its queue
+The consumer has no group: each replica follows every partition of
+``conversation.outbound`` from the end (:class:`~services.common.tail.PartitionTail`;
+what came before is in PostgreSQL, where the worker writes each event before
+publishing it). A subscription registers its queue
 first, then replays ``events`` past its cursor, then follows the queue, skipping what it
 already delivered and filling any gap from the table.
 """
@@ -17,25 +18,26 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
 from services.common import metrics
-from services.common.envelope import CLIENT_EVENTS, Envelope, EnvelopeError
-from services.common.kafka import OUTBOUND, client_options, dead_letter
+from services.common.envelope import CLIENT_EVENTS, Envelope, EventType
+from services.common.errors import A0Error
 from services.common.settings import Settings
+from services.common.tail import PartitionTail
+from services.common.topics import OUTBOUND, dead_letter_topic
 
 log = logging.getLogger("a0.gateway.fanout")
 
 QUEUE_SIZE = 1000
-DEAD_LETTER_TOPIC = "dlq.gateway"
 PAGE = 500
 
 
-class SlowConsumer(Exception):
+class SlowConsumer(A0Error):
     """The client fell more than a queue behind; close its stream, it resumes on reconnect."""
 
 
@@ -81,7 +83,7 @@ class Hub:
         self.queue_size = queue_size
         self._subscribers: dict[str, set[Subscriber]] = {}
 
-    def __contains__(self, conversation_id: str) -> bool:
+    def __contains__(self, conversation_id: object) -> bool:
         return conversation_id in self._subscribers
 
     def __len__(self) -> int:
@@ -159,13 +161,31 @@ async def load_events(
             return
 
 
+class EventLoader(Protocol):
+    """Stored events of a conversation with ``after < seq < before``, in order."""
+
+    def __call__(
+        self, conversation_id: str, after: int, before: int | None = None
+    ) -> AsyncIterator[Envelope]: ...
+
+
+def table_loader(pool: AsyncConnectionPool) -> EventLoader:
+    """The events table as an :class:`EventLoader`."""
+
+    def load(conversation_id: str, after: int, before: int | None = None) -> AsyncIterator[Envelope]:
+        return load_events(pool, conversation_id, after, before)
+
+    return load
+
+
 class Subscription:
     """One client following one conversation from a cursor. Use it as
-    ``async with Subscription(...) as events`` and ``async for envelope in events``."""
+    ``async with Subscription(...) as events`` and ``async for envelope in events``;
+    ``load`` reads the stored events (:func:`table_loader`)."""
 
-    def __init__(self, hub: Hub, pool: AsyncConnectionPool, conversation_id: str, after: int) -> None:
+    def __init__(self, hub: Hub, load: EventLoader, conversation_id: str, after: int) -> None:
         self.hub = hub
-        self.pool = pool
+        self.load = load
         self.conversation_id = conversation_id
         self.cursor = Cursor(after)
         self._subscriber: Subscriber | None = None
@@ -184,7 +204,7 @@ class Subscription:
             await self._stream.aclose()
 
     async def _stored(self, before: int | None = None) -> AsyncIterator[Envelope]:
-        async for envelope in load_events(self.pool, self.conversation_id, self.cursor.last, before):
+        async for envelope in self.load(self.conversation_id, self.cursor.last, before):
             if self.cursor.step(envelope.seq) is not Step.DUPLICATE:
                 self.cursor.advance(envelope.seq)
                 yield envelope
@@ -218,82 +238,32 @@ def observe_latency(envelope: Envelope, now: datetime | None = None) -> float:
     return seconds
 
 
-class OutboundConsumer:
-    """Reads every partition of ``conversation.outbound`` from the end, into the hub."""
+def outbound_tail(settings: Settings, hub: Hub, producer: AIOKafkaProducer) -> PartitionTail:
+    """This process's follower of every partition of ``conversation.outbound``, into the
+    hub; after each (re)connection every subscriber re-reads the table."""
 
-    def __init__(self, settings: Settings, hub: Hub, producer: AIOKafkaProducer) -> None:
-        self.settings = settings
-        self.hub = hub
-        self.producer = producer
-        self.connected = False
-        self.last_error: str | None = "not started"
-        self._dead_letters: set[asyncio.Task[None]] = set()
+    def handle(envelope: Envelope) -> None:
+        if envelope.type in CLIENT_EVENTS and envelope.conversation_id in hub:
+            observe_latency(envelope)
+            hub.publish(envelope)
 
-    def _make_consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            **client_options(self.settings),
-            client_id=f"gateway-{self.settings.gateway.replica}-outbound",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            isolation_level="read_committed",
-        )
+    replica = settings.gateway.replica
+    return PartitionTail(
+        settings,
+        topic=OUTBOUND,
+        client_id=f"gateway-{replica}-outbound",
+        producer=producer,
+        dead_letter_topic=dead_letter_topic("gateway"),
+        handle=handle,
+        keys=hub,  # skip decoding events of conversations nobody here follows
+        on_connected=hub.resync_all,
+        dead_letter_headers={"replica": replica},
+        span_name=_delivery_span,
+    )
 
-    async def run(self) -> None:
-        """Consume until cancelled, reconnecting with backoff when Kafka is unreachable."""
-        delay = 0.5
-        while True:
-            try:
-                await self._run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: log, back off, start over from the end
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("outbound consumer stopped (%s); retrying in %.1fs", self.last_error, delay)
-            await asyncio.sleep(delay)
-            delay = min(10.0, delay * 2)
 
-    async def _run_once(self) -> None:
-        consumer = self._make_consumer()
-        await consumer.start()
-        try:
-            # The producer's metadata (public API): raises if the topic does not exist.
-            partitions = await self.producer.partitions_for(OUTBOUND)
-            if not partitions:
-                raise RuntimeError(f"topic {OUTBOUND} has no partitions; run `a0ctl topics apply`")
-            assigned = [TopicPartition(OUTBOUND, p) for p in sorted(partitions)]
-            consumer.assign(assigned)
-            await consumer.seek_to_end(*assigned)
-            for tp in assigned:  # resolve the end offsets now, before subscribers re-read the table
-                await consumer.position(tp)
-            self.connected, self.last_error = True, None
-            log.info("following %s: %d partitions from the end", OUTBOUND, len(assigned))
-            self.hub.resync_all()
-            while True:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
-                for records in batches.values():
-                    for record in records:
-                        self.dispatch(record)
-        finally:
-            self.connected = False
-            await consumer.stop()
-
-    def dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        # The key is the conversation id: skip decoding events nobody here follows.
-        if record.key is not None and record.key.decode(errors="replace") not in self.hub:
-            return
-        try:
-            envelope = Envelope.from_bytes(record.value)
-        except EnvelopeError as exc:
-            task = asyncio.create_task(
-                dead_letter(
-                    self.producer, DEAD_LETTER_TOPIC, record, str(exc), replica=self.settings.gateway.replica
-                )
-            )
-            self._dead_letters.add(task)
-            task.add_done_callback(self._dead_letters.discard)
-            return
-        if envelope.type not in CLIENT_EVENTS or envelope.conversation_id not in self.hub:
-            return
-        observe_latency(envelope)
-        self.hub.publish(envelope)
+def _delivery_span(envelope: Envelope) -> str | None:
+    """The last hop of a turn's trace; streamed text is delivered without spans."""
+    if envelope.type == EventType.DELTA or envelope.type not in CLIENT_EVENTS:
+        return None
+    return f"gateway deliver {envelope.type}"

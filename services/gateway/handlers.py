@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import psycopg
-from aiokafka.errors import KafkaError
 from opentelemetry.trace import SpanKind
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
+from services.common import open_turns
 from services.common.auth import Principal
 from services.common.envelope import Envelope, EventType, new_id
-from services.common.kafka import INBOUND, publish
+from services.common.errors import is_transient
+from services.common.kafka import publish
 from services.common.telemetry import tracer
+from services.common.topics import INBOUND
+from services.common.turns import OPEN_SQL, TurnStatus
 from services.gateway import ratelimit
 from services.gateway.deps import GatewayState
 from services.gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
@@ -123,15 +127,24 @@ async def create_conversation(
     return ConversationCreated.model_validate(row)
 
 
+def _like_pattern(text: str) -> str:
+    """``text`` as a literal ILIKE substring pattern (``%``, ``_`` and ``\\`` escaped)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 async def list_conversations(
-    state: GatewayState, conn: AsyncConnection, principal: Principal
+    state: GatewayState, conn: AsyncConnection, principal: Principal, query: str | None = None
 ) -> list[ConversationSummary]:
+    """The user's conversations, newest activity first; ``query`` keeps those whose title
+    contains it (case-insensitive)."""
     await _allow(state, principal, "conversation.list")
+    where, params = " WHERE c.owner_id = %s", [principal.user_id]
+    if query and query.strip():
+        where += " AND c.title ILIKE %s"
+        params.append(_like_pattern(query.strip()))
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            _SUMMARY + " WHERE c.owner_id = %s ORDER BY c.updated_at DESC, c.created_at DESC",
-            (principal.user_id,),
-        )
+        await cur.execute(_SUMMARY + where + " ORDER BY c.updated_at DESC, c.created_at DESC", params)
         rows = await cur.fetchall()
     return [ConversationSummary.model_validate(row) for row in rows]
 
@@ -191,6 +204,36 @@ async def update_conversation(
     return ConversationSummary.model_validate(row)
 
 
+async def delete_conversation(state: GatewayState, principal: Principal, conversation_id: str) -> None:
+    """Delete a conversation and its whole history (events, transcript, turns, tool
+    results) from PostgreSQL. A turn still open is cancelled first, so the worker stops."""
+    await authorize(state, principal, "conversation.delete", conversation_id)
+    async with state.pool.connection(timeout=10) as conn:
+        found = await conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM turns WHERE conversation_id = %s AND status IN {OPEN_SQL})",
+            (conversation_id,),
+        )
+        row = await found.fetchone()
+    if row is not None and row[0]:
+        try:
+            await publish_confirmed(
+                state, _cancel_envelope(principal, conversation_id, None, "the conversation was deleted")
+            )
+        except Unavailable:
+            log.warning("could not cancel the open turns of %s before deleting it", conversation_id)
+    async with state.pool.connection(timeout=10) as conn, conn.transaction():
+        # tool_results is keyed "<turn_id>:<call_id>"; the other tables cascade.
+        await conn.execute(
+            "DELETE FROM tool_results WHERE split_part(call_key, ':', 1) IN "
+            "(SELECT turn_id FROM turns WHERE conversation_id = %s)",
+            (conversation_id,),
+        )
+        deleted = await conn.execute("DELETE FROM conversations WHERE id = %s", (conversation_id,))
+    if deleted.rowcount == 0:  # deleted by a concurrent request meanwhile
+        raise NotFound(f"no conversation {conversation_id}")
+    log.info("conversation %s deleted by %s", conversation_id, principal.user_id)
+
+
 # --- messages and cancels -------------------------------------------------------------------
 
 
@@ -200,7 +243,9 @@ async def publish_confirmed(state: GatewayState, envelope: Envelope) -> None:
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
             delivery = await publish(state.producer, INBOUND, envelope)
             await delivery
-    except (KafkaError, TimeoutError, OSError) as exc:
+    except Exception as exc:
+        if not is_transient(exc):  # TimeoutError is one: an OSError
+            raise
         log.warning("publishing %s %s failed: %s: %s", envelope.type, envelope.id, type(exc).__name__, exc)
         raise Unavailable(BROKER_DOWN) from exc
 
@@ -235,6 +280,7 @@ async def submit_message(
     )
     accepted = False
     turn_id, message_id = new_id(), new_id()
+    title = title_from_message(content)
     try:
         with tracer.start_as_current_span(
             "gateway message",
@@ -245,11 +291,11 @@ async def submit_message(
                 # Queued behind whatever runs: nothing to check, one statement.
                 async with state.pool.connection(timeout=10) as conn:
                     try:
-                        await conn.execute(_QUEUE_TURN, {"t": turn_id, "c": conversation_id})
+                        await conn.execute(_QUEUE_TURN, {"t": turn_id, "c": conversation_id, "title": title})
                     except psycopg.errors.ForeignKeyViolation:  # deleted since it was authorized
                         raise NotFound(f"no conversation {conversation_id}") from None
             else:
-                await _queue_turn_by_policy(state, principal, conversation_id, turn_id)
+                await _queue_turn_by_policy(state, principal, conversation_id, turn_id, title)
             message = Envelope(
                 type=EventType.USER_MESSAGE,
                 conversation_id=conversation_id,
@@ -262,34 +308,50 @@ async def submit_message(
             except Unavailable:
                 async with state.pool.connection(timeout=10) as conn:
                     await conn.execute(
-                        "UPDATE turns SET status = 'failed', updated_at = now() WHERE turn_id = %s",
-                        (turn_id,),
+                        "UPDATE turns SET status = %s, updated_at = now() WHERE turn_id = %s",
+                        (TurnStatus.FAILED, turn_id),
                     )
                 raise
         accepted = True
     finally:
         if not accepted:
-            await ratelimit.release_turn(state.redis)
+            await open_turns.release(state.redis)
     return MessageAccepted(conversation_id=conversation_id, message_id=message_id, turn_id=turn_id)
 
 
-_QUEUE_TURN = """
+# A conversation created without a title is named after its first message, in the same
+# statement that queues the turn.
+_QUEUE_TURN = f"""
 WITH queued AS (
-    INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, 'queued')
+    INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, '{TurnStatus.QUEUED.value}')
 )
-UPDATE conversations SET updated_at = now() WHERE id = %(c)s
+UPDATE conversations SET updated_at = now(), title = CASE WHEN title = '' THEN %(title)s ELSE title END
+WHERE id = %(c)s
 """
+
+TITLE_CHARS = 60
+_MARKUP_PREFIX = re.compile(r"^(?:[#>*+\-]+|\d+[.)]|`{3,}\S*)\s*")
+
+
+def title_from_message(content: str) -> str:
+    """A conversation's title from its first message: the first line with words, without
+    markdown's leading marks, whitespace collapsed, at most 60 characters."""
+    for line in content[:4000].splitlines():  # the first lines are enough
+        text = " ".join(_MARKUP_PREFIX.sub("", line.strip()).replace("`", "").split())
+        if text:
+            return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1].rstrip() + "…"
+    return "New chat"
 
 
 async def _queue_turn_by_policy(
-    state: GatewayState, principal: Principal, conversation_id: str, turn_id: str
+    state: GatewayState, principal: Principal, conversation_id: str, turn_id: str, title: str
 ) -> None:
     """Queue a turn in a ``reject`` or ``interrupt`` conversation: under the conversation's
     row lock, which serialises its messages across replicas, look for a turn in flight."""
     async with state.pool.connection(timeout=10) as conn, conn.transaction():
         locked = await conn.execute(
             "SELECT policy, EXISTS (SELECT 1 FROM turns WHERE conversation_id = %(c)s "
-            "AND status IN ('queued', 'running')) FROM conversations WHERE id = %(c)s FOR UPDATE",
+            f"AND status IN {OPEN_SQL}) FROM conversations WHERE id = %(c)s FOR UPDATE",
             {"c": conversation_id},
         )
         found = await locked.fetchone()
@@ -303,7 +365,7 @@ async def _queue_turn_by_policy(
             await publish_confirmed(
                 state, _cancel_envelope(principal, conversation_id, None, "interrupted by a new message")
             )
-        await conn.execute(_QUEUE_TURN, {"t": turn_id, "c": conversation_id})
+        await conn.execute(_QUEUE_TURN, {"t": turn_id, "c": conversation_id, "title": title})
 
 
 async def cancel_turn(

@@ -1,39 +1,37 @@
 """The gateway app: ``create_app(settings)`` builds it, ``serve(settings)`` runs it.
 
 The lifespan opens every client (PostgreSQL pool, Redis, Kafka producer, OPA) and the
-outbound consumer, and closes them all in ``finally``.
+outbound consumer on a :class:`~services.common.bootstrap.ServiceStack`, which closes
+them all again, also when the start fails half-way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-import redis.asyncio as aioredis
 import uvicorn
-from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
+from services.common import open_turns
 from services.common.auth import check_sign_in
+from services.common.bootstrap import ServiceStack
 from services.common.credentials import CredentialStore
-from services.common.db import migrate, open_pool
-from services.common.kafka import make_producer
+from services.common.db import migrate
 from services.common.logging import register_secret, setup_logging
-from services.common.policy import PolicyClient
 from services.common.settings import Settings, load_settings
 from services.common.telemetry import setup_tracing
 from services.gateway import routes_conversations, routes_credentials, routes_ops, routes_stream
 from services.gateway.deps import GatewayState
 from services.gateway.errors import NotFound, install_error_handlers
-from services.gateway.fanout import Hub, OutboundConsumer
+from services.gateway.fanout import Hub, outbound_tail, table_loader
 from services.gateway.middleware import GatewayMiddleware
-from services.gateway.ratelimit import OpenTurns, reconcile_open_turns
+from services.gateway.ratelimit import OpenTurns
 
 log = logging.getLogger("a0.gateway")
 
@@ -41,40 +39,21 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 KAFKA_START_ATTEMPTS = 30
 
 
-async def _start_producer(settings: Settings) -> AIOKafkaProducer:
-    """Start the producer, waiting for Kafka a little while if it is still coming up."""
-    for attempt in range(1, KAFKA_START_ATTEMPTS + 1):
-        producer = make_producer(settings, f"gateway-{settings.gateway.replica}")
-        try:
-            await producer.start()
-            return producer
-        except Exception as exc:  # KafkaConnectionError and friends: retry, then give up loudly
-            await producer.stop()
-            if attempt == KAFKA_START_ATTEMPTS:
-                raise
-            log.warning("Kafka at %s not reachable yet (%s); retrying", settings.kafka_bootstrap, exc)
-            await asyncio.sleep(1)
-    raise AssertionError("unreachable")
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     register_secret(settings.gateway.jwt_secret.get_secret_value())
     await migrate(settings)
-    # Opened up front: a pool grows one connection at a time, too slowly for a burst.
-    pool = await open_pool(settings, min_size=16, max_size=60)
-    redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
-    policy = PolicyClient(settings)
-    producer: AIOKafkaProducer | None = None
-    consumer_task: asyncio.Task[None] | None = None
-    reconciler: asyncio.Task[None] | None = None
-    try:
-        producer = await _start_producer(settings)
+    async with ServiceStack(settings) as stack:
+        # Opened up front: a pool grows one connection at a time, too slowly for a burst.
+        pool = await stack.pool(min_size=16, max_size=60)
+        redis = stack.redis(socket_connect_timeout=3, socket_timeout=5)
+        policy = stack.policy()
+        producer = await stack.producer(f"gateway-{settings.gateway.replica}", attempts=KAFKA_START_ATTEMPTS)
         hub = Hub()
-        outbound = OutboundConsumer(settings, hub, producer)
-        consumer_task = asyncio.create_task(outbound.run(), name="outbound-consumer")
-        reconciler = asyncio.create_task(reconcile_open_turns(redis, pool), name="open-turns")
+        outbound = outbound_tail(settings, hub, producer)
+        await stack.started(outbound.start, outbound.stop)
+        stack.background(open_turns.reconcile(redis, pool), name="open-turns")
         app.state.gateway = GatewayState(
             settings=settings,
             pool=pool,
@@ -83,26 +62,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             policy=policy,
             hub=hub,
             outbound=outbound,
+            history=table_loader(pool),
             credentials=CredentialStore(settings, pool, redis),
             open_turns=OpenTurns(redis),
         )
         log.info("gateway %s listening on %s", settings.gateway.replica, settings.gateway_url)
-        yield
-    finally:
-        app.state.gateway = None
-        if reconciler is not None:
-            reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reconciler
-        if consumer_task is not None:
-            consumer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer_task
-        if producer is not None:
-            await producer.stop()
-        await policy.aclose()
-        await redis.aclose()
-        await pool.close()
+        try:
+            yield
+        finally:
+            app.state.gateway = None
+
+
+def _untraced_path(scope: Any) -> bool:
+    return scope.get("path") in ("/metrics", "/health", "/ready")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -116,7 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
         strict_content_type=False,  # a JSON body without a Content-Type header is still JSON
         # A span per request, not per dependency and serializer: those cost more than the
         # request's own work under load.
-        telemetry={"operation_spans": False},
+        # Scrapes and probes are not traced.
+        telemetry={"operation_spans": False, "exclude": _untraced_path},
     )
     app.state.settings = settings
     app.state.gateway = None
@@ -132,7 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_credentials.router)
 
     # The chat UI: checked per request, so the files may appear after the app is built.
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         page = STATIC_DIR / "index.html"
         if not page.is_file():

@@ -1,7 +1,8 @@
 """One pure-ASGI middleware for every request: a request id (``X-Request-ID``), the body
 size limit (Content-Length checked up front, streamed bodies counted as they arrive),
-shedding of writes past the process's limit of pending ones, and the request metrics. Pure ASGI, not ``BaseHTTPMiddleware``, so SSE streams pass
-through untouched."""
+shedding of writes past the process's limit of pending ones, the security headers of the
+chat UI, and the request metrics. Pure ASGI, not ``BaseHTTPMiddleware``, so SSE streams
+pass through untouched."""
 
 from __future__ import annotations
 
@@ -22,7 +23,32 @@ _CALLER_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-PENDING_RETRY_AFTER_S = 1
+PENDING_RETRY_AFTER_S = 2
+
+# The browser's rules for everything the gateway serves (docs/ui.md): scripts, styles and
+# connections only from the gateway itself, no inline script, never inside a frame.
+# Built once; each response only appends these pairs.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+        "object-src 'none'",
+    )
+)
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+)
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -124,6 +150,7 @@ class GatewayMiddleware:
                 status = message["status"]
                 response_headers = MutableHeaders(scope=message)
                 response_headers[REQUEST_ID_HEADER] = request_id
+                message["headers"].extend(SECURITY_HEADERS)  # the list MutableHeaders wraps
                 streaming = response_headers.get("content-type", "").startswith("text/event-stream")
             await send(message)
 
@@ -143,6 +170,7 @@ class GatewayMiddleware:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+            *SECURITY_HEADERS,
         ]
         if retry_after is None:
             headers.append((b"connection", b"close"))  # the unread body stays unread

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
 
 from services.common.auth import mint_token
 from services.gateway import handlers
@@ -53,9 +55,17 @@ async def create_conversation(
     return await handlers.create_conversation(state, user, body or CreateConversation())
 
 
-@router.get("/conversations", responses=error_responses(401, 403))
-async def list_conversations(user: CurrentUser, state: State, conn: Db) -> ConversationList:
-    return ConversationList(conversations=await handlers.list_conversations(state, conn, user))
+@router.get("/conversations", responses=error_responses(401, 403, 422))
+async def list_conversations(
+    user: CurrentUser,
+    state: State,
+    conn: Db,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Only conversations whose title contains this text.")
+    ] = None,
+) -> ConversationList:
+    """The caller's conversations, most recently active first."""
+    return ConversationList(conversations=await handlers.list_conversations(state, conn, user, q))
 
 
 @router.get("/conversations/{conversation_id}", responses=error_responses(401, 404, 422))
@@ -69,7 +79,22 @@ async def get_conversation(
 async def update_conversation(
     conversation_id: ConversationId, body: UpdateConversation, user: CurrentUser, state: State
 ) -> ConversationSummary:
+    """Rename the conversation (``title``) or change its turn ``policy``. 404 when it does
+    not exist or is someone else's; 403 when the caller may see it but not change it."""
     return await handlers.update_conversation(state, user, conversation_id, body)
+
+
+@router.delete(
+    "/conversations/{conversation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def delete_conversation(conversation_id: ConversationId, user: CurrentUser, state: State) -> Response:
+    """Delete the conversation and its whole history. 404 when it does not exist or is
+    someone else's (a user cannot probe other users' ids); 403 when the caller may see it
+    but the policy refuses the deletion (an admin, for another user's conversation)."""
+    await handlers.delete_conversation(state, user, conversation_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(

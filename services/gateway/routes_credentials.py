@@ -24,10 +24,19 @@ class CredentialRejected(ApiError):
     code, status = "credential_rejected", 400
 
 
-class SetCredential(BaseModel):
+class CredentialProbe(BaseModel):
     base_url: HttpUrl = Field(description="An OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
-    model: str = Field(min_length=1, max_length=200)
     api_key: str = Field(min_length=8, max_length=512, repr=False)
+
+
+class SetCredential(CredentialProbe):
+    model: str = Field(min_length=1, max_length=200)
+
+
+class ConnectionTested(BaseModel):
+    provider: str
+    base_url: str
+    models: list[str] = Field(description="The ids of the provider's /models list, sorted")
 
 
 class CredentialList(BaseModel):
@@ -64,6 +73,30 @@ async def set_credential(
         raise Forbidden(exc.message) from None
     except CredentialError as exc:
         raise CredentialRejected(exc.message) from None
+
+
+@router.post("/{provider}/test", responses=error_responses(400, 401, 403, 413, 422))
+async def test_credential(
+    provider: Provider, body: CredentialProbe, user: CurrentUser, state: State
+) -> ConnectionTested:
+    """Try a key with the provider (``GET <base_url>/models``) without storing it, and list
+    its models. 400 ``credential_rejected`` says why it failed; no answer repeats the key."""
+    base_url = str(body.base_url).rstrip("/")
+    try:
+        models = await state.credentials.test(
+            state.policy,
+            actor=user.user_id,
+            roles=user.roles,
+            owner_id=user.user_id,
+            provider=provider,
+            base_url=base_url,
+            api_key=body.api_key,
+        )
+    except PolicyDenied as exc:
+        raise Forbidden(exc.message) from None
+    except CredentialError as exc:
+        raise CredentialRejected(exc.message) from None
+    return ConnectionTested(provider=provider, base_url=base_url, models=models)
 
 
 @router.delete(

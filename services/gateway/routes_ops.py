@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.common.kafka import INBOUND, OUTBOUND
+from services.common.topics import INBOUND, OUTBOUND
 from services.gateway.deps import GatewayState, SettingsDep, bearer_token
 from services.gateway.errors import Forbidden, error_body, error_responses, request_id_of
 

@@ -14,9 +14,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import psycopg
-import psycopg_pool
-import redis.exceptions
 from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
 from pydantic import TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -24,7 +21,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from services.common import metrics
 from services.common.auth import AuthError, Principal
 from services.common.envelope import Envelope, new_id
-from services.common.policy import PolicyUnavailable
+from services.common.errors import is_transient
 from services.gateway import handlers
 from services.gateway.deps import GatewayState, State, StreamUser, authenticate, bearer_token
 from services.gateway.errors import ApiError, InvalidRequest, error_body, error_responses, validation_message
@@ -67,7 +64,7 @@ async def _sse_stream(
 ) -> AsyncIterator[ServerSentEvent]:
     metrics.CLIENTS.labels("sse").inc()
     try:
-        async with Subscription(state.hub, state.pool, conversation_id, after) as events:
+        async with Subscription(state.hub, state.history, conversation_id, after) as events:
             async for envelope in events:
                 metrics.EVENTS_FANNED_OUT.labels(str(envelope.type)).inc()
                 yield sse_event(envelope)
@@ -97,14 +94,6 @@ async def conversation_events(
 
 
 # --- WebSocket ------------------------------------------------------------------------
-
-_UNAVAILABLE = (
-    PolicyUnavailable,
-    psycopg.OperationalError,
-    psycopg_pool.PoolTimeout,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-)
 
 
 class WsSession:
@@ -202,14 +191,15 @@ class WsSession:
             await self.send_error(exc.code, exc.message, request_id, conversation_id)
         except AuthError as exc:
             await self.send_error("unauthorized", exc.message, request_id, conversation_id)
-        except _UNAVAILABLE as exc:
-            log.warning("ws command failed: %s: %s", type(exc).__name__, exc)
-            await self.send_error(
-                "unavailable", "a backing service is unavailable; try again", request_id, conversation_id
-            )
         except WebSocketDisconnect:
             raise
-        except Exception:  # a bug answers this command, it does not drop the connection
+        except Exception as exc:  # a bug answers this command, it does not drop the connection
+            if is_transient(exc):
+                log.warning("ws command failed: %s: %s", type(exc).__name__, exc)
+                await self.send_error(
+                    "unavailable", "a backing service is unavailable; try again", request_id, conversation_id
+                )
+                return
             log.exception("ws command failed")
             await self.send_error(
                 "internal",
@@ -244,7 +234,7 @@ class WsSession:
 
     async def _follow(self, conversation_id: str, after: int, request_id: str | None) -> None:
         try:
-            async with Subscription(self.state.hub, self.state.pool, conversation_id, after) as events:
+            async with Subscription(self.state.hub, self.state.history, conversation_id, after) as events:
                 async for envelope in events:
                     await self.send(envelope.client_event())
                     metrics.EVENTS_FANNED_OUT.labels(str(envelope.type)).inc()
@@ -254,7 +244,12 @@ class WsSession:
                 await self.websocket.close(
                     WS_TRY_AGAIN_LATER, "too slow: reconnect and resubscribe with after"
                 )
-        except _UNAVAILABLE as exc:
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            log.debug("ws subscription to %s ended: %s", conversation_id, exc)  # the socket is gone
+        except Exception as exc:
+            if not is_transient(exc):
+                log.exception("ws subscription to %s failed", conversation_id)
+                return
             log.warning("ws subscription to %s failed: %s", conversation_id, exc)
             with contextlib.suppress(Exception):
                 await self.send_error(
@@ -263,10 +258,6 @@ class WsSession:
                     request_id,
                     conversation_id,
                 )
-        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-            log.debug("ws subscription to %s ended: %s", conversation_id, exc)  # the socket is gone
-        except Exception:
-            log.exception("ws subscription to %s failed", conversation_id)
         finally:
             if self._follows.get(conversation_id) is asyncio.current_task():
                 del self._follows[conversation_id]

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.errors import A0Error
 from services.llm_sim import replies
 
 if TYPE_CHECKING:
@@ -36,18 +37,18 @@ MODEL_CREATED = 1_735_689_600  # fixed, so /v1/models is byte-for-byte stable
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
-class OpenAIError(Exception):
+class OpenAIError(A0Error):
     """An error answered in OpenAI's shape, so SDK clients map it to their exception types."""
 
     def __init__(
         self, status: int, message: str, *, code: str | None = None, param: str | None = None
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
+        self.status, self.openai_code, self.param = status, code, param
 
     def response(self) -> JSONResponse:
         error = {"message": self.message, "type": "invalid_request_error", "param": self.param}
-        return JSONResponse({"error": {**error, "code": self.code}}, status_code=self.status)
+        return JSONResponse({"error": {**error, "code": self.openai_code}}, status_code=self.status)
 
 
 class FunctionSpec(BaseModel):

@@ -6,13 +6,15 @@ same input — so tests can assert exact replies, and a retried request yields t
 tool call ids. The rules, first match wins:
 
 1. last message is a tool result  → a short final answer using the tool output;
-2. "compute/calculate/what is <expr>" and ``calculator`` offered → ``calculator`` call;
-3. "what time is it" / "current time" and ``current_time`` offered → ``current_time`` call;
-4. "run python: <code>" and ``run_python`` offered → ``run_python`` call;
-5. "use the shell" → ``shell`` call even when not offered (a tool policy must deny);
-6. "remember <word>" / "what did I ask you to remember?" → multi-turn memory;
-7. "long answer" → about 200 words, to test cancelling mid-stream;
-8. otherwise an echo of the last user message.
+2. "reply verbatim:" and a new line → exactly the text after that line (markdown,
+   hostile HTML ...: whatever a test needs the model to say);
+3. "compute/calculate/what is <expr>" and ``calculator`` offered → ``calculator`` call;
+4. "what time is it" / "current time" and ``current_time`` offered → ``current_time`` call;
+5. "run python: <code>" and ``run_python`` offered → ``run_python`` call;
+6. "use the shell" → ``shell`` call even when not offered (a tool policy must deny);
+7. "remember <word>" / "what did I ask you to remember?" → multi-turn memory;
+8. "long answer" → about 200 words, to test cancelling mid-stream;
+9. otherwise an echo of the last user message.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ _SHELL = re.compile(r"\buse the shell\b", re.IGNORECASE)
 _RECALL = re.compile(r"\bwhat did i (?:ask|tell) you to remember\b", re.IGNORECASE)
 _REMEMBER = re.compile(r"\bremember\s+(?:that\s+)?([^\s.,;:!?]+)", re.IGNORECASE)
 _LONG = re.compile(r"\blong answer\b", re.IGNORECASE)
+_VERBATIM = re.compile(r"^\s*reply verbatim:[ \t]*\r?\n", re.IGNORECASE)
 # A "token" is a word plus the whitespace after it; the alternatives make the pieces
 # cover the text exactly (leading and whitespace-only runs included), so the streamed
 # deltas always concatenate back to the full reply.
@@ -92,6 +95,9 @@ def decide(messages: Sequence[Message], tools: Iterable[str]) -> Reply:
 
     user_texts = [text_of(m) for m in messages if m.get("role") == "user"]
     text = user_texts[-1] if user_texts else ""
+
+    if (verbatim := _VERBATIM.match(text)) and text[verbatim.end() :]:
+        return Reply(content=text[verbatim.end() :])
 
     def call(name: str, arguments: dict[str, Any]) -> Reply:
         return Reply(tool_calls=(ToolCall(tool_call_id(messages, 0), name, json.dumps(arguments)),))

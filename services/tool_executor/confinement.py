@@ -33,13 +33,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from services.common.errors import A0Error
+
 SANDBOX_UID = 65534
 SCRATCH_DIR = "/scratch"
 SECCOMP_GENERATOR_PYTHON = "/usr/bin/python3"  # Debian's python3-seccomp lives beside it
 _TMPFS_BYTES = 64 * 1024 * 1024
 
 
-class ConfinementError(Exception):
+class ConfinementError(A0Error):
     """The sandbox cannot be set up on this machine; the message says what to install."""
 
 

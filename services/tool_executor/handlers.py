@@ -11,16 +11,18 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from services.common import metrics
+from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EventType, tool_call_key
-from services.common.kafka import TOOL_RESULTS, PoisonRecord, TransientError, publish
-from services.common.policy import PolicyClient, PolicyUnavailable
+from services.common.errors import PoisonRecord, is_transient
+from services.common.kafka import publish
+from services.common.policy import PolicyClient
+from services.common.tools import ToolResult
+from services.common.topics import TOOL_RESULTS
 from services.tool_executor.sandbox import SandboxLimits
 from services.tool_executor.tools import Tool, ToolContext, ToolError
 
@@ -58,27 +60,25 @@ class ToolExecutor:
         key = tool_call_key(envelope.turn_id, call_id)
         try:
             await self._answer(envelope, call_id, name, key)
-        except (PoisonRecord, TransientError, asyncio.CancelledError):
-            raise
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, PoisonRecord) or is_transient(exc):
+                raise  # dead-lettered as it is, or retried by the consumer loop
             # The record goes to the dead-letter topic; the turn still gets an answer,
             # rather than waiting out its timeout.
-            failure = {
-                "call_id": call_id,
-                "name": name,
-                "error": {"code": "executor_error", "message": "the tool executor could not run this call"},
-            }
+            failure = ToolResult.failed(
+                call_id, name, "executor_error", "the tool executor could not run this call"
+            )
             await (await publish(self.producer, TOOL_RESULTS, self._result(envelope, key, failure)))
             raise
 
-    def _result(self, envelope: Envelope, key: str, payload: dict[str, Any]) -> Envelope:
+    def _result(self, envelope: Envelope, key: str, result: ToolResult) -> Envelope:
         return Envelope(
             id=f"result-{key}",
             type=EventType.TOOL_RESPONSE,
             conversation_id=envelope.conversation_id,
             turn_id=envelope.turn_id,
             user_id=envelope.user_id,
-            payload=payload,
+            payload=result.payload(),
         )
 
     async def _answer(self, envelope: Envelope, call_id: str, name: str, key: str) -> None:
@@ -87,7 +87,20 @@ class ToolExecutor:
             # Redelivery (or the worker asking again after a restart): answer from the store.
             await (await publish(self.producer, TOOL_RESULTS, stored))
             return
-        result = self._result(envelope, key, await self._execute(envelope, call_id, name, key))
+        attributes = {
+            "a0.tool": name,
+            "a0.conversation_id": envelope.conversation_id,
+            "a0.turn_id": envelope.turn_id,
+        }
+        with telemetry.span("tool run", attributes) as span:
+            started = time.monotonic()
+            payload = await self._execute(envelope, call_id, name, key)
+            if payload.error is not None:
+                metrics.TOOL_ERRORS.labels(name, payload.error.code).inc()
+            metrics.TOOL_SECONDS.labels(name).observe(time.monotonic() - started)
+            outcome = payload.error.code if payload.error is not None else "ok"
+            telemetry.set_outcome(span, outcome, error=payload.error is not None)
+        result = self._result(envelope, key, payload)
         async with self.pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO tool_results (call_key, envelope) VALUES (%s, %s) ON CONFLICT DO NOTHING",
@@ -108,37 +121,31 @@ class ToolExecutor:
         if task is not None:
             task.cancel()
 
-    async def _execute(self, envelope: Envelope, call_id: str, name: str, key: str) -> dict[str, Any]:
-        base = {"call_id": call_id, "name": name}
+    async def _execute(self, envelope: Envelope, call_id: str, name: str, key: str) -> ToolResult:
+        def failed(code: str, message: str) -> ToolResult:
+            return ToolResult.failed(call_id, name, code, message)
+
         arguments = envelope.payload.get("arguments", {})
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments or "{}")
             except json.JSONDecodeError:
-                return {
-                    **base,
-                    "error": {"code": "bad_arguments", "message": "tool arguments are not valid JSON"},
-                }
+                return failed("bad_arguments", "tool arguments are not valid JSON")
         if not isinstance(arguments, dict):
-            return {
-                **base,
-                "error": {"code": "bad_arguments", "message": "tool arguments must be a JSON object"},
-            }
-        try:
-            decision = await self.policy.decide(
-                "tool.call", envelope.user_id, tool=name, conversation_id=envelope.conversation_id
-            )
-        except PolicyUnavailable as exc:
-            raise TransientError(str(exc)) from exc
+            return failed("bad_arguments", "tool arguments must be a JSON object")
+        # PolicyUnavailable is transient: the consumer loop asks again after a backoff.
+        decision = await self.policy.decide(
+            "tool.call", envelope.user_id, tool=name, conversation_id=envelope.conversation_id
+        )
         if not decision.allow:
             metrics.TOOL_CALLS.labels(name, "denied").inc()
-            return {**base, "error": {"code": "denied", "message": f"policy {decision.reason}"}}
+            return failed("denied", f"policy {decision.reason}")
         tool = self.tools.get(name)
         if tool is None:
             metrics.TOOL_CALLS.labels(name, "unknown").inc()
-            return {**base, "error": {"code": "unknown_tool", "message": f"no tool named {name!r}"}}
+            return failed("unknown_tool", f"no tool named {name!r}")
         if key in self.cancelled:
-            return {**base, "error": {"code": "cancelled", "message": "the turn was cancelled"}}
+            return failed("cancelled", "the turn was cancelled")
         ctx = ToolContext(
             call_id=call_id,
             user_id=envelope.user_id,
@@ -152,18 +159,20 @@ class ToolExecutor:
             output = await task
         except ToolError as exc:
             metrics.TOOL_CALLS.labels(name, "error").inc()
-            return {**base, "error": {"code": exc.code, "message": str(exc)}}
+            return failed(exc.code, str(exc))
         except asyncio.CancelledError:
             if key not in self.cancelled:
                 raise  # the executor itself is stopping: leave the request for redelivery
             metrics.TOOL_CALLS.labels(name, "cancelled").inc()
-            return {**base, "error": {"code": "cancelled", "message": "the turn was cancelled"}}
+            return failed("cancelled", "the turn was cancelled")
         except Exception as exc:  # a broken tool is reported to the turn, not fatal to the executor
             log.exception("tool %s crashed", name)
             metrics.TOOL_CALLS.labels(name, "crashed").inc()
-            return {**base, "error": {"code": "tool_crashed", "message": f"{type(exc).__name__}: {exc}"}}
+            return failed("tool_crashed", f"{type(exc).__name__}: {exc}")
         finally:
             self.running.pop(key, None)
             self.cancelled.discard(key)
         metrics.TOOL_CALLS.labels(name, "ok").inc()
-        return {**base, "output": output, "seconds": round(time.monotonic() - started, 3)}
+        return ToolResult(
+            call_id=call_id, name=name, output=output, seconds=round(time.monotonic() - started, 3)
+        )

@@ -8,12 +8,12 @@ import logging
 import uvloop
 from prometheus_client import start_http_server
 
-from services.common.db import migrate, open_pool
-from services.common.kafka import TOOL_REQUESTS, ConsumerLoop, make_producer
+from services.common.bootstrap import ServiceStack, run_consumer_service
+from services.common.kafka import ConsumerLoop
 from services.common.logging import setup_logging
-from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
+from services.common.topics import TOOL_REQUESTS, dead_letter_topic
 from services.tool_executor.confinement import ConfinementError, confinement
 from services.tool_executor.handlers import ToolExecutor
 from services.tool_executor.privileges import drop_root
@@ -24,35 +24,26 @@ log = logging.getLogger(__name__)
 GROUP = "a0-tool-executor"
 
 
-async def run(settings: Settings) -> None:
-    await migrate(settings)
-    pool = await open_pool(settings, max_size=settings.tools.max_inflight + 2)
-    producer = make_producer(settings, "tool-executor")
-    policy = PolicyClient(settings)
-    await producer.start()
+async def open_executor(stack: ServiceStack) -> ConsumerLoop:
+    """Everything the tool executor holds, opened on ``stack``, and its consumer loop."""
+    settings = stack.settings
     executor = ToolExecutor(
-        pool=pool,
-        producer=producer,
-        policy=policy,
+        pool=await stack.pool(max_size=settings.tools.max_inflight + 2),
+        producer=await stack.producer("tool-executor"),
+        policy=stack.policy(),
         tools=load_tools(),
         limits=SandboxLimits.from_settings(settings.tools),
     )
-    loop = ConsumerLoop(
+    log.info("tools: %s", ", ".join(sorted(executor.tools)))
+    return ConsumerLoop(
         settings,
         topics=[TOOL_REQUESTS],
         group_id=GROUP,
         handler=executor.handle,
-        dead_letter_topic="dlq.tool-executor",
-        producer=producer,
+        dead_letter_topic=dead_letter_topic("tool-executor"),
+        producer=executor.producer,
         max_in_flight=settings.tools.max_inflight,
     )
-    log.info("tools: %s", ", ".join(sorted(executor.tools)))
-    try:
-        await loop.run_until_signalled()
-    finally:
-        await producer.stop()
-        await policy.aclose()
-        await pool.close()
 
 
 def serve(settings: Settings) -> None:
@@ -64,4 +55,4 @@ def serve(settings: Settings) -> None:
         confinement(settings.tools.sandbox_python)  # fail here, not at the first tool call
     except ConfinementError as exc:
         log.error("run_python will fail: %s", exc)
-    uvloop.run(run(settings))
+    uvloop.run(run_consumer_service(settings, open_executor))

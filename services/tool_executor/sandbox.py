@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from services.common.errors import A0Error
 from services.tool_executor.confinement import ConfinementError, confinement
 
 TRUNCATED_MARKER = "[output truncated]"
@@ -93,7 +94,7 @@ class SandboxLimits(BaseModel):
         )
 
 
-class SandboxError(Exception):
+class SandboxError(A0Error):
     """The code did not complete normally; ``str(err)`` is meant for the model/user."""
 
     def __init__(self, message: str, *, kind: str, output: str = "") -> None:

@@ -1,8 +1,9 @@
 """The tool API of the executor and its built-in tools.
 
-A tool is an object with a :class:`ToolSpec` (what the model sees, in the OpenAI
-"tools" format) and ``async run(arguments, ctx) -> str``. A failure the model or user
-should see is a :class:`ToolError`; anything else is a bug of the tool. Tools come from
+A tool is an object with a :class:`~services.common.tools.ToolSpec` (what the model
+sees, shared with the worker through :mod:`services.common.tools`) and
+``async run(arguments, ctx) -> str``. A failure the model or user should see is a
+:class:`ToolError`; anything else is a bug of the tool. Tools come from
 :func:`load_tools`: the built-ins below plus the entry point group ``a0.tools``.
 
 Built-ins: ``calculator`` (arithmetic evaluated over the ``ast`` tree, never ``eval``),
@@ -12,26 +13,24 @@ Built-ins: ``calculator`` (arithmetic evaluated over the ``ast`` tree, never ``e
 from __future__ import annotations
 
 import ast
-import inspect
 import logging
 import math
 import operator
 from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field
 
+from services.common.errors import A0Error
+from services.common.tools import CALCULATOR, CURRENT_TIME, RUN_PYTHON, ToolSpec, plugin_tools
 from services.tool_executor.sandbox import SandboxError, SandboxLimits, run_code
 
 log = logging.getLogger(__name__)
 
-ENTRY_POINT_GROUP = "a0.tools"
 
-
-class ToolError(Exception):
+class ToolError(A0Error):
     """A tool failure to report to the model/user; ``str(err)`` is the message."""
 
     code: str = "tool_failed"
@@ -40,20 +39,6 @@ class ToolError(Exception):
         super().__init__(message)
         if code is not None:
             self.code = code
-
-
-class ToolSpec(BaseModel):
-    """A tool as the model sees it; ``parameters`` is a JSON Schema object."""
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
-
-    def openai_tool(self) -> dict[str, Any]:
-        return {
-            "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
-        }
 
 
 class ToolContext(BaseModel):
@@ -75,10 +60,6 @@ class Tool(Protocol):
     spec: ToolSpec
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str: ...
-
-
-def _schema(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
 def _str_arg(arguments: Any, name: str, default: str | None = None) -> str:
@@ -217,16 +198,7 @@ def evaluate(expression: str) -> str:
 
 
 class Calculator:
-    spec = ToolSpec(
-        name="calculator",
-        description=(
-            "Evaluate an arithmetic expression: numbers, + - * / // % **, parentheses, "
-            "functions sqrt sin cos tan log exp abs round, constants pi and e."
-        ),
-        parameters=_schema(
-            {"expression": {"type": "string", "description": "e.g. (2 + 3) * sqrt(16)"}}, ["expression"]
-        ),
-    )
+    spec = CALCULATOR
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
         return evaluate(_str_arg(arguments, "expression"))
@@ -236,11 +208,7 @@ class Calculator:
 
 
 class CurrentTime:
-    spec = ToolSpec(
-        name="current_time",
-        description="The current date and time in ISO 8601, in an IANA timezone (default UTC).",
-        parameters=_schema({"timezone": {"type": "string", "description": "e.g. Europe/Paris"}}, []),
-    )
+    spec = CURRENT_TIME
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
         name = _str_arg(arguments, "timezone", "UTC").strip() or "UTC"
@@ -258,15 +226,7 @@ class CurrentTime:
 
 
 class RunPython:
-    spec = ToolSpec(
-        name="run_python",
-        description=(
-            "Run a Python 3 program and return what it prints (stdout and stderr). "
-            "No network, no subprocesses, limited CPU time, memory and output; "
-            "print the values you want to see."
-        ),
-        parameters=_schema({"code": {"type": "string", "description": "The program source."}}, ["code"]),
-    )
+    spec = RUN_PYTHON
 
     async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
         code = _str_arg(arguments, "code")
@@ -284,30 +244,6 @@ BUILTINS: dict[str, Tool] = {"calculator": calculator, "current_time": current_t
 
 
 def load_tools() -> dict[str, Tool]:
-    """The built-ins plus every tool of the ``a0.tools`` entry point group, by spec name.
-
-    A broken or invalid entry point is logged and skipped. Built-ins cannot be shadowed;
-    among user tools with the same name the first one loaded wins.
-    """
-    tools: dict[str, Tool] = dict(BUILTINS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            tool = ep.load()
-            valid = (
-                isinstance(tool, Tool)
-                and not isinstance(tool, type)  # a class, not an instance
-                and isinstance(getattr(tool, "spec", None), ToolSpec)
-                and inspect.iscoroutinefunction(tool.run)
-            )
-            if not valid:
-                raise TypeError(f"{ep.value} is not a Tool instance (needs .spec: ToolSpec and async .run)")
-        except Exception as exc:  # a plug-in must never take the executor down
-            log.warning("skipping tool entry point %r: %s", ep.name, exc)
-            continue
-        name = tool.spec.name
-        existing = tools.get(name)
-        if existing is None:
-            tools[name] = tool
-        elif existing is not tool:
-            log.warning("skipping tool entry point %r: tool name %r is already taken", ep.name, name)
-    return tools
+    """The built-ins plus every tool of the ``a0.tools`` entry point group, by spec name
+    (see :func:`services.common.tools.plugin_tools`: built-ins cannot be shadowed)."""
+    return {**BUILTINS, **plugin_tools()}

@@ -7,7 +7,8 @@
 # Input contract:
 #   {
 #     "action": "conversation.create" | "conversation.list" | "conversation.read"
-#             | "conversation.write" | "conversation.cancel" | "tool.call"
+#             | "conversation.write" | "conversation.cancel" | "conversation.delete"
+#             | "tool.call"
 #             | "credentials.read" | "credentials.set" | "credentials.delete"
 #             | "credentials.use" | "credentials.egress",
 #     "subject": {"user_id": "alice", "roles": ["user"]},
@@ -30,6 +31,7 @@ conversation_actions := {
 	"conversation.read",
 	"conversation.write",
 	"conversation.cancel",
+	"conversation.delete",
 }
 
 # Conversation actions an admin may perform on conversations of other users.

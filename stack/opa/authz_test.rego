@@ -166,6 +166,33 @@ test_conversation_cancel_admin_denied if {
 	not decide(req("conversation.cancel", root, conv)).allow
 }
 
+# --- conversation.delete: the owner only; an admin may read but never delete ----------------
+
+test_conversation_delete_owner_allowed if {
+	decide(req("conversation.delete", alice, conv)) == {"allow": true, "reason": "allowed: owner"}
+}
+
+test_conversation_delete_other_denied if {
+	decide(req("conversation.delete", bob, conv)) == {
+		"allow": false,
+		"reason": "denied: user bob does not own conversation c1",
+	}
+}
+
+test_conversation_delete_admin_denied if {
+	decide(req("conversation.delete", root, conv)) == {
+		"allow": false,
+		"reason": "denied: admin root may read but not modify conversation c1",
+	}
+}
+
+test_conversation_delete_without_owner_denied if {
+	decide(req("conversation.delete", alice, {"conversation_id": "c1"})) == {
+		"allow": false,
+		"reason": "denied: resource.owner_id missing",
+	}
+}
+
 test_admin_owner_may_write_own_conversation if {
 	decide(req("conversation.write", root, {"owner_id": "root", "conversation_id": "c9"})).allow
 }

@@ -10,7 +10,8 @@ import pytest
 from a0ctl.runtime.local import LocalRuntime
 from a0ctl.topics.admin import describe_topics
 from services.common.settings import Settings
-from tests.support.faults import sigkill, under_load, wait_for
+from tests.support.faults import sigkill, under_load
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -41,4 +42,4 @@ async def test_a_node_sigkilled_under_load_loses_and_repeats_nothing(
         described = await describe_topics(settings, None)
         return all(len(p.isr) == 3 for t in described for p in t.partitions)
 
-    await wait_for(in_sync_again, 120, "every partition back to three replicas in sync")
+    await eventually(in_sync_again, 120, "every partition back to three replicas in sync")

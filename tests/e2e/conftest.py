@@ -10,7 +10,11 @@ Fixtures:
 - ``credential_uses``: how often the worker used a user's stored LLM key (the
   ``credential_audit`` trail of docs/credentials.md).
 - ``browser`` (per module), ``context`` and ``page`` (per test): a fresh browser context per
-  test; the page's final state is saved to ``test-artifacts/screenshots/<test>.png``.
+  test (allowed to use the clipboard); the page's final state is saved to
+  ``test-artifacts/screenshots/<test>.png``.
+- ``local_stack``: the test stack's runtime, to stop and start one of its services.
+- ``axe_script``: axe-core, pinned in stack/ui-vendor and put in place by
+  scripts/vendor-js.sh (run here when missing), for the accessibility checks.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from a0ctl.runtime import get_runtime
+from a0ctl.runtime.local import LocalRuntime
 from a0ctl.runtime.stack import bring_up
 from services.common.settings import Settings, load_settings
 from tests.support.processes import running_sim
@@ -116,7 +122,11 @@ def browser(playwright_driver: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture
 def context(browser: Browser, e2e_stack: Stack) -> Iterator[BrowserContext]:
-    fresh = browser.new_context(base_url=e2e_stack.url, viewport={"width": 1280, "height": 800})
+    fresh = browser.new_context(
+        base_url=e2e_stack.url,
+        viewport={"width": 1280, "height": 800},
+        permissions=["clipboard-read", "clipboard-write"],
+    )
     yield fresh
     fresh.close()
 
@@ -188,3 +198,21 @@ def credential_uses(e2e_stack: Stack) -> Callable[[str], int]:
         return int(row[0]) if row else 0
 
     return count
+
+
+@pytest.fixture
+def local_stack(e2e_stack: Stack) -> LocalRuntime:
+    runtime = get_runtime(e2e_stack.settings, "local")
+    assert isinstance(runtime, LocalRuntime)
+    return runtime
+
+
+AXE = ROOT / "tests" / "e2e" / "vendor" / "axe.min.js"
+
+
+@pytest.fixture(scope="session")
+def axe_script() -> Path:
+    if not AXE.is_file():
+        subprocess.run([str(ROOT / "scripts" / "vendor-js.sh")], cwd=ROOT, check=True, timeout=600)
+    assert AXE.is_file(), f"scripts/vendor-js.sh did not put axe-core at {AXE}"
+    return AXE

@@ -1,5 +1,6 @@
 """The chat UI in a real browser: sign-in, chat with streaming answers and tool calls,
-cancelling, history after a reload, and the LLM credential flow in Settings.
+cancelling, history after a reload, and the LLM credential flow in Settings (helpers in
+tests/support/browser.py).
 
 Every wait is a Playwright ``expect`` with a timeout; the only sleep is the 1.5 s check
 that nothing is appended after a cancelled answer.
@@ -12,78 +13,26 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Page, expect
+
+from tests.support.browser import (
+    WAIT_MS,
+    answers,
+    assert_key_not_in_page,
+    completed_answers,
+    expect_answer,
+    fill_credential,
+    masked_pattern,
+    open_settings,
+    send,
+    sign_in,
+    try_connection,
+)
 
 if TYPE_CHECKING:  # the fixture's type only; conftest modules are not imported by tests
     from tests.e2e.conftest import LLMSim
 
 pytestmark = pytest.mark.e2e
-
-WAIT_MS = 20_000
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def sign_in(page: Page, user: str) -> None:
-    page.goto("/")
-    page.get_by_test_id("signin-user").fill(user)
-    page.get_by_test_id("signin-submit").click()
-    expect(page.get_by_test_id("app")).to_be_visible(timeout=WAIT_MS)
-    expect(page.get_by_test_id("user-name")).to_have_text(user)
-
-
-def send(page: Page, text: str) -> None:
-    box = page.get_by_test_id("composer-input")
-    box.fill(text)
-    box.press("Enter")
-    # The message shows at once, before any answer.
-    expect(page.get_by_test_id("user-message").last).to_have_text(text, timeout=WAIT_MS)
-
-
-def answers(page: Page) -> Locator:
-    return page.get_by_test_id("assistant-message")
-
-
-def completed_answers(page: Page) -> Locator:
-    return page.locator("[data-testid=assistant-message][data-state=complete]")
-
-
-def expect_answer(page: Page, count: int, text: str) -> Locator:
-    """Wait until ``count`` answers are complete; the last one must contain ``text``."""
-    expect(completed_answers(page)).to_have_count(count, timeout=WAIT_MS)
-    last = answers(page).last
-    expect(last).to_contain_text(text, timeout=WAIT_MS)
-    return last
-
-
-def open_settings(page: Page) -> None:
-    page.get_by_test_id("open-settings").click()
-    expect(page.get_by_test_id("settings-dialog")).to_be_visible()
-    # The stored credential (or "none") has loaded.
-    expect(page.get_by_test_id("settings-key-masked")).not_to_have_text("loading…", timeout=WAIT_MS)
-
-
-def fill_credential(page: Page, base_url: str, model: str, api_key: str) -> None:
-    page.get_by_test_id("settings-base-url").fill(base_url)
-    page.get_by_test_id("settings-model").fill(model)
-    page.get_by_test_id("settings-api-key").fill(api_key)
-    page.get_by_test_id("settings-save").click()
-
-
-def masked_pattern(api_key: str) -> re.Pattern[str]:
-    """The key as the API shows it: first 3 and last 4 characters, the middle hidden."""
-    return re.compile(rf"^{re.escape(api_key[:3])}.+{re.escape(api_key[-4:])}$")
-
-
-def assert_key_not_in_page(page: Page, api_key: str) -> None:
-    assert api_key not in page.content()
-    assert api_key not in page.locator("body").inner_text()
-    assert api_key[3:-4] not in page.get_by_test_id("settings-key-masked").inner_text()
-    assert page.get_by_test_id("settings-api-key").input_value() == ""
-    stored = page.evaluate("JSON.stringify([sessionStorage, localStorage])")
-    assert api_key not in stored
-
 
 # --- tests -------------------------------------------------------------------------------------
 
@@ -209,7 +158,7 @@ def test_wrong_key_is_refused_then_right_key_works(
     sign_in(page, user_name)
     open_settings(page)
     wrong = "sk-wrong-" + "x" * 24
-    fill_credential(page, sim.base_url, sim.model, wrong)
+    try_connection(page, sim.base_url, wrong)
     error = page.get_by_test_id("settings-error")
     expect(error).to_be_visible(timeout=WAIT_MS)
     expect(error).to_have_attribute("data-code", "credential_rejected")
@@ -219,8 +168,7 @@ def test_wrong_key_is_refused_then_right_key_works(
     assert wrong not in page.locator("body").inner_text()
     snapshot("refused")
 
-    page.get_by_test_id("settings-api-key").fill(sim.api_key)
-    page.get_by_test_id("settings-save").click()
+    fill_credential(page, sim.base_url, sim.model, sim.api_key)
     expect(page.get_by_test_id("settings-status")).to_contain_text("Saved", timeout=WAIT_MS)
     expect(error).to_be_hidden()
     expect(page.get_by_test_id("settings-key-masked")).to_have_text(masked_pattern(sim.api_key))

@@ -18,13 +18,14 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from a0ctl.errors import StackError
 from a0ctl.runtime.local import LocalRuntime, port_in_use, process_alive
 from a0ctl.runtime.stack import bring_up
 from a0ctl.runtime.supervisor import daemon_pid
-from services.common.errors import StackError
 from services.common.kafka import client_options
 from services.common.settings import Settings, load_settings
 from tests.support.cli import a0ctl
+from tests.support.waiting import holds_for, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -32,15 +33,6 @@ pytestmark = pytest.mark.faults
 def status_of(name: str) -> dict:
     result = a0ctl("status", "--json")
     return next(s for s in json.loads(result.stdout)["services"] if s["name"] == name)
-
-
-def wait_until(condition, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.5)
-    return time.monotonic() - started
 
 
 def test_a_hung_service_is_restarted_by_the_watchdog_with_the_reason(
@@ -81,8 +73,8 @@ def test_a_service_that_keeps_exiting_is_given_up_then_restarted(stack: LocalRun
         assert failed.returncode == 1
         opa = next(s for s in json.loads(failed.stdout)["services"] if s["name"] == "opa")
         assert opa["state"] == "failed" and not opa["healthy"] and "a0ctl restart opa" in opa["detail"]
-        time.sleep(6)  # longer than a watchdog tick: a given-up service stays down
-        assert status_of("opa")["state"] == "failed"
+        # Across more than a watchdog tick (5 s): a given-up service stays down.
+        holds_for(lambda: status_of("opa")["state"] == "failed", 6, "opa stays given up")
     finally:
         holder.close()
     restarted = a0ctl("restart", "opa")

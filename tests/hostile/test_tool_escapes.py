@@ -18,7 +18,7 @@ import pytest
 from services.common.settings import Settings
 from tests.conftest import ROOT, TEST_STATE
 from tests.support.gateway import auth, create_conversation, send_and_collect
-from tests.support.sandbox import service_pid, wait_until_no_sandboxed_processes
+from tests.support.sandbox import sandboxed_processes, service_pid, wait_until_no_sandboxed_processes
 
 pytestmark = pytest.mark.hostile
 
@@ -38,13 +38,14 @@ print("hook off")
 
 async def run_tool(client: httpx.AsyncClient, settings: Settings, code: str) -> dict[str, Any]:
     """Send ``run python: CODE`` as a user; the tool.result payload of the turn."""
+    before = sandboxed_processes(settings.tools.run_as)  # other stacks' on this machine
     headers = auth(settings, "mallory")
     conversation_id = await create_conversation(client, headers)
     events = await send_and_collect(client, headers, conversation_id, "run python:\n" + DISARM + code)
     assert events[-1]["type"] == "message.completed", events[-1]
     results = [e["payload"] for e in events if e["type"] == "tool.result"]
     assert len(results) == 1, events
-    await wait_until_no_sandboxed_processes(settings.tools.run_as)
+    await wait_until_no_sandboxed_processes(settings.tools.run_as, besides=before)
     return results[0]
 
 

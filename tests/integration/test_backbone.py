@@ -16,13 +16,11 @@ import psycopg
 import pytest
 import redis.asyncio
 import websockets
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from a0ctl.runtime.local import LocalRuntime
 from services.common.auth import mint_token
-from services.common.kafka import client_options
+from services.common.open_turns import OPEN_TURNS_KEY, OPEN_TURNS_QUERY
 from services.common.settings import Settings
-from services.gateway.ratelimit import OPEN_TURNS_KEY, OPEN_TURNS_QUERY
 from tests.support.gateway import (
     answer_text,
     auth,
@@ -33,9 +31,12 @@ from tests.support.gateway import (
     read_until,
     send_and_collect,
     sse_events,
+    streaming_clients,
 )
+from tests.support.kafka import dead_letters, send_raw
 from tests.support.processes import running_gateway
 from tests.support.sandbox import sandboxed_processes, wait_until_no_sandboxed_processes
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -140,10 +141,15 @@ async def test_cancel_mid_stream_stops_the_answer(settings: Settings, client) ->
     types = [e["type"] for e in seen]
     assert types[-1] == "cancelled" and "message.completed" not in types
     assert len(answer_text(seen).split()) < 150  # stopped well before the ~200 words
-    await asyncio.sleep(1.0)
+    # The conversation's next turn is handled after the cancel (one conversation is
+    # strictly ordered): once it is answered, the cancelled turn has had every chance
+    # to leak more text.
+    cancelled_at = seen[-1]["seq"]
+    following = await send_and_collect(client, headers, conversation_id, "compute 6*7", after=cancelled_at)
+    assert following[-1]["type"] == "message.completed"
     history = (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).json()
-    after = [e for e in history["events"] if e["seq"] > seen[-1]["seq"]]
-    assert after == []  # nothing was streamed after "cancelled"
+    leaked = [e for e in history["events"] if e["seq"] > cancelled_at and e["turn_id"] == accepted["turn_id"]]
+    assert leaked == []  # nothing of the cancelled turn was streamed after "cancelled"
 
 
 @pytest.mark.parametrize(
@@ -165,26 +171,15 @@ async def test_failing_or_denied_tool_reaches_client_and_turn_completes(
 async def test_malformed_record_goes_to_dead_letter_and_consumer_carries_on(
     settings: Settings, client
 ) -> None:
-    producer = AIOKafkaProducer(**client_options(settings))
-    dlq = AIOKafkaConsumer(**client_options(settings))
-    await producer.start()
-    await dlq.start()
-    try:
-        tp = TopicPartition("dlq.conversation-worker", 0)
-        dlq.assign([tp])
-        await dlq.seek_to_end(tp)
-        end = await dlq.position(tp)
-        await producer.send_and_wait("conversation.inbound", b"{not json", key=b"poison")
-        record = await asyncio.wait_for(dlq.getone(), 30)
-        assert record.offset >= end and record.value == b"{not json"
+    async with dead_letters(settings, "dlq.conversation-worker") as dlq:
+        await send_raw(settings, "conversation.inbound", b"{not json", key=b"poison")
+        record = await dlq.next()
+        assert record.offset >= dlq.start and record.value == b"{not json"
         headers = dict(record.headers)
         assert (
             b"not JSON" in headers["a0-dlq-reason"]
             and headers["a0-dlq-source-topic"] == b"conversation.inbound"
         )
-    finally:
-        await producer.stop()
-        await dlq.stop()
     alice = auth(settings, "alice")
     events = await send_and_collect(client, alice, await create_conversation(client, alice), "hello again")
     assert events[-1]["type"] == "message.completed"
@@ -219,7 +214,12 @@ async def test_sse_reconnect_with_last_event_id_has_no_gap_and_no_duplicate(
     accepted = await post_message(client, headers, conversation_id, "long answer please")
     first_part = await read_until(events, "message.delta", count=3)
     await events.aclose()  # disconnect mid-answer
-    await asyncio.sleep(0.5)
+
+    async def answered_on_meanwhile() -> bool:
+        history = (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).json()
+        return any(e["seq"] > first_part[-1]["seq"] for e in history["events"])
+
+    await eventually(answered_on_meanwhile, 30, "more of the answer while the client is away")
     resumed = sse_events(client, headers, conversation_id, last_event_id=first_part[-1]["seq"])
     second_part = await asyncio.wait_for(collect_turn(resumed, accepted["turn_id"]), 60)
     await resumed.aclose()
@@ -239,7 +239,7 @@ async def test_message_posted_on_one_gateway_streams_to_a_client_on_another(
             # Subscribed before the message exists: what arrives is the live fan-out.
             events = sse_events(other, headers, conversation_id)
             first = asyncio.ensure_future(anext(events))
-            await asyncio.sleep(0.5)
+            await eventually(lambda: streaming_clients(other), 30, "the client subscribed on gw-2")
             accepted = await post_message(client, headers, conversation_id, "compute 2+3")
 
             async def rest():
@@ -279,13 +279,14 @@ async def test_past_its_turns_in_flight_the_gateway_sheds_with_429_until_a_turn_
         await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as db,
         redis.asyncio.from_url(settings.redis_url) as store,
     ):
-        for _ in range(60):
+
+        async def settled() -> bool:
             row = await (await db.execute(OPEN_TURNS_QUERY)).fetchone()
             seen.append(int(row[0]) if row else 0)
             counter = int(await store.get(OPEN_TURNS_KEY) or 0)
-            if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3] == counter:
-                break
-            await asyncio.sleep(0.5)
+            return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3] == counter
+
+        await eventually(settled, 30, "open turns steady and the counter agreeing", poll_s=0.5)
     open_now = seen[-1]
     with running_gateway(tmp_path, A0_GATEWAY_MAX_INFLIGHT_TURNS=str(open_now + 1)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as gateway:
@@ -303,37 +304,37 @@ async def test_past_its_turns_in_flight_the_gateway_sheds_with_429_until_a_turn_
             turn = await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 60)
             await events.aclose()
             assert turn[-1]["type"] == "message.completed"
+
             # The answered turn gave its slot back: the next message is accepted.
-            for _ in range(50):
+            async def accepted_again() -> bool:
                 again = await gateway.post(
                     f"/v1/conversations/{other}/messages", json={"content": "hello"}, headers=headers
                 )
-                if again.status_code == 202:
-                    break
-                await asyncio.sleep(0.1)
-            assert again.status_code == 202, again.text
+                assert again.status_code in (202, 429), again.text
+                return again.status_code == 202
+
+            await eventually(accepted_again, 5, "a message accepted once the turn ended")
 
 
 async def test_cancel_kills_a_running_tool_process(settings: Settings, client) -> None:
     # The sandbox shares no file with the host: its processes are watched from outside.
     code = "import time\nwhile True:\n    time.sleep(0.05)"
+    before = sandboxed_processes(settings.tools.run_as)  # other stacks' on this machine
     headers = auth(settings, "alice")
     conversation_id = await create_conversation(client, headers)
     events = sse_events(client, headers, conversation_id)
     accepted = await post_message(client, headers, conversation_id, f"run python: {code}")
     await read_until(events, "tool.call")
-    for _ in range(100):
-        if sandboxed_processes(settings.tools.run_as):
-            break
-        await asyncio.sleep(0.1)
-    assert sandboxed_processes(settings.tools.run_as), "the tool never started"
+    await eventually(
+        lambda: sandboxed_processes(settings.tools.run_as, before), 10, "the tool's process started"
+    )
     await client.post(
         f"/v1/conversations/{conversation_id}/cancel", json={"turn_id": accepted["turn_id"]}, headers=headers
     )
     rest = await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 10)
     await events.aclose()
     assert rest[-1]["type"] == "cancelled"
-    await wait_until_no_sandboxed_processes(settings.tools.run_as, timeout=5)
+    await wait_until_no_sandboxed_processes(settings.tools.run_as, timeout=5, besides=before)
 
 
 async def test_another_user_cannot_read_or_write_a_conversation(settings: Settings, client) -> None:
@@ -455,12 +456,14 @@ async def survives_mid_turn(
     seen = await read_until(events, "message.delta")
     await events.aclose()
     await fault()
+
     # A 503 "try again" while the gateway replaces dead connections is what a client
     # retries through before resuming.
-    for _ in range(50):
-        if (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).status_code == 200:
-            break
-        await asyncio.sleep(0.2)
+    async def answers() -> bool:
+        response = await client.get(f"/v1/conversations/{conversation_id}", headers=headers)
+        return response.status_code == 200
+
+    await eventually(answers, 60, "the gateway answering again", poll_s=0.2)
     resumed = sse_events(client, headers, conversation_id, last_event_id=seen[-1]["seq"])
     seen += await asyncio.wait_for(collect_turn(resumed, accepted["turn_id"]), 120)
     await resumed.aclose()
@@ -475,8 +478,7 @@ async def test_broker_killed_mid_turn_the_turn_completes_once(
     settings: Settings, client, stack: LocalRuntime
 ) -> None:
     async def kill_and_restart_kafka() -> None:
-        stack.kill_service("kafka")
-        await asyncio.sleep(2)
+        stack.kill_service("kafka")  # returns once the broker is gone
         await asyncio.to_thread(stack.up, services=("kafka",))
 
     headers, conversation_id, seen = await survives_mid_turn(settings, client, kill_and_restart_kafka)
@@ -489,37 +491,49 @@ async def test_gateway_dead_letters_an_unreadable_outbound_record(settings: Sett
     headers = auth(settings, "alice")
     conversation_id = await create_conversation(client, headers)
     events = sse_events(client, headers, conversation_id)
+    before = await streaming_clients(client)
     following = asyncio.ensure_future(anext(events))  # someone follows the conversation here
-    await asyncio.sleep(0.5)
-    producer = AIOKafkaProducer(**client_options(settings))
-    dlq = AIOKafkaConsumer(**client_options(settings))
-    await producer.start()
-    await dlq.start()
+
+    async def subscribed() -> bool:
+        return await streaming_clients(client) > before
+
+    await eventually(subscribed, 30, "the client subscribed")
     try:
-        tp = TopicPartition("dlq.gateway", 0)
-        dlq.assign([tp])
-        await dlq.seek_to_end(tp)
-        await dlq.position(tp)
-        await producer.send_and_wait("conversation.outbound", b'{"type": 1}', key=conversation_id.encode())
-        record = await asyncio.wait_for(dlq.getone(), 30)
-        assert record.key == conversation_id.encode() and dict(record.headers)["a0-dlq-replica"] == b"gw-1"
+        async with dead_letters(settings, "dlq.gateway") as dlq:
+            await send_raw(settings, "conversation.outbound", b'{"type": 1}', key=conversation_id.encode())
+            record = await dlq.next()
+            assert (
+                record.key == conversation_id.encode() and dict(record.headers)["a0-dlq-replica"] == b"gw-1"
+            )
     finally:
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
         await events.aclose()
-        await producer.stop()
-        await dlq.stop()
     # The stream still works for that conversation.
     turn = await send_and_collect(client, headers, conversation_id, "hello")
     assert turn[-1]["type"] == "message.completed"
+
+
+async def test_worker_dead_letters_an_unreadable_tool_result_and_tools_still_answer(
+    settings: Settings, client
+) -> None:
+    async with dead_letters(settings, "dlq.conversation-worker") as dlq:
+        await send_raw(settings, "tool.results", b"{not a result", key=b"poison")
+        record = await dlq.next()
+        headers = dict(record.headers)
+        assert record.value == b"{not a result"
+        assert b"not JSON" in headers["a0-dlq-reason"] and headers["a0-dlq-source-topic"] == b"tool.results"
+    alice = auth(settings, "alice")
+    events = await send_and_collect(client, alice, await create_conversation(client, alice), "compute 6*7")
+    result = next(e for e in events if e["type"] == "tool.result")
+    assert result["payload"]["output"] == "42" and events[-1]["type"] == "message.completed"
 
 
 async def test_postgres_restarted_mid_turn_the_turn_completes_once(
     settings: Settings, client, stack: LocalRuntime
 ) -> None:
     async def restart_postgres() -> None:
-        await asyncio.to_thread(stack.stop_service, "postgres")
-        await asyncio.sleep(1)
+        await asyncio.to_thread(stack.stop_service, "postgres")  # returns once it has stopped
         await asyncio.to_thread(stack.up, services=("postgres",))
 
     await survives_mid_turn(settings, client, restart_postgres)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +26,7 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def sim(tmp_path: Path, stack: LocalRuntime) -> AsyncIterator[SimProcess]:
+def sim(tmp_path: Path, stack: LocalRuntime) -> Iterator[SimProcess]:
     with running_sim(tmp_path) as process:
         yield process
 

@@ -21,6 +21,7 @@ from a0ctl.load import run_load
 from a0ctl.runtime.local import LocalRuntime
 from services.common.settings import Settings
 from tests.conftest import ROOT
+from tests.support.waiting import eventually
 
 SESSIONS = 24
 WARM_UP_ANSWERS = 2 * SESSIONS
@@ -28,16 +29,6 @@ LOAD_S = 20.0
 # A turn slower than this was held up by the fault.
 AFFECTED_S = 1.5
 RESULTS = ROOT / "test-artifacts" / "faults.json"
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Poll ``condition`` until it holds; returns the seconds it took."""
-    started = time.monotonic()
-    while not await condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.2)
-    return time.monotonic() - started
 
 
 async def service_back(stack: LocalRuntime, name: str, old_pid: int | None) -> bool:
@@ -65,7 +56,7 @@ async def under_load(
     settings: Settings,
     stack: LocalRuntime,
     fault_name: str,
-    service: str,
+    service: str | None,
     fault: Callable[[], Awaitable[None]],
 ) -> None:
     answers: list[tuple[float, float]] = []  # (sent at, response time)
@@ -85,7 +76,7 @@ async def under_load(
         assert not load.done(), load.result()
         return len(answers) >= WARM_UP_ANSWERS
 
-    await wait_for(warmed_up, 60, "the load's first answers")
+    await eventually(warmed_up, 60, "the load's first answers")
     old_pid = stack.pid(service) if service else None
     struck = time.monotonic()
     await fault()
@@ -93,13 +84,13 @@ async def under_load(
     async def back() -> bool:
         return service is None or await service_back(stack, service, old_pid)
 
-    await wait_for(back, 90, f"{service} running and healthy again")
+    await eventually(back, 90, f"{service} running and healthy again")
     service_s = time.monotonic() - struck
 
     async def answering() -> bool:
         return any(sent > struck for sent, _ in answers)
 
-    await wait_for(answering, 120, "an answer to a message sent after the fault")
+    await eventually(answering, 120, "an answer to a message sent after the fault")
     # When the first message sent after the fault was answered.
     answers_s = min(sent + took for sent, took in answers if sent > struck) - struck
     report = await load
@@ -107,7 +98,7 @@ async def under_load(
     async def all_closed() -> bool:
         return await open_turns(settings) == 0
 
-    await wait_for(all_closed, 30, "every turn closed")
+    await eventually(all_closed, 30, "every turn closed")
     result = {
         "fault": fault_name,
         "service_running_again_s": round(service_s, 1),

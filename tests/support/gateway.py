@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
@@ -37,7 +38,7 @@ async def post_message(
 
 async def sse_events(
     client: httpx.AsyncClient, headers: dict[str, str], conversation_id: str, last_event_id: int | None = None
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Yield events from the SSE endpoint; each dict also carries the SSE id and event name."""
     request_headers = dict(headers)
     if last_event_id is not None:
@@ -103,3 +104,15 @@ def answer_text(events: list[dict[str, Any]]) -> str:
 def comparable(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """What a user sees of a turn: event types and payloads, without transport details."""
     return [(e["type"], json.dumps(e["payload"], sort_keys=True)) for e in events]
+
+
+async def streaming_clients(client: httpx.AsyncClient, transport: str = "sse") -> float:
+    """How many streaming clients the gateway behind ``client`` has connected, from its
+    ``a0_gateway_clients`` gauge: a subscription is registered once it is counted."""
+    response = await client.get("/metrics")
+    assert response.status_code == 200, response.text
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == "a0_gateway_clients" and sample.labels.get("transport") == transport:
+                return sample.value
+    return 0.0

@@ -8,7 +8,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import httpx
 
 from services.common.settings import load_settings
 from tests.conftest import ROOT
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -44,17 +44,17 @@ def running_service(service: str, env: dict[str, str], health_url: str, log: Pat
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{service} exited: {log.read_text()[-2000:]}")
+        try:
+            return httpx.get(health_url, timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(health_url, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{service} did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        wait_until(healthy, 30, f"{service} answering {health_url} (log: {log})")
         yield
     finally:
         process.terminate()

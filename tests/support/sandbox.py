@@ -3,11 +3,12 @@ in a pid namespace other than ours (a sandbox's)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
-import time
+from collections.abc import Collection
 from pathlib import Path
+
+from tests.support.waiting import eventually
 
 
 def _field(status: str, name: str) -> str:
@@ -17,8 +18,10 @@ def _field(status: str, name: str) -> str:
     return ""
 
 
-def sandboxed_processes(tool_user: str) -> list[int]:
-    """Host pids of processes run as the tool user inside another pid namespace."""
+def sandboxed_processes(tool_user: str, besides: Collection[int] = ()) -> list[int]:
+    """Host pids of processes run as the tool user inside another pid namespace, except
+    ``besides``: sandboxes that ran before a test began, e.g. those of another stack on
+    the same machine (every stack's tools run as the same user)."""
     uid = str(pwd.getpwnam(tool_user).pw_uid)
     ours = os.readlink("/proc/self/ns/pid")
     found = []
@@ -31,18 +34,48 @@ def sandboxed_processes(tool_user: str) -> list[int]:
             namespace = os.readlink(f"/proc/{entry}/ns/pid")
         except OSError:
             continue  # gone meanwhile
-        if _field(status, "Uid").split()[:1] == [uid] and namespace != ours:
+        if _field(status, "Uid").split()[:1] == [uid] and namespace != ours and int(entry) not in besides:
             found.append(int(entry))
     return found
 
 
-async def wait_until_no_sandboxed_processes(tool_user: str, timeout: float = 10.0) -> None:
-    """Poll until nothing of any sandbox is left; fail with what is left otherwise."""
-    deadline = time.monotonic() + timeout
-    while left := sandboxed_processes(tool_user):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"sandboxed processes left running: {left}")
-        await asyncio.sleep(0.1)
+async def wait_until_no_sandboxed_processes(
+    tool_user: str, timeout: float = 10.0, besides: Collection[int] = ()
+) -> None:
+    """Poll until nothing of any sandbox (but ``besides``) is left; fail with what is left."""
+    try:
+        await eventually(
+            lambda: not sandboxed_processes(tool_user, besides), timeout, "no sandboxed process left"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; left running: {sandboxed_processes(tool_user, besides)}") from None
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it, from each process's parent in /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
+                parents[int(entry)] = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def runs(pid: int, executable: str) -> bool:
+    """Whether process ``pid`` runs ``executable`` (the same file, whatever its name)."""
+    try:
+        return os.path.samefile(f"/proc/{pid}/exe", executable)
+    except OSError:
+        return False
 
 
 def service_pid(service: str, state_dir: Path) -> int:

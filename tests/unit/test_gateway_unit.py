@@ -35,6 +35,7 @@ from services.common.sse import SseParser
 from services.gateway import fanout
 from services.gateway.errors import InvalidRequest, error_body, validation_message
 from services.gateway.fanout import Cursor, Hub, SlowConsumer, Step, Subscription
+from services.gateway.handlers import title_from_message
 from services.gateway.main import create_app
 from services.gateway.middleware import GatewayMiddleware, pick_request_id
 from services.gateway.ratelimit import over_budget, over_capacity, rate_key, seconds_to_next_minute
@@ -116,7 +117,7 @@ async def test_writes_past_the_pending_limit_are_shed_until_answers_start() -> N
         await asyncio.wait_for(both_in.wait(), 5)
         shed = await client.post("/v1/conversations", json={})
         read = await client.get("/v1/conversations")
-        assert shed.status_code == 429 and shed.headers["Retry-After"] == "1"
+        assert shed.status_code == 429 and shed.headers["Retry-After"] == "2"
         assert shed.json()["error"]["code"] == "overloaded" and "busy" in shed.json()["error"]["message"]
         assert read.status_code == 202 and started == 3  # the shed write never reached the app
         release.set()
@@ -229,7 +230,7 @@ class MemoryEvents:
         self.stored = stored
 
     async def load(
-        self, _pool: Any, conversation_id: str, after: int, before: int | None = None
+        self, conversation_id: str, after: int, before: int | None = None
     ) -> AsyncIterator[Envelope]:
         for envelope in sorted(self.stored, key=lambda e: e.seq):
             if (
@@ -250,13 +251,10 @@ async def _take(events: AsyncIterator[Envelope], count: int) -> list[int]:
     return seqs
 
 
-async def test_subscription_replays_then_follows_without_gap_or_duplicate(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_subscription_replays_then_follows_without_gap_or_duplicate() -> None:
     table = MemoryEvents([event(seq) for seq in range(1, 6)])
-    monkeypatch.setattr(fanout, "load_events", table.load)
     hub = Hub()
-    async with Subscription(hub, None, CONVERSATION, after=2) as events:  # type: ignore[arg-type]
+    async with Subscription(hub, table.load, CONVERSATION, after=2) as events:
         assert await _take(events, 3) == [3, 4, 5]
         hub.publish(event(4))  # already replayed: skipped
         hub.publish(event(5))
@@ -268,23 +266,19 @@ async def test_subscription_replays_then_follows_without_gap_or_duplicate(
     assert len(hub) == 0
 
 
-async def test_subscription_resyncs_from_the_table_after_a_consumer_restart(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_subscription_resyncs_from_the_table_after_a_consumer_restart() -> None:
     table = MemoryEvents([event(1)])
-    monkeypatch.setattr(fanout, "load_events", table.load)
     hub = Hub()
-    async with Subscription(hub, None, CONVERSATION, after=0) as events:  # type: ignore[arg-type]
+    async with Subscription(hub, table.load, CONVERSATION, after=0) as events:
         assert await _take(events, 1) == [1]
         table.stored += [event(2), event(3)]  # published while the consumer was away
         hub.resync_all()
         assert await _take(events, 2) == [2, 3]
 
 
-async def test_a_slow_subscription_ends_so_the_client_can_resume(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fanout, "load_events", MemoryEvents([]).load)
+async def test_a_slow_subscription_ends_so_the_client_can_resume() -> None:
     hub = Hub(queue_size=1)
-    async with Subscription(hub, None, CONVERSATION, after=0) as events:  # type: ignore[arg-type]
+    async with Subscription(hub, MemoryEvents([]).load, CONVERSATION, after=0) as events:
         hub.publish(event(1))
         hub.publish(event(2))  # overflow
         with pytest.raises(SlowConsumer):
@@ -402,6 +396,36 @@ def test_request_id_is_echoed(client: TestClient) -> None:
     assert response.json()["error"]["request_id"] == "trace-me-1"
 
 
+def test_every_response_carries_the_security_headers(client: TestClient) -> None:
+    for response in (
+        client.get("/health"),
+        client.get("/nope"),
+        client.post("/v1/auth/dev-login", content=b"x" * 5000),  # refused by the middleware itself
+    ):
+        policy = response.headers["Content-Security-Policy"]
+        assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert len(response.headers.get_list("Content-Security-Policy")) == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "title"),
+    [
+        ("hello there", "hello there"),
+        ("\n\n## Plan a trip to Kyoto\nwith temples", "Plan a trip to Kyoto"),
+        ("- `pip install a0`  now", "pip install a0 now"),
+        ("> quoted\n", "quoted"),
+        ("```python\nprint(1)\n```", "print(1)"),  # a fence line names no subject
+        ("x" * 80, "x" * 59 + "…"),
+        ("  \n\t\n", "New chat"),
+    ],
+)
+def test_a_conversation_is_titled_after_its_first_message(message: str, title: str) -> None:
+    assert title_from_message(message) == title
+
+
 def test_not_ready_while_starting(client: TestClient) -> None:
     assert client.get("/ready").status_code == 503
 
@@ -438,6 +462,10 @@ def test_openapi_lists_each_routes_error_responses(client: TestClient) -> None:
                 assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, code)
     messages = spec["paths"]["/v1/conversations/{conversation_id}/messages"]["post"]["responses"]
     assert {"401", "404", "413", "422", "429"} <= set(messages)
+    deletion = spec["paths"]["/v1/conversations/{conversation_id}"]["delete"]["responses"]
+    assert {"204", "401", "403", "404"} <= set(deletion)
+    probe = spec["paths"]["/v1/settings/credentials/{provider}/test"]["post"]["responses"]
+    assert {"200", "400", "401", "403", "422"} <= set(probe)
 
 
 # --- text and JSON that cannot be stored or parsed -----------------------------------------

@@ -13,11 +13,12 @@ import uvicorn
 
 from services.common.envelope import Envelope, EventType
 from services.common.settings import load_settings
+from services.common.tools import tool_catalog
 from services.conversation_worker.deltas import DeltaStream
 from services.conversation_worker.events import Draft
 from services.conversation_worker.llm import LLMClients, LLMError, StreamAccumulator, status_error
 from services.llm_sim.main import create_app
-from services.tool_executor.tools import load_tools
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -31,10 +32,13 @@ async def serve(app: Any) -> AsyncIterator[str]:
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
+
+    def started() -> bool:
         if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+            task.result()  # raises why it could not start
+        return bool(server.started)
+
+    await eventually(started, 10, "the simulator serving", poll_s=0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}/v1"
@@ -76,7 +80,7 @@ async def chat(llm: Upstream, content: str, *, api_key: str = KEY, model: str = 
     async def on_text(text: str, position: int) -> None:
         pieces.append((position, text))
 
-    specs = [tool.spec.openai_tool() for tool in load_tools().values()]
+    specs = [spec.openai_tool() for spec in tool_catalog()]
     completion = await llm.clients.stream_chat(
         config(llm.base_url, api_key, model),
         [{"role": "user", "content": content}],
@@ -107,7 +111,7 @@ async def test_text_arrives_in_pieces_with_their_offsets(llm: Upstream) -> None:
 async def test_a_wrong_key_is_an_auth_error_that_does_not_quote_it(llm: Upstream) -> None:
     with pytest.raises(LLMError) as info:
         await chat(llm, "hello", api_key="sk-wrong-key-999")
-    assert info.value.code == "llm_auth" and not info.value.retryable
+    assert info.value.code == "llm_auth" and not info.value.retriable
     assert "sk-wrong" not in info.value.message
 
 
@@ -141,9 +145,9 @@ async def test_a_server_error_is_retried_and_the_answer_arrives(sim: Any) -> Non
 
 def test_status_codes_map_like_the_openai_sdk() -> None:
     limited = status_error(429, "3")
-    assert limited.code == "llm_rate_limited" and limited.retryable and limited.retry_after_s == 3.0
-    assert status_error(500).retryable and status_error(502).code == "llm_unavailable"
-    assert status_error(403).code == "llm_forbidden" and not status_error(403).retryable
+    assert limited.code == "llm_rate_limited" and limited.retriable and limited.retry_after_s == 3.0
+    assert status_error(500).retriable and status_error(502).code == "llm_unavailable"
+    assert status_error(403).code == "llm_forbidden" and not status_error(403).retriable
     assert status_error(400).code == "llm_bad_request"
 
 
@@ -172,11 +176,13 @@ class Recorder:
     def __init__(self, fail_first: int = 0) -> None:
         self.batches: list[list[Draft]] = []
         self.fail_first = fail_first
+        self.failed = asyncio.Event()  # set when a batch was refused
 
     async def emit_batch(self, source: Envelope, drafts: Sequence[Draft]) -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a real sink awaits I/O: let other tasks run here
         if self.fail_first:
             self.fail_first -= 1
+            self.failed.set()
             raise ConnectionError("database went away")
         self.batches.append(list(drafts))
 
@@ -206,10 +212,7 @@ async def test_text_waits_at_most_one_window() -> None:
     await stream.add("a", 0)
     await stream.add("b", 1)  # inside the window: waits for the timer
     assert [[d.payload["text"] for d in b] for b in sink.batches] == [["a"]]
-    for _ in range(100):
-        if len(sink.batches) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(sink.batches) == 2, 1, "the timed flush", poll_s=0.01)
     assert [d.payload["text"] for d in sink.batches[1]] == ["b"]
     assert await stream.close() == []
 
@@ -231,7 +234,7 @@ async def test_a_failed_timed_flush_is_raised_to_the_turn_and_loses_no_text() ->
     await stream.add("one ", 0)
     sink.fail_first = 1
     await stream.add("two ", 4)  # flushed by the timer, which fails
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(sink.failed.wait(), 1)
     with pytest.raises(ConnectionError):
         await stream.add("three", 8)
     # The turn is retried from the table: nothing after "one " was recorded as sent.

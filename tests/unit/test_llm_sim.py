@@ -225,6 +225,17 @@ def test_reply_rules() -> None:
     assert "".join(replies.split_tokens(text)) == text
 
 
+def test_reply_verbatim_says_exactly_the_given_text() -> None:
+    said = "# Title\n\n- compute 6*7\n<img src=x onerror=alert(1)>\n"
+    reply = replies.decide([{"role": "user", "content": f"Reply verbatim:\n{said}"}], ["calculator"])
+    assert reply.content == said
+    assert reply.finish_reason == "stop"
+    # Only at the start and followed by a new line: elsewhere it is an ordinary message.
+    assert replies.decide([{"role": "user", "content": "say reply verbatim: x"}], []).content == (
+        f"{replies.ECHO_PREFIX} Echo: say reply verbatim: x"
+    )
+
+
 async def test_latency_before_first_token() -> None:
     app = create_app(KEY, model=MODEL, latency_ms=60, tokens_per_s=0)
     async with sdk(app) as c:

@@ -9,10 +9,10 @@ import pytest
 from rich.console import Console
 
 from a0ctl.commands.stack import status_table
+from a0ctl.errors import StackError
 from a0ctl.runtime.base import ServiceStatus
 from a0ctl.runtime.local import LocalRuntime
 from a0ctl.runtime.local_services import build_services
-from services.common.errors import StackError
 from services.common.secrets_env import ensure_generated_secrets, read_generated_secret
 from services.common.settings import load_settings
 

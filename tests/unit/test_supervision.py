@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Generator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,10 @@ from tests.support.cli import a0ctl
 pytestmark = pytest.mark.unit
 
 
+def fake_command(name: str) -> list[str]:
+    return [f"/bin/{name}", "--flag", "50%"]
+
+
 def generated_config(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str
 ) -> configparser.RawConfigParser:
@@ -28,7 +34,7 @@ def generated_config(
     runtime = LocalRuntime(load_settings())
     # Commands need binaries and artifacts; the config's shape does not.
     for service in runtime.services.values():
-        service.command = lambda name=service.name: [f"/bin/{name}", "--flag", "50%"]
+        service.command = partial(fake_command, service.name)
     text = render_config(
         runtime._programs(),
         runtime.paths,
@@ -144,6 +150,7 @@ def test_logs_follow_a_service_log_across_its_rotation(
     log.parent.mkdir()
     log.write_text("before\n")
     lines = LocalRuntime(load_settings()).logs("redis", lines=5, follow=True)
+    assert isinstance(lines, Generator)  # following ends when it is closed
     assert next(lines) == "before\n"
     log.rename(log.with_name("redis.log.1"))  # what supervisord does at the size limit
     log.write_text("after\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.settings import ToolSettings
+from services.common.settings import ToolSettings, load_settings
 from services.tool_executor.sandbox import TRUNCATED_MARKER, SandboxLimits
 from services.tool_executor.tools import (
     Tool,
@@ -28,6 +28,8 @@ from services.tool_executor.tools import (
     load_tools,
     run_python,
 )
+from tests.support.sandbox import process_tree, runs
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -273,7 +275,12 @@ async def test_run_python_cancellation_kills_child() -> None:
     code = "import time\nprint('started', flush=True)\ntime.sleep(60)"
     task = asyncio.create_task(run_python.run({"code": code}, _ctx(SandboxLimits(wall_seconds=30), spawned)))
     await asyncio.wait_for(spawned.event.wait(), timeout=10)
-    await asyncio.sleep(0.3)  # let the child reach its sleep
+    python = load_settings().tools.sandbox_python
+
+    def python_runs() -> bool:  # the sandbox got as far as the tool's own code
+        return any(runs(pid, python) for pid in process_tree(spawned.pids[0]))
+
+    await eventually(python_runs, 10, "the tool's python running in the sandbox", poll_s=0.05)
     os.kill(spawned.pids[0], 0)  # still alive before the cancel
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from a0ctl.errors import TopicsFileError
 from a0ctl.topics.model import load_topics_file, resolve
 from a0ctl.topics.plan import LiveTopic, compute_plan
-from services.common.errors import TopicsFileError
+from services.common import topics
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -38,6 +39,13 @@ def test_project_topics_file_declares_the_messaging_contract() -> None:
         assert {"retention.ms", "cleanup.policy", "min.insync.replicas", "max.message.bytes"} <= set(
             topic.configs
         )
+
+
+def test_every_topic_the_services_use_is_declared_in_the_topics_file() -> None:
+    names = {t.name for t in desired()}
+    used = {topics.INBOUND, topics.OUTBOUND, topics.TOOL_REQUESTS, topics.TOOL_RESULTS}
+    used |= {topics.dead_letter_topic(service) for service in topics.CONSUMING_SERVICES}
+    assert used <= names, f"not in topics.yaml: {sorted(used - names)}"
 
 
 def test_environment_overrides_apply() -> None:

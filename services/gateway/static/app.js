@@ -1,23 +1,31 @@
-// a0 chat: the browser client of the a0 gateway. Plain ES module, no build step, no
-// third-party code. Everything it shows comes from the gateway's HTTP API:
+// a0 chat: the browser client of the a0 gateway. Plain ES modules, no build step; the
+// only third-party code is the pinned markdown renderer and sanitizer (markdown.js).
+// Everything it shows comes from the gateway's HTTP API:
 //
 //   POST /v1/auth/dev-login                      sign in (404: dev sign-in is off → paste a token)
-//   GET  /v1/conversations                       the sidebar
+//   GET  /v1/conversations[?q=]                  the sidebar (and its search by title)
 //   POST /v1/conversations                       a new conversation (created on the first message)
 //   GET  /v1/conversations/{id}                  history: messages and events
+//   PATCH/DELETE /v1/conversations/{id}          rename, delete
 //   POST /v1/conversations/{id}/messages         send
 //   POST /v1/conversations/{id}/cancel           stop the running turn
 //   GET  /v1/conversations/{id}/events           the live stream (server-sent events)
 //   GET/PUT/DELETE /v1/settings/credentials[...] the LLM provider's key
+//   POST /v1/settings/credentials/{p}/test       try a key, list the provider's models
 //
 // The transcript is always drawn from events, by one renderer, whether they come from the
 // history or from the live stream; events are deduplicated by their sequence number.
+
+import { markdownView } from "./markdown.js";
+import { toolCallBlock, toolResultBlock } from "./tools.js";
+import { el, show } from "./dom.js";
+import { initConversationList } from "./conversations.js";
+import { initSettings } from "./settings.js";
 
 const STORAGE = window.sessionStorage;
 const TOKEN_KEY = "a0.token";
 const USER_KEY = "a0.user";
 const EXPIRES_KEY = "a0.expires_at";
-const PROVIDER = "openai";
 const EVENT_TYPES = [
   "message.accepted",
   "message.delta",
@@ -72,41 +80,6 @@ const ERROR_TEXT = {
 // Small helpers
 
 const $ = (id) => document.getElementById(id);
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (name === "class") node.className = value;
-    else if (name === "text") node.textContent = value;
-    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
-    else node.setAttribute(name, value === true ? "" : String(value));
-  }
-  for (const child of children) {
-    if (child !== null && child !== undefined) node.append(child);
-  }
-  return node;
-}
-
-function show(node, visible = true) {
-  node.hidden = !visible;
-}
-
-function formatWhen(iso) {
-  if (!iso) return "";
-  const date = new Date(iso);
-  if (Number.isNaN(date.getTime())) return "";
-  const now = new Date();
-  const sameDay = date.toDateString() === now.toDateString();
-  return sameDay
-    ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
-    : date.toLocaleDateString([], { month: "short", day: "numeric" });
-}
-
-function titleFrom(text) {
-  const line = text.trim().split("\n")[0].trim();
-  return line.length > 60 ? `${line.slice(0, 57)}…` : line || "New chat";
-}
 
 function friendlyError(code, message) {
   if (code === "rate_limited" || code === "too_many_requests") return rateLimitText(null, message);
@@ -201,7 +174,6 @@ async function api(method, path, body, { signOutOn401 = true } = {}) {
 const state = {
   token: null,
   user: null,
-  conversations: [],
   convId: null,
   convTitle: null,
   lastSeq: 0,
@@ -324,8 +296,7 @@ function signOut(message = "") {
   clearSession();
   resetTranscript();
   state.convId = null;
-  state.conversations = [];
-  $("conversation-list").replaceChildren();
+  sidebar.clear();
   if ($("settings").open) $("settings").close();
   history.replaceState(null, "", location.pathname + location.search);
   showSignin(message);
@@ -358,52 +329,24 @@ async function route() {
   else startNewChat();
 }
 
-async function refreshConversations() {
-  try {
-    const answer = await api("GET", "/v1/conversations");
-    state.conversations = (answer && answer.conversations) || [];
-  } catch (error) {
-    if (error.status !== 401) showBanner(error.message);
-    return;
-  }
-  renderConversationList();
-}
+// The sidebar's list (conversations.js); its hooks reach back into the chat.
+const sidebar = initConversationList({
+  api,
+  currentId: () => state.convId,
+  open: (id) => selectConversation(id),
+  deleted: (id) => {
+    if (id === state.convId) startNewChat({ focus: false });
+  },
+  renamed: (id, title) => {
+    if (id === state.convId) {
+      state.convTitle = title;
+      setTitle(title);
+    }
+  },
+  banner: (message) => showBanner(message),
+});
 
-function renderConversationList() {
-  const list = $("conversation-list");
-  const items = [...state.conversations].sort((a, b) =>
-    String(b.updated_at || b.created_at || "").localeCompare(String(a.updated_at || a.created_at || "")),
-  );
-  list.replaceChildren(
-    ...items.map((conversation) =>
-      el(
-        "li",
-        {},
-        el(
-          "button",
-          {
-            type: "button",
-            class: "conversation-item",
-            "data-testid": "conversation-item",
-            "data-conversation-id": conversation.id,
-            "aria-current": conversation.id === state.convId ? "true" : "false",
-            title: conversation.title || "Untitled",
-            onclick: () => selectConversation(conversation.id),
-          },
-          el("span", { class: "conversation-item-title", text: conversation.title || "Untitled" }),
-          el("span", { class: "when", text: formatWhen(conversation.updated_at || conversation.created_at) }),
-        ),
-      ),
-    ),
-  );
-  show($("conversation-empty"), items.length === 0);
-}
-
-function markCurrentConversation() {
-  for (const item of document.querySelectorAll("[data-testid=conversation-item]")) {
-    item.setAttribute("aria-current", item.dataset.conversationId === state.convId ? "true" : "false");
-  }
-}
+const refreshConversations = () => sidebar.refresh();
 
 function selectConversation(id) {
   closeSidebar();
@@ -411,17 +354,17 @@ function selectConversation(id) {
   location.hash = `#/c/${encodeURIComponent(id)}`; // → hashchange → route()
 }
 
-function startNewChat() {
+function startNewChat({ focus = true } = {}) {
   closeStream();
   state.loadGen += 1;
   state.convId = null;
   state.convTitle = null;
   resetTranscript();
   setTitle("New chat");
-  markCurrentConversation();
+  sidebar.markCurrent();
   if (conversationIdFromHash()) history.replaceState(null, "", location.pathname + location.search);
   closeSidebar();
-  $("composer-input").focus();
+  if (focus) $("composer-input").focus();
 }
 
 function setTitle(title) {
@@ -461,8 +404,8 @@ async function openConversation(id) {
   state.convId = id;
   resetTranscript();
   showBanner("");
-  markCurrentConversation();
-  const known = state.conversations.find((c) => c.id === id);
+  sidebar.markCurrent();
+  const known = sidebar.find(id);
   setTitle(known ? known.title || "Untitled" : "Loading…");
   $("transcript").setAttribute("aria-busy", "true");
   let conversation;
@@ -514,10 +457,9 @@ function renderMessages(messages) {
         turn.el.append(toolCallBlock(call.id || call.call_id, fn.name, fn.arguments));
       }
       if (message.content) {
-        const answer = answerBubble(turn);
+        answerBubble(turn);
         setAnswerText(turn, message.content);
-        answer.dataset.state = "complete";
-        turn.answer = null;
+        finishAnswer(turn, "complete");
       }
     } else if (message.role === "tool") {
       turn.el.append(toolResultBlock({ call_id: message.tool_call_id, name: message.name, output: message.content }));
@@ -560,8 +502,12 @@ function openStream() {
     state.reconnectMs = RECONNECT_MIN_MS;
     setConnection(null);
   };
-  source.onerror = () => {
+  source.onerror = (event) => {
     if (gen !== state.streamGen) return;
+    // The gateway's application event is named "error" too, and an EventSource hands a
+    // named event to onerror as well: that one is a MessageEvent with data, drawn by
+    // onEvent in its turn. Only a plain Event is about the connection.
+    if (event instanceof MessageEvent || source.readyState === EventSource.OPEN) return;
     setConnection("Reconnecting…");
     // CONNECTING: the browser retries by itself, sending Last-Event-ID. CLOSED: it gave up
     // (an HTTP error): find out why, then reopen from the last event we have.
@@ -650,29 +596,38 @@ function userBubble(content, messageId) {
   });
 }
 
+// An answer is markdown, drawn sanitized (markdown.js); while it streams it is redrawn
+// at most once per frame from its whole text.
 function answerBubble(turn) {
   if (!turn.answer) {
-    const node = el("div", { class: "msg assistant", "data-testid": "assistant-message", "data-state": "streaming" });
-    node.append(document.createTextNode(""));
+    const node = el("div", {
+      class: "msg assistant markdown",
+      "data-testid": "assistant-message",
+      "data-state": "streaming",
+    });
     turn.el.append(node);
     turn.answer = node;
+    turn.view = markdownView(node);
   }
   return turn.answer;
 }
 
 function appendAnswerText(turn, text) {
-  answerBubble(turn).firstChild.appendData(text);
+  answerBubble(turn);
+  turn.view.append(text);
 }
 
 function setAnswerText(turn, text) {
-  const node = answerBubble(turn);
-  node.firstChild.data = text;
+  answerBubble(turn);
+  turn.view.set(text, { now: true });
 }
 
 function finishAnswer(turn, finalState) {
   if (turn.answer) {
+    turn.view.set(turn.view.text, { now: true }); // draw what a pending frame would have
     turn.answer.dataset.state = finalState;
     turn.answer = null;
+    turn.view = null;
   }
 }
 
@@ -683,60 +638,6 @@ function endTurn(turn, finalState) {
   turn.el.dataset.state = finalState;
   // Screen readers hear one short line per answer, not every streamed word.
   $("sr-status").textContent = ANNOUNCE[finalState] || "";
-}
-
-function formatArguments(args) {
-  let value = args;
-  if (typeof value === "string") {
-    try {
-      value = JSON.parse(value);
-    } catch {
-      return value;
-    }
-  }
-  if (value && typeof value === "object" && !Array.isArray(value)) {
-    const entries = Object.values(value);
-    if (entries.length === 0) return "";
-    if (entries.length === 1 && typeof entries[0] !== "object") return String(entries[0]);
-  }
-  return JSON.stringify(value);
-}
-
-function toolCallBlock(callId, name, args) {
-  return el(
-    "div",
-    {
-      class: "tool call",
-      "data-testid": "tool-call",
-      "data-call-id": callId || undefined,
-      "data-tool-name": name || undefined,
-    },
-    el("span", { class: "tool-label", text: "Tool call" }),
-    el("pre", { class: "tool-signature", text: `${name || "tool"}(${formatArguments(args)})` }),
-  );
-}
-
-function toolResultBlock(payload) {
-  const failed = Boolean(payload.error);
-  let text;
-  if (failed) {
-    const error = typeof payload.error === "object" ? payload.error : { message: String(payload.error) };
-    text = `⚠ ${error.message || "The tool failed."}${error.code ? ` (${error.code})` : ""}`;
-  } else {
-    text = typeof payload.output === "string" ? payload.output : JSON.stringify(payload.output ?? "");
-  }
-  return el(
-    "div",
-    {
-      class: "tool result",
-      "data-testid": "tool-result",
-      "data-call-id": payload.call_id || undefined,
-      "data-tool-name": payload.name || undefined,
-      "data-status": failed ? "error" : "ok",
-    },
-    el("span", { class: "tool-label", text: `${failed ? "Tool error" : "Result"} · ${payload.name || "tool"}` }),
-    el("pre", { text }),
-  );
 }
 
 function errorBlock(code, message) {
@@ -897,16 +798,16 @@ function scrollToBottom(stick) {
 
 async function ensureConversation(text) {
   if (state.convId) return state.convId;
-  const created = await api("POST", "/v1/conversations", { title: titleFrom(text) });
+  // Untitled: the gateway names it after this first message.
+  const created = await api("POST", "/v1/conversations", {});
   state.loadGen += 1;
   state.convId = created.id;
-  state.convTitle = created.title || titleFrom(text);
+  state.convTitle = created.title || "New chat";
   state.lastSeq = 0;
   setTitle(state.convTitle);
   // The URL names the conversation, so a reload opens it again; route() sees it is current.
   history.replaceState(null, "", `#/c/${encodeURIComponent(created.id)}`);
-  state.conversations = [created, ...state.conversations.filter((c) => c.id !== created.id)];
-  renderConversationList();
+  sidebar.upsert(created);
   openStream();
   return created.id;
 }
@@ -943,6 +844,15 @@ async function send(text) {
       }
     }
     updateRunning();
+    if (!state.convTitle || state.convTitle === "New chat") {
+      // The gateway titled the conversation after this message: show that title.
+      await refreshConversations();
+      const named = sidebar.find(id);
+      if (named && named.title && id === state.convId) {
+        state.convTitle = named.title;
+        setTitle(named.title);
+      }
+    }
   } catch (error) {
     const index = state.pending.indexOf(pending);
     if (index >= 0) state.pending.splice(index, 1);
@@ -989,98 +899,10 @@ function autoGrow() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Settings: the LLM provider's credential
+// Settings: the LLM provider's credential (settings.js)
 
-function settingsMessage(kind, text, code) {
-  const error = $("settings-error");
-  const status = $("settings-status");
-  error.textContent = kind === "error" ? text : "";
-  status.textContent = kind === "status" ? text : "";
-  if (kind === "error" && code) error.dataset.code = code;
-  else delete error.dataset.code;
-  show(error, kind === "error" && Boolean(text));
-  show(status, kind === "status" && Boolean(text));
-}
-
-function showCredential(credential) {
-  $("settings-key-masked").textContent = credential ? credential.key_masked || "(stored)" : "none";
-  $("settings-updated").textContent =
-    credential && credential.updated_at ? `updated ${new Date(credential.updated_at).toLocaleString()}` : "";
-  $("settings-remove").disabled = !credential;
-  $("settings-api-key").placeholder = credential ? "Enter a new key to replace the stored one" : "sk-…";
-  if (credential) {
-    $("settings-base-url").value = credential.base_url || "";
-    $("settings-model").value = credential.model || "";
-  }
-}
-
-async function openSettings() {
-  const dialog = $("settings");
-  settingsMessage(null);
-  $("settings-api-key").value = "";
-  if (!dialog.open) dialog.showModal();
-  $("settings-key-masked").textContent = "loading…";
-  try {
-    const answer = await api("GET", "/v1/settings/credentials");
-    const credential = ((answer && answer.credentials) || []).find((c) => c.provider === PROVIDER) || null;
-    showCredential(credential);
-    if (!credential) settingsMessage("status", "No key stored: the stack's default provider is used.");
-  } catch (error) {
-    $("settings-key-masked").textContent = "unknown";
-    settingsMessage("error", error.message, error.code);
-  }
-  (($("settings-base-url").value && $("settings-api-key")) || $("settings-base-url")).focus();
-}
-
-async function saveSettings(event) {
-  event.preventDefault();
-  const baseUrl = $("settings-base-url").value.trim();
-  const model = $("settings-model").value.trim();
-  const apiKey = $("settings-api-key").value.trim();
-  const missing = !baseUrl ? "the base URL" : !model ? "the model" : !apiKey ? "the API key" : null;
-  if (missing) {
-    settingsMessage("error", `Enter ${missing}.`, "missing_field");
-    return;
-  }
-  const button = $("settings-save");
-  button.disabled = true;
-  button.textContent = "Checking…";
-  settingsMessage("status", "Checking the key with the provider…");
-  try {
-    const saved = await api("PUT", `/v1/settings/credentials/${PROVIDER}`, {
-      base_url: baseUrl,
-      model,
-      api_key: apiKey,
-    });
-    $("settings-api-key").value = "";
-    showCredential(saved);
-    settingsMessage("status", "Saved. The next message uses this key.");
-  } catch (error) {
-    settingsMessage("error", error.message, error.code);
-  } finally {
-    button.disabled = false;
-    button.textContent = "Save";
-  }
-}
-
-async function removeCredential() {
-  const button = $("settings-remove");
-  button.disabled = true;
-  try {
-    await api("DELETE", `/v1/settings/credentials/${PROVIDER}`);
-    showCredential(null);
-    $("settings-api-key").value = "";
-    settingsMessage("status", "Removed. The stack's default provider is used again.");
-  } catch (error) {
-    if (error.status === 404) {
-      showCredential(null);
-      settingsMessage("status", "No key was stored.");
-    } else {
-      button.disabled = false;
-      settingsMessage("error", error.message, error.code);
-    }
-  }
-}
+const settingsDialog = initSettings({ api });
+const openSettings = () => settingsDialog.open();
 
 // ---------------------------------------------------------------------------------------------
 // Wiring
@@ -1118,9 +940,6 @@ function wire() {
     closeSidebar();
     openSettings();
   });
-  $("settings-close").addEventListener("click", () => $("settings").close());
-  $("settings-form").addEventListener("submit", saveSettings);
-  $("settings-remove").addEventListener("click", removeCredential);
 
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && $("app").classList.contains("sidebar-open")) closeSidebar();

@@ -1,0 +1,70 @@
+"""The budget of open turns, shared by every gateway replica and worker through Redis.
+
+``a0:turns:open`` counts accepted turns not yet ended: a gateway reserves a slot before
+it accepts a message (:func:`reserve`, atomic, so two replicas cannot both take the
+last one) and gives it back when the message is not accepted (:func:`release`); the
+worker releases it when the turn ends. Gateways shed new messages past the budget, and
+set the counter from the turns table every few seconds (:func:`reconcile`), so a lost
+reservation cannot hold a slot for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from services.common.errors import is_transient
+from services.common.turns import OPEN_SQL
+
+log = logging.getLogger(__name__)
+
+OPEN_TURNS_KEY = "a0:turns:open"
+RECONCILE_S = 5.0
+# Turns a client still waits for: queued or running, and moving. A turn left behind
+# (a record dead-lettered before it began) stops counting after this long.
+OPEN_TURNS_QUERY = f"""
+SELECT count(*) FROM turns
+WHERE status IN {OPEN_SQL} AND updated_at > now() - interval '10 minutes'
+"""
+
+
+def reserve(pipe: Pipeline) -> None:
+    """Queue the reservation of a slot on ``pipe``; its result is the count after it."""
+    pipe.incr(OPEN_TURNS_KEY)
+
+
+async def read(redis: Redis) -> int:
+    return int(await redis.get(OPEN_TURNS_KEY) or 0)
+
+
+async def release(redis: Redis) -> None:
+    """Give a slot back. Never below zero: a turn reconciled away may still end."""
+    if await redis.decr(OPEN_TURNS_KEY) < 0:
+        await redis.set(OPEN_TURNS_KEY, 0)
+
+
+async def reconcile(redis: Redis, pool: AsyncConnectionPool) -> None:
+    """Keep the budget true: every ``RECONCILE_S`` set the counter to the turns table's
+    count. A reservation lost on its way (a request cancelled between its INCR and its
+    DECR, a process killed) would otherwise hold a slot forever, and enough of them shed
+    every message. Runs until cancelled; errors wait for the next round."""
+    while True:
+        await asyncio.sleep(RECONCILE_S)
+        try:
+            async with pool.connection(timeout=5) as conn:
+                row = await (await conn.execute(OPEN_TURNS_QUERY)).fetchone()
+            counted = int(row[0]) if row else 0
+            stale = await read(redis)
+            if stale != counted:
+                await redis.set(OPEN_TURNS_KEY, counted)
+                if abs(stale - counted) > 2:  # small differences are reservations in flight
+                    log.info("open turns reconciled: %d counted, %d were reserved", counted, stale)
+        except Exception as exc:  # the next round tries again; a bug is logged in full
+            if is_transient(exc):
+                log.warning("open turns not reconciled: %s", exc)
+            else:
+                log.exception("open turns not reconciled")

@@ -1,0 +1,123 @@
+// Tool blocks of the transcript: a call (the function and its arguments) and its result.
+// Each is a <details> element, so it opens and closes by mouse or keyboard; arguments
+// and JSON results are pretty-printed; a long output shows its first lines and a button
+// that unfolds the rest. Everything is put in as text, never as HTML.
+
+import { el } from "./dom.js";
+
+const FOLD_LINES = 12;
+const FOLD_CHARS = 1500;
+
+function parseJson(value) {
+  if (typeof value !== "string") return { ok: true, value };
+  try {
+    return { ok: true, value: JSON.parse(value) };
+  } catch {
+    return { ok: false, value };
+  }
+}
+
+/** ``calculator(6*7)``: one line that names the call (a lone argument shown bare). */
+function signature(name, args) {
+  const parsed = parseJson(args);
+  let shown;
+  if (!parsed.ok) shown = String(args ?? "");
+  else if (parsed.value && typeof parsed.value === "object" && !Array.isArray(parsed.value)) {
+    const values = Object.values(parsed.value);
+    if (values.length === 0) shown = "";
+    else if (values.length === 1 && typeof values[0] !== "object") shown = String(values[0]);
+    else shown = JSON.stringify(parsed.value);
+  } else shown = JSON.stringify(parsed.value ?? "");
+  const line = shown.split("\n")[0];
+  const cut = line.length > 80 ? `${line.slice(0, 79)}…` : `${line}${line !== shown ? "…" : ""}`;
+  return `${name || "tool"}(${cut})`;
+}
+
+/** Pretty text of a value: JSON indented, other text as it is. */
+export function formatValue(value) {
+  const parsed = parseJson(value);
+  if (parsed.ok && parsed.value !== null && typeof parsed.value === "object") {
+    return JSON.stringify(parsed.value, null, 2);
+  }
+  return typeof parsed.value === "string" ? parsed.value : JSON.stringify(parsed.value ?? "");
+}
+
+/** A <pre> with ``text``; past FOLD_LINES lines or FOLD_CHARS characters, folded. */
+function outputBody(text, testid) {
+  const pre = el("pre", { class: "tool-output", "data-testid": testid, tabindex: "0" });
+  const lines = text.split("\n");
+  const long = lines.length > FOLD_LINES || text.length > FOLD_CHARS;
+  if (!long) {
+    pre.textContent = text;
+    return pre;
+  }
+  let preview = lines.slice(0, FOLD_LINES).join("\n");
+  if (preview.length > FOLD_CHARS) preview = preview.slice(0, FOLD_CHARS);
+  pre.textContent = `${preview}\n…`;
+  pre.dataset.folded = "true";
+  const more = el("button", {
+    type: "button",
+    class: "tool-unfold",
+    "data-testid": "tool-output-unfold",
+    "aria-expanded": "false",
+    text: `Show all ${lines.length} lines (${text.length.toLocaleString()} characters)`,
+  });
+  more.addEventListener("click", () => {
+    const folded = pre.dataset.folded === "true";
+    pre.textContent = folded ? text : `${preview}\n…`;
+    pre.dataset.folded = folded ? "false" : "true";
+    more.setAttribute("aria-expanded", folded ? "true" : "false");
+    more.textContent = folded ? "Show less" : `Show all ${lines.length} lines (${text.length.toLocaleString()} characters)`;
+  });
+  return el("div", { class: "tool-output-wrap" }, pre, more);
+}
+
+export function toolCallBlock(callId, name, args) {
+  const formatted = formatValue(args ?? "");
+  return el(
+    "details",
+    {
+      class: "tool call",
+      "data-testid": "tool-call",
+      "data-call-id": callId || undefined,
+      "data-tool-name": name || undefined,
+    },
+    el(
+      "summary",
+      { class: "tool-summary", "data-testid": "tool-toggle" },
+      el("span", { class: "tool-label", text: "Tool call" }),
+      el("code", { class: "tool-signature", text: signature(name, args) }),
+    ),
+    el("div", { class: "tool-body" }, el("span", { class: "tool-label", text: "Arguments" }), outputBody(formatted || "(none)", "tool-arguments")),
+  );
+}
+
+export function toolResultBlock(payload) {
+  const failed = Boolean(payload.error);
+  let text;
+  if (failed) {
+    const error = typeof payload.error === "object" ? payload.error : { message: String(payload.error) };
+    text = `⚠ ${error.message || "The tool failed."}${error.code ? ` (${error.code})` : ""}`;
+  } else {
+    text = formatValue(payload.output ?? "");
+  }
+  const lines = text.split("\n").length;
+  return el(
+    "details",
+    {
+      class: "tool result",
+      "data-testid": "tool-result",
+      "data-call-id": payload.call_id || undefined,
+      "data-tool-name": payload.name || undefined,
+      "data-status": failed ? "error" : "ok",
+      open: true,
+    },
+    el(
+      "summary",
+      { class: "tool-summary", "data-testid": "tool-toggle" },
+      el("span", { class: "tool-label", text: `${failed ? "Tool error" : "Result"} · ${payload.name || "tool"}` }),
+      el("span", { class: "tool-size muted", text: lines > 1 ? `${lines} lines` : "" }),
+    ),
+    el("div", { class: "tool-body" }, outputBody(text, "tool-output")),
+  );
+}

@@ -1,0 +1,121 @@
+"""Tracing and metrics pieces without services: the sampler that keeps streamed text out
+of traces, the generated Jaeger and Prometheus configurations, the trace tree."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from a0ctl.commands.observe import trace_tree
+from a0ctl.observe import span_children
+from a0ctl.runtime.local_services import (
+    jaeger_config_text,
+    prometheus_config_text,
+    prometheus_targets_text,
+)
+from services.common import telemetry
+from services.common.settings import load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_spans_under_untraced_are_dropped_with_their_children_and_others_kept() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=telemetry._sampler())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("llm call"):
+        token = otel_context.attach(otel_context.set_value(telemetry._UNTRACED, True))
+        try:
+            with tracer.start_as_current_span("conversation.outbound send") as dropped:
+                assert not dropped.is_recording()
+                assert not dropped.get_span_context().trace_flags.sampled  # so downstream drops too
+        finally:
+            otel_context.detach(token)
+        with tracer.start_as_current_span("tool.requests send"):
+            pass
+    assert sorted(span.name for span in exporter.get_finished_spans()) == ["llm call", "tool.requests send"]
+
+
+def test_without_an_exporter_nothing_is_recorded_and_context_is_passed_on() -> None:
+    assert not telemetry.enabled()
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    record = type("Record", (), {"headers": [("traceparent", parent.encode())], "topic": "t"})()
+    envelope = type("Envelope", (), {"conversation_id": "c", "turn_id": "t", "type": "x"})()
+    with telemetry.consume_span("consume", record, envelope) as span:
+        assert span is not None and not span.is_recording()
+        headers = dict(telemetry.kafka_headers())
+    assert headers["traceparent"].decode().split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+
+
+def test_jaeger_listens_only_where_it_is_told() -> None:
+    config = json.loads(
+        jaeger_config_text("127.0.0.1", otlp_port=1, query_port=2, grpc_port=3, max_traces=100)
+    )
+    assert config["receivers"] == {"otlp": {"protocols": {"http": {"endpoint": "127.0.0.1:1"}}}}
+    query = config["extensions"]["jaeger_query"]
+    assert query["http"]["endpoint"] == "127.0.0.1:2" and query["grpc"]["endpoint"] == "127.0.0.1:3"
+    assert config["service"]["telemetry"]["metrics"]["level"] == "none"  # no :8888
+    assert config["extensions"]["jaeger_storage"]["backends"]["memstore"]["memory"]["max_traces"] == 100
+
+
+def test_prometheus_scrapes_every_replica_of_every_service(tmp_path) -> None:
+    settings = load_settings()
+    targets = json.loads(prometheus_targets_text(settings, {"conversation-worker": 2, "tool-executor": 1}))
+    jobs = {group["labels"]["job"]: group["targets"] for group in targets}
+    assert set(jobs) == {"gateway", "conversation-worker", "tool-executor"}
+    worker = settings.worker.metrics_port
+    assert jobs["conversation-worker"] == [
+        f"{settings.stack.host}:{worker}",
+        f"{settings.stack.host}:{worker + 10}",
+    ]
+    config = json.loads(prometheus_config_text(settings, tmp_path / "targets.json"))
+    assert config["scrape_configs"][0]["file_sd_configs"][0]["files"] == [str(tmp_path / "targets.json")]
+
+
+def test_trace_tree_nests_children_under_parents_across_services() -> None:
+    spans: list[dict[str, Any]] = [
+        {
+            "span_id": "a",
+            "parent_id": None,
+            "service": "gateway",
+            "name": "POST",
+            "start": "2026-01-01T00:00:00+00:00",
+            "duration_ms": 9.0,
+            "attributes": {},
+        },
+        {
+            "span_id": "b",
+            "parent_id": "a",
+            "service": "gateway",
+            "name": "conversation.inbound send",
+            "start": "2026-01-01T00:00:00.001000+00:00",
+            "duration_ms": 1.0,
+            "attributes": {"messaging.destination.name": "conversation.inbound"},
+        },
+        {
+            "span_id": "c",
+            "parent_id": "b",
+            "service": "conversation-worker",
+            "name": "llm call",
+            "start": "2026-01-01T00:00:00.002000+00:00",
+            "duration_ms": 5.0,
+            "attributes": {},
+            "events": [{"event": "first token", "at_ms": 2.5, "a0.ttft_ms": 2.5}],
+        },
+    ]
+    roots, children = span_children(spans)
+    assert [r["span_id"] for r in roots] == ["a"] and [c["span_id"] for c in children["b"]] == ["c"]
+    from rich.console import Console
+
+    console = Console(width=200, record=True, color_system=None)
+    console.print(trace_tree({"trace_id": "t1", "spans": spans}))
+    text = console.export_text()
+    assert "trace t1  3 spans" in text and "topic=conversation.inbound" in text
+    assert text.index("conversation.inbound send") < text.index("llm call") < text.index("first token")
