@@ -202,7 +202,12 @@ def build_services(
         app_service("llm-sim", settings.llm_sim.port, health.llm_sim_probe),
         *consumer_replicas(settings, "tool-executor", scaled["tool-executor"], traced),
         *consumer_replicas(settings, "conversation-worker", scaled["conversation-worker"], traced),
-        app_service("gateway", settings.gateway.port, health.gateway_probe, env=traced),
+        app_service(
+            "gateway",
+            settings.gateway.port,
+            health.gateway_probe,
+            env={**traced, **kafka_principal("gateway")},
+        ),
         *([prometheus_service(settings, dirs, scaled)] if settings.prometheus.enabled else []),
     ]
     for service in services:
@@ -341,17 +346,22 @@ APP_STOP_WAIT_S = 10  # a0's services stop within seconds
 
 
 def app_service(name: str, port: int, probe: health.Probe, env: dict[str, str] | None = None) -> LocalService:
-    """One of a0's own services, run as ``a0ctl run <name>``; with SASL it connects to Kafka
-    as the principal of its own name (topics.yaml's principals)."""
+    """One of a0's own services, run as ``a0ctl run <name>``."""
     return LocalService(
         name=name,
         port=port,
         probe=probe,
         command=lambda: [python(), "-m", "a0ctl", "run", name],
-        env={"A0_KAFKA_SASL_USERNAME": name, **(env or {})},
+        env=env or {},
         app=True,
         stop_wait_s=APP_STOP_WAIT_S,
     )
+
+
+def kafka_principal(service: str) -> dict[str, str]:
+    """With SASL, a service that talks to Kafka connects as the principal of its own name
+    (topics.yaml's principals)."""
+    return {"A0_KAFKA_SASL_USERNAME": service}
 
 
 # The metrics port of each replica, and the variable that tells the replica.
@@ -373,7 +383,7 @@ def consumer_replicas(
             service,
             port,
             health.metrics_probe(partial(metrics_port, replica=replica)),
-            env={**(env or {}), port_variable: str(port)},
+            env={**(env or {}), port_variable: str(port), **kafka_principal(service)},
         )
         app.name = replica_name(service, replica)
         replicas.append(app)
