@@ -40,6 +40,8 @@ TEST_ENV = {
     # Slow enough that a test can cancel or disconnect mid-answer.
     "A0_LLM_SIM_TOKENS_PER_S": "80",
     "A0_LLM_SIM_LATENCY_MS": "20",
+    # Every turn traced: the tests read each one back.
+    "A0_OTEL_TRACES_PER_S": "0",
     # Short enough for the fault tier to see the watchdog act.
     "A0_WATCHDOG_UNHEALTHY_S": "15",
 }

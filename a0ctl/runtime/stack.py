@@ -39,7 +39,7 @@ def bring_up(
 
     apply_topics_file(settings)
     if progress:
-        progress("postgres", "migrating schema")
+        progress("postgres", "migrating the schema to head")
     from services.common.db import migrate
 
     asyncio.run(migrate(settings))

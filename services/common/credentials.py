@@ -223,6 +223,9 @@ class CredentialStore:
             except CredentialError as exc:
                 await self._audit(actor, owner_id, provider, "set", "rejected", exc.message)
                 raise
+        # Seal with the KEK the file holds now: `a0ctl creds rotate-key` (another process)
+        # may have replaced the one loaded at start, and drops the old one once it is done.
+        self.keyring = Keyring(self.settings)
         nonce, ciphertext, key_id = self.keyring.encrypt(owner_id, provider, api_key)
         async with self.pool.connection() as conn:
             row = await (
@@ -277,11 +280,23 @@ class CredentialStore:
         """Re-encrypt every credential under a new KEK in one transaction.
 
         The new key is written first, with the old one kept as previous, so a crash at any
-        point leaves every row readable; the previous key is dropped after the commit."""
+        point leaves every row readable; the previous key is dropped after the commit. A
+        rotation that did not finish (a previous key is still there) is finished first: a
+        fresh key written over it would push out the key its rows are still sealed with."""
         conf = self.settings.stack.conf_path
+        if read_generated_secret(conf, PREVIOUS_KEK_KEY):
+            await self._reseal()
         old_value = read_generated_secret(conf, KEK_KEY)
         new_value = base64.urlsafe_b64encode(os.urandom(32)).decode()
         write_generated_secrets(conf, {KEK_KEY: new_value, PREVIOUS_KEK_KEY: old_value or ""})
+        rows = await self._reseal()
+        await self._audit("a0ctl", "*", "*", "rotate-key", "ok", f"{len(rows)} credential(s) re-encrypted")
+        for owner_id, provider in rows:
+            await self._announce(owner_id, provider)
+        return len(rows)
+
+    async def _reseal(self) -> list[tuple[str, str]]:
+        """Every row under the current KEK in one transaction, then forget the previous key."""
         self.keyring = Keyring(self.settings)
         async with self.pool.connection() as conn, conn.transaction():
             rows = await (
@@ -297,12 +312,9 @@ class CredentialStore:
                     "WHERE owner_id = %s AND provider = %s",
                     (new_nonce, new_ciphertext, new_id, owner_id, provider),
                 )
-        write_generated_secrets(conf, {PREVIOUS_KEK_KEY: ""})
+        write_generated_secrets(self.settings.stack.conf_path, {PREVIOUS_KEK_KEY: ""})
         self.keyring = Keyring(self.settings)
-        await self._audit("a0ctl", "*", "*", "rotate-key", "ok", f"{len(rows)} credential(s) re-encrypted")
-        for owner_id, provider, *_ in rows:
-            await self._announce(owner_id, provider)
-        return len(rows)
+        return [(owner_id, provider) for owner_id, provider, *_ in rows]
 
     # --- the worker's side: use, with a cache invalidated by change notices ---------------
     async def llm_config_for(self, user_id: str, provider: str = "openai") -> LLMConfig | None:

@@ -9,13 +9,17 @@ import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.common.errors import A0Error
 
+# The version this release writes (``v`` of every envelope), and the oldest it reads:
+# release N reads N-1 too, so records an older producer left on a topic (or in the events
+# table) during a rolling upgrade or a rollback are read, not dead-lettered.
 SCHEMA_VERSION = 1
+MIN_READ_VERSION = max(1, SCHEMA_VERSION - 1)
 
 
 class EventType(StrEnum):
@@ -68,7 +72,12 @@ class EnvelopeError(A0Error):
 class Envelope(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = 1  # SCHEMA_VERSION
+    v: int = Field(
+        default=SCHEMA_VERSION,
+        ge=MIN_READ_VERSION,
+        le=SCHEMA_VERSION,
+        description="Envelope version: written as the current one, read back to the one before.",
+    )
     id: str = Field(default_factory=new_id, min_length=1, max_length=128)
     type: EventType
     conversation_id: str = Field(min_length=1, max_length=128)
@@ -79,6 +88,18 @@ class Envelope(BaseModel):
     )
     ts: datetime = Field(default_factory=utcnow)
     payload: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("v", mode="before")
+    @classmethod
+    def _readable_version(cls, value: Any) -> Any:
+        if isinstance(value, int) and not MIN_READ_VERSION <= value <= SCHEMA_VERSION:
+            newer = value > SCHEMA_VERSION
+            raise ValueError(
+                f"envelope version {value} is {'newer' if newer else 'older'} than this release reads "
+                f"({MIN_READ_VERSION}..{SCHEMA_VERSION})"
+                + ("; upgrade consumers before producers" if newer else "")
+            )
+        return value
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
@@ -142,6 +163,10 @@ def tool_call_key(turn_id: str, call_id: str) -> str:
 
 def export_schema() -> dict[str, Any]:
     schema = Envelope.model_json_schema()
-    schema["$id"] = "https://a0.dev/schemas/envelope.v1.json"
-    schema["title"] = "a0 envelope v1"
+    schema["$id"] = f"https://a0.dev/schemas/envelope.v{SCHEMA_VERSION}.json"
+    schema["title"] = f"a0 envelope v{SCHEMA_VERSION}"
     return schema
+
+
+if __name__ == "__main__":  # python -m services.common.envelope > docs/envelope.schema.json
+    print(json.dumps(export_schema(), indent=2))

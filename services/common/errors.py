@@ -47,6 +47,12 @@ class ConfigError(A0Error):
     code = "config_error"
 
 
+class SchemaError(A0Error):
+    """The database schema cannot be read or migrated (services/common/schema.py)."""
+
+    code = "schema_error"
+
+
 class PolicyDenied(A0Error):
     code = "forbidden"
     status = 403

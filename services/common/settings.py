@@ -18,10 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_FILE = ".env"
 # Turns one core carries with answers still fast (see docs/messaging.md): the default
-# bound on turns in flight, past which the gateway sheds load. At saturation an accepted
-# turn waits about (turns in flight) / (turns answered per second): a core answers some
-# 20 turns/s, so 24 per core keeps that near 1.2 s.
-TURNS_PER_CORE = 24
+# bound on turns in flight, past which the gateway sheds load.
+TURNS_PER_CORE = 48
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -194,7 +192,7 @@ class GatewaySettings(BaseSettings):
         default_factory=lambda: TURNS_PER_CORE * (os.cpu_count() or 1),
         ge=1,
         description="Turns accepted and not yet answered, across replicas; past it new messages "
-        "are shed with 429 + Retry-After. Default: 24 per core.",
+        "are shed with 429 + Retry-After. Default: 48 per core.",
     )
     max_pending_writes: int = Field(
         default=128,
@@ -277,6 +275,12 @@ class TelemetrySettings(BaseSettings):
         description="OTLP/HTTP endpoint services export spans to; unset with Jaeger off: no tracing.",
     )
     service_namespace: str = "a0"
+    traces_per_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="New traces each process starts per second, at most (a turn is one trace, followed "
+        "across every hop): all of them on a quiet stack, a sample under load. 0: every one.",
+    )
     jaeger: bool = Field(
         default=True, description="The local runtime runs Jaeger and services export their spans to it."
     )

@@ -11,6 +11,11 @@ run, a delivery to clients). Without the endpoint nothing is instrumented and no
 is recorded (OpenTelemetry's no-op provider): no SDK work per request, and a context
 that arrives in a request or a record is still passed on.
 
+New traces are rate limited per process (``A0_OTEL_TRACES_PER_S``, a token bucket): a
+quiet stack traces every turn, a busy one a steady sample of them, so tracing on by
+default does not cost a loaded stack a third of its throughput. A trace, once started,
+is followed across every hop (parent-based).
+
 Streamed answer text is never traced piece by piece: the code that sends it runs under
 :func:`untraced`, whose spans (and those of every hop downstream of them, through the
 sampled flag in ``traceparent``) are dropped by the sampler.
@@ -47,8 +52,30 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _sampler() -> Any:
-    """Parent-based always-on, except under :func:`untraced`."""
+class TraceBudget:
+    """A token bucket of new traces: ``per_s`` a second, bursts up to ``per_s`` (0: no
+    limit). Spans with a parent follow their parent's decision and take nothing."""
+
+    def __init__(self, per_s: float, clock: Any = time.monotonic) -> None:
+        self.per_s = per_s
+        self._clock = clock
+        self._tokens = max(1.0, per_s)
+        self._at = clock()
+
+    def take(self) -> bool:
+        if self.per_s <= 0:
+            return True
+        now = self._clock()
+        self._tokens = min(max(1.0, self.per_s), self._tokens + (now - self._at) * self.per_s)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def _sampler(budget: TraceBudget) -> Any:
+    """Parent-based; a new trace only within the budget; nothing under :func:`untraced`."""
     from opentelemetry.sdk.trace.sampling import (
         ALWAYS_ON,
         Decision,
@@ -74,12 +101,15 @@ def _sampler() -> Any:
             current = parent_context if parent_context is not None else otel_context.get_current()
             if otel_context.get_value(_UNTRACED, current):
                 return SamplingResult(Decision.DROP)
+            parent = trace.get_current_span(current).get_span_context()
+            if not parent.is_valid and not budget.take():
+                return SamplingResult(Decision.DROP)
             return self._parent_based.should_sample(
                 parent_context, trace_id, name, kind, attributes, links, trace_state
             )
 
         def get_description(self) -> str:
-            return "A0Sampler(ParentBased(AlwaysOn), untraced dropped)"
+            return f"A0Sampler(ParentBased(AlwaysOn), {budget.per_s:g} new traces/s, untraced dropped)"
 
     return A0Sampler()
 
@@ -105,7 +135,7 @@ def setup_tracing(settings: Settings, service_name: str) -> None:
         resource=Resource.create(
             {"service.name": service_name, "service.namespace": settings.telemetry.service_namespace}
         ),
-        sampler=_sampler(),
+        sampler=_sampler(TraceBudget(settings.telemetry.traces_per_s)),
     )
     url = endpoint.rstrip("/") + "/v1/traces"
     # Exported within a second, so `a0ctl trace` shows a turn right after it ends.

@@ -8,6 +8,7 @@ import logging
 import uvloop
 from prometheus_client import start_http_server
 
+import services.common.schema  # noqa: F401  # alembic, imported before root is dropped (see privileges)
 from services.common.bootstrap import ServiceStack, run_consumer_service
 from services.common.kafka import ConsumerLoop
 from services.common.logging import setup_logging

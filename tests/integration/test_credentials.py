@@ -139,3 +139,44 @@ def test_creds_cli_reads_the_key_from_stdin_and_shows_it_masked(sim: SimProcess)
     assert a0ctl("creds", "rm", "openai", "--user", "gina").returncode == 0
     gone = a0ctl("creds", "rm", "openai", "--user", "gina")
     assert gone.returncode == 1 and "has no openai credential" in gone.stderr
+
+
+async def test_a_failed_rotation_keeps_every_credential_readable_and_a_second_run_finishes_it(
+    settings: Settings, client: httpx.AsyncClient, sim: SimProcess
+) -> None:
+    """docs/rollback.md, key rotation: a rotation that fails changes no row; once the cause
+    is fixed, running it again finishes it with the keys the rows are sealed with."""
+    headers = auth(settings, "hana")
+    body = {"base_url": sim.base_url, "model": "a0-sim-1", "api_key": sim.api_key}
+    assert (
+        await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+    ).status_code == 200
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as conn:
+        before = await (await conn.execute("SELECT owner_id, kek_id FROM credentials ORDER BY 1")).fetchall()
+        # A row no key of this stack opens (copied in from elsewhere): the rotation must stop.
+        await conn.execute(
+            "INSERT INTO credentials (owner_id, provider, base_url, model, key_masked, nonce, ciphertext, kek_id) "
+            "VALUES ('stranger', 'openai', 'https://x.test/v1', 'm', 'sk-…abcd', '\\x00', '\\x01', 'not-ours')"
+        )
+    failed = await asyncio.to_thread(a0ctl, "creds", "rotate-key")
+    assert failed.returncode == 1 and "sealed with an unknown key not-ours" in failed.stderr
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as conn:
+        unchanged = await (
+            await conn.execute(
+                "SELECT owner_id, kek_id FROM credentials WHERE owner_id <> 'stranger' ORDER BY 1"
+            )
+        ).fetchall()
+        assert unchanged == before
+        await conn.execute("DELETE FROM credentials WHERE owner_id = 'stranger'")
+    events = await turn(client, headers, "while the rotation is unfinished")
+    assert events[-1]["type"] == "message.completed", events[-1]
+
+    finished = await asyncio.to_thread(a0ctl, "creds", "rotate-key")
+    assert finished.returncode == 0, finished.stderr
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
+        after = await (await conn.execute("SELECT owner_id, kek_id FROM credentials ORDER BY 1")).fetchall()
+    assert [o for o, _ in after] == [o for o, _ in before]
+    assert {k for _, k in after}.isdisjoint({k for _, k in before}) and len({k for _, k in after}) == 1
+    assert "A0_CREDENTIALS_KEK_PREVIOUS" not in (settings.stack.conf_path / "secrets.env").read_text()
+    events = await turn(client, headers, "after the rotation")
+    assert events[-1]["type"] == "message.completed", events[-1]

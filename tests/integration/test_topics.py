@@ -69,6 +69,32 @@ def test_config_change_is_planned_and_applied(topics_file: Path) -> None:
     assert len(described["partitions"]) == 2
 
 
+def test_the_previous_topics_file_rolls_configs_back(topics_file: Path, tmp_path: Path) -> None:
+    """docs/rollback.md, topic configs: plan and apply the previous release's topics.yaml."""
+    assert a0ctl("topics", "apply", "--file", str(topics_file)).returncode == 0
+    previous = tmp_path / "previous-topics.yaml"
+    previous.write_text(topics_file.read_text())
+    spec = yaml.safe_load(topics_file.read_text())
+    plain = next(n for n in spec["topics"] if n.endswith(".plain"))
+    added = plain.replace(".plain", ".added")
+    edit(
+        topics_file,
+        lambda s: s["topics"].update(
+            {plain: {"partitions": 2, "configs": {"retention.ms": 7200000}}, added: {"partitions": 1}}
+        ),
+    )
+    assert a0ctl("topics", "apply", "--file", str(topics_file)).returncode == 0
+
+    planned = a0ctl("topics", "plan", "--file", str(previous), "--detailed-exitcode")
+    assert planned.returncode == 2, planned.stderr
+    assert "retention.ms: 7200000 → 3600000" in planned.stdout
+    assert "not in the file (left alone): " in planned.stdout and added in planned.stdout
+    assert a0ctl("topics", "apply", "--file", str(previous)).returncode == 0
+    again = a0ctl("topics", "plan", "--file", str(previous), "--detailed-exitcode")
+    assert again.returncode == 0 and "No changes" in again.stdout
+    assert a0ctl_json("topics", "describe", plain)["topics"][0]["configs"]["retention.ms"] == "3600000"
+
+
 def test_partition_decrease_is_refused_and_changes_nothing(topics_file: Path) -> None:
     assert a0ctl("topics", "apply", "--file", str(topics_file)).returncode == 0
     spec = yaml.safe_load(topics_file.read_text())

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.unit
 
 def test_spans_under_untraced_are_dropped_with_their_children_and_others_kept() -> None:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=telemetry._sampler())
+    # A budget of one new trace (and a clock that stands still): children of the first
+    # are kept, a second new trace is not started.
+    provider = TracerProvider(sampler=telemetry._sampler(telemetry.TraceBudget(1, clock=lambda: 0.0)))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
     with tracer.start_as_current_span("llm call"):
@@ -40,6 +42,8 @@ def test_spans_under_untraced_are_dropped_with_their_children_and_others_kept() 
             otel_context.detach(token)
         with tracer.start_as_current_span("tool.requests send"):
             pass
+    with tracer.start_as_current_span("next turn") as over_budget:
+        assert not over_budget.is_recording()
     assert sorted(span.name for span in exporter.get_finished_spans()) == ["llm call", "tool.requests send"]
 
 
@@ -119,3 +123,16 @@ def test_trace_tree_nests_children_under_parents_across_services() -> None:
     text = console.export_text()
     assert "trace t1  3 spans" in text and "topic=conversation.inbound" in text
     assert text.index("conversation.inbound send") < text.index("llm call") < text.index("first token")
+
+
+def test_new_traces_are_rate_limited_and_refill_over_time() -> None:
+    from services.common.telemetry import TraceBudget
+
+    now = [0.0]
+    budget = TraceBudget(2.0, clock=lambda: now[0])
+    assert [budget.take() for _ in range(3)] == [True, True, False]  # a burst of 2, then none
+    now[0] += 0.5
+    assert [budget.take() for _ in range(2)] == [True, False]  # one more after half a second
+    now[0] += 10
+    assert [budget.take() for _ in range(3)] == [True, True, False]  # never more than the burst
+    assert all(TraceBudget(0).take() for _ in range(100))  # 0: no limit

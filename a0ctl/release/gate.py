@@ -1,0 +1,134 @@
+"""The checks of the release gate. Each calls the code of its own command (doctor,
+``db status``, ``topics plan``, smoke, ``load`` with SLA limits) and returns a
+:class:`GateCheck`; none raises. ``a0ctl roadmap`` runs the same functions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from a0ctl.doctor import run_doctor
+from a0ctl.load import LoadReport, run_load
+from a0ctl.smoke.checks import run_smoke
+from a0ctl.topics.apply import plan_topics
+from services.common.errors import A0Error
+from services.common.settings import Settings
+
+
+class GateCheck(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+
+class LoadLimits(BaseModel):
+    """The load run of the gate. The SLA is the roadmap's release gate (M5: mean < 2 s)."""
+
+    sessions: int = 50
+    duration_s: float = 20.0
+    think_s: float = 2.0
+    prompt: str = "compute 6*7"  # a tool turn: the whole path, worker and tool executor
+    sla_mean_s: float | None = 2.0
+    sla_p99_s: float | None = 5.0
+
+
+def timed(name: str, run: Callable[[], tuple[bool, str]]) -> GateCheck:
+    """Run one check; an a0 error (or any failure) is a failed line, not a crash."""
+    started = time.monotonic()
+    try:
+        ok, detail = run()
+    except A0Error as exc:
+        ok, detail = False, str(exc)
+    except Exception as exc:  # a failed check is a report line
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    return GateCheck(name=name, ok=ok, detail=detail[:600], seconds=round(time.monotonic() - started, 2))
+
+
+def doctor_check(settings: Settings) -> GateCheck:
+    def run() -> tuple[bool, str]:
+        checks = run_doctor(settings).checks
+        failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+        return not failed, "; ".join(failed) if failed else f"{len(checks)} prerequisites present"
+
+    return timed("doctor", run)
+
+
+def migrations_check(settings: Settings) -> GateCheck:
+    def run() -> tuple[bool, str]:
+        from services.common.schema import schema_status  # alembic only when it runs
+
+        status = schema_status(settings)
+        if status.at_head:
+            return True, f"schema at head {status.head}"
+        pending = ", ".join(r.revision for r in status.pending)
+        return (
+            False,
+            f"schema at {status.current or 'no revision'}, pending {pending}: run `a0ctl db migrate`",
+        )
+
+    return timed("migrations at head", run)
+
+
+def topics_check(settings: Settings) -> GateCheck:
+    def run() -> tuple[bool, str]:
+        plan = asyncio.run(plan_topics(settings))
+        if plan.has_changes:
+            drift = "; ".join(f"{c.topic}: {c.action} {c.detail}" for c in plan.changes)
+            return False, f"drift from topics.yaml ({plan.env}): {drift}; run `a0ctl topics plan`"
+        return True, f"{len(plan.unchanged)} topics match topics.yaml ({plan.env}), no drift"
+
+    return timed("topics plan", run)
+
+
+def smoke_check(settings: Settings) -> GateCheck:
+    def run() -> tuple[bool, str]:
+        report = asyncio.run(run_smoke(settings))
+        failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok]
+        if failed:
+            return False, "; ".join(failed)
+        return True, f"{len(report.checks)} smoke checks passed, " + next(
+            (c.detail for c in report.checks if c.name == "end-to-end roundtrip"), ""
+        )
+
+    return timed("smoke", run)
+
+
+def load_summary(report: LoadReport) -> str:
+    r = report.response_s
+    text = (
+        f"{report.sessions} sessions {report.duration_s:g} s: {report.completed} answered, "
+        f"{report.failed} failed, {report.lost} lost, {report.duplicate_events} duplicated, "
+        f"{report.shed} shed; response mean {r.mean} s p99 {r.p99} s; "
+        f"max consumer lag {report.max_consumer_lag_s} s"
+    )
+    limits = []
+    if report.sla.mean_s is not None:
+        limits.append(f"mean < {report.sla.mean_s} s")
+    if report.sla.p99_s is not None:
+        limits.append(f"p99 < {report.sla.p99_s} s")
+    if limits:
+        text += f"; SLA {', '.join(limits)}: " + ("met" if report.sla.met else "; ".join(report.sla.misses))
+    return text
+
+
+def load_check(settings: Settings, limits: LoadLimits) -> tuple[GateCheck, LoadReport | None]:
+    reports: list[LoadReport] = []
+
+    def run() -> tuple[bool, str]:
+        report = asyncio.run(
+            run_load(
+                settings,
+                sessions=limits.sessions,
+                duration_s=limits.duration_s,
+                think_s=limits.think_s,
+                prompt=limits.prompt,
+            )
+        ).check_sla(limits.sla_mean_s, limits.sla_p99_s)
+        reports.append(report)
+        return report.ok, load_summary(report)
+
+    return timed("load with SLA", run), (reports[0] if reports else None)
