@@ -96,3 +96,5 @@ def setup_logging(verbose: bool) -> None:
     # Client libraries log connection retries as errors while a service starts; a0ctl
     # reports health itself, so keep their noise off the terminal.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # kafka-python (ACLs, SCRAM) warns on every SASL login over a loopback plaintext listener.
+    logging.getLogger("kafka").setLevel(logging.ERROR)

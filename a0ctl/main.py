@@ -6,7 +6,21 @@ from typing import Annotated
 
 import typer
 
-from a0ctl.commands import chat, creds, db, load, observe, release, roadmap, run, smoke, stack, token, topics
+from a0ctl.commands import (
+    chat,
+    creds,
+    db,
+    deploy,
+    load,
+    observe,
+    release,
+    roadmap,
+    run,
+    smoke,
+    stack,
+    token,
+    topics,
+)
 from a0ctl.console import exit_codes_help, setup_logging
 
 # Help texts are written one paragraph per line: rich keeps a line break where it finds
@@ -35,6 +49,7 @@ def main(
 stack.register(app)
 app.add_typer(topics.app, name="topics")
 app.add_typer(creds.app, name="creds")
+app.add_typer(deploy.app, name="deploy")
 app.add_typer(db.app, name="db")
 app.add_typer(release.app, name="release")
 app.command()(smoke.smoke)

@@ -37,9 +37,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! command -v go >/dev/null 2>&1 && { [[ ! -x "$HOME/.cache/a0/jaeger-v1.76.0/jaeger" ]] ||
-  { [[ ! -x "$HOME/.cache/a0/opa-v1.22.3/opa" ]] && ! command -v opa >/dev/null; }; }; then
-  echo "bootstrap: go not found; installing golang to build opa and jaeger"
+# Go builds opa and jaeger, and kubeconform and kustomize for `a0ctl deploy validate`.
+if ! command -v go >/dev/null 2>&1; then
+  echo "bootstrap: go not found; installing golang (builds opa, jaeger, kubeconform, kustomize)"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang >/dev/null
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, types, then the unit, integration, faults, hostile and e2e
-# tiers, each on real services. The integration, faults, hostile and e2e tiers start their
+# The whole test suite: lint, types, then the unit, integration, faults, cluster, hostile
+# and e2e tiers, each on real services. The integration, faults, hostile and e2e tiers start their
 # own stack (same code as `a0ctl up`) on separate ports under .a0-test/, and stop it at the end. Each tier runs
 # in its own pytest process (the browser tier's Playwright owns its event loop), and
 # the closing line adds them up.
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 mkdir -p test-artifacts
 rm -f test-artifacts/junit-*.xml
 status=0
-for tier in unit integration faults hostile e2e; do
+for tier in unit integration faults cluster hostile e2e; do
   echo "=== $tier tests ==="
   .venv/bin/python -m pytest "tests/$tier" -p no:cacheprovider \
     --junitxml="test-artifacts/junit-$tier.xml" "$@" || status=1

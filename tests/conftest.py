@@ -23,6 +23,8 @@ TEST_ENV = {
     "A0_CONF_DIR": str(TEST_STATE / "conf"),
     "A0_KAFKA_PORT": _port(29092),
     "A0_KAFKA_CONTROLLER_PORT": _port(29093),
+    # Nodes 2 and 3 of the cluster tier (29140-29143).
+    "A0_KAFKA_CLUSTER_PORT": _port(29140),
     "A0_REDIS_PORT": _port(26379),
     "A0_POSTGRES_PORT": _port(25432),
     "A0_OPA_PORT": _port(28181),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -59,6 +61,11 @@ def not_healthy(statuses: list[ServiceStatus]) -> list[str]:
     return [s.name for s in statuses if s.state != "stopped" and not s.healthy]
 
 
+class Profile(StrEnum):
+    single = "single"
+    cluster = "cluster"
+
+
 def print_statuses(statuses: list[ServiceStatus], json_out: bool) -> None:
     """The statuses as a table or JSON; exit 1 if a service that should run is not healthy."""
     if json_out:
@@ -73,13 +80,24 @@ def up(
     runtime: RuntimeOpt = None,
     infra_only: Annotated[bool, typer.Option(help="Start only Kafka, Redis, PostgreSQL and OPA.")] = False,
     json_out: JsonOption = False,
+    profile: Annotated[
+        Profile | None,
+        typer.Option(
+            help="single: one Kafka node; cluster: three KRaft nodes, topics replicated 3 with "
+            "min.insync.replicas 2 (topics.yaml's staging section). Same as A0_PROFILE; keep it "
+            "in .env so every command sees the same stack.",
+        ),
+    ] = None,
 ) -> None:
     """Start the stack under supervisord (idempotent) and wait until every service is healthy.
 
     Running it again starts only what is not running. A crashed service is restarted by supervisord, one that stays unhealthy by the watchdog. Exit 1 if a service is not healthy in the end, with --json too.
 
-    Example: a0ctl up
+    Example: a0ctl up --profile cluster
     """
+    if profile is not None:
+        # A setting like any other: this process, supervisord and every service see it.
+        os.environ["A0_PROFILE"] = profile.value
     progress: dict[str, str] = {}
 
     def render() -> Table:

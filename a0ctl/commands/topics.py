@@ -13,7 +13,9 @@ from rich.table import Table
 from a0ctl.console import ExitCode, JsonOption, console, errors_to_exit, print_json, settings
 from a0ctl.topics.admin import PartitionLag, TopicDescription, consumer_lag, describe_topics
 from a0ctl.topics.apply import plan_topics
+from a0ctl.topics.model import load_topics_file
 from a0ctl.topics.plan import TopicPlan
+from a0ctl.topics.render import RenderFormat, render
 
 app = typer.Typer(
     help="Topics as code: compare topics.yaml with the cluster and apply it.", no_args_is_help=True
@@ -48,6 +50,25 @@ def render_plan(plan: TopicPlan) -> None:
         console.print(f"unchanged: {', '.join(plan.unchanged)}", highlight=False)
     if plan.unmanaged:
         console.print(f"[dim]on the cluster, not in the file (left alone): {', '.join(plan.unmanaged)}[/]")
+    if not plan.acls_enforced:
+        console.print("[dim]ACLs: not enforced (A0_KAFKA_SECURITY_PROTOCOL=PLAINTEXT)[/]")
+    elif plan.acls:
+        table = Table(title=f"ACL plan ({plan.env})", title_justify="left")
+        table.add_column("principal")
+        table.add_column("action")
+        table.add_column("change")
+        for acl_change in plan.acls:
+            style = "green" if acl_change.action == "grant" else "red"
+            table.add_row(
+                acl_change.entry.principal, f"[{style}]{acl_change.action}[/]", acl_change.entry.describe()
+            )
+        console.print(table)
+    else:
+        console.print("[green]ACLs match.[/] every principal has exactly what topics.yaml grants.")
+    if plan.unmanaged_acls:
+        console.print(
+            f"[dim]ACLs of principals not in the file (left alone): {'; '.join(plan.unmanaged_acls)}[/]"
+        )
 
 
 class TopicDescriptions(BaseModel):
@@ -137,7 +158,7 @@ def describe(
     Example: a0ctl topics describe conversation.inbound --json
     """
     with errors_to_exit():
-        topics = asyncio.run(describe_topics(settings().kafka_bootstrap, [topic] if topic else None))
+        topics = asyncio.run(describe_topics(settings(), [topic] if topic else None))
     if json_out:
         print_json(TopicDescriptions(topics=topics))
         return
@@ -163,7 +184,7 @@ def lag(
     Example: a0ctl topics lag --group a0-conversation-worker
     """
     with errors_to_exit():
-        rows = asyncio.run(consumer_lag(settings().kafka_bootstrap, group))
+        rows = asyncio.run(consumer_lag(settings(), group))
     if json_out:
         print_json(ConsumerLag(lag=rows))
         return
@@ -181,3 +202,28 @@ def lag(
             f"{r.lag_seconds:.1f}s" if r.lag else "-",
         )
     console.print(table)
+
+
+@app.command("render")
+def render_command(
+    fmt: Annotated[RenderFormat, typer.Option("--format", help="What to render: strimzi.")] = "strimzi",
+    file: FileOpt = None,
+    env: Annotated[str, typer.Option("--env", "-e", help="local | staging | production.")] = "production",
+    cluster: Annotated[str, typer.Option("--cluster", help="Name of the Strimzi Kafka resource.")] = "a0",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file (default: standard output).")
+    ] = None,
+) -> None:
+    """Render topics.yaml as Strimzi KafkaTopic and KafkaUser (ACL) resources.
+
+    deploy/kubernetes/kafka/topics-and-users.yaml is this command's output; never edit it.
+
+    Example: a0ctl topics render --format strimzi --env production -o deploy/kubernetes/kafka/topics-and-users.yaml
+    """
+    with errors_to_exit():
+        text = render(load_topics_file(file or settings().stack.topics_file), fmt, env, cluster)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        console.print(f"wrote {output}", highlight=False)

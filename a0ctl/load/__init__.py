@@ -324,7 +324,7 @@ async def _sample_lag(settings: Settings, stop: asyncio.Event) -> tuple[float, i
     worst_s, worst_records = 0.0, 0
     while not stop.is_set():
         try:
-            rows = await consumer_lag(settings.kafka_bootstrap, None)
+            rows = await consumer_lag(settings, None)
             worst_s = max([worst_s, *(row.lag_seconds for row in rows)])
             worst_records = max([worst_records, *(row.lag for row in rows)])
         except Exception:  # sampling is best effort; the run goes on

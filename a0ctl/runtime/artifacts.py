@@ -4,6 +4,7 @@
   ``stack/kafka/pom.xml``.
 - OPA: the ``opa`` server binary at a pinned version, from ``go install`` when the
   machine has none of that version.
+- kubeconform and kustomize (``a0ctl deploy validate``): ``go install`` at pinned versions.
 - Jaeger v2: the ``jaeger`` binary at a pinned version, built with ``go build`` from the
   module the Go module proxy serves (its go.mod has a replace directive, so ``go
   install mod@version`` refuses it). Several minutes on two cores, once; Go's build
@@ -88,16 +89,23 @@ def ensure_opa(settings: Settings) -> Path:
         probe = subprocesses.run([on_path, "version"], what="opa version", service="opa", check=False)
         if f"Version: {settings.opa.version.lstrip('v')}" in probe.stdout:
             return Path(on_path)
-    go = _require("go", "install Go (https://go.dev) or put opa on PATH", "opa")
-    env = {**os.environ, "GOBIN": str(cached.parent), "CGO_ENABLED": "0"}
-    hint = "check the Go module proxy is reachable and A0_OPA_VERSION names a released version"
-    what = f"building opa {settings.opa.version} with go install"
-    subprocesses.run(
-        [go, "install", f"{OPA_MODULE}@{settings.opa.version}"], what=what, service="opa", hint=hint, env=env
+    return go_install(OPA_MODULE, settings.opa.version, cached, service="opa", setting="A0_OPA_VERSION")
+
+
+def go_install(module: str, version: str, binary: Path, *, service: str, setting: str) -> Path:
+    """Build ``module@version`` with ``go install`` into ``binary``'s directory, once."""
+    if binary.exists():
+        return binary
+    go = _require(
+        "go", f"install Go (apt-get install golang; scripts/bootstrap.sh does) to build {service}", service
     )
-    if not cached.exists():
-        raise StackError(f"{what} left no binary at {cached}", service="opa", hint=hint)
-    return cached
+    env = {**os.environ, "GOBIN": str(binary.parent), "CGO_ENABLED": "0"}
+    hint = f"check the Go module proxy is reachable and {setting} names a released version"
+    what = f"building {service} {version} with go install"
+    subprocesses.run([go, "install", f"{module}@{version}"], what=what, service=service, hint=hint, env=env)
+    if not binary.exists():
+        raise StackError(f"{what} left no binary at {binary}", service=service, hint=hint)
+    return binary
 
 
 def jaeger_path(settings: Settings) -> Path:

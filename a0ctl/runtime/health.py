@@ -15,11 +15,32 @@ Probe = Callable[[Settings], Awaitable[str]]
 async def kafka_probe(settings: Settings) -> str:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=3000)
+    from services.common.kafka import client_options
+
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=3000)
     await admin.start()
     try:
         cluster = await admin.describe_cluster()
         return f"cluster {cluster['cluster_id']}, {len(cluster['brokers'])} broker(s)"
+    finally:
+        await admin.close()
+
+
+async def kafka_node_probe(settings: Settings, *, port: int) -> str:
+    """One node of a cluster: it answers on its own port, and counts itself a broker."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from services.common.kafka import client_options
+
+    options = {**client_options(settings), "bootstrap_servers": f"{settings.stack.host}:{port}"}
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=3000)
+    await admin.start()
+    try:
+        cluster = await admin.describe_cluster()
+        brokers = {broker["port"] for broker in cluster["brokers"]}
+        if port not in brokers:
+            raise RuntimeError(f"the node on port {port} is not among the cluster's brokers yet")
+        return f"cluster {cluster['cluster_id']}, {len(brokers)} broker(s)"
     finally:
         await admin.close()
 

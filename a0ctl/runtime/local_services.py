@@ -191,8 +191,10 @@ def build_services(
     # a0's services export their spans to the local Jaeger when it runs.
     endpoint = settings.telemetry.endpoint(settings.stack.host)
     traced = {"A0_OTEL_EXPORTER_OTLP_ENDPOINT": endpoint} if endpoint else {}
+    from a0ctl.runtime.kafka_local import kafka_services
+
     services = [
-        kafka_service(settings, dirs),
+        *kafka_services(settings, state),
         redis_service(settings, dirs),
         postgres_service(settings, dirs),
         opa_service(settings, dirs),
@@ -200,101 +202,18 @@ def build_services(
         app_service("llm-sim", settings.llm_sim.port, health.llm_sim_probe),
         *consumer_replicas(settings, "tool-executor", scaled["tool-executor"], traced),
         *consumer_replicas(settings, "conversation-worker", scaled["conversation-worker"], traced),
-        app_service("gateway", settings.gateway.port, health.gateway_probe, env=traced),
+        app_service(
+            "gateway",
+            settings.gateway.port,
+            health.gateway_probe,
+            env={**traced, **kafka_principal("gateway")},
+        ),
         *([prometheus_service(settings, dirs, scaled)] if settings.prometheus.enabled else []),
     ]
     for service in services:
         base = next((b for b in START_ORDER if service.name == b or service.name.startswith(f"{b}-")), "")
         service.priority = 100 + 10 * START_ORDER.index(base) if base else 500
     return {service.name: service for service in services}
-
-
-# --- Kafka ---------------------------------------------------------------------------
-
-
-def kafka_service(settings: Settings, dirs: StackDirs) -> LocalService:
-    """Apache Kafka, one broker and controller (KRaft); storage formatted on first start."""
-    kafka_dir = dirs.data / "kafka"
-    kafka_props = dirs.run / "kafka-server.properties"
-
-    def prepare() -> None:
-        if _dir_is_corrupt(kafka_dir, "meta.properties"):
-            raise _corrupt("kafka", kafka_dir, "meta.properties")
-        artifacts.ensure_kafka(settings)
-        kafka_props.write_text(kafka_properties(settings, kafka_dir))
-        if not (kafka_dir / "meta.properties").exists():
-            kafka_dir.mkdir(parents=True, exist_ok=True)
-            _run_checked(
-                [
-                    *kafka_java(settings),
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "--ignore-formatted",
-                    "-t",
-                    settings.kafka.cluster_id,
-                    "-c",
-                    str(kafka_props),
-                ],
-                "kafka",
-                "formatting Kafka storage",
-            )
-
-    return LocalService(
-        name="kafka",
-        port=settings.kafka.port,
-        extra_ports=(settings.kafka.controller_port,),
-        probe=health.kafka_probe,
-        prepare=prepare,
-        command=lambda: [*kafka_java(settings), "kafka.Kafka", str(kafka_props)],
-        # SIGTERM starts a controlled shutdown: leadership moved, logs flushed and
-        # closed cleanly, so the next start needs no log recovery.
-        stop_wait_s=60,
-        start_s=10,
-    )
-
-
-def kafka_properties(settings: Settings, kafka_dir: Path) -> str:
-    host, k = settings.stack.host, settings.kafka
-    return "\n".join(
-        [
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{host}:{k.controller_port}",
-            f"listeners=PLAINTEXT://{host}:{k.port},CONTROLLER://{host}:{k.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{host}:{k.port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
-            f"log.dirs={kafka_dir}",
-            "auto.create.topics.enable=false",
-            "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=6",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "",
-        ]
-    )
-
-
-def kafka_java(settings: Settings) -> list[str]:
-    java = shutil.which("java")
-    if not java:
-        raise StackError("java not found", service="kafka", hint="install a Java 17+ runtime")
-    libs = artifacts.kafka_libs(settings)
-    return [
-        java,
-        "-Xms256m",
-        f"-Xmx{settings.kafka.heap}",
-        "-XX:+UseG1GC",
-        "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={artifacts.KAFKA_LOG4J}",
-        "-cp",
-        f"{libs}/*",
-    ]
 
 
 # --- Redis ---------------------------------------------------------------------------
@@ -439,6 +358,12 @@ def app_service(name: str, port: int, probe: health.Probe, env: dict[str, str] |
     )
 
 
+def kafka_principal(service: str) -> dict[str, str]:
+    """With SASL, a service that talks to Kafka connects as the principal of its own name
+    (topics.yaml's principals)."""
+    return {"A0_KAFKA_SASL_USERNAME": service}
+
+
 # The metrics port of each replica, and the variable that tells the replica.
 _METRICS_PORTS: dict[str, tuple[Callable[..., int], str]] = {
     "conversation-worker": (worker_metrics_port, "A0_WORKER_METRICS_PORT"),
@@ -458,7 +383,7 @@ def consumer_replicas(
             service,
             port,
             health.metrics_probe(partial(metrics_port, replica=replica)),
-            env={**(env or {}), port_variable: str(port)},
+            env={**(env or {}), port_variable: str(port), **kafka_principal(service)},
         )
         app.name = replica_name(service, replica)
         replicas.append(app)

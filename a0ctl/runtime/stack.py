@@ -8,8 +8,12 @@ import asyncio
 
 from a0ctl.runtime import get_runtime
 from a0ctl.runtime.base import APPS, INFRA, OBSERVABILITY, ProgressFn, Runtime, ServiceStatus
-from services.common.secrets_env import apply_generated_secrets, ensure_generated_secrets
-from services.common.settings import Settings
+from services.common.secrets_env import (
+    apply_generated_secrets,
+    ensure_generated_secrets,
+    ensure_kafka_passwords,
+)
+from services.common.settings import KAFKA_ADMIN, Settings
 
 
 def bring_up(
@@ -20,6 +24,11 @@ def bring_up(
     with_apps: bool = True,
 ) -> tuple[Runtime, list[ServiceStatus]]:
     ensure_generated_secrets(settings.stack.conf_path)
+    from a0ctl.topics.model import load_topics_file
+
+    # A SCRAM password for a0ctl's principal and for each service's (topics.yaml).
+    principals = [KAFKA_ADMIN, *load_topics_file(settings.stack.topics_file).principals]
+    ensure_kafka_passwords(settings.stack.conf_path, principals)
     # Generated secrets (JWT key, simulator key) now exist: fill them into the settings.
     settings = apply_generated_secrets(settings)
     runtime = get_runtime(settings, runtime_name)

@@ -56,7 +56,7 @@ async def _gateway_ready(settings: Settings) -> str:
 
 
 async def _lag(settings: Settings, threshold_s: float) -> str:
-    rows = await consumer_lag(settings.kafka_bootstrap, None)
+    rows = await consumer_lag(settings, None)
     worst: dict[str, tuple[int, float]] = {}
     for row in rows:
         messages, seconds = worst.get(row.group, (0, 0.0))

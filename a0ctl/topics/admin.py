@@ -17,11 +17,14 @@ from pydantic import BaseModel
 from a0ctl.errors import StackError, TopicPlanError
 from a0ctl.topics.model import CONFIG_RULES, DesiredTopic
 from a0ctl.topics.plan import LiveTopic, TopicPlan
+from services.common.kafka import client_options
+from services.common.settings import Settings
 
 
 @asynccontextmanager
-async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    bootstrap = settings.kafka_bootstrap
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
     try:
         await admin.start()
     except KafkaError as exc:
@@ -125,10 +128,10 @@ class TopicDescription(BaseModel):
     configs: dict[str, str]
 
 
-async def end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+async def end_offsets(settings: Settings, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
     if not partitions:
         return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await consumer.start()
     try:
         return await consumer.end_offsets(partitions)
@@ -136,8 +139,8 @@ async def end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> dict[
         await consumer.stop()
 
 
-async def describe_topics(bootstrap: str, names: list[str] | None) -> list[TopicDescription]:
-    async with admin_client(bootstrap) as admin:
+async def describe_topics(settings: Settings, names: list[str] | None) -> list[TopicDescription]:
+    async with admin_client(settings) as admin:
         existing = [n for n in await admin.list_topics() if not n.startswith("__")]
         if names:
             missing = sorted(set(names) - set(existing))
@@ -147,7 +150,7 @@ async def describe_topics(bootstrap: str, names: list[str] | None) -> list[Topic
         described = await admin.describe_topics(wanted) if wanted else []
         configs = await topic_configs(admin, wanted)
     tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
-    offsets = await end_offsets(bootstrap, tps)
+    offsets = await end_offsets(settings, tps)
     return [
         TopicDescription(
             name=t["topic"],
@@ -181,12 +184,12 @@ class PartitionLag(BaseModel):
 
 
 async def _oldest_unconsumed_age(
-    bootstrap: str, positions: dict[TopicPartition, int]
+    settings: Settings, positions: dict[TopicPartition, int]
 ) -> dict[TopicPartition, float]:
     """How long the record at each committed offset has been waiting, in seconds."""
     if not positions:
         return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await consumer.start()
     ages: dict[TopicPartition, float] = {}
     try:
@@ -209,8 +212,8 @@ async def _oldest_unconsumed_age(
     return ages
 
 
-async def consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]:
-    async with admin_client(bootstrap) as admin:
+async def consumer_lag(settings: Settings, group: str | None) -> list[PartitionLag]:
+    async with admin_client(settings) as admin:
         groups = [group] if group else sorted(g[0] for g in await admin.list_consumer_groups())
         committed: dict[str, dict[TopicPartition, int]] = {}
         for name in groups:
@@ -221,7 +224,7 @@ async def consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]:
             f"consumer group {group!r} has no committed offsets", hint="see `a0ctl topics lag`"
         )
     all_tps = sorted({tp for offsets in committed.values() for tp in offsets})
-    ends = await end_offsets(bootstrap, all_tps)
+    ends = await end_offsets(settings, all_tps)
     # The age of the oldest record a group has not finished, per partition it is behind
     # on (the lowest committed offset of any group reading it).
     behind: dict[TopicPartition, int] = {}
@@ -229,7 +232,7 @@ async def consumer_lag(bootstrap: str, group: str | None) -> list[PartitionLag]:
         for tp, offset in offsets.items():
             if ends.get(tp, offset) > offset:
                 behind[tp] = min(offset, behind.get(tp, offset))
-    ages = await _oldest_unconsumed_age(bootstrap, behind)
+    ages = await _oldest_unconsumed_age(settings, behind)
     rows = []
     for name, offsets in committed.items():
         for tp, offset in sorted(offsets.items()):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from a0ctl.errors import TopicsFileError
 
@@ -79,11 +80,45 @@ class Defaults(Strict):
         return _normalise_configs(value)
 
 
+# A principal or consumer group name: what Kafka, SCRAM and Kubernetes all accept.
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"
+
+
+class PrincipalDecl(Strict):
+    """What one service may do: the topics it writes and reads, the groups it joins."""
+
+    description: str = ""
+    produce: list[str] = Field(default_factory=list)
+    consume: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        for group in value:
+            if not re.match(NAME_PATTERN, group):
+                raise ValueError(f"consumer group {group!r} must match {NAME_PATTERN}")
+        return value
+
+
 class TopicsFile(Strict):
     version: Literal[1]
     defaults: Defaults = Field(default_factory=Defaults)
     environments: dict[Literal["local", "staging", "production"], Overrides] = Field(default_factory=dict)
     topics: dict[str, TopicDecl]
+    principals: dict[str, PrincipalDecl] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _principals_name_declared_topics(self) -> TopicsFile:
+        for name, principal in self.principals.items():
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"principal {name!r} must match {NAME_PATTERN}")
+            for topic in (*principal.produce, *principal.consume):
+                if topic not in self.topics or self.topics[topic].deleted:
+                    raise ValueError(
+                        f"principal {name} names topic {topic!r}, which the file does not declare"
+                    )
+        return self
 
 
 class DesiredTopic(BaseModel):

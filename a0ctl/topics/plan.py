@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, computed_field
 
+from a0ctl.topics.acls import AclChange
 from a0ctl.topics.model import DesiredTopic
 
 Action = Literal["create", "alter_config", "increase_partitions", "delete", "refused"]
@@ -34,6 +35,10 @@ class TopicPlan(BaseModel):
     changes: list[TopicChange]
     unchanged: list[str]
     unmanaged: list[str]
+    # ACLs of topics.yaml's principals (only where the broker enforces ACLs, with SASL).
+    acls_enforced: bool = False
+    acls: list[AclChange] = Field(default_factory=list)
+    unmanaged_acls: list[str] = Field(default_factory=list)
 
     @property
     def refused(self) -> list[TopicChange]:
@@ -42,7 +47,7 @@ class TopicPlan(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def has_changes(self) -> bool:
-        return bool(self.changes)
+        return bool(self.changes or self.acls)
 
 
 def compute_plan(

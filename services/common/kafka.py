@@ -15,22 +15,46 @@ import random
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
 
 from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EnvelopeError
-from services.common.errors import PoisonRecord, is_transient
+from services.common.errors import ConfigError, PoisonRecord, is_transient
+from services.common.logging import register_secret
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+def client_options(settings: Settings) -> dict[str, Any]:
+    """How every Kafka client of a0 reaches the broker: its address and, with SASL, the
+    principal this process is (``A0_KAFKA_SASL_USERNAME``) and its password."""
+    kafka = settings.kafka
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap}
+    if kafka.security_protocol == "SASL_PLAINTEXT":
+        password = kafka.sasl_password.get_secret_value()
+        if not password:
+            raise ConfigError(
+                f"no Kafka password for principal {kafka.sasl_username!r}",
+                hint="run `a0ctl up` (it generates one in conf/env) or set A0_KAFKA_SASL_PASSWORD",
+            )
+        register_secret(password)
+        options.update(
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=password,
+        )
+    return options
+
+
 def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_options(settings),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -117,8 +141,9 @@ class ConsumerLoop:
         self.producer = producer
         self.max_in_flight = max_in_flight
         self.retries = retries
+        self.principal = settings.kafka.sasl_username
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_options(settings),
             group_id=group_id,
             client_id=group_id,
             enable_auto_commit=False,
@@ -139,7 +164,25 @@ class ConsumerLoop:
 
     async def start(self) -> None:
         self.consumer.subscribe(self.topics, listener=_Rebalance(self))
-        await self.consumer.start()
+        try:
+            await self.consumer.start()
+        except (TopicAuthorizationFailedError, GroupAuthorizationFailedError) as exc:
+            self._log_denied(exc)
+            raise
+
+    def _log_denied(self, exc: KafkaError) -> None:
+        """The broker's authorizer refused this principal: say who, what, and the fix."""
+        if isinstance(exc, GroupAuthorizationFailedError):
+            what = f"consumer group {self.group_id} (to consume {', '.join(self.topics)})"
+        else:
+            what = f"topic {', '.join(self.topics)} (to consume it)"
+        log.error(
+            "Kafka denied principal %s access to %s: %s; grant it under principals in topics.yaml "
+            "and run `a0ctl topics apply`",
+            self.principal,
+            what,
+            type(exc).__name__,
+        )
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -176,6 +219,9 @@ class ConsumerLoop:
                 for tp, records in batches.items():
                     for record in records:
                         self._dispatch(tp, record)
+        except (TopicAuthorizationFailedError, GroupAuthorizationFailedError) as exc:
+            self._log_denied(exc)
+            raise
         finally:
             committer.cancel()
             lag.cancel()

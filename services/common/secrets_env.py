@@ -1,6 +1,7 @@
 """Generated secrets under ``conf/env/``: the JWT signing key, the key-encryption key
 for stored credentials, the API key of the local LLM simulator, and the passwords of
-PostgreSQL's app role and admin.
+PostgreSQL's app role and admin, and the SCRAM password of each Kafka principal
+(``A0_KAFKA_PASSWORD_<PRINCIPAL>``: a0ctl's ``a0-admin`` and every service of topics.yaml).
 
 They are created on the first ``a0ctl up`` with mode 0600, are never committed
 (``conf/env/`` is git-ignored) and never have a default: a process that needs one
@@ -93,9 +94,29 @@ def read_generated_secret(conf_dir: Path, key: str) -> str | None:
     return _read(secrets_path(conf_dir)).get(key) or None
 
 
+def kafka_password_key(principal: str) -> str:
+    """The key of a Kafka principal's generated SCRAM password: ``A0_KAFKA_PASSWORD_<NAME>``."""
+    return "A0_KAFKA_PASSWORD_" + principal.upper().replace("-", "_").replace(".", "_")
+
+
+def ensure_kafka_passwords(conf_dir: Path, principals: list[str]) -> None:
+    """A generated SCRAM password for each Kafka principal that has none yet."""
+    values = _read(secrets_path(conf_dir))
+    missing = {
+        kafka_password_key(p): secrets.token_urlsafe(32)
+        for p in principals
+        if not values.get(kafka_password_key(p))
+    }
+    if missing:
+        write_generated_secrets(conf_dir, missing)
+
+
 def apply_generated_secrets(settings: Settings) -> Settings:
     """Fill secrets left empty by the environment from ``conf/env/secrets.env``."""
     values = _read(secrets_path(settings.stack.conf_path))
+    kafka_key = kafka_password_key(settings.kafka.sasl_username)
+    if not settings.kafka.sasl_password.get_secret_value() and values.get(kafka_key):
+        settings.kafka.sasl_password = SecretStr(values[kafka_key])
     if not settings.gateway.jwt_secret.get_secret_value() and values.get("A0_GATEWAY_JWT_SECRET"):
         settings.gateway.jwt_secret = SecretStr(values["A0_GATEWAY_JWT_SECRET"])
     if not settings.llm_sim.api_key.get_secret_value() and values.get("A0_LLM_SIM_API_KEY"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,11 @@ class StackSettings(BaseSettings):
     cache_dir: Path = Field(default=Path.home() / ".cache" / "a0", description="Downloaded artifacts.")
     runtime: str = Field(default="auto", description="auto, local or compose")
     env: str = Field(default="local", description="Environment selected in topics.yaml.")
+    profile: Literal["single", "cluster"] = Field(
+        default="single",
+        description="single: one Kafka node; cluster: three KRaft nodes (local runtime), topics as "
+        "topics.yaml's staging section has them (replication 3, min.insync.replicas 2).",
+    )
     host: str = "127.0.0.1"
     startup_timeout_s: float = 90.0
     restart_retries: int = Field(
@@ -70,19 +76,43 @@ class StackSettings(BaseSettings):
     def topics_file(self) -> Path:
         return self.resolve(Path("topics.yaml"))
 
+    @property
+    def topics_env(self) -> str:
+        """The section of topics.yaml applied: a local cluster is shaped as staging."""
+        return "staging" if self.profile == "cluster" and self.env == "local" else self.env
+
+
+# a0ctl's Kafka principal, and the brokers' own: the one super user.
+KAFKA_ADMIN = "a0-admin"
+
 
 class KafkaSettings(BaseSettings):
     model_config = _config("A0_KAFKA_")
 
     port: int = 19092
     controller_port: int = 19093
+    cluster_port: int = Field(
+        default=19140,
+        description="With A0_PROFILE=cluster, node n (2, 3) listens on this + 2*(n-2), its controller on the next port.",
+    )
     version: str = "4.2.1"
     cluster_id: str = "YTAtbG9jYWwta3JhZnQtMQ"  # base64 of 16 bytes, as KRaft requires
     heap: str = "768m"
     bootstrap_servers: str | None = None
-
-    def bootstrap(self, host: str) -> str:
-        return self.bootstrap_servers or f"{host}:{self.port}"
+    security_protocol: Literal["SASL_PLAINTEXT", "PLAINTEXT"] = Field(
+        default="SASL_PLAINTEXT",
+        description="SASL_PLAINTEXT: every client authenticates (SCRAM) as its own principal and the "
+        "broker enforces the ACLs of topics.yaml; PLAINTEXT: no authentication, no ACLs.",
+    )
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str = Field(
+        default=KAFKA_ADMIN,
+        description="The principal this process connects as: a0ctl's own (a super user) unless a "
+        "service sets its own (the local runtime does).",
+    )
+    sasl_password: SecretStr = Field(
+        default=SecretStr(""), description="Generated in conf/env for each principal when unset."
+    )
 
 
 class RedisSettings(BaseSettings):
@@ -286,6 +316,22 @@ class PrometheusSettings(BaseSettings):
         return self.url or f"http://{host}:{self.port}"
 
 
+class KubernetesSettings(BaseSettings):
+    """What ``a0ctl deploy validate`` checks deploy/kubernetes with, all pinned."""
+
+    model_config = _config("A0_K8S_")
+
+    version: str = Field(
+        default="1.33.0", description="Kubernetes version whose schemas the manifests must fit."
+    )
+    kubeconform_version: str = "v0.8.0"
+    kustomize_version: str = "v5.8.0"
+    strimzi_version: str = Field(
+        default="0.45.0", description="Strimzi operator release of the Kafka resources."
+    )
+    keda_version: str = Field(default="v2.18.0", description="KEDA release of the ScaledObject resources.")
+
+
 class Settings(BaseModel):
     """All of a0's settings, built once per process by :func:`load_settings`."""
 
@@ -300,13 +346,28 @@ class Settings(BaseModel):
     llm: LLMSettings
     llm_sim: LLMSimSettings
     telemetry: TelemetrySettings
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
 
     model_config = {"arbitrary_types_allowed": True}
 
     @cached_property
+    def kafka_nodes(self) -> list[tuple[int, int, int]]:
+        """``(node id, port, controller port)`` of each Kafka node the local runtime runs."""
+        nodes = [(1, self.kafka.port, self.kafka.controller_port)]
+        if self.stack.profile == "cluster":
+            nodes += [
+                (n, self.kafka.cluster_port + 2 * (n - 2), self.kafka.cluster_port + 2 * (n - 2) + 1)
+                for n in (2, 3)
+            ]
+        return nodes
+
+    @cached_property
     def kafka_bootstrap(self) -> str:
-        return self.kafka.bootstrap(self.stack.host)
+        if self.kafka.bootstrap_servers:
+            return self.kafka.bootstrap_servers
+        # Every node: a client starting while one is down still finds the cluster.
+        return ",".join(f"{self.stack.host}:{port}" for _, port, _ in self.kafka_nodes)
 
     @cached_property
     def redis_url(self) -> str:
@@ -350,6 +411,7 @@ def load_settings() -> Settings:
         llm=LLMSettings(),
         llm_sim=LLMSimSettings(),
         telemetry=TelemetrySettings(),
+        kubernetes=KubernetesSettings(),
         prometheus=PrometheusSettings(),
     )
     return apply_generated_secrets(settings)

@@ -22,6 +22,7 @@ from a0ctl.errors import StackError
 from a0ctl.runtime.local import LocalRuntime, port_in_use, process_alive
 from a0ctl.runtime.stack import bring_up
 from a0ctl.runtime.supervisor import daemon_pid
+from services.common.kafka import client_options
 from services.common.settings import Settings, load_settings
 from tests.support.cli import a0ctl
 from tests.support.waiting import holds_for, wait_until
@@ -85,7 +86,7 @@ KEY = f"a0:fault-probe:{uuid.uuid4()}"
 
 
 async def write_probe(settings: Settings) -> tuple[int, int]:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings), acks="all")
     await producer.start()
     try:
         meta = await producer.send_and_wait("tool.requests", KEY.encode(), key=KEY.encode())
@@ -99,7 +100,7 @@ async def write_probe(settings: Settings) -> tuple[int, int]:
 
 
 async def probe_is_kept(settings: Settings, partition: int, offset: int) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition("tool.requests", partition)

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from a0ctl.runtime.base import INFRA
 from a0ctl.runtime.local import LocalRuntime, port_in_use, process_alive, process_start_time
 from a0ctl.runtime.stack import bring_up
+from services.common.kafka import client_options
 from services.common.policy import PolicyClient
 from services.common.settings import Settings, load_settings
 from tests.support.cli import a0ctl, a0ctl_json
@@ -38,15 +39,13 @@ def test_status_json_shows_infrastructure_healthy_with_endpoints(stack: LocalRun
 async def test_kafka_produces_and_consumes_a_record(settings: Settings) -> None:
     topic = "tool.requests"
     key = f"probe-{uuid.uuid4()}".encode()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
-    )
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         meta = await producer.send_and_wait(topic, b"hello", key=key)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await consumer.start()
     try:
         from aiokafka import TopicPartition

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from services.common.kafka import client_options
 from services.common.settings import Settings
 
 
@@ -27,7 +28,7 @@ class DeadLetters:
 @asynccontextmanager
 async def dead_letters(settings: Settings, topic: str) -> AsyncIterator[DeadLetters]:
     """Follow a dead-letter topic from its end (resolved before this yields)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(**client_options(settings))
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
@@ -40,7 +41,7 @@ async def dead_letters(settings: Settings, topic: str) -> AsyncIterator[DeadLett
 
 async def send_raw(settings: Settings, topic: str, value: bytes, key: bytes) -> None:
     """One record, as bytes, past every check a0's producers make."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(**client_options(settings))
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key)

@@ -20,6 +20,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from a0ctl.client import GatewayClient
+from services.common.kafka import client_options
 from services.common.secrets_env import apply_generated_secrets
 from services.common.settings import Settings, load_settings
 from services.common.topics import INBOUND, OUTBOUND, TOOL_REQUESTS, TOOL_RESULTS
@@ -43,7 +44,7 @@ async def drive_turns(settings: Settings) -> None:
 
 
 async def read_records(settings: Settings) -> dict[str, bytes]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [

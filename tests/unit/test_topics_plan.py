@@ -120,3 +120,12 @@ def test_unmanaged_topics_are_reported_not_touched() -> None:
     live["someone.else"] = LiveTopic(name="someone.else", partitions=1, replication_factor=1, configs={})
     plan = compute_plan(desired(), live, "local")
     assert plan.unmanaged == ["someone.else"] and not plan.has_changes
+
+
+def test_a_principal_naming_an_undeclared_topic_is_rejected_with_its_line(tmp_path: Path) -> None:
+    text = (ROOT / "topics.yaml").read_text().replace("consume: [tool.requests]", "consume: [tool.request]")
+    path = tmp_path / "topics.yaml"
+    path.write_text(text)
+    with pytest.raises(TopicsFileError) as info:
+        load_topics_file(path)
+    assert "principal tool-executor names topic 'tool.request'" in info.value.message

@@ -1,0 +1,1 @@
+"""Deployment beyond one machine: checking deploy/kubernetes offline (``a0ctl deploy validate``)."""

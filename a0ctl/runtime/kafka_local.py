@@ -1,0 +1,182 @@
+"""Kafka in the local runtime: Apache Kafka's broker, KRaft, one node or (with
+``A0_PROFILE=cluster``) three, each a process of its own (``kafka``, ``kafka-2``,
+``kafka-3``) acting as broker and controller, with its own ports and data directory.
+
+With SASL (the default), clients authenticate with SCRAM as their own principal and the
+StandardAuthorizer enforces topics.yaml's ACLs; ``a0-admin`` (a0ctl's principal, and
+the brokers' own between themselves) is the one super user. The controller listener
+takes the same principal over PLAIN, as KRaft controllers cannot read SCRAM
+credentials before they have the metadata that holds them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from functools import partial
+from pathlib import Path
+
+from a0ctl.errors import StackError
+from a0ctl.runtime import artifacts, health
+from a0ctl.runtime.local_services import LocalService, _corrupt, _dir_is_corrupt, _run_checked
+from a0ctl.runtime.postgres import write_owned
+from services.common.secrets_env import kafka_password_key, read_generated_secret
+from services.common.settings import KAFKA_ADMIN, Settings
+
+# In a node's data dir: formatted with the admin's SCRAM credential.
+SASL_MARKER = ".a0-sasl"
+
+
+def node_name(node_id: int) -> str:
+    return "kafka" if node_id == 1 else f"kafka-{node_id}"
+
+
+def kafka_java(settings: Settings) -> list[str]:
+    java = shutil.which("java")
+    if not java:
+        raise StackError("java not found", service="kafka", hint="install a Java 17+ runtime")
+    libs = artifacts.kafka_libs(settings)
+    return [
+        java,
+        "-Xms256m",
+        f"-Xmx{settings.kafka.heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={artifacts.KAFKA_LOG4J}",
+        "-cp",
+        f"{libs}/*",
+    ]
+
+
+def listener_lines(settings: Settings, port: int, controller_port: int, admin_password: str) -> list[str]:
+    k, host = settings.kafka, settings.stack.host
+    if k.security_protocol == "PLAINTEXT":
+        return [
+            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+        ]
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    login = f'username="{KAFKA_ADMIN}" password="{admin_password}"'
+    return [
+        f"listeners=BROKER://{host}:{port},CONTROLLER://{host}:{controller_port}",
+        f"advertised.listeners=BROKER://{host}:{port}",
+        "listener.security.protocol.map=BROKER:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+        "inter.broker.listener.name=BROKER",
+        f"listener.name.broker.sasl.enabled.mechanisms={k.sasl_mechanism}",
+        f"sasl.mechanism.inter.broker.protocol={k.sasl_mechanism}",
+        f"listener.name.broker.{k.sasl_mechanism.lower()}.sasl.jaas.config={scram} required {login};",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        "sasl.mechanism.controller.protocol=PLAIN",
+        f'listener.name.controller.plain.sasl.jaas.config={plain} required {login} user_{KAFKA_ADMIN}="{admin_password}";',
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        f"super.users=User:{KAFKA_ADMIN}",
+        "allow.everyone.if.no.acl.found=false",
+    ]
+
+
+def kafka_services(settings: Settings, state: Path) -> list[LocalService]:
+    """One service per KRaft node, in node order."""
+    nodes = settings.kafka_nodes
+    host = settings.stack.host
+    voters = ",".join(f"{node_id}@{host}:{controller}" for node_id, _, controller in nodes)
+    # Internal topics as replicated as the cluster allows; writes need two in sync on three nodes.
+    replication = min(3, len(nodes))
+    min_isr = 2 if len(nodes) >= 3 else 1
+
+    def prepare(node_id: int, port: int, controller_port: int) -> None:
+        name = node_name(node_id)
+        data_dir = state / "data" / name
+        props = state / "run" / f"{name}-server.properties"
+        if _dir_is_corrupt(data_dir, "meta.properties"):
+            raise _corrupt(name, data_dir, "meta.properties")
+        artifacts.ensure_kafka(settings)
+        k = settings.kafka
+        sasl = k.security_protocol == "SASL_PLAINTEXT"
+        admin_password = (
+            read_generated_secret(settings.stack.conf_path, kafka_password_key(KAFKA_ADMIN)) or ""
+        )
+        if sasl and not admin_password:
+            raise StackError(
+                "no generated password for Kafka's admin principal", service=name, hint="run `a0ctl up`"
+            )
+        formatted = (data_dir / "meta.properties").exists()
+        if sasl and formatted and not (data_dir / SASL_MARKER).exists():
+            raise StackError(
+                f"the Kafka data in {data_dir} was made without SASL, so it has no admin principal",
+                service=name,
+                hint="keep it with A0_KAFKA_SECURITY_PROTOCOL=PLAINTEXT, or start afresh with `a0ctl down --purge` "
+                "(deletes the stack's data)",
+            )
+        lines = [
+            "process.roles=broker,controller",
+            f"node.id={node_id}",
+            f"controller.quorum.voters={voters}",
+            *listener_lines(settings, port, controller_port, admin_password),
+            "controller.listener.names=CONTROLLER",
+            f"log.dirs={data_dir}",
+            "auto.create.topics.enable=false",
+            "num.partitions=1",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={replication}",
+            "offsets.topic.num.partitions=6",
+            f"transaction.state.log.replication.factor={replication}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={replication}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
+            "group.initial.rebalance.delay.ms=0",
+            "",
+        ]
+        # Mode 0600: it holds the admin's password.
+        write_owned(props, "\n".join(lines), None)
+        if formatted:
+            return
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # The admin's SCRAM credential is written with the cluster's first metadata; the
+        # services' own are added by `a0ctl up` once the brokers run.
+        scram = (
+            ["--add-scram", f"{k.sasl_mechanism}=[name={KAFKA_ADMIN},password={admin_password}]"]
+            if sasl
+            else []
+        )
+        _run_checked(
+            [
+                *kafka_java(settings),
+                "kafka.tools.StorageTool",
+                "format",
+                "--ignore-formatted",
+                "-t",
+                k.cluster_id,
+                "-c",
+                str(props),
+                *scram,
+            ],
+            name,
+            "formatting Kafka storage",
+        )
+        if sasl:
+            (data_dir / SASL_MARKER).write_text("")
+
+    return [
+        LocalService(
+            name=node_name(node_id),
+            port=port,
+            extra_ports=(controller_port,),
+            probe=health.kafka_probe if len(nodes) == 1 else partial(health.kafka_node_probe, port=port),
+            prepare=partial(prepare, node_id, port, controller_port),
+            command=partial(
+                lambda name: [
+                    *kafka_java(settings),
+                    "kafka.Kafka",
+                    str(state / "run" / f"{name}-server.properties"),
+                ],
+                node_name(node_id),
+            ),
+            # SIGTERM starts a controlled shutdown: leadership moved, logs flushed and
+            # closed cleanly, so the next start needs no log recovery.
+            stop_wait_s=60,
+            start_s=10,
+        )
+        for node_id, port, controller_port in nodes
+    ]
