@@ -22,6 +22,7 @@ def render(report: LoadReport) -> None:
         ("failed sessions", f"{report.failed_sessions} of {report.sessions}"),
         ("messages shed with 429 (retried after Retry-After)", str(report.shed)),
         ("new conversations shed with 429 (retried)", str(report.shed_sign_ins)),
+        ("sessions shed to the end (never signed in)", str(report.shed_sessions)),
         ("lost (accepted, never answered)", str(report.lost)),
         ("events shown twice / missing", f"{report.duplicate_events} / {report.missing_events}"),
         ("answers per second", str(report.throughput_per_s)),
@@ -33,6 +34,10 @@ def render(report: LoadReport) -> None:
         (
             "first text p50 / p99 / mean (s)",
             f"{report.ttft_s.p50} / {report.ttft_s.p99} / {report.ttft_s.mean}",
+        ),
+        (
+            "accepted (POST to 202) p50 / p99 / mean (s)",
+            f"{report.accept_s.p50} / {report.accept_s.p99} / {report.accept_s.mean}",
         ),
         ("event delivery p50 / p99 (ms)", f"{report.delivery_ms.p50} / {report.delivery_ms.p99}"),
         (

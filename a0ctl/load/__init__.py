@@ -85,6 +85,7 @@ class LoadReport(BaseModel):
     rejected: int  # refused with 429 (shed); kept under its first name
     shed: int  # messages refused with 429
     shed_sign_ins: int = 0  # conversations refused with 429 (a busy gateway), then retried
+    shed_sessions: int = 0  # sessions whose every sign-in was shed until the run ended
     completed: int
     failed: int  # turns that ended in an error, or a request answered with another failure
     failed_sessions: int  # sessions that could not go on (no conversation, broken stream)
@@ -94,6 +95,7 @@ class LoadReport(BaseModel):
     throughput_per_s: float
     response_s: Percentiles
     ttft_s: Percentiles  # POST to the turn's first text (or its end, when it has none)
+    accept_s: Percentiles  # POST to its 202: the gateway's part of the response
     delivery_ms: Percentiles
     max_consumer_lag_s: float
     max_consumer_lag_records: int
@@ -131,11 +133,12 @@ AnswerHook = Callable[[float, float], None]
 class _Tally:
     def __init__(self) -> None:
         self.sent = self.accepted = self.shed = self.completed = self.failed = self.lost = 0
-        self.shed_sign_ins = 0
+        self.shed_sign_ins = self.shed_sessions = 0
         self.failed_sessions = 0
         self.duplicates = self.missing = 0
         self.response: list[float] = []
         self.ttft: list[float] = []
+        self.accept: list[float] = []
         self.delivery: list[float] = []
         self.causes: dict[str, int] = {}
 
@@ -250,6 +253,9 @@ class _Session:
                 tally.shed_sign_ins += 1
                 await asyncio.sleep(_retry_after(created, until))
                 created = await self.post("/v1/conversations", {"title": "load"})
+            if created.status == 429:  # shed to the end: load refused as it should be, not a failure
+                tally.shed_sessions += 1
+                return
             if created.status != 201:
                 raise _SessionFailed(_http_cause("POST /v1/conversations", created))
             conversation_id = created.json()["id"]
@@ -269,6 +275,7 @@ class _Session:
                     await asyncio.sleep(min(1.0, think_s))
                     continue
                 tally.accepted += 1
+                tally.accept.append(time.monotonic() - started)
                 turn = self._turn(posted.json()["turn_id"])
                 turn.started = started
                 waits: list[asyncio.Future[Any]] = [turn.outcome, reader]
@@ -384,6 +391,7 @@ async def run_load(
         rejected=tally.shed,
         shed=tally.shed,
         shed_sign_ins=tally.shed_sign_ins,
+        shed_sessions=tally.shed_sessions,
         completed=tally.completed,
         failed=tally.failed,
         failed_sessions=tally.failed_sessions,
@@ -393,6 +401,7 @@ async def run_load(
         throughput_per_s=round(tally.completed / elapsed, 2) if elapsed else 0.0,
         response_s=Percentiles.of(tally.response),
         ttft_s=Percentiles.of(tally.ttft),
+        accept_s=Percentiles.of(tally.accept),
         delivery_ms=Percentiles.of(tally.delivery, 1000, 1),
         max_consumer_lag_s=round(max_lag_s, 3),
         max_consumer_lag_records=max_lag_records,

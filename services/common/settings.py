@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_FILE = ".env"
 # Turns one core carries with answers still fast (see docs/messaging.md): the default
 # bound on turns in flight, past which the gateway sheds load.
-TURNS_PER_CORE = 48
+TURNS_PER_CORE = 20
 
 
 def _config(prefix: str) -> SettingsConfigDict:
@@ -192,14 +192,14 @@ class GatewaySettings(BaseSettings):
         default_factory=lambda: TURNS_PER_CORE * (os.cpu_count() or 1),
         ge=1,
         description="Turns accepted and not yet answered, across replicas; past it new messages "
-        "are shed with 429 + Retry-After. Default: 48 per core.",
+        "are shed with 429 + Retry-After. Default: 20 per core.",
     )
     max_pending_writes: int = Field(
         default=128,
         ge=1,
         description="Writes (POST, PUT, PATCH, DELETE under /v1) one gateway process works on at "
-        "once, until their answer starts; past it a new write is shed with 429 + Retry-After 2 "
-        "before any sign-in, policy or database work.",
+        "once, until their answer starts; past it a new write is shed with 429 + Retry-After "
+        "(2 s, longer while many are shed) before any sign-in, policy or database work.",
     )
     workers: int = Field(
         default_factory=lambda: min(8, max(1, (os.cpu_count() or 1) // 2)),

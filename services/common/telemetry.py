@@ -14,7 +14,12 @@ that arrives in a request or a record is still passed on.
 New traces are rate limited per process (``A0_OTEL_TRACES_PER_S``, a token bucket): a
 quiet stack traces every turn, a busy one a steady sample of them, so tracing on by
 default does not cost a loaded stack a third of its throughput. A trace, once started,
-is followed across every hop (parent-based).
+is followed across every hop (parent-based). Work that is not sampled pays next to
+nothing: the request or record it serves runs under :func:`follow_sampling`, which turns
+the client instrumentations off for it (OpenTelemetry's suppression flag; the aiokafka
+one is gated here, as it does not read the flag), and the unsampled trace context is
+still passed on in the records it sends, so downstream hops drop it too. A client call
+with no span around it (a background query) never starts a trace of its own.
 
 Streamed answer text is never traced piece by piece: the code that sends it runs under
 :func:`untraced`, whose spans (and those of every hop downstream of them, through the
@@ -31,7 +36,8 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, suppress_instrumentation
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from services.common.settings import Settings
 
@@ -102,14 +108,17 @@ def _sampler(budget: TraceBudget) -> Any:
             if otel_context.get_value(_UNTRACED, current):
                 return SamplingResult(Decision.DROP)
             parent = trace.get_current_span(current).get_span_context()
-            if not parent.is_valid and not budget.take():
+            if not parent.is_valid and (kind == SpanKind.CLIENT or not budget.take()):
                 return SamplingResult(Decision.DROP)
             return self._parent_based.should_sample(
                 parent_context, trace_id, name, kind, attributes, links, trace_state
             )
 
         def get_description(self) -> str:
-            return f"A0Sampler(ParentBased(AlwaysOn), {budget.per_s:g} new traces/s, untraced dropped)"
+            return (
+                f"A0Sampler(ParentBased(AlwaysOn), {budget.per_s:g} new traces/s, "
+                "untraced and parentless client spans dropped)"
+            )
 
     return A0Sampler()
 
@@ -143,6 +152,7 @@ def setup_tracing(settings: Settings, service_name: str) -> None:
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
     trace.set_tracer_provider(provider)
     AIOKafkaInstrumentor().instrument(tracer_provider=provider)
+    _gate_kafka_send()
     # Consuming is traced by ConsumerLoop and the gateway's fan-out, around the handler;
     # the instrumentation's receive spans end before it runs, and its poll spans would
     # start a trace of their own per fetch.
@@ -155,13 +165,39 @@ def setup_tracing(settings: Settings, service_name: str) -> None:
     log.info("tracing to %s as %s", url, service_name)
 
 
+def _gate_kafka_send() -> None:
+    """The aiokafka instrumentation's send wrapper (a span, the record's partition and
+    key worked out for its attributes) only where instrumentation is on."""
+    import aiokafka
+
+    instrumented = aiokafka.AIOKafkaProducer.send
+    original = instrumented.__wrapped__
+
+    def send(self: aiokafka.AIOKafkaProducer, *args: Any, **kwargs: Any) -> Any:
+        if is_instrumentation_enabled():
+            return instrumented.__get__(self, type(self))(*args, **kwargs)
+        return original(self, *args, **kwargs)
+
+    aiokafka.AIOKafkaProducer.send = send  # type: ignore[method-assign]
+
+
 def kafka_headers() -> list[tuple[str, bytes]]:
     """Headers for a record to send: the current trace context. When the aiokafka
-    instrumentation runs it adds the context of its send span itself, to this list."""
-    if _enabled:
+    instrumentation runs it adds the context of its send span itself, to this list;
+    otherwise the context goes as it is, unsampled under :func:`untraced`."""
+    if _enabled and is_instrumentation_enabled():
         return []
+    context = None
+    if _enabled and otel_context.get_value(_UNTRACED):
+        current = trace.get_current_span().get_span_context()
+        if not current.is_valid:
+            return []
+        unsampled = SpanContext(
+            current.trace_id, current.span_id, False, TraceFlags(TraceFlags.DEFAULT), current.trace_state
+        )
+        context = trace.set_span_in_context(NonRecordingSpan(unsampled))
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return [(key, value.encode()) for key, value in carrier.items()]
 
 
@@ -172,15 +208,28 @@ def context_from_headers(headers: Any) -> Any:
 
 @contextmanager
 def untraced() -> Iterator[None]:
-    """Work done here (streamed text sent piece by piece) gets no spans."""
+    """Work done here (streamed text sent piece by piece) gets no spans, and the client
+    instrumentations do not run for it."""
     if not _enabled:
         yield
         return
     token = otel_context.attach(otel_context.set_value(_UNTRACED, True))
     try:
-        yield
+        with suppress_instrumentation():
+            yield
     finally:
         otel_context.detach(token)
+
+
+@contextmanager
+def follow_sampling(current: Span | None = None) -> Iterator[None]:
+    """Work for a span that is not sampled (the current one by default) runs with the
+    client instrumentations off: no wrapper work per query, command or request."""
+    if not _enabled or (current if current is not None else trace.get_current_span()).is_recording():
+        yield
+        return
+    with suppress_instrumentation():
+        yield
 
 
 def record_attributes(record: Any, envelope: Any) -> dict[str, Any]:
@@ -207,7 +256,8 @@ def consume_span(name: str, record: Any, envelope: Any) -> Iterator[Span | None]
         ),
         end_on_exit=True,
     ) as span:
-        yield span
+        with follow_sampling(span):
+            yield span
 
 
 @contextmanager

@@ -88,8 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
         strict_content_type=False,  # a JSON body without a Content-Type header is still JSON
         # A span per request, not per dependency and serializer: those cost more than the
         # request's own work under load.
-        # Scrapes and probes are not traced.
-        telemetry={"operation_spans": False, "exclude": _untraced_path},
+        # Scrapes and probes are not traced. Metrics are Prometheus' (services.common.metrics)
+        # and logs go to the log file, so FastAPI's OpenTelemetry metrics and logs are off.
+        telemetry={"operation_spans": False, "metrics": False, "logs": False, "exclude": _untraced_path},
     )
     app.state.settings = settings
     app.state.gateway = None
@@ -98,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
         GatewayMiddleware,
         max_body_bytes=settings.gateway.max_body_bytes,
         max_pending_writes=settings.gateway.max_pending_writes,
+        max_inflight_turns=settings.gateway.max_inflight_turns,
     )
     app.include_router(routes_ops.router)
     app.include_router(routes_conversations.router)

@@ -1,7 +1,8 @@
 """One pure-ASGI middleware for every request: a request id (``X-Request-ID``), the body
 size limit (Content-Length checked up front, streamed bodies counted as they arrive),
-shedding of writes past the process's limit of pending ones, the security headers of the
-chat UI, and the request metrics. Pure ASGI, not ``BaseHTTPMiddleware``, so SSE streams
+shedding of writes past the process's limit of pending ones and of new messages while
+the stack is at its limit of turns in flight, the security headers of the chat UI, and
+the request metrics. Pure ASGI, not ``BaseHTTPMiddleware``, so SSE streams
 pass through untouched."""
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import time
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common import metrics
+from services.common import metrics, telemetry
 from services.common.envelope import new_id
+from services.gateway import ratelimit
 from services.gateway.errors import REQUEST_ID_HEADER, BodyTooLarge, error_body
 
 # A caller's own request id is kept when it is short and plain, so it can be correlated.
@@ -23,7 +25,8 @@ _CALLER_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-PENDING_RETRY_AFTER_S = 2
+# A new message: a new turn, shed here while the stack is at its limit of turns in flight.
+_MESSAGE_PATH = re.compile(r"^/v1/conversations/[^/]+/messages$")
 
 # The browser's rules for everything the gateway serves (docs/ui.md): scripts, styles and
 # connections only from the gateway itself, no inline script, never inside a frame.
@@ -73,9 +76,12 @@ def route_label(scope: Scope) -> str:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_pending_writes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, max_pending_writes: int, max_inflight_turns: int
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_inflight_turns = max_inflight_turns
         # Writes admitted and not yet answered in this process. Past the limit the process
         # is behind (a burst of sign-ins, say): a new write is refused at once, which
         # costs far less than queueing it behind the others.
@@ -90,7 +96,8 @@ class GatewayMiddleware:
         request_id = pick_request_id(headers.get(REQUEST_ID_HEADER))
         scope.setdefault("state", {})["request_id"] = request_id
         if scope["type"] == "websocket":
-            await self.app(scope, receive, send)
+            with telemetry.follow_sampling():
+                await self.app(scope, receive, send)
             return
 
         started = time.perf_counter()
@@ -115,8 +122,15 @@ class GatewayMiddleware:
                 429,
                 "overloaded",
                 "the gateway is busy with other requests; try again shortly",
-                retry_after=PENDING_RETRY_AFTER_S,
+                retry_after=ratelimit.PACER.retry_after(ratelimit.PENDING_RETRY_AFTER_S),
             )
+            self._observe(scope, 429, started, streaming=False)
+            return
+        if write and scope.get("method") == "POST" and await self._at_turn_capacity(scope):
+            # Before sign-in, routing and the body: a crowd retrying after 429s must cost
+            # less than the turns it waits for. The handler checks again, exactly.
+            shed = ratelimit.overloaded()
+            await self._reject(send, request_id, 429, shed.code, str(shed), retry_after=shed.retry_after)
             self._observe(scope, 429, started, streaming=False)
             return
         pending = write
@@ -155,11 +169,19 @@ class GatewayMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive_capped, send_with_id)
+            with telemetry.follow_sampling():  # an unsampled request costs no client spans
+                await self.app(scope, receive_capped, send_with_id)
         finally:
             if pending:
                 self.pending_writes -= 1
             self._observe(scope, status, started, streaming=streaming)
+
+    async def _at_turn_capacity(self, scope: Scope) -> bool:
+        if not _MESSAGE_PATH.match(scope.get("path", "")):
+            return False
+        # The app's state: no gateway until it has started.
+        gateway = getattr(getattr(scope.get("app"), "state", None), "gateway", None)
+        return gateway is not None and await gateway.open_turns.at_capacity(self.max_inflight_turns)
 
     @staticmethod
     async def _reject(

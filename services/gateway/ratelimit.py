@@ -7,12 +7,16 @@
   is accepted and released again if it is not accepted.
 
 Both counters move in one pipelined round trip per message (:func:`admit`).
+
+A shed request is told when to come back (``Retry-After``), paced by :class:`ShedPacer`:
+the busier the refusals, the later, so a crowd retrying does not become the overload.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -22,7 +26,11 @@ from services.gateway.errors import Overloaded, RateLimited
 
 RATE_KEY_TTL_S = 120
 OVERLOADED_RETRY_AFTER_S = 5
+PENDING_RETRY_AFTER_S = 2
 SNAPSHOT_S = 0.1
+# Refusals a second one gateway process answers before it tells the crowd to come back later.
+SHED_PACE_PER_S = 100.0
+MAX_RETRY_AFTER_S = 60
 
 
 def rate_key(user_id: str, now: float) -> str:
@@ -63,11 +71,46 @@ class OpenTurns:
         return self.value >= max_inflight
 
 
+class ShedPacer:
+    """``Retry-After`` for shed requests: a base wait, stretched while this process sheds
+    more than ``pace_per_s`` requests a second. Clients that wait as told come back
+    spread over the longer wait, so the refusal rate settles near the pace instead of
+    growing with the crowd. Adjusted once a second (by the square root of the ratio, so
+    it neither overshoots nor swings), back to the base wait as refusals stop."""
+
+    def __init__(
+        self,
+        pace_per_s: float = SHED_PACE_PER_S,
+        max_s: int = MAX_RETRY_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pace_per_s = pace_per_s
+        self.max_s = max_s
+        self._clock = clock
+        self.stretch = 1.0
+        self._window_at = clock()
+        self._shed = 0
+
+    def retry_after(self, base_s: int) -> int:
+        """Count one refusal and say how long its client should wait, in whole seconds."""
+        now = self._clock()
+        elapsed = now - self._window_at
+        if elapsed >= 1.0:
+            rate = self._shed / elapsed
+            self.stretch = min(self.max_s, max(1.0, self.stretch * math.sqrt(rate / self.pace_per_s)))
+            self._window_at, self._shed = now, 0
+        self._shed += 1
+        return min(self.max_s, max(base_s, math.ceil(base_s * self.stretch)))
+
+
+PACER = ShedPacer()
+
+
 def overloaded() -> Overloaded:
     metrics.SHED.labels("overloaded").inc()
     return Overloaded(
         "the stack is at its limit of turns in flight; try again shortly",
-        retry_after=OVERLOADED_RETRY_AFTER_S,
+        retry_after=PACER.retry_after(OVERLOADED_RETRY_AFTER_S),
     )
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -38,7 +40,15 @@ from services.gateway.fanout import Cursor, Hub, SlowConsumer, Step, Subscriptio
 from services.gateway.handlers import title_from_message
 from services.gateway.main import create_app
 from services.gateway.middleware import GatewayMiddleware, pick_request_id
-from services.gateway.ratelimit import over_budget, over_capacity, rate_key, seconds_to_next_minute
+from services.gateway.ratelimit import (
+    OVERLOADED_RETRY_AFTER_S,
+    OpenTurns,
+    ShedPacer,
+    over_budget,
+    over_capacity,
+    rate_key,
+    seconds_to_next_minute,
+)
 from services.gateway.routes_stream import resume_cursor, sse_event
 from services.gateway.textcheck import json_too_deep, storable_text
 
@@ -110,7 +120,7 @@ async def test_writes_past_the_pending_limit_are_shed_until_answers_start() -> N
         await send({"type": "http.response.start", "status": 202, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    app = GatewayMiddleware(slow, max_body_bytes=1024, max_pending_writes=2)
+    app = GatewayMiddleware(slow, max_body_bytes=1024, max_pending_writes=2, max_inflight_turns=10)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
         held = [asyncio.create_task(client.post("/v1/conversations", json={})) for _ in range(2)]
@@ -124,6 +134,66 @@ async def test_writes_past_the_pending_limit_are_shed_until_answers_start() -> N
         assert [response.status_code for response in await asyncio.gather(*held)] == [202, 202]
         assert (await client.post("/v1/conversations", json={})).status_code == 202
     assert app.pending_writes == 0
+
+
+async def test_at_its_turns_in_flight_a_new_message_is_shed_before_the_app_sees_it() -> None:
+    """With the open-turn reading at the limit, a message POST gets 429 + Retry-After
+    without sign-in or routing (the app is not called); other writes and reads pass."""
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(f"{scope['method']} {scope['path']}")
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    # A fresh reading of 4 open turns (no refresh due, so no Redis read).
+    reading = OpenTurns(redis=None, value=4, read_at=time.monotonic() + 3600)  # type: ignore[arg-type]
+    started_app = SimpleNamespace(state=SimpleNamespace(gateway=SimpleNamespace(open_turns=reading)))
+    middleware = GatewayMiddleware(app, max_body_bytes=1024, max_pending_writes=8, max_inflight_turns=4)
+
+    async def with_app(scope: Any, receive: Any, send: Any) -> None:
+        await middleware({**scope, "app": started_app}, receive, send)
+
+    transport = httpx.ASGITransport(app=with_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        shed = await client.post("/v1/conversations/c1/messages", json={"content": "hi"})
+        assert shed.status_code == 429 and shed.headers["Retry-After"] == str(OVERLOADED_RETRY_AFTER_S)
+        assert (
+            shed.json()["error"]["code"] == "overloaded"
+            and "turns in flight" in shed.json()["error"]["message"]
+        )
+        assert (await client.post("/v1/conversations/c1/cancel", json={})).status_code == 202
+        assert (await client.post("/v1/conversations", json={})).status_code == 202
+        reading.value = 3
+        assert (await client.post("/v1/conversations/c1/messages", json={"content": "hi"})).status_code == 202
+    assert reached == [
+        "POST /v1/conversations/c1/cancel",
+        "POST /v1/conversations",
+        "POST /v1/conversations/c1/messages",
+    ]
+    assert middleware.pending_writes == 0
+
+
+def test_retry_after_stretches_while_a_crowd_is_shed_and_returns_to_the_base_wait() -> None:
+    now = [0.0]
+    pacer = ShedPacer(pace_per_s=100, max_s=60, clock=lambda: now[0])
+
+    def shed_for_a_second(per_s: int) -> list[int]:
+        waits = [pacer.retry_after(5) for _ in range(per_s)]
+        now[0] += 1.0
+        return waits
+
+    assert set(shed_for_a_second(50)) == {5}  # under the pace: the base wait
+    assert set(shed_for_a_second(400)) == {5}  # measured at the end of the second
+    first = shed_for_a_second(400)
+    assert first[0] == 10  # 4x the pace: stretched by sqrt(4)
+    stretched = [shed_for_a_second(400)[0] for _ in range(10)]
+    assert stretched == sorted(stretched) and stretched[-1] == 60  # capped at max_s
+    shed_for_a_second(1)
+    assert pacer.retry_after(2) < 60  # quiet again: it shrinks back
+    for _ in range(12):
+        shed_for_a_second(1)
+    assert pacer.retry_after(2) == 2 and pacer.retry_after(5) == 5
 
 
 def test_caller_request_id_is_kept_only_when_plain() -> None:

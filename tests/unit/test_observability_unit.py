@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from a0ctl.commands.observe import trace_tree
 from a0ctl.observe import span_children
@@ -45,6 +47,41 @@ def test_spans_under_untraced_are_dropped_with_their_children_and_others_kept() 
     with tracer.start_as_current_span("next turn") as over_budget:
         assert not over_budget.is_recording()
     assert sorted(span.name for span in exporter.get_finished_spans()) == ["llm call", "tool.requests send"]
+
+
+def test_a_client_call_outside_any_span_starts_no_trace() -> None:
+    provider = TracerProvider(sampler=telemetry._sampler(telemetry.TraceBudget(0)))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as background_query:
+        assert not background_query.is_recording()
+    with tracer.start_as_current_span("POST /v1/conversations", kind=SpanKind.SERVER) as request:
+        assert request.is_recording()
+        with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as query:
+            assert query.is_recording()
+
+
+def test_unsampled_work_runs_without_client_instrumentation_and_passes_its_context_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(telemetry, "_enabled", True)
+    provider = TracerProvider(sampler=telemetry._sampler(telemetry.TraceBudget(1, clock=lambda: 0.0)))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("sampled turn") as sampled:
+        with telemetry.follow_sampling():
+            assert is_instrumentation_enabled()  # its queries and sends get spans
+            assert telemetry.kafka_headers() == []  # the aiokafka instrumentation adds them
+            with telemetry.untraced():
+                assert not is_instrumentation_enabled()
+                flags = dict(telemetry.kafka_headers())["traceparent"].decode().split("-")
+    trace_id = f"{sampled.get_span_context().trace_id:032x}"
+    assert flags[1] == trace_id and not int(flags[3], 16) & 1  # the same trace, not sampled downstream
+    with tracer.start_as_current_span("over budget") as unsampled:
+        assert not unsampled.is_recording()
+        with telemetry.follow_sampling():
+            assert not is_instrumentation_enabled()
+            flags = dict(telemetry.kafka_headers())["traceparent"].decode().split("-")
+    assert flags[1] == f"{unsampled.get_span_context().trace_id:032x}" and not int(flags[3], 16) & 1
+    assert is_instrumentation_enabled()
 
 
 def test_without_an_exporter_nothing_is_recorded_and_context_is_passed_on() -> None:
