@@ -158,6 +158,7 @@ def run_size(settings: Any, runtime: Any, size: int, duration_s: float, prompt: 
         "failed": report.failed,
         "lost": report.lost,
         "duplicate_events": report.duplicate_events,
+        "shed": report.shed,  # messages refused with 429 at the turn limit, then retried
         "cpu_ms_per_turn": cpu,
     }
     ratio = a0["turns_per_s"] / baseline["turns_per_s"] if baseline["turns_per_s"] else 0.0
@@ -182,7 +183,7 @@ def _print(result: dict[str, Any]) -> None:
         f"mean {base['response_s']['mean']} s | a0 {a0['turns_per_s']:>7.1f} turns/s "
         f"mean {a0['response_s']['mean']} s p99 {a0['response_s']['p99']} s | "
         f"ratio {result['ratio_turns_per_s']:.2f} | overhead {result['mean_overhead_ms']} ms/turn | "
-        f"failed {a0['failed']} lost {a0['lost']} dup {a0['duplicate_events']}"
+        f"failed {a0['failed']} lost {a0['lost']} dup {a0['duplicate_events']} shed {a0['shed']}"
     )
     print("      CPU ms/turn: " + ", ".join(f"{k} {v}" for k, v in a0["cpu_ms_per_turn"].items()))
 
