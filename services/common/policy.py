@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel
 
 from services.common.errors import PolicyUnavailable
+from services.common.http import LazySession
 from services.common.settings import Settings
 
 DECISION_PATH = "/v1/data/a0/authz/decision"
@@ -36,19 +37,11 @@ class PolicyClient:
     def __init__(self, settings: Settings) -> None:
         opa = settings.opa
         self._url = settings.opa_url + DECISION_PATH
-        self._connections = opa.connections
-        self._timeout = aiohttp.ClientTimeout(total=opa.timeout_s)
-        # Opened on the first decision, inside the event loop that uses it.
-        self._session: aiohttp.ClientSession | None = None
+        self._http = LazySession(
+            connections=opa.connections, timeout=aiohttp.ClientTimeout(total=opa.timeout_s)
+        )
         self._ttl_s = opa.decision_cache_s
         self._cache: dict[bytes, tuple[float, Decision]] = {}
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections), timeout=self._timeout
-            )
-        return self._session
 
     async def __aenter__(self) -> PolicyClient:
         return self
@@ -59,9 +52,7 @@ class PolicyClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
     async def decide(
         self,
@@ -101,7 +92,7 @@ class PolicyClient:
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            async with self._client().post(self._url, data=content, headers=JSON_HEADERS) as response:
+            async with self._http.get().post(self._url, data=content, headers=JSON_HEADERS) as response:
                 response.raise_for_status()
                 result = orjson.loads(await response.read()).get("result")
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:

@@ -30,6 +30,7 @@ import orjson
 from services.common import metrics, telemetry
 from services.common.credentials import LLMConfig
 from services.common.errors import A0Error, CredentialError, PolicyDenied
+from services.common.http import LazySession
 from services.common.logging import register_secret
 from services.common.settings import Settings
 from services.common.sse import SseParser
@@ -141,8 +142,7 @@ class LLMClients:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=5.0, sock_read=settings.worker.llm_timeout_s
         )
-        # Opened on the first call, inside the event loop that uses it.
-        self._session: aiohttp.ClientSession | None = None
+        self._http = LazySession(connections=MAX_CONNECTIONS, timeout=self._timeout, read_bufsize=READ_BUFFER)
         # HTTP(S)_PROXY and NO_PROXY are read once per base URL, not on every call (aiohttp's
         # trust_env reads the environment and ~/.netrc in a thread for each request).
         self._environment_proxies = urllib.request.getproxies()
@@ -154,15 +154,6 @@ class LLMClients:
             bypass = urllib.request.proxy_bypass(parts.hostname or "")
             self._proxies[base_url] = None if bypass else self._environment_proxies.get(parts.scheme)
         return self._proxies[base_url]
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
-                timeout=self._timeout,
-                read_bufsize=READ_BUFFER,
-            )
-        return self._session
 
     async def config_for(self, user_id: str) -> LLMConfig:
         if self.credentials is not None:
@@ -188,7 +179,7 @@ class LLMClients:
         if tools:
             body["tools"] = tools
         payload = orjson.dumps(body)
-        http = self._http()
+        http = self._http.get()
         # One span per call (its retries included), never one per streamed piece.
         attributes = {"gen_ai.request.model": config.model, "a0.llm.source": config.source}
         with telemetry.span("llm call", attributes) as span:
@@ -260,9 +251,7 @@ class LLMClients:
         return accumulator.completion(fallback_call_id)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
 
 def _retry_after(value: str | None) -> float | None:
