@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
+from services.common import metrics
 from services.common.db import migrate, open_pool
 from services.common.kafka import ConsumerLoop, make_producer
 from services.common.policy import PolicyClient
@@ -42,6 +43,11 @@ class ServiceStack(AsyncExitStack):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
+
+    async def __aenter__(self) -> ServiceStack:
+        await super().__aenter__()
+        self.background(metrics.watch_loop_lag(), name="event-loop-lag")
+        return self
 
     async def pool(self, *, min_size: int = 2, max_size: int = 20) -> AsyncConnectionPool:
         pool = await open_pool(self.settings, min_size=min_size, max_size=max_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -52,6 +53,12 @@ TTFT_SECONDS = Histogram(
 )
 TOOL_SECONDS = Histogram("a0_tool_seconds", "Tool run duration", ["tool"], buckets=LATENCY_BUCKETS)
 TOOL_ERRORS = Counter("a0_tool_errors_total", "Tool calls answered with an error", ["tool", "code"])
+LOOP_LAG_SECONDS = Histogram(
+    "a0_event_loop_lag_seconds",
+    "How late the process's event loop ran a timer: its backlog of ready work (CPU saturation)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+LOOP_LAG_INTERVAL_S = 0.1
 
 _produced: dict[str, Any] = {}
 
@@ -62,3 +69,13 @@ def produced(topic: str) -> None:
     if child is None:
         child = _produced[topic] = MESSAGES_OUT.labels(topic)
     child.inc()
+
+
+async def watch_loop_lag(interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
+    """Observe, every ``interval_s``, how much later than asked a timer fired."""
+    loop = asyncio.get_running_loop()
+    observe = LOOP_LAG_SECONDS.observe
+    while True:
+        asked = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        observe(max(0.0, loop.time() - asked))

@@ -3,7 +3,9 @@ of traces, the generated Jaeger and Prometheus configurations, the trace tree.""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -173,3 +175,22 @@ def test_new_traces_are_rate_limited_and_refill_over_time() -> None:
     now[0] += 10
     assert [budget.take() for _ in range(3)] == [True, True, False]  # never more than the burst
     assert all(TraceBudget(0).take() for _ in range(100))  # 0: no limit
+
+
+async def test_event_loop_lag_is_what_a_blocked_loop_made_a_timer_wait() -> None:
+    from services.common import metrics
+
+    def observed() -> tuple[float, float]:
+        (family,) = metrics.LOOP_LAG_SECONDS.collect()
+        samples = {s.name: s.value for s in family.samples}
+        return samples["a0_event_loop_lag_seconds_count"], samples["a0_event_loop_lag_seconds_sum"]
+
+    count, total = observed()
+    watcher = asyncio.create_task(metrics.watch_loop_lag(interval_s=0.05))
+    await asyncio.sleep(0.01)
+    time.sleep(0.3)  # noqa: ASYNC251 -- blocking the loop is the point: the timer fires ~0.25 s late
+    await asyncio.sleep(0.12)
+    watcher.cancel()
+    after_count, after_total = observed()
+    assert after_count - count >= 2
+    assert 0.2 <= after_total - total < 0.6
