@@ -149,3 +149,12 @@ def test_postgres_user_can_reach_a_state_dir_under_a_private_directory(tmp_path:
     private.chmod(0o700)
     _allow_traversal(private / "state" / "data", "postgres")
     assert private.stat().st_mode & 0o777 == 0o701  # search added, nothing else
+
+
+def test_service_connections_plan_prepared_statements_once_and_keep_a_urls_own_options() -> None:
+    from services.common.db import _with_generic_plans
+
+    generic = "-c plan_cache_mode=force_generic_plan"
+    assert _with_generic_plans("postgresql://a0:pw@127.0.0.1:15432/a0") == generic
+    with_own = "postgresql://a0:pw@db:5432/a0?options=-c%20search_path%3Dagents"
+    assert _with_generic_plans(with_own) == f"-c search_path=agents {generic}"
