@@ -4,7 +4,8 @@ supervisord restarts a process that exits; a process that runs but no longer ans
 (a hung broker, a deadlocked worker) needs someone to look. Every ``TICK_5`` event the
 watchdog runs each running service's health check; one that keeps failing for
 ``A0_WATCHDOG_UNHEALTHY_S`` seconds is restarted, and the reason logged to
-``logs/watchdog.log``.
+``logs/watchdog.log``. A check fails when it gets no answer within ``PROBE_TIMEOUT_S``
+(10 s): a busy service's late answer still counts as alive.
 
 From ``PROCESS_STATE`` events it also counts how often each service was started
 (``run/restarts.json``), which ``a0ctl status`` shows as restarts, and at each tick it
@@ -30,6 +31,11 @@ from services.common.logging import setup_logging
 from services.common.settings import Settings, load_settings
 
 log = logging.getLogger("a0.watchdog")
+
+# A hung service never answers; one working through a burst of load answers late. Only
+# the first is restarted: restarting the second would drop every client it serves (a
+# gateway's open streams) and start the burst again.
+PROBE_TIMEOUT_S = 10.0
 
 
 def parse_tokens(text: str) -> dict[str, str]:
@@ -90,7 +96,9 @@ class Watchdog:
             return list(
                 await asyncio.gather(
                     *(
-                        health.check(self.runtime.services[name].probe, self.settings, timeout=3)
+                        health.check(
+                            self.runtime.services[name].probe, self.settings, timeout=PROBE_TIMEOUT_S
+                        )
                         for name in candidates
                     )
                 )
