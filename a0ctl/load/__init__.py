@@ -6,11 +6,12 @@ a message, waits for the answer, thinks, and sends again until the time is up. S
 arrive evenly over the ramp, one think time by default (at least 2 s), as users do: the
 run is in its steady state from the start rather than opening with every session's
 first message in the same instant. A 429
-is shed load: the session waits as ``Retry-After`` says and tries again. The report
-counts what was sent, answered, shed, failed (with each cause: a 5xx, a connection
-error, an error event), lost (accepted but never answered) and shown twice (an event
-seq seen again, or a gap); every session counts, and one that cannot go on is a failed
-session. With response-time and time-to-first-token percentiles, delivery times and
+is shed load: the session waits as ``Retry-After`` says and tries again (one whose
+sign-in is still shed when the run ends is a shed session). The report counts what was
+sent, answered, shed, failed (with each cause: a 5xx, a connection error, an error
+event), lost (accepted but never answered) and shown twice (an event seq seen again,
+or a gap); every session counts, and one that cannot go on is a failed session. With
+response-time, time-to-first-token and acceptance-time percentiles, delivery times and
 the worst consumer lag sampled while it ran, in records and seconds.
 """
 
