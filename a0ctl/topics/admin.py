@@ -3,6 +3,7 @@ plan out, describe topics and consumer-group lag."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -136,7 +137,7 @@ async def end_offsets(settings: Settings, partitions: list[TopicPartition]) -> d
     try:
         return await consumer.end_offsets(partitions)
     finally:
-        await consumer.stop()
+        await _stop(consumer)
 
 
 async def describe_topics(settings: Settings, names: list[str] | None) -> list[TopicDescription]:
@@ -183,6 +184,18 @@ class PartitionLag(BaseModel):
     lag_seconds: float = 0.0  # age of the oldest record the group has not consumed yet
 
 
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer. With a broker down, aiokafka's fetcher can raise the cancellation
+    of its own fetch task from ``stop()``: that is swallowed, while a cancellation of
+    the caller's task still goes through."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
 async def _oldest_unconsumed_age(
     settings: Settings, positions: dict[TopicPartition, int]
 ) -> dict[TopicPartition, float]:
@@ -208,7 +221,7 @@ async def _oldest_unconsumed_age(
                     ages[tp] = max(0.0, (now_ms - records[0].timestamp) / 1000)
                     consumer.pause(tp)
     finally:
-        await consumer.stop()
+        await _stop(consumer)
     return ages
 
 
