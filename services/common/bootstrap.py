@@ -49,9 +49,11 @@ class ServiceStack(AsyncExitStack):
         self.background(metrics.watch_loop_lag(), name="event-loop-lag")
         return self
 
-    async def pool(self, *, min_size: int = 2, max_size: int = 20) -> AsyncConnectionPool:
-        pool = await open_pool(self.settings, min_size=min_size, max_size=max_size)
+    async def pool(self, name: str, *, min_size: int = 2, max_size: int = 20) -> AsyncConnectionPool:
+        """The service's PostgreSQL pool (see :func:`open_pool`), its use in ``a0_db_pool_*``."""
+        pool = await open_pool(self.settings, name=name, min_size=min_size, max_size=max_size)
         self.push_async_callback(pool.close)
+        self.callback(metrics.watch_pool(pool))
         return pool
 
     def redis(self, **options: Any) -> aioredis.Redis:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30)
 
@@ -79,3 +82,54 @@ async def watch_loop_lag(interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
         asked = loop.time() + interval_s
         await asyncio.sleep(interval_s)
         observe(max(0.0, loop.time() - asked))
+
+
+# --- PostgreSQL connection pools: read from psycopg_pool's own counters at each scrape ----
+
+
+class _StatsPool(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def get_stats(self) -> dict[str, int]: ...
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: _StatsPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.pool.get_stats()
+        labels = [self.pool.name]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=["pool"])
+            family.add_metric(labels, value)
+            return family
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=["pool"])
+            family.add_metric(labels, value)
+            return family
+
+        yield gauge("a0_db_pool_connections", "Connections the pool holds", stats.get("pool_size", 0))
+        yield gauge(
+            "a0_db_pool_idle_connections", "Connections ready to be taken", stats.get("pool_available", 0)
+        )
+        yield gauge(
+            "a0_db_pool_waiting", "Requests waiting for a connection now", stats.get("requests_waiting", 0)
+        )
+        yield counter("a0_db_pool_requests", "Connections taken from the pool", stats.get("requests_num", 0))
+        yield counter(
+            "a0_db_pool_wait_seconds",
+            "Time requests spent waiting for a connection (the pool too small, or a slow start)",
+            stats.get("requests_wait_ms", 0) / 1000,
+        )
+        yield counter("a0_db_pool_connects", "Connections the pool opened", stats.get("connections_num", 0))
+
+
+def watch_pool(pool: _StatsPool) -> Callable[[], None]:
+    """Export ``pool``'s use as ``a0_db_pool_*{pool=...}``; returns what stops it."""
+    collector = _PoolCollector(pool)
+    REGISTRY.register(collector)
+    return lambda: REGISTRY.unregister(collector)

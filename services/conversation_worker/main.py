@@ -32,7 +32,7 @@ async def open_worker(stack: ServiceStack) -> ConsumerLoop:
     settings = stack.settings
     # Few connections kept open: after a database restart each dead one costs a turn one
     # failed attempt and a backoff before the pool replaces it.
-    pool = await stack.pool(min_size=4, max_size=40)
+    pool = await stack.pool("conversation-worker", min_size=4, max_size=40)
     redis = stack.redis()
     policy = stack.policy()
     producer = await stack.producer("conversation-worker")

@@ -29,7 +29,7 @@ async def open_executor(stack: ServiceStack) -> ConsumerLoop:
     """Everything the tool executor holds, opened on ``stack``, and its consumer loop."""
     settings = stack.settings
     executor = ToolExecutor(
-        pool=await stack.pool(max_size=settings.tools.max_inflight + 2),
+        pool=await stack.pool("tool-executor", max_size=settings.tools.max_inflight + 2),
         producer=await stack.producer("tool-executor"),
         policy=stack.policy(),
         tools=load_tools(),

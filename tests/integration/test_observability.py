@@ -21,6 +21,7 @@ from a0ctl.runtime.local import LocalRuntime
 from a0ctl.runtime.local_services import scrape_targets
 from services.common.secrets_env import apply_generated_secrets
 from services.common.settings import Settings
+from services.gateway.main import POOL_CONNECTIONS
 from tests.conftest import ROOT
 from tests.support.cli import a0ctl, a0ctl_json
 from tests.support.gateway import auth, collect_turn, create_conversation, post_message, sse_events
@@ -268,6 +269,14 @@ async def test_counters_move_by_the_turns_run(settings: Settings, client) -> Non
     assert value(after, "a0_turns_inflight") == 0
     lag = [v for (n, labels), v in after.items() if n == "a0_consumer_lag_records"]
     assert lag and all(v >= 0 for v in lag)
+    # Each service's PostgreSQL pool: every turn took connections from the gateway's and
+    # the worker's; the gateway's pool holds its full size from the start.
+    assert moved("a0_db_pool_requests_total", pool="gateway") >= 2 * turns
+    assert moved("a0_db_pool_requests_total", pool="conversation-worker") >= 4 * turns
+    assert moved("a0_db_pool_requests_total", pool="tool-executor") >= turns
+    gateway_pool = max(8, POOL_CONNECTIONS // settings.gateway.workers)
+    assert value(after, "a0_db_pool_connections", pool="gateway") == gateway_pool * settings.gateway.workers
+    assert value(after, "a0_db_pool_waiting") == 0
 
 
 def _dashboard_queries() -> list[tuple[str, str]]:
