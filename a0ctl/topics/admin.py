@@ -197,9 +197,12 @@ async def _stop(consumer: AIOKafkaConsumer) -> None:
 
 
 async def _oldest_unconsumed_age(
-    settings: Settings, positions: dict[TopicPartition, int]
+    settings: Settings, positions: dict[TopicPartition, int], as_of_ms: float
 ) -> dict[TopicPartition, float]:
-    """How long the record at each committed offset has been waiting, in seconds."""
+    """How long the record at each committed offset had been waiting at ``as_of_ms`` (when
+    the offsets were read), in seconds. Measured from then, not from when its record is
+    fetched: connecting and fetching take a while under load, and the group may have
+    handled the record meanwhile."""
     if not positions:
         return {}
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
@@ -209,7 +212,6 @@ async def _oldest_unconsumed_age(
         consumer.assign(list(positions))
         for tp, offset in positions.items():
             consumer.seek(tp, offset)
-        now_ms = time.time() * 1000
         deadline = time.monotonic() + 3.0
         # A fetch answers with the partitions that have data ready; ask until each has
         # shown its first record (or the deadline passes).
@@ -218,7 +220,7 @@ async def _oldest_unconsumed_age(
             batches = await consumer.getmany(*waiting, timeout_ms=500, max_records=len(waiting) * 20)
             for tp, records in batches.items():
                 if records and tp not in ages:
-                    ages[tp] = max(0.0, (now_ms - records[0].timestamp) / 1000)
+                    ages[tp] = max(0.0, (as_of_ms - records[0].timestamp) / 1000)
                     consumer.pause(tp)
     finally:
         await _stop(consumer)
@@ -232,6 +234,7 @@ async def consumer_lag(settings: Settings, group: str | None) -> list[PartitionL
         for name in groups:
             offsets = await admin.list_consumer_group_offsets(name)
             committed[name] = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        as_of_ms = time.time() * 1000  # ages as of the offsets just read (each read just before)
     if group and not committed.get(group):
         raise TopicPlanError(
             f"consumer group {group!r} has no committed offsets", hint="see `a0ctl topics lag`"
@@ -245,7 +248,7 @@ async def consumer_lag(settings: Settings, group: str | None) -> list[PartitionL
         for tp, offset in offsets.items():
             if ends.get(tp, offset) > offset:
                 behind[tp] = min(offset, behind.get(tp, offset))
-    ages = await _oldest_unconsumed_age(settings, behind)
+    ages = await _oldest_unconsumed_age(settings, behind, as_of_ms)
     rows = []
     for name, offsets in committed.items():
         for tp, offset in sorted(offsets.items()):

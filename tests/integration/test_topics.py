@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from a0ctl.runtime.local import LocalRuntime
+from services.common.kafka import client_options
+from services.common.secrets_env import apply_generated_secrets
+from services.common.settings import Settings
 from tests.support.cli import a0ctl, a0ctl_json
 
 pytestmark = pytest.mark.integration
@@ -152,3 +158,39 @@ def test_smoke_passes_then_fails_naming_redis_when_it_stops(stack: LocalRuntime)
         assert [c["name"] for c in bad] == ["redis"]
     finally:
         stack.up(services=("redis",))
+
+
+def test_lag_counts_waiting_records_and_their_age(topics_file: Path, settings: Settings) -> None:
+    """Records a group has not consumed show as lag, in records and in seconds (the age
+    of the oldest, as of the offsets read), and as none once the group commits past them."""
+    assert a0ctl("topics", "apply", "--file", str(topics_file)).returncode == 0
+    topic = next(n for n in yaml.safe_load(topics_file.read_text())["topics"] if n.endswith(".plain"))
+    asyncio.run(_lag_probe(settings, topic))
+
+
+async def _lag_probe(settings: Settings, topic: str) -> None:
+    group = f"lag-probe-{uuid.uuid4().hex[:8]}"
+    options = client_options(apply_generated_secrets(settings))
+    tp = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False)
+    producer = AIOKafkaProducer(**options)
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: 0})
+        for n in range(5):
+            await producer.send_and_wait(topic, f"record {n}".encode(), partition=0)
+        waited = time.monotonic()
+        await asyncio.sleep(2)
+        rows = a0ctl_json("topics", "lag", "--group", group)["lag"]
+        (row,) = [r for r in rows if r["topic"] == topic and r["partition"] == 0]
+        assert row["lag"] == 5 and row["committed"] == 0
+        assert 2 <= row["lag_seconds"] <= time.monotonic() - waited + 1, row
+
+        await consumer.commit({tp: 5})
+        (row,) = [r for r in a0ctl_json("topics", "lag", "--group", group)["lag"] if r["topic"] == topic]
+        assert row["lag"] == 0 and row["lag_seconds"] == 0, row
+    finally:
+        await producer.stop()
+        await consumer.stop()
