@@ -17,7 +17,7 @@ CLI_ROLES = ["user"]
 
 @asynccontextmanager
 async def credential_store(settings: Settings) -> AsyncIterator[tuple[CredentialStore, PolicyClient]]:
-    pool = await open_pool(settings, name="a0ctl", min_size=1, max_size=2)
+    pool = await open_pool(settings, name="cli", min_size=1, max_size=2)
     redis = aioredis.from_url(settings.redis_url)
     policy = PolicyClient(settings)
     try:

@@ -50,12 +50,9 @@ async def open_pool(
     settings: Settings, *, name: str, min_size: int = 2, max_size: int = 20
 ) -> AsyncConnectionPool:
     """A pool of ``name``'s connections (``application_name`` ``a0-<name>``, as
-    ``pg_stat_activity`` shows them), opened with ``min_size`` connections.
-
-    A service's pool opens at the size it works at under load: growing one connection at a
-    time while requests queue for one is slowest exactly when a burst arrives (measured:
-    requests of a freshly started gateway waited up to 1.1 s for a connection in the first
-    seconds of a 500-session load, a warm one not at all). ``a0_db_pool_*`` metrics show it."""
+    ``pg_stat_activity`` shows them), opened with ``min_size`` of them. It grows one
+    connection at a time while requests wait: the time they wait is in
+    ``a0_db_pool_wait_seconds`` (:func:`services.common.metrics.watch_pool`)."""
     register_secret(settings.postgres.password.get_secret_value())
     pool = AsyncConnectionPool(
         settings.postgres_dsn,
