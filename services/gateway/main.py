@@ -38,7 +38,7 @@ log = logging.getLogger("a0.gateway")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 KAFKA_START_ATTEMPTS = 30
 # PostgreSQL connections of the gateway, shared by its processes (A0_GATEWAY_WORKERS).
-POOL_CONNECTIONS = 60
+POOL_CONNECTIONS = 40
 
 
 @asynccontextmanager
@@ -48,9 +48,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await migrate(settings)
     async with ServiceStack(settings) as stack:
         # Opened at full size: a pool grows one connection at a time, too slowly for a
-        # burst. Measured on a freshly started gateway, 500 sessions signing in over 10 s:
-        # requests waited 0.58 s on average for a connection (a0_db_pool_wait_seconds) while
-        # the pool grew from 16 to 48, and the turns of the burst took 2.6 s instead of 0.8.
+        # burst. Measured on a freshly started gateway with 16 growing to 60, 500 sessions
+        # signing in over 10 s: requests waited 0.58 s on average for a connection
+        # (a0_db_pool_wait_seconds) and the turns of the burst took 2.6 s; with 40 open,
+        # 0.8 s. Not more: with 60 open from the start, 2000 sessions had the gateway take
+        # on more at once than two cores serve, and stream deliveries stalled for up to 30 s.
         size = max(8, POOL_CONNECTIONS // settings.gateway.workers)
         pool = await stack.pool("gateway", min_size=size, max_size=size)
         redis = stack.redis(socket_connect_timeout=3, socket_timeout=5)
