@@ -95,41 +95,59 @@ class _StatsPool(Protocol):
 
 
 class _PoolCollector(Collector):
-    def __init__(self, pool: _StatsPool) -> None:
-        self.pool = pool
+    """One collector for every pool of the process, a sample per pool."""
+
+    def __init__(self) -> None:
+        self.pools: list[_StatsPool] = []
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.pool.get_stats()
-        labels = [self.pool.name]
+        stats = [(pool.name, pool.get_stats()) for pool in self.pools]
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc, labels=["pool"])
-            family.add_metric(labels, value)
-            return family
+        def family(
+            kind: type[GaugeMetricFamily | CounterMetricFamily],
+            name: str,
+            doc: str,
+            key: str,
+            scale: float = 1,
+        ) -> Metric:
+            metric = kind(name, doc, labels=["pool"])
+            for pool, values in stats:
+                metric.add_metric([pool], values.get(key, 0) * scale)
+            return metric
 
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, doc, labels=["pool"])
-            family.add_metric(labels, value)
-            return family
-
-        yield gauge("a0_db_pool_connections", "Connections the pool holds", stats.get("pool_size", 0))
-        yield gauge(
-            "a0_db_pool_idle_connections", "Connections ready to be taken", stats.get("pool_available", 0)
+        yield family(GaugeMetricFamily, "a0_db_pool_connections", "Connections the pool holds", "pool_size")
+        yield family(
+            GaugeMetricFamily,
+            "a0_db_pool_idle_connections",
+            "Connections ready to be taken",
+            "pool_available",
         )
-        yield gauge(
-            "a0_db_pool_waiting", "Requests waiting for a connection now", stats.get("requests_waiting", 0)
+        yield family(
+            GaugeMetricFamily,
+            "a0_db_pool_waiting",
+            "Requests waiting for a connection now",
+            "requests_waiting",
         )
-        yield counter("a0_db_pool_requests", "Connections taken from the pool", stats.get("requests_num", 0))
-        yield counter(
+        yield family(
+            CounterMetricFamily, "a0_db_pool_requests", "Connections taken from the pool", "requests_num"
+        )
+        yield family(
+            CounterMetricFamily,
             "a0_db_pool_wait_seconds",
             "Time requests spent waiting for a connection (the pool too small, or a slow start)",
-            stats.get("requests_wait_ms", 0) / 1000,
+            "requests_wait_ms",
+            1 / 1000,
         )
-        yield counter("a0_db_pool_connects", "Connections the pool opened", stats.get("connections_num", 0))
+        yield family(
+            CounterMetricFamily, "a0_db_pool_connects", "Connections the pool opened", "connections_num"
+        )
+
+
+_POOLS = _PoolCollector()
+REGISTRY.register(_POOLS)
 
 
 def watch_pool(pool: _StatsPool) -> Callable[[], None]:
     """Export ``pool``'s use as ``a0_db_pool_*{pool=...}``; returns what stops it."""
-    collector = _PoolCollector(pool)
-    REGISTRY.register(collector)
-    return lambda: REGISTRY.unregister(collector)
+    _POOLS.pools.append(pool)
+    return lambda: _POOLS.pools.remove(pool)

@@ -15,6 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from a0ctl.commands.observe import trace_tree
 from a0ctl.observe import span_children
@@ -23,7 +25,7 @@ from a0ctl.runtime.local_services import (
     prometheus_config_text,
     prometheus_targets_text,
 )
-from services.common import telemetry
+from services.common import metrics, telemetry
 from services.common.settings import load_settings
 
 pytestmark = pytest.mark.unit
@@ -178,8 +180,6 @@ def test_new_traces_are_rate_limited_and_refill_over_time() -> None:
 
 
 async def test_event_loop_lag_is_what_a_blocked_loop_made_a_timer_wait() -> None:
-    from services.common import metrics
-
     def observed() -> tuple[float, float]:
         (family,) = metrics.LOOP_LAG_SECONDS.collect()
         samples = {s.name: s.value for s in family.samples}
@@ -194,3 +194,44 @@ async def test_event_loop_lag_is_what_a_blocked_loop_made_a_timer_wait() -> None
     after_count, after_total = observed()
     assert after_count - count >= 2
     assert 0.2 <= after_total - total < 0.6
+
+
+class _Stats:
+    """A pool's name and counters, shaped as psycopg_pool's ``get_stats()`` returns them."""
+
+    def __init__(self, name: str, stats: dict[str, int]) -> None:
+        self.name = name
+        self.stats = stats
+
+    def get_stats(self) -> dict[str, int]:
+        return self.stats
+
+
+def test_pool_metrics_have_a_sample_per_pool_until_it_closes() -> None:
+    def samples() -> dict[tuple[str, str], float]:
+        text = generate_latest(REGISTRY).decode()
+        return {
+            (s.name, s.labels["pool"]): s.value
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("a0_db_pool")
+            for s in family.samples
+        }
+
+    front = _Stats(
+        "front", {"pool_size": 40, "pool_available": 38, "requests_num": 7, "requests_wait_ms": 1500}
+    )
+    back = _Stats("back", {"pool_size": 4, "requests_waiting": 2})
+    stop_front, stop_back = metrics.watch_pool(front), metrics.watch_pool(back)
+    try:
+        seen = samples()
+        assert seen[("a0_db_pool_connections", "front")] == 40
+        assert seen[("a0_db_pool_idle_connections", "front")] == 38
+        assert seen[("a0_db_pool_requests_total", "front")] == 7
+        assert seen[("a0_db_pool_wait_seconds_total", "front")] == 1.5
+        assert seen[("a0_db_pool_connections", "back")] == 4
+        assert seen[("a0_db_pool_waiting", "back")] == 2
+    finally:
+        stop_front()
+    assert {pool for _, pool in samples()} == {"back"}
+    stop_back()
+    assert samples() == {}
