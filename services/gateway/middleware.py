@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common import metrics, telemetry
 from services.common.envelope import new_id
 from services.gateway import ratelimit
+from services.gateway.deps import GatewayState
 from services.gateway.errors import REQUEST_ID_HEADER, BodyTooLarge, error_body
 
 # A caller's own request id is kept when it is short and plain, so it can be correlated.
@@ -126,6 +127,19 @@ class GatewayMiddleware:
             )
             self._observe(scope, 429, started, streaming=False)
             return
+        if write and self._database_congested(scope):
+            # Writes queued for a connection hold the streams' reads back behind them.
+            metrics.SHED.labels("database").inc()
+            await self._reject(
+                send,
+                request_id,
+                429,
+                "overloaded",
+                "the gateway is waiting for database connections; try again shortly",
+                retry_after=ratelimit.PACER.retry_after(ratelimit.PENDING_RETRY_AFTER_S),
+            )
+            self._observe(scope, 429, started, streaming=False)
+            return
         if write and scope.get("method") == "POST" and await self._at_turn_capacity(scope):
             # Before sign-in, routing and the body: a crowd retrying after 429s must cost
             # less than the turns it waits for. The handler checks again, exactly.
@@ -176,12 +190,25 @@ class GatewayMiddleware:
                 self.pending_writes -= 1
             self._observe(scope, status, started, streaming=streaming)
 
+    @staticmethod
+    def _gateway(scope: Scope) -> GatewayState | None:
+        """The app's gateway state: None until it has started."""
+        return getattr(getattr(scope.get("app"), "state", None), "gateway", None)
+
     async def _at_turn_capacity(self, scope: Scope) -> bool:
         if not _MESSAGE_PATH.match(scope.get("path", "")):
             return False
-        # The app's state: no gateway until it has started.
-        gateway = getattr(getattr(scope.get("app"), "state", None), "gateway", None)
+        gateway = self._gateway(scope)
         return gateway is not None and await gateway.open_turns.at_capacity(self.max_inflight_turns)
+
+    def _database_congested(self, scope: Scope) -> bool:
+        """A pool's worth of requests already waits for a PostgreSQL connection: a new
+        write would wait behind them (``a0_db_pool_waiting``)."""
+        gateway = self._gateway(scope)
+        if gateway is None:
+            return False
+        stats = gateway.pool.get_stats()
+        return bool(stats["requests_waiting"] >= stats["pool_max"])
 
     @staticmethod
     async def _reject(

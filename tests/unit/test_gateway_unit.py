@@ -148,7 +148,10 @@ async def test_at_its_turns_in_flight_a_new_message_is_shed_before_the_app_sees_
 
     # A fresh reading of 4 open turns (no refresh due, so no Redis read).
     reading = OpenTurns(redis=None, value=4, read_at=time.monotonic() + 3600)  # type: ignore[arg-type]
-    started_app = SimpleNamespace(state=SimpleNamespace(gateway=SimpleNamespace(open_turns=reading)))
+    pool = SimpleNamespace(get_stats=lambda: {"requests_waiting": 0, "pool_max": 40})
+    started_app = SimpleNamespace(
+        state=SimpleNamespace(gateway=SimpleNamespace(open_turns=reading, pool=pool))
+    )
     middleware = GatewayMiddleware(app, max_body_bytes=1024, max_pending_writes=8, max_inflight_turns=4)
 
     async def with_app(scope: Any, receive: Any, send: Any) -> None:
@@ -171,6 +174,42 @@ async def test_at_its_turns_in_flight_a_new_message_is_shed_before_the_app_sees_
         "POST /v1/conversations",
         "POST /v1/conversations/c1/messages",
     ]
+    assert middleware.pending_writes == 0
+
+
+async def test_with_a_pool_of_requests_waiting_for_the_database_writes_are_shed_reads_pass() -> None:
+    """A pool's worth of requests already waiting for a PostgreSQL connection: a write gets
+    429 + Retry-After before the app sees it; reads (streams) still go through."""
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(f"{scope['method']} {scope['path']}")
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    stats = {"requests_waiting": 40, "pool_max": 40}
+    reading = OpenTurns(redis=None, value=0, read_at=time.monotonic() + 3600)  # type: ignore[arg-type]
+    pool = SimpleNamespace(get_stats=lambda: dict(stats))
+    started_app = SimpleNamespace(
+        state=SimpleNamespace(gateway=SimpleNamespace(open_turns=reading, pool=pool))
+    )
+    middleware = GatewayMiddleware(app, max_body_bytes=1024, max_pending_writes=8, max_inflight_turns=4)
+
+    async def with_app(scope: Any, receive: Any, send: Any) -> None:
+        await middleware({**scope, "app": started_app}, receive, send)
+
+    transport = httpx.ASGITransport(app=with_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        for shed in (
+            await client.post("/v1/conversations", json={}),
+            await client.post("/v1/conversations/c1/messages", json={"content": "hi"}),
+        ):
+            assert shed.status_code == 429 and shed.headers["Retry-After"] == "2"
+            assert "database connections" in shed.json()["error"]["message"]
+        assert (await client.get("/v1/conversations/c1/events")).status_code == 202
+        stats["requests_waiting"] = 39
+        assert (await client.post("/v1/conversations", json={})).status_code == 202
+    assert reached == ["GET /v1/conversations/c1/events", "POST /v1/conversations"]
     assert middleware.pending_writes == 0
 
 
