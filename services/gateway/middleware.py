@@ -115,27 +115,21 @@ class GatewayMiddleware:
             return
 
         write = scope.get("method") in _WRITE_METHODS and scope.get("path", "").startswith("/v1/")
+        busy = None
         if write and self.pending_writes >= self.max_pending_writes:
-            metrics.SHED.labels("pending").inc()
-            await self._reject(
-                send,
-                request_id,
-                429,
-                "overloaded",
-                "the gateway is busy with other requests; try again shortly",
-                retry_after=ratelimit.PACER.retry_after(ratelimit.PENDING_RETRY_AFTER_S),
-            )
-            self._observe(scope, 429, started, streaming=False)
-            return
-        if write and self._database_congested(scope):
+            busy = "pending", "the gateway is busy with other requests"
+        elif write and self._database_congested(scope):
             # Writes queued for a connection hold the streams' reads back behind them.
-            metrics.SHED.labels("database").inc()
+            busy = "database", "the gateway is waiting for database connections"
+        if busy is not None:
+            reason, why = busy
+            metrics.SHED.labels(reason).inc()
             await self._reject(
                 send,
                 request_id,
                 429,
                 "overloaded",
-                "the gateway is waiting for database connections; try again shortly",
+                f"{why}; try again shortly",
                 retry_after=ratelimit.PACER.retry_after(ratelimit.PENDING_RETRY_AFTER_S),
             )
             self._observe(scope, 429, started, streaming=False)

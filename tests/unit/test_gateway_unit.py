@@ -136,29 +136,39 @@ async def test_writes_past_the_pending_limit_are_shed_until_answers_start() -> N
     assert app.pending_writes == 0
 
 
-async def test_at_its_turns_in_flight_a_new_message_is_shed_before_the_app_sees_it() -> None:
-    """With the open-turn reading at the limit, a message POST gets 429 + Retry-After
-    without sign-in or routing (the app is not called); other writes and reads pass."""
-    reached: list[str] = []
+class _StartedGateway:
+    """The middleware in front of an app that answers 202 and records what reached it, with
+    the started gateway's open-turn reading and database pool counters set by the test."""
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        reached.append(f"{scope['method']} {scope['path']}")
+    def __init__(self, *, open_turns: int, waiting: int) -> None:
+        self.reached: list[str] = []
+        # A fresh reading (no refresh due, so no Redis read).
+        self.reading = OpenTurns(redis=None, value=open_turns, read_at=time.monotonic() + 3600)  # type: ignore[arg-type]
+        self.stats = {"requests_waiting": waiting, "pool_max": 40}
+        pool = SimpleNamespace(get_stats=lambda: dict(self.stats))
+        gateway = SimpleNamespace(open_turns=self.reading, pool=pool)
+        self.started_app = SimpleNamespace(state=SimpleNamespace(gateway=gateway))
+        self.middleware = GatewayMiddleware(
+            self.app, max_body_bytes=1024, max_pending_writes=8, max_inflight_turns=4
+        )
+
+    async def app(self, scope: Any, receive: Any, send: Any) -> None:
+        self.reached.append(f"{scope['method']} {scope['path']}")
         await send({"type": "http.response.start", "status": 202, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    # A fresh reading of 4 open turns (no refresh due, so no Redis read).
-    reading = OpenTurns(redis=None, value=4, read_at=time.monotonic() + 3600)  # type: ignore[arg-type]
-    pool = SimpleNamespace(get_stats=lambda: {"requests_waiting": 0, "pool_max": 40})
-    started_app = SimpleNamespace(
-        state=SimpleNamespace(gateway=SimpleNamespace(open_turns=reading, pool=pool))
-    )
-    middleware = GatewayMiddleware(app, max_body_bytes=1024, max_pending_writes=8, max_inflight_turns=4)
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.middleware({**scope, "app": self.started_app}, receive, send)
 
-    async def with_app(scope: Any, receive: Any, send: Any) -> None:
-        await middleware({**scope, "app": started_app}, receive, send)
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self), base_url="http://gw")
 
-    transport = httpx.ASGITransport(app=with_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+
+async def test_at_its_turns_in_flight_a_new_message_is_shed_before_the_app_sees_it() -> None:
+    """With the open-turn reading at the limit, a message POST gets 429 + Retry-After
+    without sign-in or routing (the app is not called); other writes and reads pass."""
+    gateway = _StartedGateway(open_turns=4, waiting=0)
+    async with gateway.client() as client:
         shed = await client.post("/v1/conversations/c1/messages", json={"content": "hi"})
         assert shed.status_code == 429 and shed.headers["Retry-After"] == str(OVERLOADED_RETRY_AFTER_S)
         assert (
@@ -167,39 +177,21 @@ async def test_at_its_turns_in_flight_a_new_message_is_shed_before_the_app_sees_
         )
         assert (await client.post("/v1/conversations/c1/cancel", json={})).status_code == 202
         assert (await client.post("/v1/conversations", json={})).status_code == 202
-        reading.value = 3
+        gateway.reading.value = 3
         assert (await client.post("/v1/conversations/c1/messages", json={"content": "hi"})).status_code == 202
-    assert reached == [
+    assert gateway.reached == [
         "POST /v1/conversations/c1/cancel",
         "POST /v1/conversations",
         "POST /v1/conversations/c1/messages",
     ]
-    assert middleware.pending_writes == 0
+    assert gateway.middleware.pending_writes == 0
 
 
 async def test_with_a_pool_of_requests_waiting_for_the_database_writes_are_shed_reads_pass() -> None:
     """A pool's worth of requests already waiting for a PostgreSQL connection: a write gets
     429 + Retry-After before the app sees it; reads (streams) still go through."""
-    reached: list[str] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        reached.append(f"{scope['method']} {scope['path']}")
-        await send({"type": "http.response.start", "status": 202, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
-
-    stats = {"requests_waiting": 40, "pool_max": 40}
-    reading = OpenTurns(redis=None, value=0, read_at=time.monotonic() + 3600)  # type: ignore[arg-type]
-    pool = SimpleNamespace(get_stats=lambda: dict(stats))
-    started_app = SimpleNamespace(
-        state=SimpleNamespace(gateway=SimpleNamespace(open_turns=reading, pool=pool))
-    )
-    middleware = GatewayMiddleware(app, max_body_bytes=1024, max_pending_writes=8, max_inflight_turns=4)
-
-    async def with_app(scope: Any, receive: Any, send: Any) -> None:
-        await middleware({**scope, "app": started_app}, receive, send)
-
-    transport = httpx.ASGITransport(app=with_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+    gateway = _StartedGateway(open_turns=0, waiting=40)
+    async with gateway.client() as client:
         for shed in (
             await client.post("/v1/conversations", json={}),
             await client.post("/v1/conversations/c1/messages", json={"content": "hi"}),
@@ -207,10 +199,10 @@ async def test_with_a_pool_of_requests_waiting_for_the_database_writes_are_shed_
             assert shed.status_code == 429 and shed.headers["Retry-After"] == "2"
             assert "database connections" in shed.json()["error"]["message"]
         assert (await client.get("/v1/conversations/c1/events")).status_code == 202
-        stats["requests_waiting"] = 39
+        gateway.stats["requests_waiting"] = 39
         assert (await client.post("/v1/conversations", json={})).status_code == 202
-    assert reached == ["GET /v1/conversations/c1/events", "POST /v1/conversations"]
-    assert middleware.pending_writes == 0
+    assert gateway.reached == ["GET /v1/conversations/c1/events", "POST /v1/conversations"]
+    assert gateway.middleware.pending_writes == 0
 
 
 def test_retry_after_stretches_while_a_crowd_is_shed_and_returns_to_the_base_wait() -> None:
