@@ -223,7 +223,9 @@ def main() -> None:
     runtime = None
     try:
         from a0ctl.load import run_load
+        from services.common.metrics import tune_gc
 
+        tune_gc()  # as a0's services and a0ctl load do: the baseline and the load client alike
         for mode in modes:
             # The same stack: switching restarts a0's services with or without an exporter.
             os.environ["A0_OTEL_JAEGER"] = "true" if mode == "on" else "false"

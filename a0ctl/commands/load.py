@@ -10,6 +10,7 @@ from rich.table import Table
 
 from a0ctl.console import ExitCode, JsonOption, console, print_json, settings
 from a0ctl.load import LoadReport, run_load
+from services.common.metrics import tune_gc
 
 
 def render(report: LoadReport) -> None:
@@ -84,6 +85,7 @@ def load(
 
     Example: a0ctl load --sessions 500 --duration 60 --think 10 --sla-mean 0.5 --sla-p99 1.5 --json
     """
+    tune_gc()  # 500 sessions' worth of objects: no full-heap pauses in the measurement
     report = asyncio.run(
         run_load(
             settings(), sessions=sessions, duration_s=duration, think_s=think, prompt=prompt, ramp_s=ramp

@@ -33,5 +33,6 @@ def run(service: Annotated[Service, typer.Argument(help="The service to run.")])
     Example: a0ctl run gateway
     """
     module = importlib.import_module(ENTRY_POINTS[service])
+    importlib.import_module("services.common.metrics").tune_gc()
     with errors_to_exit():
         module.serve(settings())

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
-from services.common import open_turns
+from services.common import metrics, open_turns
 from services.common.auth import check_sign_in
 from services.common.bootstrap import ServiceStack
 from services.common.credentials import CredentialStore
@@ -131,7 +131,9 @@ def app_from_environment() -> FastAPI:
     setup_logging("gateway")
     settings = load_settings()
     setup_tracing(settings, "gateway")
-    return create_app(settings)
+    app = create_app(settings)
+    metrics.tune_gc()
+    return app
 
 
 def serve(settings: Settings) -> None:

@@ -4,6 +4,7 @@ of traces, the generated Jaeger and Prometheus configurations, the trace tree.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from typing import Any
@@ -235,3 +236,27 @@ def test_pool_metrics_have_a_sample_per_pool_until_it_closes() -> None:
     assert {pool for _, pool in samples()} == {"back"}
     stop_back()
     assert samples() == {}
+
+
+def test_tuned_collector_freezes_what_was_loaded_and_times_each_pause() -> None:
+    def pauses(generation: str) -> float:
+        (family,) = metrics.GC_PAUSE_SECONDS.collect()
+        return next(
+            s.value
+            for s in family.samples
+            if s.name == "a0_gc_pause_seconds_count" and s.labels["generation"] == generation
+        )
+
+    thresholds = gc.get_threshold()
+    try:
+        metrics.tune_gc()
+        assert gc.get_threshold() == metrics.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 1000  # the modules this process had loaded
+        young, full = pauses("0"), pauses("2")
+        gc.collect(0)
+        gc.collect()
+        assert (pauses("0"), pauses("2")) == (young + 1, full + 1)
+    finally:
+        gc.callbacks.remove(metrics._observe_gc)
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
