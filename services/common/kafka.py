@@ -110,6 +110,7 @@ Handler = Callable[[Envelope, ConsumerRecord[bytes, bytes]], Awaitable[None]]
 class _PartitionState:
     in_flight: set[int] = field(default_factory=set)
     highest_done: int = -1
+    committed: int | None = None  # the offset this consumer last committed
 
     def committable(self) -> int | None:
         """The offset to commit: everything below it has been handled."""
@@ -306,18 +307,23 @@ class ConsumerLoop:
         await dead_letter(self.producer, self.dead_letter_topic, record, reason, group=self.group_id)
 
     async def _commit(self) -> None:
-        offsets = {}
+        """Commit the partitions whose committable offset moved since the last commit (each
+        commit is a record in the broker's offsets log: an idle consumer writes none)."""
+        states = {}
         for tp, state in self._partitions.items():
             offset = state.committable()
-            if offset is not None:
-                offsets[tp] = offset
-        if not offsets:
+            if offset is not None and offset != state.committed:
+                states[tp] = (state, offset)
+        if not states:
             return
         try:
-            await self.consumer.commit(offsets)
+            await self.consumer.commit({tp: offset for tp, (_, offset) in states.items()})
         except KafkaError as exc:
             # A rebalance in progress: the next commit (or the new owner) covers it.
             log.info("commit skipped: %s", exc)
+            return
+        for state, offset in states.values():
+            state.committed = offset
 
     async def _measure_lag_periodically(self) -> None:
         """Per assigned partition: records past what this group has handled."""
