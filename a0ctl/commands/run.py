@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from a0ctl.console import errors_to_exit, settings
+from services.common.metrics import tune_gc
 
 
 class Service(StrEnum):
@@ -33,6 +34,6 @@ def run(service: Annotated[Service, typer.Argument(help="The service to run.")])
     Example: a0ctl run gateway
     """
     module = importlib.import_module(ENTRY_POINTS[service])
-    importlib.import_module("services.common.metrics").tune_gc()
+    tune_gc()  # after the service's modules are loaded: they are frozen out of collections
     with errors_to_exit():
         module.serve(settings())
