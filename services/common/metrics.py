@@ -96,12 +96,13 @@ async def watch_loop_lag(interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
 
 # A collection of the young generation once 10 000 container objects more are alive than
 # at the last one (Python's default: 700), of the middle one every 20 of those and of
-# the whole heap every 100 of these. With the defaults, a gateway streaming to 500
-# sessions walked its whole heap several times a minute, each a pause of its event loop
-# of up to 0.4 s (1.9 s of 40 s in collections); with these, 0.3 s in all, the longest
-# pause 0.13 s, and no full collection while the load ran. Garbage without cycles is
-# freed at once, as before.
-GC_THRESHOLDS = (10_000, 20, 100)
+# the whole heap every 10 of these, as by default: under a 500-session load about every
+# seven minutes, so cycles that outlived the young collections are still freed. With
+# the defaults, a gateway streaming to 500 sessions walked its whole heap several times
+# a minute, each a pause of its event loop of up to 0.4 s (1.9 s of 40 s in
+# collections); with these, 0.3 s in all and the longest pause 0.13 s. Garbage without
+# cycles is freed at once, as before.
+GC_THRESHOLDS = (10_000, 20, 10)
 
 
 def tune_gc() -> None:
