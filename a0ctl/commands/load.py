@@ -23,6 +23,7 @@ def render(report: LoadReport) -> None:
         ("failed sessions", f"{report.failed_sessions} of {report.sessions}"),
         ("messages shed with 429 (retried after Retry-After)", str(report.shed)),
         ("new conversations shed with 429 (retried)", str(report.shed_sign_ins)),
+        ("streams refused with 429/503 (reopened)", str(report.stream_retries)),
         ("sessions shed to the end (never signed in)", str(report.shed_sessions)),
         ("lost (accepted, never answered)", str(report.lost)),
         ("events shown twice / missing", f"{report.duplicate_events} / {report.missing_events}"),

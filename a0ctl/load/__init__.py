@@ -86,6 +86,7 @@ class LoadReport(BaseModel):
     rejected: int  # refused with 429 (shed); kept under its first name
     shed: int  # messages refused with 429
     shed_sign_ins: int = 0  # conversations refused with 429 (a busy gateway), then retried
+    stream_retries: int = 0  # streams (re)opened with 429 or 503 (busy or recovering), then retried
     shed_sessions: int = 0  # sessions whose every sign-in was shed until the run ended
     completed: int
     failed: int  # turns that ended in an error, or a request answered with another failure
@@ -134,7 +135,7 @@ AnswerHook = Callable[[float, float], None]
 class _Tally:
     def __init__(self) -> None:
         self.sent = self.accepted = self.shed = self.completed = self.failed = self.lost = 0
-        self.shed_sign_ins = self.shed_sessions = 0
+        self.shed_sign_ins = self.shed_sessions = self.stream_retries = 0
         self.failed_sessions = 0
         self.duplicates = self.missing = 0
         self.response: list[float] = []
@@ -210,16 +211,26 @@ class _Session:
             turn = self.turns[turn_id] = _Turn(time.monotonic())
         return turn
 
-    async def follow(self, conversation_id: str) -> None:
-        """Read the stream, resuming with Last-Event-ID when it drops; check every seq."""
+    async def follow(self, conversation_id: str, until: float) -> None:
+        """Read the stream, resuming with Last-Event-ID when it drops; check every seq.
+
+        A busy gateway (429) or one whose backing store is restarting (503) is asked again
+        after its ``Retry-After``; any other refusal ends the session."""
         url = f"{self.base_url}/v1/conversations/{conversation_id}/events"
         while True:
             try:
                 headers = {**self.headers, "Last-Event-ID": str(self.last_seq)}
                 async with self.http.get(url, headers=headers, timeout=STREAM_TIMEOUT) as response:
                     if response.status != 200:
-                        answer = _Answer(response.status, None, await response.read())
-                        raise _SessionFailed(_http_cause("GET events", answer))
+                        answer = _Answer(
+                            response.status, response.headers.get("Retry-After"), await response.read()
+                        )
+                        if answer.status not in (429, 503):
+                            raise _SessionFailed(_http_cause("GET events", answer))
+                        self.tally.stream_retries += 1
+                        # At least half a second: past the run's end the turn in flight is still awaited.
+                        await asyncio.sleep(max(0.5, _retry_after(answer, until)))
+                        continue
                     parser = SseParser()
                     async for line in response.content:
                         message = parser.feed(line.decode().rstrip("\r\n"))
@@ -260,7 +271,7 @@ class _Session:
             if created.status != 201:
                 raise _SessionFailed(_http_cause("POST /v1/conversations", created))
             conversation_id = created.json()["id"]
-            reader = asyncio.create_task(self.follow(conversation_id))
+            reader = asyncio.create_task(self.follow(conversation_id, until))
             while time.monotonic() < until:
                 if reader.done():
                     reader.result()  # the stream failed for good: raise why
@@ -392,6 +403,7 @@ async def run_load(
         rejected=tally.shed,
         shed=tally.shed,
         shed_sign_ins=tally.shed_sign_ins,
+        stream_retries=tally.stream_retries,
         shed_sessions=tally.shed_sessions,
         completed=tally.completed,
         failed=tally.failed,
