@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_dumps, set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from services.common.logging import register_secret
 from services.common.settings import Settings
@@ -72,3 +72,24 @@ async def open_pool(
     )
     await pool.open(wait=True, timeout=30)
     return pool
+
+
+_rechecks: dict[int, asyncio.Task[None]] = {}
+
+
+def recheck_if_lost(pool: AsyncConnectionPool, exc: BaseException) -> None:
+    """When ``exc`` says a connection of ``pool`` was lost (PostgreSQL restarted, say),
+    check every idle connection of the pool now, in the background, unless a check runs.
+
+    The pool's other connections were lost with it, and each would otherwise fail a
+    request of its own before the pool replaced it. While the check runs, requests wait
+    for a connection it has verified or opened afresh. A pool merely busy (``PoolTimeout``)
+    is left alone."""
+    if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, PoolTimeout):
+        return
+    running = _rechecks.get(id(pool))
+    if running is not None and not running.done():
+        return
+    task = asyncio.get_running_loop().create_task(pool.check(), name=f"recheck-{pool.name}")
+    _rechecks[id(pool)] = task
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.auth import AuthError
+from services.common.db import recheck_if_lost
 from services.common.envelope import new_id
 from services.common.errors import A0Error, PolicyUnavailable, is_transient, transient_types
 
@@ -215,6 +216,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         if is_transient(exc):
             log.warning("a backing service is unavailable: %s: %s", type(exc).__name__, exc)
+            gateway = getattr(request.app.state, "gateway", None)
+            if gateway is not None:
+                recheck_if_lost(gateway.pool, exc)
             return error_response(request, "unavailable", UNAVAILABLE, 503)
         log.error(
             "unhandled error on %s %s (request %s)",

@@ -20,6 +20,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from services.common import metrics
 from services.common.auth import AuthError, Principal
+from services.common.db import recheck_if_lost
 from services.common.envelope import Envelope, new_id
 from services.common.errors import is_transient
 from services.gateway import handlers
@@ -196,6 +197,7 @@ class WsSession:
         except Exception as exc:  # a bug answers this command, it does not drop the connection
             if is_transient(exc):
                 log.warning("ws command failed: %s: %s", type(exc).__name__, exc)
+                recheck_if_lost(self.state.pool, exc)
                 await self.send_error(
                     "unavailable", "a backing service is unavailable; try again", request_id, conversation_id
                 )
