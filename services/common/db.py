@@ -5,6 +5,7 @@ connection pool factory (psycopg 3)."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import orjson
 import psycopg
@@ -71,25 +72,30 @@ async def open_pool(
         },
     )
     await pool.open(wait=True, timeout=30)
+    _pools[pool] = None
     return pool
 
 
-_rechecks: dict[int, asyncio.Task[None]] = {}
+# This process's open pools, each with its last check, if one was started.
+_pools: weakref.WeakKeyDictionary[AsyncConnectionPool, asyncio.Task[None] | None] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def recheck_if_lost(pool: AsyncConnectionPool, exc: BaseException) -> None:
-    """When ``exc`` says a connection of ``pool`` was lost (PostgreSQL restarted, say),
-    check every idle connection of the pool now, in the background, unless a check runs.
+def recheck_if_lost(exc: BaseException) -> None:
+    """When ``exc`` says a PostgreSQL connection was lost (PostgreSQL restarted, say),
+    check every idle connection of this process's pools now, in the background (a pool
+    whose check still runs is left to it).
 
-    The pool's other connections were lost with it, and each would otherwise fail a
-    request of its own before the pool replaced it. While the check runs, requests wait
-    for a connection it has verified or opened afresh. A pool merely busy (``PoolTimeout``)
-    is left alone."""
+    The pools' other connections were most likely lost with it, and each would otherwise
+    fail a request or a handler attempt of its own before its pool replaced it. While a
+    check runs, requests wait for a connection it has verified or opened afresh. A pool
+    merely busy (``PoolTimeout``) is no such sign."""
     if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, PoolTimeout):
         return
-    running = _rechecks.get(id(pool))
-    if running is not None and not running.done():
-        return
-    task = asyncio.get_running_loop().create_task(pool.check(), name=f"recheck-{pool.name}")
-    _rechecks[id(pool)] = task
-    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    for pool, running in list(_pools.items()):
+        if pool.closed or (running is not None and not running.done()):
+            continue
+        task = asyncio.get_running_loop().create_task(pool.check(), name=f"recheck-{pool.name}")
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        _pools[pool] = task

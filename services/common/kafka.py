@@ -22,6 +22,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
 
 from services.common import metrics, telemetry
+from services.common.db import recheck_if_lost
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.errors import ConfigError, PoisonRecord, is_transient
 from services.common.logging import register_secret
@@ -290,6 +291,7 @@ class ConsumerLoop:
                     log.exception("handler failed on %s", envelope.id)
                     await self._dead_letter(record, f"handler error: {type(exc).__name__}: {exc}")
                     return
+                recheck_if_lost(exc)
                 if attempt == self.retries:
                     await self._dead_letter(record, f"gave up after {attempt + 1} attempts: {exc}")
                     return

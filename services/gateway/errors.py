@@ -216,9 +216,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         if is_transient(exc):
             log.warning("a backing service is unavailable: %s: %s", type(exc).__name__, exc)
-            gateway = getattr(request.app.state, "gateway", None)
-            if gateway is not None:
-                recheck_if_lost(gateway.pool, exc)
+            recheck_if_lost(exc)
             return error_response(request, "unavailable", UNAVAILABLE, 503)
         log.error(
             "unhandled error on %s %s (request %s)",

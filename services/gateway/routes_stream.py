@@ -197,7 +197,7 @@ class WsSession:
         except Exception as exc:  # a bug answers this command, it does not drop the connection
             if is_transient(exc):
                 log.warning("ws command failed: %s: %s", type(exc).__name__, exc)
-                recheck_if_lost(self.state.pool, exc)
+                recheck_if_lost(exc)
                 await self.send_error(
                     "unavailable", "a backing service is unavailable; try again", request_id, conversation_id
                 )
