@@ -8,7 +8,9 @@
   ``/models`` first. Who may set, read, use or remove a key is an OPA decision, and each
   set, use and removal is written to ``credential_audit`` (never the key).
 - A change is announced on Redis (``a0:credentials:changed``); workers drop their
-  cached entry and use the new key on their next upstream call, without a restart.
+  cached entry and use the new key on their next upstream call, without a restart. The
+  cache holds the most recently used ``CACHE_ENTRIES`` (user, provider) pairs; when the
+  notices were interrupted (Redis restarted), a worker forgets all of it on listening again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,7 +33,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from services.common.egress import check_base_url, pinned
-from services.common.errors import ConfigError, CredentialError, PolicyDenied
+from services.common.errors import ConfigError, CredentialError, PolicyDenied, is_transient
 from services.common.logging import register_secret
 from services.common.policy import PolicyClient
 from services.common.secrets_env import read_generated_secret, write_generated_secrets
@@ -38,6 +41,8 @@ from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 CHANNEL = "a0:credentials:changed"
+# (user, provider) pairs a worker keeps decrypted keys (or their absence) for.
+CACHE_ENTRIES = 10_000
 KEK_KEY = "A0_CREDENTIALS_KEK"
 PREVIOUS_KEK_KEY = "A0_CREDENTIALS_KEK_PREVIOUS"
 
@@ -129,7 +134,10 @@ class CredentialStore:
         self.redis = redis
         self.policy = policy  # asked before a stored key is used (the worker's side)
         self.keyring = Keyring(settings)
-        self._cache: dict[str, LLMConfig | None] = {}
+        # By (user, provider), least recently used first; ``None``: the user has no key.
+        self._cache: OrderedDict[tuple[str, str], LLMConfig | None] = OrderedDict()
+        # Moves with every change notice: a lookup that overlapped one is not cached.
+        self._changes = 0
         self._listener: asyncio.Task[None] | None = None
 
     # --- operator and API actions -------------------------------------------------
@@ -318,9 +326,12 @@ class CredentialStore:
 
     # --- the worker's side: use, with a cache invalidated by change notices ---------------
     async def llm_config_for(self, user_id: str, provider: str = "openai") -> LLMConfig | None:
-        if user_id in self._cache:
-            cached = self._cache[user_id]
+        key = (user_id, provider)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            cached = self._cache[key]
         else:
+            changes = self._changes
             async with self.pool.connection() as conn:
                 row = await (
                     await conn.execute(
@@ -348,7 +359,10 @@ class CredentialStore:
                 secret = self._decrypt(user_id, provider, row[2], row[3], row[4])
                 register_secret(secret)
                 cached = LLMConfig(base_url=row[0], api_key=secret, model=row[1], source="credential")
-            self._cache[user_id] = cached
+            if changes == self._changes:
+                self._cache[key] = cached
+                if len(self._cache) > CACHE_ENTRIES:
+                    self._cache.popitem(last=False)
         if cached is not None:
             await self._audit("conversation-worker", user_id, provider, "use", "ok")
         return cached
@@ -359,20 +373,45 @@ class CredentialStore:
             self.keyring = Keyring(self.settings)
         return self.keyring.decrypt(owner_id, provider, nonce, ciphertext, key_id)
 
+    def _forget(self, owner_id: str | None = None, provider: str = "") -> None:
+        """Drop one cached entry, or (no owner) all of them."""
+        self._changes += 1
+        if owner_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop((owner_id, provider), None)
+
     async def start_listening(self) -> None:
+        """Follow change notices (subscribed when this returns). Notices sent while the
+        subscription is down (Redis restarting) are lost, so each time it is made again the
+        whole cache is forgotten."""
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(CHANNEL)
+        assert pubsub.connection is not None
+        # Called after redis-py subscribes the connection again, on every reconnection.
+        pubsub.connection.register_connect_callback(self._notices_resumed)
 
         async def listen() -> None:
             try:
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        owner = message["data"].decode().split(":", 1)[0]
-                        self._cache.pop(owner, None)
+                while True:
+                    try:
+                        async for message in pubsub.listen():
+                            if message.get("type") == "message":
+                                owner, _, provider = message["data"].decode().rpartition(":")
+                                self._forget(owner, provider)
+                    except Exception as exc:
+                        if not is_transient(exc):
+                            raise
+                        log.warning("credential change notices interrupted (%s); listening again", exc)
+                        await asyncio.sleep(1)
             finally:
                 await pubsub.aclose()
 
-        self._listener = asyncio.create_task(listen())
+        self._listener = asyncio.create_task(listen(), name="credential-notices")
+
+    async def _notices_resumed(self, connection: object) -> None:
+        log.info("credential change notices followed again; cached keys forgotten")
+        self._forget()
 
     async def stop_listening(self) -> None:
         if self._listener:
@@ -381,7 +420,7 @@ class CredentialStore:
                 await self._listener
 
     async def _announce(self, owner_id: str, provider: str) -> None:
-        self._cache.pop(owner_id, None)
+        self._forget(owner_id, provider)
         await self.redis.publish(CHANNEL, f"{owner_id}:{provider}")
 
     async def _audit(

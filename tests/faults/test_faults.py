@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,10 +13,14 @@ from services.common.settings import Settings
 from services.gateway.main import POOL_CONNECTIONS
 from tests.support.cli import a0ctl
 from tests.support.faults import restart, service_back, sigkill, under_load
-from tests.support.gateway import auth, create_conversation
+from tests.support.gateway import auth, create_conversation, send_and_collect
+from tests.support.processes import running_sim
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.faults
+
+# Longer than redis-py's own reconnection attempts (ten, each after at most 1 s).
+REDIS_OUTAGE_S = 20
 
 
 async def test_worker_sigkilled_under_load(settings: Settings, stack: LocalRuntime) -> None:
@@ -78,3 +83,48 @@ async def test_gateway_renews_its_connections_after_postgres_restarts(
     refused = statuses.count(503)
     assert refused <= settings.gateway.workers, statuses
     assert statuses.count(201) == len(statuses) - refused, statuses
+
+
+async def test_changed_key_is_picked_up_after_redis_was_down(
+    settings: Settings, stack: LocalRuntime, tmp_path: Path
+) -> None:
+    """The worker caches a user's key and drops it on a change notice from Redis. Redis
+    down for longer than its client's own reconnection attempts must not leave the
+    worker deaf to notices: a key changed after Redis is back is used at once."""
+    headers = auth(settings, "redis-outage")
+    worker_pid = stack.pid("conversation-worker")
+    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as client:
+
+        async def turn(content: str) -> dict:
+            events = await send_and_collect(
+                client, headers, await create_conversation(client, headers), content
+            )
+            return events[-1]
+
+        with running_sim(tmp_path) as first:
+            body = {"base_url": first.base_url, "model": "a0-sim-1", "api_key": first.api_key}
+            assert (
+                await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+            ).status_code == 200
+            assert (await turn("one"))["type"] == "message.completed"
+        await asyncio.to_thread(stack.stop_service, "redis")
+        await asyncio.sleep(REDIS_OUTAGE_S)
+        old_pid = stack.pid("redis")
+        await asyncio.to_thread(stack.restart, "redis")
+
+        async def back() -> bool:
+            return await service_back(stack, "redis", old_pid)
+
+        await eventually(back, 60, "redis running and healthy again")
+        # The first provider is gone; the worker must use the second at once.
+        with running_sim(tmp_path) as second:
+            body = {"base_url": second.base_url, "model": "a0-sim-1", "api_key": second.api_key}
+
+            async def saved() -> bool:  # the gateway's own Redis connections may still be coming back
+                put = await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+                return put.status_code == 200
+
+            await eventually(saved, 30, "the new key saved")
+            last = await turn("two")
+            assert last["type"] == "message.completed", last
+    assert stack.pid("conversation-worker") == worker_pid  # same process: no restart
