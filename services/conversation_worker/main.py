@@ -25,14 +25,18 @@ from services.conversation_worker.turns import TurnStore
 
 log = logging.getLogger(__name__)
 GROUP = "a0-conversation-worker"
+# PostgreSQL connections of one worker process.
+POOL_CONNECTIONS = 32
 
 
 async def open_worker(stack: ServiceStack) -> ConsumerLoop:
     """Everything the worker holds, opened on ``stack``, and its consumer loop."""
     settings = stack.settings
-    # Few connections kept open: after a database restart each dead one costs a turn one
-    # failed attempt and a backoff before the pool replaces it.
-    pool = await stack.pool("conversation-worker", min_size=4, max_size=40)
+    # Opened at full size: a pool grows one connection at a time, each a new backend and
+    # a SCRAM exchange, too slowly for a burst. Measured right after `a0ctl up`, 500
+    # sessions signing in over 10 s with 4 growing to 40: turns waited 13 s in all for a
+    # connection while the pool grew to 29, and conversation.inbound lagged by up to 1.8 s.
+    pool = await stack.pool("conversation-worker", min_size=POOL_CONNECTIONS, max_size=POOL_CONNECTIONS)
     redis = stack.redis()
     policy = stack.policy()
     producer = await stack.producer("conversation-worker")

@@ -28,8 +28,10 @@ GROUP = "a0-tool-executor"
 async def open_executor(stack: ServiceStack) -> ConsumerLoop:
     """Everything the tool executor holds, opened on ``stack``, and its consumer loop."""
     settings = stack.settings
+    connections = settings.tools.max_inflight + 2
     executor = ToolExecutor(
-        pool=await stack.pool("tool-executor", max_size=settings.tools.max_inflight + 2),
+        # Opened at full size, as the worker's: one per tool call in flight, and two more.
+        pool=await stack.pool("tool-executor", min_size=connections, max_size=connections),
         producer=await stack.producer("tool-executor"),
         policy=stack.policy(),
         tools=load_tools(),
