@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, LiteralString, Protocol
 
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
@@ -137,20 +137,16 @@ async def load_events(
     """Stored events with ``after < seq < before``, in order, a page at a time."""
     cursor = after
     while True:
-        async with pool.connection(timeout=10) as conn:
-            if before is None:
-                result = await conn.execute(
-                    "SELECT seq, envelope FROM events WHERE conversation_id = %s AND seq > %s "
-                    "ORDER BY seq LIMIT %s",
-                    (conversation_id, cursor, PAGE),
-                )
-            else:
-                result = await conn.execute(
-                    "SELECT seq, envelope FROM events WHERE conversation_id = %s AND seq > %s AND seq < %s "
-                    "ORDER BY seq LIMIT %s",
-                    (conversation_id, cursor, before, PAGE),
-                )
-            rows = await result.fetchall()
+        if before is None:
+            query = _PAGE
+            params: tuple[object, ...] = (conversation_id, cursor, PAGE)
+        else:
+            query = _PAGE_BEFORE
+            params = (conversation_id, cursor, before, PAGE)
+        # A client gone while a page is read (a closed tab, a reconnect) cancels the read:
+        # it finishes anyway and hands its connection back, which psycopg would otherwise
+        # close (a query interrupted by cancellation) and the pool open again.
+        rows = await asyncio.shield(_read(pool, query, params))
         for seq, data in rows:
             cursor = int(seq)
             try:
@@ -159,6 +155,18 @@ async def load_events(
                 log.error("skipping unreadable event %s#%s: %s", conversation_id, seq, exc)
         if len(rows) < PAGE:
             return
+
+
+_PAGE = "SELECT seq, envelope FROM events WHERE conversation_id = %s AND seq > %s ORDER BY seq LIMIT %s"
+_PAGE_BEFORE = (
+    "SELECT seq, envelope FROM events WHERE conversation_id = %s AND seq > %s AND seq < %s "
+    "ORDER BY seq LIMIT %s"
+)
+
+
+async def _read(pool: AsyncConnectionPool, query: LiteralString, params: tuple[object, ...]) -> list[Any]:
+    async with pool.connection(timeout=10) as conn:
+        return await (await conn.execute(query, params)).fetchall()
 
 
 class EventLoader(Protocol):

@@ -21,6 +21,7 @@ from a0ctl.runtime.local import LocalRuntime
 from a0ctl.runtime.local_services import scrape_targets
 from services.common.secrets_env import apply_generated_secrets
 from services.common.settings import Settings
+from services.conversation_worker.main import POOL_CONNECTIONS as WORKER_CONNECTIONS
 from services.gateway.main import POOL_CONNECTIONS
 from tests.conftest import ROOT
 from tests.support.cli import a0ctl, a0ctl_json
@@ -270,13 +271,44 @@ async def test_counters_move_by_the_turns_run(settings: Settings, client) -> Non
     lag = [v for (n, labels), v in after.items() if n == "a0_consumer_lag_records"]
     assert lag and all(v >= 0 for v in lag)
     # Each service's PostgreSQL pool: every turn took connections from the gateway's and
-    # the worker's; the gateway's pool holds its full size from the start.
+    # the worker's; each pool holds its full size from the start.
     assert moved("a0_db_pool_requests_total", pool="gateway") >= 2 * turns
     assert moved("a0_db_pool_requests_total", pool="conversation-worker") >= 4 * turns
     assert moved("a0_db_pool_requests_total", pool="tool-executor") >= turns
     gateway_pool = max(8, POOL_CONNECTIONS // settings.gateway.workers)
     assert value(after, "a0_db_pool_connections", pool="gateway") == gateway_pool * settings.gateway.workers
+    assert value(after, "a0_db_pool_connections", pool="conversation-worker") == WORKER_CONNECTIONS
+    assert value(after, "a0_db_pool_connections", pool="tool-executor") == settings.tools.max_inflight + 2
     assert value(after, "a0_db_pool_waiting") == 0
+
+
+async def test_streams_dropped_while_the_backlog_is_read_cost_no_connection(
+    settings: Settings, client
+) -> None:
+    """Clients that drop their stream at once (a reload, a reconnect) often leave while
+    the gateway reads the conversation's stored events: the read must still end cleanly,
+    not have psycopg close its connection and the pool open another."""
+    headers = auth(settings, "stream-dropper")
+    conversation_id = await create_conversation(client, headers)
+    for _ in range(3):
+        _, events = await followed_turn(client, headers, conversation_id, PROMPT)
+        assert events[-1]["type"] == "message.completed"
+    before = scrape(settings)
+
+    async def dropped() -> None:
+        async with client.stream("GET", f"/v1/conversations/{conversation_id}/events", headers=headers) as r:
+            assert r.status_code == 200
+
+    for _ in range(30):
+        await asyncio.gather(*(dropped() for _ in range(10)))
+    await asyncio.sleep(1)
+    after = scrape(settings)
+    assert value(after, "a0_db_pool_connects_total", pool="gateway") == value(
+        before, "a0_db_pool_connects_total", pool="gateway"
+    )
+    assert value(after, "a0_db_pool_connections", pool="gateway") == value(
+        before, "a0_db_pool_connections", pool="gateway"
+    )
 
 
 def _dashboard_queries() -> list[tuple[str, str]]:
