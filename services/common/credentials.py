@@ -403,7 +403,7 @@ class CredentialStore:
                         if not is_transient(exc):
                             raise
                         log.warning("credential change notices interrupted (%s); listening again", exc)
-                        await asyncio.sleep(1)
+                    await asyncio.sleep(1)
             finally:
                 await pubsub.aclose()
 

@@ -5,6 +5,7 @@ connection pool factory (psycopg 3)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 
 import orjson
@@ -16,6 +17,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from services.common.logging import register_secret
 from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # JSON and JSONB columns are read and written with orjson, in every service.
 set_json_loads(orjson.loads)
@@ -47,6 +50,12 @@ async def migrate(settings: Settings) -> None:
     await asyncio.to_thread(migrate_to, settings, "head")
 
 
+# This process's open pools, each with its last check, if one was started.
+_pools: weakref.WeakKeyDictionary[AsyncConnectionPool, asyncio.Task[None] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def open_pool(
     settings: Settings, *, name: str, min_size: int = 2, max_size: int = 20
 ) -> AsyncConnectionPool:
@@ -76,12 +85,6 @@ async def open_pool(
     return pool
 
 
-# This process's open pools, each with its last check, if one was started.
-_pools: weakref.WeakKeyDictionary[AsyncConnectionPool, asyncio.Task[None] | None] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def recheck_if_lost(exc: BaseException) -> None:
     """When ``exc`` says a PostgreSQL connection was lost (PostgreSQL restarted, say),
     check every idle connection of this process's pools now, in the background (a pool
@@ -97,5 +100,10 @@ def recheck_if_lost(exc: BaseException) -> None:
         if pool.closed or (running is not None and not running.done()):
             continue
         task = asyncio.get_running_loop().create_task(pool.check(), name=f"recheck-{pool.name}")
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        task.add_done_callback(_checked)
         _pools[pool] = task
+
+
+def _checked(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("%s: checking the pool's connections failed: %s", task.get_name(), exc)
