@@ -222,7 +222,13 @@ class SupervisorClient:
         return ProcessInfo.model_validate(self._call("supervisor.getProcessInfo", name))
 
     def start(self, name: str) -> None:
-        self._call("supervisor.startProcess", name, False)
+        """Start without waiting; one already started (by supervisord's own retry, or the
+        watchdog's restart in between) is what was asked for."""
+        try:
+            self._call("supervisor.startProcess", name, False)
+        except StackError as exc:
+            if "ALREADY_STARTED" not in exc.message:
+                raise
 
     def stop(self, name: str) -> None:
         """Stop with the program's signal; supervisord kills it after its grace period."""
