@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from services.common import metrics, open_turns
+from services.common.errors import is_transient
 from services.gateway.errors import Overloaded, RateLimited
 
 RATE_KEY_TTL_S = 120
@@ -57,7 +58,11 @@ class OpenTurns:
     capacity, a message is shed on this reading before any database, policy or rate
     work — shedding must cost less than serving, or a crowd retrying after 429s is the
     overload. At most one Redis read per ``SNAPSHOT_S``; :func:`admit` stays the exact
-    check."""
+    check.
+
+    A reading that fails (Redis restarting) keeps the last one: this check runs before the
+    request reaches the handlers that answer a backing store's failure, and the exact
+    check then answers it with 503."""
 
     redis: Redis
     value: int = 0
@@ -67,7 +72,11 @@ class OpenTurns:
         now = time.monotonic()
         if now - self.read_at >= SNAPSHOT_S:
             self.read_at = now  # before the read: one request refreshes, the rest use it
-            self.value = await open_turns.read(self.redis)
+            try:
+                self.value = await open_turns.read(self.redis)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
         return self.value >= max_inflight
 
 

@@ -128,3 +128,35 @@ async def test_changed_key_is_picked_up_after_redis_was_down(
             last = await turn("two")
             assert last["type"] == "message.completed", last
     assert stack.pid("conversation-worker") == worker_pid  # same process: no restart
+
+
+async def test_a_message_sent_while_redis_is_down_is_refused_with_503(
+    settings: Settings, stack: LocalRuntime
+) -> None:
+    """Redis down: a new message is refused with 503 ``unavailable`` in the one error
+    shape (nothing accepted, try again) by the gateway's handlers. An error that escaped
+    them would still be answered, but uvicorn then drops the connection, which a client
+    may see as a reset before the answer. Once Redis is back, the next message is
+    accepted."""
+    headers = auth(settings, "redis-down")
+    log = stack.log_path("gateway")
+    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as client:
+        url = f"/v1/conversations/{await create_conversation(client, headers)}/messages"
+        since = log.stat().st_size
+        await asyncio.to_thread(stack.stop_service, "redis")
+        try:
+            await asyncio.sleep(0.5)  # past the gateway's last reading of the open turns
+            refused = await client.post(url, json={"content": "compute 6*7"}, headers=headers)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "unavailable", refused.text
+        finally:
+            await asyncio.to_thread(stack.restart, "redis")
+        logged = log.read_bytes()[since:].decode(errors="replace")
+        assert "Exception in ASGI application" not in logged, logged[-2000:]
+
+        async def accepted() -> bool:
+            return (
+                await client.post(url, json={"content": "compute 6*7"}, headers=headers)
+            ).status_code == 202
+
+        await eventually(accepted, 30, "a message accepted once Redis is back")
