@@ -261,8 +261,12 @@ class _Session:
         reader: asyncio.Task[None] | None = None
         try:
             created = await self.post("/v1/conversations", {"title": "load"})
-            while created.status == 429 and time.monotonic() < until:
-                tally.shed_sign_ins += 1
+            # Shed (429), or a backing store restarting (503, "try again"): asked again.
+            while created.status in (429, 503) and time.monotonic() < until:
+                if created.status == 429:
+                    tally.shed_sign_ins += 1
+                else:
+                    tally.fail(_http_cause("POST /v1/conversations", created))
                 await asyncio.sleep(_retry_after(created, until))
                 created = await self.post("/v1/conversations", {"title": "load"})
             if created.status == 429:  # shed to the end: load refused as it should be, not a failure
