@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -146,7 +146,7 @@ async def load_events(
         # A client gone while a page is read (a closed tab, a reconnect) cancels the read:
         # it finishes anyway and hands its connection back, which psycopg would otherwise
         # close (a query interrupted by cancellation) and the pool open again.
-        rows = await asyncio.shield(_read(pool, query, params))
+        rows = await asyncio.shield(_finishing(_read(pool, query, params)))
         for seq, data in rows:
             cursor = int(seq)
             try:
@@ -167,6 +167,26 @@ _PAGE_BEFORE = (
 async def _read(pool: AsyncConnectionPool, query: LiteralString, params: tuple[object, ...]) -> list[Any]:
     async with pool.connection(timeout=10) as conn:
         return await (await conn.execute(query, params)).fetchall()
+
+
+# Page reads in progress, held until they end: one may outlive its subscription.
+_reads: set[asyncio.Task[Any]] = set()
+
+
+def _finishing(read: Coroutine[Any, Any, list[Any]]) -> asyncio.Task[list[Any]]:
+    """A task for ``read`` that runs to its end even if nobody awaits it any more. Its
+    subscription, if still there, gets the error itself; one that was cancelled meanwhile
+    has nobody to tell, so the error is only noted at debug level."""
+    task = asyncio.ensure_future(read)
+    _reads.add(task)
+    task.add_done_callback(_ended)
+    return task
+
+
+def _ended(task: asyncio.Task[Any]) -> None:
+    _reads.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("a page read ended with %r", exc)
 
 
 class EventLoader(Protocol):

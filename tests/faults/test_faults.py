@@ -12,7 +12,7 @@ from a0ctl.runtime.local import LocalRuntime
 from services.common.settings import Settings
 from services.gateway.main import POOL_CONNECTIONS
 from tests.support.cli import a0ctl
-from tests.support.faults import restart, service_back, sigkill, under_load
+from tests.support.faults import restart, restarted, sigkill, under_load
 from tests.support.gateway import auth, create_conversation, send_and_collect
 from tests.support.processes import running_sim
 from tests.support.waiting import eventually
@@ -69,13 +69,7 @@ async def test_gateway_renews_its_connections_after_postgres_restarts(
     headers = auth(settings, "postgres-restart")
     async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as client:
         await create_conversation(client, headers)
-        old_pid = stack.pid("postgres")
-        await asyncio.to_thread(stack.restart, "postgres")
-
-        async def back() -> bool:
-            return await service_back(stack, "postgres", old_pid)
-
-        await eventually(back, 90, "postgres running and healthy again")
+        await restarted(stack, "postgres")
         statuses = []
         for _ in range(2 * POOL_CONNECTIONS):
             response = await client.post("/v1/conversations", json={"title": "after"}, headers=headers)
@@ -109,13 +103,7 @@ async def test_changed_key_is_picked_up_after_redis_was_down(
             assert (await turn("one"))["type"] == "message.completed"
         await asyncio.to_thread(stack.stop_service, "redis")
         await asyncio.sleep(REDIS_OUTAGE_S)
-        old_pid = stack.pid("redis")
-        await asyncio.to_thread(stack.restart, "redis")
-
-        async def back() -> bool:
-            return await service_back(stack, "redis", old_pid)
-
-        await eventually(back, 60, "redis running and healthy again")
+        await restarted(stack, "redis")
         # The first provider is gone; the worker must use the second at once.
         with running_sim(tmp_path) as second:
             body = {"base_url": second.base_url, "model": "a0-sim-1", "api_key": second.api_key}

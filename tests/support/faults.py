@@ -37,6 +37,17 @@ async def service_back(stack: LocalRuntime, name: str, old_pid: int | None) -> b
     return status.state == "running" and status.healthy and status.pid not in (None, old_pid)
 
 
+async def restarted(stack: LocalRuntime, name: str, timeout: float = 90) -> None:
+    """Restart ``name`` and wait until it runs healthy again as a new process."""
+    old_pid = stack.pid(name)
+    await asyncio.to_thread(stack.restart, name)
+
+    async def back() -> bool:
+        return await service_back(stack, name, old_pid)
+
+    await eventually(back, timeout, f"{name} running and healthy again")
+
+
 async def open_turns(settings: Settings) -> int:
     async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
         row = await (
