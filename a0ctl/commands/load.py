@@ -9,11 +9,22 @@ import typer
 from rich.table import Table
 
 from a0ctl.console import ExitCode, JsonOption, console, print_json, settings
-from a0ctl.load import LoadReport, run_load
+from a0ctl.load import SAMPLE_S, HostCpu, LoadReport, run_load
 from services.common.metrics import tune_gc
+
+# Busier than this, a host's processes queue for a core.
+SATURATED = 0.9
+
+
+def _cpu_busy(cpu: HostCpu) -> str:
+    if cpu.mean is None:
+        return "unknown"
+    busy = f"{cpu.mean:.0%} / {cpu.max:.0%}" if cpu.max is not None else f"{cpu.mean:.0%}"
+    return f"{busy} of {cpu.cores} cores"
 
 
 def render(report: LoadReport) -> None:
+    cpu = report.host_cpu
     table = Table(title=f"a0 load: {report.sessions} sessions, {report.duration_s} s", title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -46,6 +57,7 @@ def render(report: LoadReport) -> None:
             "max consumer lag (s / records)",
             f"{report.max_consumer_lag_s} / {report.max_consumer_lag_records}",
         ),
+        (f"this host's CPU busy, mean / busiest {SAMPLE_S:g} s", _cpu_busy(cpu)),
     ]
     for name, value in rows:
         table.add_row(name, value)
@@ -54,6 +66,12 @@ def render(report: LoadReport) -> None:
         console.print(f"[red]failed {count}x:[/] {cause}", highlight=False)
     for miss in report.sla.misses:
         console.print(f"[red]SLA missed:[/] {miss}", highlight=False)
+    if cpu.max is not None and cpu.max >= SATURATED:
+        console.print(
+            f"[yellow]note:[/] this host's CPUs were {cpu.max:.0%} busy at the peak: a stack on this "
+            "host had turns waiting for a core, and the load client reads answers late",
+            highlight=False,
+        )
     console.print(
         "[green]ok[/]: every session to the end, nothing failed, lost or shown twice"
         if report.ok
@@ -83,6 +101,8 @@ def load(
     """Load the running stack through the gateway with many chat sessions, and report.
 
     Exit 1 if a session failed, a turn failed or was lost, an event was shown twice or missing, or an SLA was missed. Load shed with 429 is reported apart and is not a failure: sessions retry after Retry-After.
+
+    The report also says how busy this host's CPUs were (over the run and in its busiest 2 s): with the stack on the same host, past 90 % its turns were waiting for a core.
 
     Example: a0ctl load --sessions 500 --duration 60 --think 10 --sla-mean 0.5 --sla-p99 1.5 --json
     """

@@ -11,14 +11,17 @@ sign-in is still shed when the run ends is a shed session). The report counts wh
 sent, answered, shed, failed (with each cause: a 5xx, a connection error, an error
 event), lost (accepted but never answered) and shown twice (an event seq seen again,
 or a gap); every session counts, and one that cannot go on is a failed session. With
-response-time, time-to-first-token and acceptance-time percentiles, delivery times and
-the worst consumer lag sampled while it ran, in records and seconds.
+response-time, time-to-first-token and acceptance-time percentiles, delivery times, the
+worst consumer lag sampled while it ran, in records and seconds, and how busy this
+host's CPUs were meanwhile: with the stack on the same machine, a tail that comes from
+waiting for a core shows there first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import statistics
 import time
@@ -26,6 +29,7 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -67,6 +71,45 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
+class HostCpu(BaseModel):
+    """How busy this host's CPUs were while the load ran, as a fraction of all its cores
+    (``/proc/stat``; None where there is none): over the whole run, and in its busiest
+    window. Time stolen by a hypervisor counts as busy: no a0 process could use it."""
+
+    cores: int
+    mean: float | None = None
+    max: float | None = None
+
+
+# How often the run samples consumer lag and this host's CPU.
+SAMPLE_S = 2.0
+PROC_STAT = Path("/proc/stat")
+
+
+def cpu_times(stat: str) -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from the text of ``/proc/stat``."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            # user nice system idle iowait irq softirq steal (guest time is within user)
+            ticks = [int(value) for value in fields[1:9]]
+            idle = ticks[3] + ticks[4]
+            return sum(ticks) - idle, sum(ticks)
+    return None
+
+
+def busy_between(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total, 3) if total > 0 else None
+
+
+def _read_cpu_times() -> tuple[int, int] | None:
+    try:
+        return cpu_times(PROC_STAT.read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Sla(BaseModel):
     """Limits a run must meet (``--sla-mean``, ``--sla-p99``), and whether it did."""
 
@@ -101,6 +144,7 @@ class LoadReport(BaseModel):
     delivery_ms: Percentiles
     max_consumer_lag_s: float
     max_consumer_lag_records: int
+    host_cpu: HostCpu = HostCpu(cores=os.cpu_count() or 1)
     causes: dict[str, int]  # every failure, by cause
     errors: list[str]
     sla: Sla = Sla()
@@ -352,11 +396,37 @@ async def _sample_lag(settings: Settings, stop: asyncio.Event) -> tuple[float, i
             worst_records = max([worst_records, *(row.lag for row in rows)])
         except Exception:  # sampling is best effort; the run goes on
             pass
-        try:
-            await asyncio.wait_for(stop.wait(), 2.0)
-        except TimeoutError:
-            pass
+        await _pause(stop)
     return worst_s, worst_records
+
+
+async def _sample_cpu(stop: asyncio.Event) -> HostCpu:
+    """This host's CPU while the load runs: over the whole run, and the busiest window."""
+    cores = os.cpu_count() or 1
+    first = _read_cpu_times()
+    if first is None:
+        return HostCpu(cores=cores)
+    last, last_at = first, time.monotonic()
+    busiest: float | None = None
+    while not stop.is_set():
+        await _pause(stop)
+        now = _read_cpu_times()
+        if now is None:
+            return HostCpu(cores=cores)
+        window = busy_between(last, now)
+        # The last window, cut short by the end of the run, is too short to judge a peak.
+        full = time.monotonic() - last_at >= SAMPLE_S / 2
+        if window is not None and full and (busiest is None or window > busiest):
+            busiest = window
+        last, last_at = now, time.monotonic()
+    return HostCpu(cores=cores, mean=busy_between(first, last), max=busiest)
+
+
+async def _pause(stop: asyncio.Event) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), SAMPLE_S)
+    except TimeoutError:
+        pass
 
 
 async def run_load(
@@ -375,6 +445,7 @@ async def run_load(
     until = started + duration_s
     stop = asyncio.Event()
     lag = asyncio.create_task(_sample_lag(settings, stop))
+    cpu = asyncio.create_task(_sample_cpu(stop))
 
     ramp = max(2.0, think_s) if ramp_s is None else ramp_s
 
@@ -396,6 +467,7 @@ async def run_load(
     elapsed = time.monotonic() - started
     stop.set()
     max_lag_s, max_lag_records = await lag
+    host_cpu = await cpu
     causes = dict(sorted(tally.causes.items(), key=lambda item: -item[1]))
     return LoadReport(
         sessions=sessions,
@@ -422,6 +494,7 @@ async def run_load(
         delivery_ms=Percentiles.of(tally.delivery, 1000, 1),
         max_consumer_lag_s=round(max_lag_s, 3),
         max_consumer_lag_records=max_lag_records,
+        host_cpu=host_cpu,
         causes=causes,
         errors=[f"{count}x {cause}" for cause, count in list(causes.items())[:10]],
     )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from a0ctl.doctor import run_doctor
-from a0ctl.load import LoadReport, run_load
+from a0ctl.load import SAMPLE_S, LoadReport, run_load
 from a0ctl.smoke.checks import run_smoke
 from a0ctl.topics.apply import plan_topics
 from services.common.errors import A0Error
@@ -105,6 +105,11 @@ def load_summary(report: LoadReport) -> str:
         f"{report.shed} shed; response mean {r.mean} s p99 {r.p99} s; "
         f"max consumer lag {report.max_consumer_lag_s} s"
     )
+    cpu = report.host_cpu
+    if cpu.mean is not None:
+        text += f"; this host's CPU {cpu.mean:.0%} busy" + (
+            f" (busiest {SAMPLE_S:g} s: {cpu.max:.0%})" if cpu.max is not None else ""
+        )
     limits = []
     if report.sla.mean_s is not None:
         limits.append(f"mean < {report.sla.mean_s} s")

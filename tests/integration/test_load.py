@@ -19,6 +19,9 @@ def test_load_report_counts_answers_and_finds_nothing_lost_or_repeated(stack: Lo
     assert report["completed"] >= 8 and report["completed"] == report["accepted"]
     assert report["lost"] == 0 and report["duplicate_events"] == 0 and report["missing_events"] == 0
     assert report["response_s"]["p50"] > 0 and report["delivery_ms"]["p99"] is not None
+    # The stack runs on this host: its CPU was busy, over the run and in its busiest 2 s.
+    cpu = report["host_cpu"]
+    assert cpu["cores"] >= 1 and 0 < cpu["mean"] <= 1 and 0 < cpu["max"] <= 1, cpu
 
 
 def test_a_session_that_cannot_reach_the_gateway_fails_the_run_with_its_cause(stack: LocalRuntime) -> None:
