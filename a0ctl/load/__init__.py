@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, computed_field
 
-from a0ctl.topics.admin import consumer_lag
+from a0ctl.topics.admin import LagProbe
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
 from services.common.errors import A0Error
@@ -83,6 +83,7 @@ class HostCpu(BaseModel):
 
 # How often the run samples consumer lag and this host's CPU.
 SAMPLE_S = 2.0
+LAG_READ_TIMEOUT_S = 10.0
 PROC_STAT = Path("/proc/stat")
 
 
@@ -387,17 +388,36 @@ class _SessionFailed(A0Error):
 
 
 async def _sample_lag(settings: Settings, stop: asyncio.Event) -> tuple[float, int]:
-    """The worst consumer lag seen while the load runs: (seconds, records)."""
+    """The worst consumer lag seen while the load runs: (seconds, records). One probe
+    serves every reading; after a failed one (a broker restarting) the next opens anew."""
     worst_s, worst_records = 0.0, 0
-    while not stop.is_set():
-        try:
-            rows = await consumer_lag(settings, None)
-            worst_s = max([worst_s, *(row.lag_seconds for row in rows)])
-            worst_records = max([worst_records, *(row.lag for row in rows)])
-        except Exception:  # sampling is best effort; the run goes on
-            pass
-        await _pause(stop)
+    probe: LagProbe | None = None
+    try:
+        while not stop.is_set():
+            try:
+                if probe is None:
+                    probe = await LagProbe(settings).open()
+                # A broker gone mid-reading holds a request until the client's own timeout
+                # (40 s): give up sooner, and open anew.
+                rows = await asyncio.wait_for(probe.read(None), LAG_READ_TIMEOUT_S)
+                worst_s = max([worst_s, *(row.lag_seconds for row in rows)])
+                worst_records = max([worst_records, *(row.lag for row in rows)])
+            except Exception:  # sampling is best effort; the run goes on
+                if probe is not None:
+                    await _close(probe)
+                    probe = None
+            await _pause(stop)
+    finally:
+        if probe is not None:
+            await _close(probe)
     return worst_s, worst_records
+
+
+async def _close(probe: LagProbe) -> None:
+    try:
+        await probe.close()
+    except Exception:  # a broker gone: nothing left to close cleanly
+        pass
 
 
 async def _sample_cpu(stop: asyncio.Event) -> HostCpu:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -197,7 +197,7 @@ async def _stop(consumer: AIOKafkaConsumer) -> None:
 
 
 async def _oldest_unconsumed_age(
-    settings: Settings, positions: dict[TopicPartition, int], as_of_ms: float
+    consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int], as_of_ms: float
 ) -> dict[TopicPartition, float]:
     """How long the record at each committed offset had been waiting at ``as_of_ms`` (when
     the offsets were read), in seconds. Measured from then, not from when its record is
@@ -205,11 +205,9 @@ async def _oldest_unconsumed_age(
     handled the record meanwhile."""
     if not positions:
         return {}
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    await consumer.start()
     ages: dict[TopicPartition, float] = {}
+    consumer.assign(list(positions))
     try:
-        consumer.assign(list(positions))
         for tp, offset in positions.items():
             consumer.seek(tp, offset)
         deadline = time.monotonic() + 3.0
@@ -223,48 +221,90 @@ async def _oldest_unconsumed_age(
                     ages[tp] = max(0.0, (as_of_ms - records[0].timestamp) / 1000)
                     consumer.pause(tp)
     finally:
-        await _stop(consumer)
+        # Nothing is fetched until the next reading assigns partitions again.
+        consumer.pause(*consumer.assignment())
     return ages
 
 
-async def consumer_lag(settings: Settings, group: str | None) -> list[PartitionLag]:
-    async with admin_client(settings) as admin:
+class LagProbe:
+    """Reads consumer-group lag over connections it keeps: one admin client and one
+    consumer, opened once. A load run reads lag every few seconds, and each new client
+    costs its host and the broker a connection, a SCRAM handshake and a metadata fetch
+    (about 50 ms of CPU in all)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._exit = AsyncExitStack()
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def open(self) -> LagProbe:
+        try:
+            self._admin = await self._exit.enter_async_context(admin_client(self.settings))
+            consumer = AIOKafkaConsumer(**client_options(self.settings), enable_auto_commit=False)
+            self._exit.push_async_callback(_stop, consumer)
+            await consumer.start()
+            self._consumer = consumer
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        self._admin = self._consumer = None
+        await self._exit.aclose()
+
+    async def __aenter__(self) -> LagProbe:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def read(self, group: str | None) -> list[PartitionLag]:
+        """Lag per partition of ``group`` (None: every group), in records and seconds."""
+        assert self._admin is not None and self._consumer is not None, "open the probe first"
+        admin = self._admin
         groups = [group] if group else sorted(g[0] for g in await admin.list_consumer_groups())
         committed: dict[str, dict[TopicPartition, int]] = {}
         for name in groups:
             offsets = await admin.list_consumer_group_offsets(name)
             committed[name] = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
         as_of_ms = time.time() * 1000  # ages as of the offsets just read (each read just before)
-    if group and not committed.get(group):
-        raise TopicPlanError(
-            f"consumer group {group!r} has no committed offsets", hint="see `a0ctl topics lag`"
-        )
-    all_tps = sorted({tp for offsets in committed.values() for tp in offsets})
-    ends = await end_offsets(settings, all_tps)
-    # The age of the oldest record a group has not finished, per partition it is behind
-    # on (the lowest committed offset of any group reading it).
-    behind: dict[TopicPartition, int] = {}
-    for offsets in committed.values():
-        for tp, offset in offsets.items():
-            if ends.get(tp, offset) > offset:
-                behind[tp] = min(offset, behind.get(tp, offset))
-    ages = await _oldest_unconsumed_age(settings, behind, as_of_ms)
-    rows = []
-    for name, offsets in committed.items():
-        for tp, offset in sorted(offsets.items()):
-            lag = max(0, ends.get(tp, offset) - offset)
-            # With several groups on one partition, the age is that of the group furthest
-            # behind: for the others, an upper bound.
-            age = ages.get(tp, 0.0) if lag else 0.0
-            rows.append(
-                PartitionLag(
-                    group=name,
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    committed=offset,
-                    end_offset=ends.get(tp, offset),
-                    lag=lag,
-                    lag_seconds=round(age, 3),
-                )
+        if group and not committed.get(group):
+            raise TopicPlanError(
+                f"consumer group {group!r} has no committed offsets", hint="see `a0ctl topics lag`"
             )
-    return rows
+        all_tps = sorted({tp for offsets in committed.values() for tp in offsets})
+        ends = await self._consumer.end_offsets(all_tps) if all_tps else {}
+        # The age of the oldest record a group has not finished, per partition it is behind
+        # on (the lowest committed offset of any group reading it).
+        behind: dict[TopicPartition, int] = {}
+        for offsets in committed.values():
+            for tp, offset in offsets.items():
+                if ends.get(tp, offset) > offset:
+                    behind[tp] = min(offset, behind.get(tp, offset))
+        ages = await _oldest_unconsumed_age(self._consumer, behind, as_of_ms)
+        rows = []
+        for name, offsets in committed.items():
+            for tp, offset in sorted(offsets.items()):
+                lag = max(0, ends.get(tp, offset) - offset)
+                # With several groups on one partition, the age is that of the group furthest
+                # behind: for the others, an upper bound.
+                age = ages.get(tp, 0.0) if lag else 0.0
+                rows.append(
+                    PartitionLag(
+                        group=name,
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        committed=offset,
+                        end_offset=ends.get(tp, offset),
+                        lag=lag,
+                        lag_seconds=round(age, 3),
+                    )
+                )
+        return rows
+
+
+async def consumer_lag(settings: Settings, group: str | None) -> list[PartitionLag]:
+    async with LagProbe(settings) as probe:
+        return await probe.read(group)

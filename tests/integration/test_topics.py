@@ -13,6 +13,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from a0ctl.runtime.local import LocalRuntime
+from a0ctl.topics.admin import LagProbe
 from services.common.kafka import client_options
 from services.common.secrets_env import apply_generated_secrets
 from services.common.settings import Settings
@@ -191,6 +192,19 @@ async def _lag_probe(settings: Settings, topic: str) -> None:
         await consumer.commit({tp: 5})
         (row,) = [r for r in a0ctl_json("topics", "lag", "--group", group)["lag"] if r["topic"] == topic]
         assert row["lag"] == 0 and row["lag_seconds"] == 0, row
+
+        # One probe read again and again (as a load run samples) follows each change.
+        async with LagProbe(settings) as probe:
+            for batch, commit in ((3, 8), (2, 10)):
+                sent = time.monotonic()
+                for n in range(batch):
+                    await producer.send_and_wait(topic, f"more {n}".encode(), partition=0)
+                await asyncio.sleep(1)
+                (row,) = [r for r in await probe.read(group) if r.topic == topic]
+                assert row.lag == batch and 1 <= row.lag_seconds <= time.monotonic() - sent + 1, row
+                await consumer.commit({tp: commit})
+                (row,) = [r for r in await probe.read(group) if r.topic == topic]
+                assert row.lag == 0 and row.lag_seconds == 0, row
     finally:
         await producer.stop()
         await consumer.stop()
