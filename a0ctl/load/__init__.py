@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, computed_field
+from pydantic import BaseModel, Field, computed_field
 
 from a0ctl.topics.admin import LagProbe
 from services.common.auth import mint_token
@@ -76,7 +76,7 @@ class HostCpu(BaseModel):
     (``/proc/stat``; None where there is none): over the whole run, and in its busiest
     window. Time stolen by a hypervisor counts as busy: no a0 process could use it."""
 
-    cores: int
+    cores: int = Field(default_factory=lambda: os.cpu_count() or 1)
     mean: float | None = None
     max: float | None = None
 
@@ -145,7 +145,7 @@ class LoadReport(BaseModel):
     delivery_ms: Percentiles
     max_consumer_lag_s: float
     max_consumer_lag_records: int
-    host_cpu: HostCpu = HostCpu(cores=os.cpu_count() or 1)
+    host_cpu: HostCpu = Field(default_factory=HostCpu)
     causes: dict[str, int]  # every failure, by cause
     errors: list[str]
     sla: Sla = Sla()
@@ -422,24 +422,22 @@ async def _close(probe: LagProbe) -> None:
 
 async def _sample_cpu(stop: asyncio.Event) -> HostCpu:
     """This host's CPU while the load runs: over the whole run, and the busiest window."""
-    cores = os.cpu_count() or 1
     first = _read_cpu_times()
     if first is None:
-        return HostCpu(cores=cores)
+        return HostCpu()
     last, last_at = first, time.monotonic()
     busiest: float | None = None
     while not stop.is_set():
         await _pause(stop)
-        now = _read_cpu_times()
+        now, at = _read_cpu_times(), time.monotonic()
         if now is None:
-            return HostCpu(cores=cores)
+            return HostCpu()
         window = busy_between(last, now)
         # The last window, cut short by the end of the run, is too short to judge a peak.
-        full = time.monotonic() - last_at >= SAMPLE_S / 2
-        if window is not None and full and (busiest is None or window > busiest):
+        if window is not None and at - last_at >= SAMPLE_S / 2 and (busiest is None or window > busiest):
             busiest = window
-        last, last_at = now, time.monotonic()
-    return HostCpu(cores=cores, mean=busy_between(first, last), max=busiest)
+        last, last_at = now, at
+    return HostCpu(mean=busy_between(first, last), max=busiest)
 
 
 async def _pause(stop: asyncio.Event) -> None:

@@ -189,11 +189,15 @@ class SupervisorClient:
         transport = SupervisorTransport(None, None, f"unix://{self.paths.socket}")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any, tolerate: str | None = None) -> Any:
+        """Call supervisord; a fault named ``tolerate`` (``ALREADY_STARTED`` ...) means the
+        process is already where it was asked to go, and returns None."""
         proxy = self._proxy()
         try:
             return getattr(proxy, method)(*args)
         except xmlrpc.client.Fault as exc:
+            if tolerate is not None and exc.faultString.split(":", 1)[0] == tolerate:
+                return None
             raise StackError(f"supervisord refused {method}: {exc.faultString}") from exc
         except OSError as exc:
             raise StackError(
@@ -224,19 +228,11 @@ class SupervisorClient:
     def start(self, name: str) -> None:
         """Start without waiting; one already started (by supervisord's own retry, or the
         watchdog's restart in between) is what was asked for."""
-        try:
-            self._call("supervisor.startProcess", name, False)
-        except StackError as exc:
-            if "ALREADY_STARTED" not in exc.message:
-                raise
+        self._call("supervisor.startProcess", name, False, tolerate="ALREADY_STARTED")
 
     def stop(self, name: str) -> None:
         """Stop with the program's signal; supervisord kills it after its grace period."""
-        try:
-            self._call("supervisor.stopProcess", name, True)
-        except StackError as exc:
-            if "NOT_RUNNING" not in exc.message:
-                raise
+        self._call("supervisor.stopProcess", name, True, tolerate="NOT_RUNNING")
 
     def update(self) -> tuple[list[str], list[str]]:
         """Apply a changed config, as ``supervisorctl update`` does: groups that are new are

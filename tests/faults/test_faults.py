@@ -103,7 +103,7 @@ async def test_changed_key_is_picked_up_after_redis_was_down(
             assert (await turn("one"))["type"] == "message.completed"
         await asyncio.to_thread(stack.stop_service, "redis")
         await asyncio.sleep(REDIS_OUTAGE_S)
-        await restarted(stack, "redis")
+        await restarted(stack, "redis", timeout=60)
         # The first provider is gone; the worker must use the second at once.
         with running_sim(tmp_path) as second:
             body = {"base_url": second.base_url, "model": "a0-sim-1", "api_key": second.api_key}
