@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Query, Request
@@ -15,6 +15,7 @@ from services.common.auth import Principal, verify_token_async
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.gateway.errors import Unauthorized, Unavailable
+from services.gateway.owners import Owners
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -40,6 +41,7 @@ class GatewayState:
     history: EventLoader  # the events table, for subscriptions
     credentials: CredentialStore
     open_turns: OpenTurns
+    owners: Owners = field(default_factory=Owners)  # conversation → owner, for messages
 
 
 async def get_settings(request: Request) -> Settings:

@@ -65,10 +65,8 @@ async def authorize(
     conversation_id: str,
     conn: AsyncConnection | None = None,
 ) -> dict[str, Any]:
-    """The conversation row, if it exists and OPA allows ``action`` on it.
-
-    404 when it does not exist or the user may not even read it (so ids of other users'
-    conversations cannot be probed); 403 when they may read it but not do ``action``.
+    """The conversation row, if it exists and OPA allows ``action`` on it (see
+    :func:`check_access`).
 
     Pass the request's connection when it holds one: taking a second from the pool while
     holding the first can starve the pool under load."""
@@ -79,11 +77,22 @@ async def authorize(
             row = await _conversation_row(own, conversation_id)
     if row is None:
         raise NotFound(f"no conversation {conversation_id}")
+    state.owners.remember(conversation_id, row["owner_id"])
+    await check_access(state, principal, action, conversation_id, row["owner_id"])
+    return row
+
+
+async def check_access(
+    state: GatewayState, principal: Principal, action: str, conversation_id: str, owner_id: str
+) -> None:
+    """Whether OPA allows ``action`` on the conversation owned by ``owner_id``: 404 when
+    the user may not even read it (so ids of other users' conversations cannot be
+    probed); 403 when they may read it but not do ``action``."""
     decision = await state.policy.decide(
         action,
         principal.user_id,
         roles=principal.roles,
-        owner_id=row["owner_id"],
+        owner_id=owner_id,
         conversation_id=conversation_id,
     )
     if not decision.allow:
@@ -92,13 +101,12 @@ async def authorize(
                 "conversation.read",
                 principal.user_id,
                 roles=principal.roles,
-                owner_id=row["owner_id"],
+                owner_id=owner_id,
                 conversation_id=conversation_id,
             )
             if visible.allow:
                 raise Forbidden(decision.reason)
         raise NotFound(f"no conversation {conversation_id}")
-    return row
 
 
 async def _allow(state: GatewayState, principal: Principal, action: str) -> None:
@@ -124,6 +132,7 @@ async def create_conversation(
         )
         row = await cur.fetchone()
     assert row is not None
+    state.owners.remember(row["id"], principal.user_id)
     return ConversationCreated.model_validate(row)
 
 
@@ -229,6 +238,7 @@ async def delete_conversation(state: GatewayState, principal: Principal, convers
             (conversation_id,),
         )
         deleted = await conn.execute("DELETE FROM conversations WHERE id = %s", (conversation_id,))
+    state.owners.forget(conversation_id)
     if deleted.rowcount == 0:  # deleted by a concurrent request meanwhile
         raise NotFound(f"no conversation {conversation_id}")
     log.info("conversation %s deleted by %s", conversation_id, principal.user_id)
@@ -274,7 +284,11 @@ async def submit_message(
         raise InvalidRequest(f"content: at most {limits.max_message_chars} characters")
     if await state.open_turns.at_capacity(limits.max_inflight_turns):
         raise ratelimit.overloaded()
-    row = await authorize(state, principal, "conversation.write", conversation_id)
+    owner_id = state.owners.get(conversation_id)
+    if owner_id is None:
+        await authorize(state, principal, "conversation.write", conversation_id)
+    else:  # no need to read the row: the statement that queues the turn finds it
+        await check_access(state, principal, "conversation.write", conversation_id, owner_id)
     await ratelimit.admit(
         state.redis, principal.user_id, limits.rate_per_user_per_min, limits.max_inflight_turns
     )
@@ -287,14 +301,7 @@ async def submit_message(
             kind=SpanKind.PRODUCER,
             attributes={"a0.conversation_id": conversation_id, "a0.turn_id": turn_id},
         ):
-            if row["policy"] == TurnPolicy.enqueue:
-                # Queued behind whatever runs: nothing to check, one statement.
-                async with state.pool.connection(timeout=10) as conn:
-                    try:
-                        await conn.execute(_QUEUE_TURN, {"t": turn_id, "c": conversation_id, "title": title})
-                    except psycopg.errors.ForeignKeyViolation:  # deleted since it was authorized
-                        raise NotFound(f"no conversation {conversation_id}") from None
-            else:
+            if not await _queue_turn(state, conversation_id, turn_id, title):
                 await _queue_turn_by_policy(state, principal, conversation_id, turn_id, title)
             message = Envelope(
                 type=EventType.USER_MESSAGE,
@@ -319,15 +326,46 @@ async def submit_message(
     return MessageAccepted(conversation_id=conversation_id, message_id=message_id, turn_id=turn_id)
 
 
-# A conversation created without a title is named after its first message, in the same
-# statement that queues the turn.
+# Queue the turn of an ``enqueue`` conversation (the default), behind whatever runs:
+# nothing to check, one statement, which reads the conversation's policy itself. A
+# conversation created without a title is named after its first message here too. No
+# row: the conversation is gone; another policy: nothing was written.
 _QUEUE_TURN = f"""
+WITH conversation AS (
+    SELECT policy FROM conversations WHERE id = %(c)s
+), queued AS (
+    INSERT INTO turns (turn_id, conversation_id, status)
+    SELECT %(t)s, %(c)s, '{TurnStatus.QUEUED.value}' FROM conversation WHERE policy = '{TurnPolicy.enqueue.value}'
+    RETURNING 1
+), titled AS (
+    UPDATE conversations SET updated_at = now(), title = CASE WHEN title = '' THEN %(title)s ELSE title END
+    WHERE id = %(c)s AND EXISTS (SELECT 1 FROM queued)
+)
+SELECT policy FROM conversation
+"""
+# The same for a turn already checked against the conversation's policy, under its lock.
+_QUEUE_CHECKED_TURN = f"""
 WITH queued AS (
     INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, '{TurnStatus.QUEUED.value}')
 )
 UPDATE conversations SET updated_at = now(), title = CASE WHEN title = '' THEN %(title)s ELSE title END
 WHERE id = %(c)s
 """
+
+
+async def _queue_turn(state: GatewayState, conversation_id: str, turn_id: str, title: str) -> bool:
+    """Queue the turn if the conversation's policy is ``enqueue``; False if it has another."""
+    async with state.pool.connection(timeout=10) as conn:
+        try:
+            queued = await conn.execute(_QUEUE_TURN, {"t": turn_id, "c": conversation_id, "title": title})
+            row = await queued.fetchone()
+        except psycopg.errors.ForeignKeyViolation:  # deleted as the turn was inserted
+            row = None
+    if row is None:
+        state.owners.forget(conversation_id)
+        raise NotFound(f"no conversation {conversation_id}")
+    return bool(row[0] == TurnPolicy.enqueue)
+
 
 TITLE_CHARS = 60
 _MARKUP_PREFIX = re.compile(r"^(?:[#>*+\-]+|\d+[.)]|`{3,}\S*)\s*")
@@ -365,7 +403,7 @@ async def _queue_turn_by_policy(
             await publish_confirmed(
                 state, _cancel_envelope(principal, conversation_id, None, "interrupted by a new message")
             )
-        await conn.execute(_QUEUE_TURN, {"t": turn_id, "c": conversation_id, "title": title})
+        await conn.execute(_QUEUE_CHECKED_TURN, {"t": turn_id, "c": conversation_id, "title": title})
 
 
 async def cancel_turn(

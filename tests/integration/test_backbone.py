@@ -252,6 +252,38 @@ async def test_message_posted_on_one_gateway_streams_to_a_client_on_another(
     assert turn[-1]["type"] == "message.completed" and "5" in turn[-1]["payload"]["content"]
 
 
+async def test_a_gateway_that_knows_a_conversation_still_sees_its_policy_change_and_its_deletion(
+    settings: Settings, client, tmp_path: Path
+) -> None:
+    """A gateway that already took messages for a conversation authorizes the next ones
+    without reading its row; a change made through another replica still holds."""
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    url = f"/v1/conversations/{conversation_id}/messages"
+    events = sse_events(client, headers, conversation_id)
+    first = await post_message(client, headers, conversation_id, "compute 1+1")
+    await asyncio.wait_for(collect_turn(events, first["turn_id"]), 60)
+    await events.aclose()
+    with running_gateway(tmp_path, A0_GATEWAY_REPLICA="gw-2") as other_url:
+        async with httpx.AsyncClient(base_url=other_url, timeout=30) as other:
+            changed = await other.patch(
+                f"/v1/conversations/{conversation_id}", json={"policy": "reject"}, headers=headers
+            )
+            assert changed.status_code == 200, changed.text
+            await post_message(client, headers, conversation_id, "long answer please")
+            refused = await client.post(url, json={"content": "and now?"}, headers=headers)
+            assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict", refused.text
+
+            bob = await client.post(url, json={"content": "hi"}, headers=auth(settings, "bob"))
+            assert bob.status_code == 404, bob.text
+
+            deleted = await other.delete(f"/v1/conversations/{conversation_id}", headers=headers)
+            assert deleted.status_code == 204, deleted.text
+    gone = await client.post(url, json={"content": "still there?"}, headers=headers)
+    assert gone.status_code == 404, gone.text
+    assert gone.json()["error"]["message"] == f"no conversation {conversation_id}"
+
+
 async def test_gateway_sheds_load_with_429_and_retry_after(settings: Settings, tmp_path: Path) -> None:
     with running_gateway(tmp_path, A0_GATEWAY_RATE_PER_USER_PER_MIN="2") as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as limited:

@@ -40,6 +40,7 @@ from services.gateway.fanout import Cursor, Hub, SlowConsumer, Step, Subscriptio
 from services.gateway.handlers import title_from_message
 from services.gateway.main import create_app
 from services.gateway.middleware import GatewayMiddleware, pick_request_id
+from services.gateway.owners import Owners
 from services.gateway.ratelimit import (
     OVERLOADED_RETRY_AFTER_S,
     OpenTurns,
@@ -587,3 +588,14 @@ def test_json_depth_ignores_brackets_inside_strings() -> None:
     assert json_too_deep('{"a": [1, {"b": [[]]}]}', limit=3)
     assert json_too_deep("[" * 100 + "]" * 100)
     assert not json_too_deep("[" * 32 + "]" * 32)
+
+
+def test_remembered_owners_are_bounded_and_the_least_recently_used_go_first() -> None:
+    owners = Owners(size=2)
+    owners.remember("c1", "alice")
+    owners.remember("c2", "bob")
+    assert owners.get("c1") == "alice"  # c1 is now the most recently used
+    owners.remember("c3", "carol")
+    assert (owners.get("c1"), owners.get("c2"), owners.get("c3")) == ("alice", None, "carol")
+    owners.forget("c1")
+    assert owners.get("c1") is None and len(owners) == 1
