@@ -70,6 +70,9 @@ class TurnRunner:
         self.tool_specs = tool_specs
         self.sequencer = Sequencer()
         self.active: dict[str, ActiveTurn] = {}
+        # Turns handed a slot here and not finished, by conversation: waiting for their
+        # slot, starting, or running (then also in ``active``).
+        self.open: dict[str, set[str]] = {}
         self.cancel_requested: set[str] = set()
         self.tools = ToolRounds(
             producer=producer, events=events, results=results, timeout_s=settings.tools.wall_seconds + 30
@@ -88,6 +91,8 @@ class TurnRunner:
             raise PoisonRecord("message.user needs payload.message_id and a non-empty payload.content")
         # Take this conversation's next slot before the first await, so turns run in arrival order.
         ticket = self.sequencer.ticket(envelope.conversation_id)
+        open_here = self.open.setdefault(envelope.conversation_id, set())
+        open_here.add(envelope.turn_id)
         try:
             await self.events.emit(
                 envelope,
@@ -99,6 +104,10 @@ class TurnRunner:
             await self._run_turn(envelope, message_id, content)
         finally:
             ticket.release()
+            open_here.discard(envelope.turn_id)
+            self.cancel_requested.discard(envelope.turn_id)
+            if not open_here:
+                self.open.pop(envelope.conversation_id, None)
             if self.sequencer.idle(envelope.conversation_id):
                 self.events.forget(envelope.conversation_id)
 
@@ -121,16 +130,16 @@ class TurnRunner:
         started = time.monotonic()
         metrics.TURNS_INFLIGHT.inc()
         try:
+            if turn_id in self.cancel_requested:  # asked for while the turn was starting
+                await self._stop_cancelled(envelope)
+                return
             await self._rounds(envelope, start)
             metrics.TURNS.labels(TurnStatus.COMPLETED).inc()
             telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.COMPLETED), error=False)
         except asyncio.CancelledError:
             if turn_id not in self.cancel_requested:
                 raise  # the worker is stopping: the turn is redelivered and resumes
-            if await self.store.status(turn_id) not in TERMINAL:  # not if it had just finished
-                await self._end(envelope, TurnStatus.CANCELLED, [_cancelled(turn_id)])
-            metrics.TURNS.labels(TurnStatus.CANCELLED).inc()
-            telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.CANCELLED), error=False)
+            await self._stop_cancelled(envelope)
         except LLMError as exc:
             error = Draft(EventType.ERROR, {"code": exc.code, "message": exc.message}, f"error:{turn_id}")
             await self._end(envelope, TurnStatus.FAILED, [error])
@@ -141,8 +150,14 @@ class TurnRunner:
             metrics.TURN_SECONDS.observe(time.monotonic() - started)
             if (active := self.active.get(envelope.conversation_id)) and active.turn_id == turn_id:
                 del self.active[envelope.conversation_id]
-            self.cancel_requested.discard(turn_id)
             self.tools.forget(turn_id)
+
+    async def _stop_cancelled(self, envelope: Envelope) -> None:
+        """End a cancelled turn, unless it had just finished."""
+        if await self.store.status(envelope.turn_id) not in TERMINAL:
+            await self._end(envelope, TurnStatus.CANCELLED, [_cancelled(envelope.turn_id)])
+        metrics.TURNS.labels(TurnStatus.CANCELLED).inc()
+        telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.CANCELLED), error=False)
 
     async def _rounds(self, envelope: Envelope, start: TurnStart) -> None:
         """LLM rounds until an answer without tool calls; a round stored before a restart
@@ -225,14 +240,16 @@ class TurnRunner:
 
     # --- cancel ----------------------------------------------------------------------
     async def _cancel(self, envelope: Envelope) -> None:
-        target = envelope.turn_id
+        """Cancel one turn of the conversation, or every open one (``*``). A turn waiting
+        for its slot, or starting, is marked and ends as cancelled once it gets there; a
+        running one is stopped now. A turn not open here has ended: nothing to do."""
+        open_here = self.open.get(envelope.conversation_id, set())
+        targets = set(open_here) if envelope.turn_id == "*" else {envelope.turn_id} & open_here
+        self.cancel_requested |= targets
         active = self.active.get(envelope.conversation_id)
-        if active is not None and target in ("*", active.turn_id):
-            self.cancel_requested.add(active.turn_id)
+        if active is not None and active.turn_id in targets:
             await self.tools.cancel(envelope, active.turn_id)
             active.task.cancel()
-        elif target != "*":
-            self.cancel_requested.add(target)  # still queued: it is cancelled when its slot comes
 
     async def _end(
         self,

@@ -19,8 +19,10 @@ import websockets
 
 from a0ctl.runtime.local import LocalRuntime
 from services.common.auth import mint_token
+from services.common.envelope import Envelope, EventType, new_id
 from services.common.open_turns import OPEN_TURNS_KEY, OPEN_TURNS_QUERY
 from services.common.settings import Settings
+from services.common.topics import INBOUND
 from tests.support.gateway import (
     answer_text,
     auth,
@@ -34,6 +36,7 @@ from tests.support.gateway import (
     streaming_clients,
 )
 from tests.support.kafka import dead_letters, send_raw
+from tests.support.metrics import scrape, value
 from tests.support.processes import running_gateway
 from tests.support.sandbox import sandboxed_processes, wait_until_no_sandboxed_processes
 from tests.support.waiting import eventually
@@ -150,6 +153,57 @@ async def test_cancel_mid_stream_stops_the_answer(settings: Settings, client) ->
     history = (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).json()
     leaked = [e for e in history["events"] if e["seq"] > cancelled_at and e["turn_id"] == accepted["turn_id"]]
     assert leaked == []  # nothing of the cancelled turn was streamed after "cancelled"
+
+
+async def test_a_cancel_that_arrives_while_the_turn_starts_still_stops_it(settings: Settings, client) -> None:
+    """``cancel`` without a turn id, handled while the worker is starting the turn (its
+    first statement is held up here by an uncommitted row of the same turn): once the
+    turn has started, it ends as cancelled."""
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    events = sse_events(client, headers, conversation_id)
+    turn_id = new_id()
+    message = Envelope(
+        type=EventType.USER_MESSAGE,
+        conversation_id=conversation_id,
+        turn_id=turn_id,
+        user_id="alice",
+        payload={"message_id": new_id(), "content": "long answer please"},
+    )
+    consumed = {"group": "a0-conversation-worker", "topic": INBOUND}
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as holder:
+        await holder.execute(
+            "INSERT INTO turns (turn_id, conversation_id, status) VALUES (%s, %s, 'queued')",
+            (turn_id, conversation_id),
+        )
+        await send_raw(settings, INBOUND, message.to_bytes(), conversation_id.encode())
+        seen = await asyncio.wait_for(read_until(events, "message.accepted"), 30)
+
+        async def starting() -> bool:
+            waiting = await holder.execute(
+                "SELECT count(*) FROM pg_locks w JOIN pg_locks mine ON w.transactionid = mine.transactionid "
+                "WHERE mine.pid = pg_backend_pid() AND mine.granted AND NOT w.granted"
+            )
+            row = await waiting.fetchone()
+            return bool(row and row[0])
+
+        await eventually(starting, 30, "the worker waiting to start the turn")
+        before = value(scrape(settings), "a0_messages_consumed_total", **consumed)
+        cancel = await client.post(f"/v1/conversations/{conversation_id}/cancel", json={}, headers=headers)
+        assert cancel.status_code == 202, cancel.text
+        await eventually(
+            lambda: value(scrape(settings), "a0_messages_consumed_total", **consumed) > before,
+            30,
+            "the worker took the cancel",
+        )
+        await holder.commit()
+    seen += await asyncio.wait_for(collect_turn(events, turn_id), 60)
+    await events.aclose()
+    types = [e["type"] for e in seen if e["turn_id"] == turn_id]
+    assert types[0] == "message.accepted" and types[-1] == "cancelled", types
+    assert "message.completed" not in types and "message.delta" not in types
+    following = await send_and_collect(client, headers, conversation_id, "compute 6*7", after=seen[-1]["seq"])
+    assert following[-1]["type"] == "message.completed"
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from a0ctl.observe import TOP_QUERIES
 from a0ctl.runtime.local import LocalRuntime
-from a0ctl.runtime.local_services import scrape_targets
 from services.common.secrets_env import apply_generated_secrets
 from services.common.settings import Settings
 from services.conversation_worker.main import POOL_CONNECTIONS as WORKER_CONNECTIONS
@@ -26,6 +24,7 @@ from services.gateway.main import POOL_CONNECTIONS
 from tests.conftest import ROOT
 from tests.support.cli import a0ctl, a0ctl_json
 from tests.support.gateway import auth, collect_turn, create_conversation, post_message, sse_events
+from tests.support.metrics import exported_names, scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -62,41 +61,6 @@ async def followed_turn(
         return accepted["turn_id"], await asyncio.wait_for(collect_turn(rest(), accepted["turn_id"]), 60)
     finally:
         await events.aclose()
-
-
-def scrape(settings: Settings) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample every a0 service exports now, summed over the services."""
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for targets in scrape_targets(settings, {"conversation-worker": 1, "tool-executor": 1}).values():
-        for target in targets:
-            text = httpx.get(f"http://{target}/metrics", timeout=5).text
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    key = (sample.name, tuple(sorted(sample.labels.items())))
-                    samples[key] = samples.get(key, 0.0) + sample.value
-    return samples
-
-
-def value(samples: dict[Any, float], name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples whose labels include ``labels``."""
-    return sum(
-        v for (n, have), v in samples.items() if n == name and set(labels.items()) <= set(dict(have).items())
-    )
-
-
-def exported_names(settings: Settings) -> set[str]:
-    """Every metric name any a0 service exposes (with its sample suffixes), samples or not."""
-    names: set[str] = set()
-    for targets in scrape_targets(settings, {"conversation-worker": 1, "tool-executor": 1}).values():
-        for target in targets:
-            text = httpx.get(f"http://{target}/metrics", timeout=5).text
-            for family in text_string_to_metric_families(text):
-                names |= {
-                    family.name,
-                    *(f"{family.name}{s}" for s in ("_total", "_bucket", "_sum", "_count")),
-                }
-                names |= {sample.name for sample in family.samples}
-    return names
 
 
 def prometheus(settings: Settings, expr: str) -> list[dict[str, Any]]:
