@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
@@ -28,14 +29,12 @@ from services.common.errors import PoisonRecord
 from services.common.kafka import publish, publish_encoded
 from services.common.topics import OUTBOUND
 from services.common.turns import TERMINAL_SQL
+from services.conversation_worker.turns import CLAIM, START_ROWS, TurnStart, claim_params, turn_start
 
-# One statement for a whole step of a turn, so it is stored whole or not at all, in one
-# round trip: the events not stored yet under their keys get the conversation's next
-# seqs; those stored before (a redelivered turn) come back as stored; the transcript
-# rows and the turn's new status (when it ends) are written with them. A turn's status
-# comes back only the first time it ends.
-_STORE_STEP = f"""
-WITH drafts AS (
+# The events of a step: those not stored yet under their keys get the conversation's
+# next seqs; those stored before (a redelivered turn) are found as stored.
+_EVENTS = """
+drafts AS (
     SELECT key, envelope, ord FROM unnest(%(keys)s::text[], %(envelopes)s::jsonb[]) WITH ORDINALITY
         AS d(key, envelope, ord)
 ), existing AS (
@@ -52,8 +51,17 @@ WITH drafts AS (
     SELECT fresh.key, fresh.envelope, next.base + fresh.n AS seq FROM fresh CROSS JOIN next
 ), inserted AS (
     INSERT INTO events (conversation_id, seq, event_key, envelope)
-    SELECT %(c)s, seq, key, jsonb_set(envelope, '{{seq}}', to_jsonb(seq)) FROM numbered
-), transcript AS (
+    SELECT %(c)s, seq, key, jsonb_set(envelope, '{seq}', to_jsonb(seq)) FROM numbered
+)"""
+# Each draft, in order: its key, the envelope stored before (if it was) and its new seq.
+_DRAFT_ROWS = """
+FROM drafts d LEFT JOIN existing x ON x.event_key = d.key LEFT JOIN numbered n ON n.key = d.key
+"""
+# One statement for a whole step of a turn, so it is stored whole or not at all, in one
+# round trip: its events, the transcript rows and the turn's new status (when it ends)
+# are written together. A turn's status comes back only the first time it ends.
+_STORE_STEP = f"""
+WITH {_EVENTS}, transcript AS (
     INSERT INTO messages (conversation_id, message_key, turn_id, role, body)
     SELECT %(c)s, m.key, %(t)s, m.body->>'role', m.body
     FROM unnest(%(message_keys)s::text[], %(messages)s::jsonb[]) WITH ORDINALITY AS m(key, body, ord)
@@ -65,9 +73,14 @@ WITH drafts AS (
       AND status NOT IN {TERMINAL_SQL}
     RETURNING 1
 )
-SELECT d.key, x.envelope::text, n.seq, (SELECT count(*) FROM ended)
-FROM drafts d LEFT JOIN existing x ON x.event_key = d.key LEFT JOIN numbered n ON n.key = d.key
-ORDER BY d.ord
+SELECT d.key, x.envelope::text, n.seq, (SELECT count(*) FROM ended){_DRAFT_ROWS}ORDER BY d.ord
+"""
+# The start of a turn with its first events, in one statement: the turn claimed, the
+# user's message stored and the transcript read (:data:`turns.CLAIM`), then the events
+# (part 2).
+_START_STEP = f"""
+WITH {_EVENTS}, {CLAIM}{START_ROWS}UNION ALL SELECT 2, d.ord, d.key, x.envelope::text, n.seq{_DRAFT_ROWS}
+ORDER BY part, position
 """
 
 
@@ -97,9 +110,6 @@ class EventLog:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._unacked: defaultdict[str, list[asyncio.Future[Any]]] = defaultdict(list)
 
-    async def emit(self, source: Envelope, type_: EventType, payload: dict[str, Any], key: str) -> None:
-        await self.emit_batch(source, [Draft(type_, payload, key)])
-
     async def emit_batch(
         self,
         source: Envelope,
@@ -115,45 +125,50 @@ class EventLog:
         record that started the turn is committed after that, so a publish that failed
         is redone from the table by the redelivered turn. Until then, order is the
         idempotent producer's, and a gateway fills any gap from the table."""
+        fresh, params = _step_params(source, drafts)
+        params.update(
+            message_keys=[key for key, _ in messages],
+            messages=[orjson.dumps(body).decode() for _, body in messages],
+            status=end,
+        )
         conversation_id = source.conversation_id
-        fresh = [
-            wire_event(
-                draft.type,
-                conversation_id=conversation_id,
-                turn_id=source.turn_id,
-                user_id=source.user_id,
-                payload=draft.payload,
-            )
-            for draft in drafts
-        ]
-        params = {
-            "c": conversation_id,
-            "t": source.turn_id,
-            "keys": [draft.key for draft in drafts],
-            "envelopes": [orjson.dumps(event).decode() for event in fresh],
-            "message_keys": [key for key, _ in messages],
-            "messages": [orjson.dumps(body).decode() for _, body in messages],
-            "status": end,
-        }
         async with self._locks[conversation_id]:
             async with self.pool.connection() as conn:
                 rows = await (await conn.execute(_STORE_STEP, params)).fetchall()
-            events: list[dict[str, Any]] = []
-            for event, (_, stored, seq, _ended) in zip(fresh, rows, strict=True):
-                if stored is not None:  # emitted before (a redelivered turn): the stored one
-                    events.append(orjson.loads(stored))
-                elif seq is None:
-                    raise PoisonRecord(f"unknown conversation {conversation_id}")
-                else:
-                    event["seq"] = seq
-                    events.append(event)
-            pending = self._unacked[conversation_id]
-            for event in events:
-                encoded = orjson.dumps(event)
-                pending.append(await publish_encoded(self.producer, OUTBOUND, conversation_id, encoded))
+            events = _as_published(conversation_id, fresh, [row[:3] for row in rows])
+            pending = await self._publish(conversation_id, events)
         if end is not None:
             await self._confirm(pending)
         return Step(events, bool(rows and rows[0][3]))
+
+    async def start(
+        self, source: Envelope, drafts: Sequence[Draft], message_key: str, content: str
+    ) -> TurnStart:
+        """:meth:`TurnStore.begin` and :meth:`emit_batch` of ``drafts`` in one statement:
+        for a turn nothing of its conversation waits ahead of, so its first events (its
+        ``message.accepted``) need not go out before it starts."""
+        fresh, params = _step_params(source, drafts)
+        params.update(claim_params(source, message_key, content))
+        conversation_id = source.conversation_id
+        async with self._locks[conversation_id]:
+            async with self.pool.connection() as conn:
+                try:
+                    rows = await (await conn.execute(_START_STEP, params)).fetchall()
+                except psycopg.errors.ForeignKeyViolation:  # the turn's row needs its conversation
+                    raise PoisonRecord(f"unknown conversation {conversation_id}") from None
+                start = await turn_start(conn, source, [row for row in rows if row[0] < 2])
+            drafted = [(key, stored, seq) for part, _, key, stored, seq in rows if part == 2]
+            await self._publish(conversation_id, _as_published(conversation_id, fresh, drafted))
+        return start
+
+    async def _publish(self, conversation_id: str, events: list[dict[str, Any]]) -> list[asyncio.Future[Any]]:
+        """Publish ``events`` in order (under the conversation's lock); the acks pending."""
+        pending = self._unacked[conversation_id]
+        for event in events:
+            pending.append(
+                await publish_encoded(self.producer, OUTBOUND, conversation_id, orjson.dumps(event))
+            )
+        return pending
 
     @staticmethod
     async def _confirm(pending: list[asyncio.Future[Any]]) -> None:
@@ -189,3 +204,42 @@ class EventLog:
                 futures.append(await publish(self.producer, OUTBOUND, Envelope.model_validate(envelope)))
         await asyncio.gather(*futures)
         return len(rows)
+
+
+def _step_params(source: Envelope, drafts: Sequence[Draft]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The events of ``drafts`` in wire form (no seq yet), and the parameters of
+    :data:`_EVENTS` for them."""
+    fresh = [
+        wire_event(
+            draft.type,
+            conversation_id=source.conversation_id,
+            turn_id=source.turn_id,
+            user_id=source.user_id,
+            payload=draft.payload,
+        )
+        for draft in drafts
+    ]
+    params = {
+        "c": source.conversation_id,
+        "t": source.turn_id,
+        "keys": [draft.key for draft in drafts],
+        "envelopes": [orjson.dumps(event).decode() for event in fresh],
+    }
+    return fresh, params
+
+
+def _as_published(
+    conversation_id: str, fresh: list[dict[str, Any]], rows: Sequence[tuple[Any, ...]]
+) -> list[dict[str, Any]]:
+    """Each event as it goes out: the one stored before under its key (a redelivered
+    turn), or the fresh one with its new seq."""
+    events: list[dict[str, Any]] = []
+    for event, (_, stored, seq) in zip(fresh, rows, strict=True):
+        if stored is not None:
+            events.append(orjson.loads(stored))
+        elif seq is None:
+            raise PoisonRecord(f"unknown conversation {conversation_id}")
+        else:
+            event["seq"] = seq
+            events.append(event)
+    return events

@@ -93,15 +93,17 @@ class TurnRunner:
         ticket = self.sequencer.ticket(envelope.conversation_id)
         open_here = self.open.setdefault(envelope.conversation_id, set())
         open_here.add(envelope.turn_id)
+        accepted = Draft(
+            EventType.ACCEPTED, {"message_id": message_id, "content": content}, f"accepted:{envelope.turn_id}"
+        )
         try:
-            await self.events.emit(
-                envelope,
-                EventType.ACCEPTED,
-                {"message_id": message_id, "content": content},
-                key=f"accepted:{envelope.turn_id}",
-            )
-            await ticket.wait()
-            await self._run_turn(envelope, message_id, content)
+            if ticket.first:  # nothing of this conversation ahead of it here: accept and start at once
+                start = await self.events.start(envelope, [accepted], f"user:{message_id}", content)
+                await self._run_turn(envelope, message_id, content, start)
+            else:  # accepted now, started when its slot comes
+                await self.events.emit_batch(envelope, [accepted])
+                await ticket.wait()
+                await self._run_turn(envelope, message_id, content)
         finally:
             ticket.release()
             open_here.discard(envelope.turn_id)
@@ -112,15 +114,19 @@ class TurnRunner:
                 self.events.forget(envelope.conversation_id)
 
     # --- a turn --------------------------------------------------------------------
-    async def _run_turn(self, envelope: Envelope, message_id: str, content: str) -> None:
+    async def _run_turn(
+        self, envelope: Envelope, message_id: str, content: str, start: TurnStart | None = None
+    ) -> None:
+        """Run the turn from ``start``, or start it first."""
         turn_id = envelope.turn_id
-        if turn_id in self.cancel_requested:  # cancelled while it waited for its slot
+        if turn_id in self.cancel_requested:  # cancelled while it waited for its slot, or started
             if await self.store.status(turn_id) in TERMINAL:
                 await self.events.republish_turn(envelope.conversation_id, turn_id)
             else:
                 await self._end(envelope, TurnStatus.CANCELLED, [_cancelled(turn_id)])
             return
-        start = await self.store.begin(envelope, f"user:{message_id}", content)
+        if start is None:
+            start = await self.store.begin(envelope, f"user:{message_id}", content)
         if start.prior in TERMINAL:
             await self.events.republish_turn(envelope.conversation_id, turn_id)
             return

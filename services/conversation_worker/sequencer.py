@@ -15,6 +15,11 @@ class Ticket:
         self._previous = previous
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    @property
+    def first(self) -> bool:
+        """Nothing of its conversation was ahead of it when it was handed out."""
+        return self._previous is None
+
     async def wait(self) -> None:
         if self._previous is not None:
             await asyncio.shield(self._previous)

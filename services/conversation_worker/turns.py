@@ -1,10 +1,10 @@
 """A turn's durable state in PostgreSQL: its status, and the conversation's transcript
 (what the model sees) as it grows.
 
-:meth:`TurnStore.begin` claims a turn and reads the transcript in one statement, so a
-turn keeps it in memory (:class:`Transcript`) and adds to it as it goes; the rows it
-adds and its final status are stored together with the events they go with (see
-:meth:`EventLog.emit_batch`).
+:meth:`TurnStore.begin` claims a turn and reads the transcript in one statement (or
+:meth:`EventLog.start`, with the turn's first events), so a turn keeps it in memory
+(:class:`Transcript`) and adds to it as it goes; the rows it adds and its final status
+are stored together with the events they go with (see :meth:`EventLog.emit_batch`).
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.envelope import Envelope
 from services.common.turns import TERMINAL_SQL, TurnStatus
 
-# Claim the turn (unless it already ended), store the user's message with it, and read
-# the transcript: the rows stored before, plus the one this statement stores (a
-# statement does not see its own writes). The status before comes first.
-_BEGIN = f"""
-WITH prior AS (
+# Claim the turn (unless it already ended) and store the user's message with it, with
+# the status before: alone in :data:`_BEGIN`, and with the turn's first event in
+# ``events.START_STEP``.
+CLAIM = f"""
+prior AS (
     SELECT status FROM turns WHERE turn_id = %(t)s
 ), started AS (
     INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, '{TurnStatus.RUNNING.value}')
@@ -34,12 +35,16 @@ WITH prior AS (
     SELECT %(c)s, %(k)s, %(t)s, 'user', %(b)s::jsonb WHERE EXISTS (SELECT 1 FROM started)
     ON CONFLICT DO NOTHING
     RETURNING position, message_key, body
-)
-SELECT 0 AS part, 0::bigint AS position, (SELECT status FROM prior), NULL
-UNION ALL SELECT 1, position, message_key, body::text FROM messages WHERE conversation_id = %(c)s
-UNION ALL SELECT 1, position, message_key, body::text FROM stored
-ORDER BY part, position
+)"""
+# After CLAIM: the status before (part 0), then the transcript (part 1): the rows stored
+# before, plus the one CLAIM stores (a statement does not see its own writes).
+START_ROWS = """
+SELECT 0 AS part, 0::bigint AS position, (SELECT status FROM prior)::text AS key, NULL::text AS body,
+       NULL::bigint AS seq
+UNION ALL SELECT 1, position, message_key, body::text, NULL FROM messages WHERE conversation_id = %(c)s
+UNION ALL SELECT 1, position, message_key, body::text, NULL FROM stored
 """
+_BEGIN = f"WITH {CLAIM}{START_ROWS}ORDER BY part, position"
 # What text of each answer round of this turn clients were already sent (a redelivery).
 _SENT_TEXT = """
 SELECT split_part(event_key, ':', 3)::int AS round,
@@ -89,20 +94,28 @@ class TurnStore:
     async def begin(self, envelope: Envelope, message_key: str, content: str) -> TurnStart:
         """Mark the turn running and store the user's message — unless it already ended —
         and read the transcript."""
-        params = {
-            "t": envelope.turn_id,
-            "c": envelope.conversation_id,
-            "k": message_key,
-            "b": orjson.dumps({"role": "user", "content": content}).decode(),
-        }
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_BEGIN, params)).fetchall()
-            prior = TurnStatus(rows[0][2]) if rows[0][2] else None
-            messages = {key: orjson.loads(body) for _, _, key, body in rows[1:]}
-            sent: dict[int, int] = {}
-            if prior == TurnStatus.RUNNING:  # it ran before a restart: some text may be out
-                found = await conn.execute(
-                    _SENT_TEXT, (envelope.conversation_id, f"delta:{envelope.turn_id}:%")
-                )
-                sent = {int(round_): int(length) for round_, length in await found.fetchall()}
-        return TurnStart(prior, Transcript(messages), sent)
+            rows = await (await conn.execute(_BEGIN, claim_params(envelope, message_key, content))).fetchall()
+            return await turn_start(conn, envelope, rows)
+
+
+def claim_params(envelope: Envelope, message_key: str, content: str) -> dict[str, Any]:
+    """The parameters of :data:`CLAIM`."""
+    return {
+        "t": envelope.turn_id,
+        "c": envelope.conversation_id,
+        "k": message_key,
+        "b": orjson.dumps({"role": "user", "content": content}).decode(),
+    }
+
+
+async def turn_start(conn: AsyncConnection, envelope: Envelope, rows: list[tuple[Any, ...]]) -> TurnStart:
+    """The :class:`TurnStart` of :data:`START_ROWS`' rows (part 0, then part 1); on a turn
+    that ran before a restart, also how much of its text was sent."""
+    prior = TurnStatus(rows[0][2]) if rows[0][2] else None
+    messages = {key: orjson.loads(body) for _, _, key, body, _ in rows[1:]}
+    sent: dict[int, int] = {}
+    if prior == TurnStatus.RUNNING:  # it ran before a restart: some text may be out
+        found = await conn.execute(_SENT_TEXT, (envelope.conversation_id, f"delta:{envelope.turn_id}:%"))
+        sent = {int(round_): int(length) for round_, length in await found.fetchall()}
+    return TurnStart(prior, Transcript(messages), sent)

@@ -157,8 +157,8 @@ async def test_cancel_mid_stream_stops_the_answer(settings: Settings, client) ->
 
 async def test_a_cancel_that_arrives_while_the_turn_starts_still_stops_it(settings: Settings, client) -> None:
     """``cancel`` without a turn id, handled while the worker is starting the turn (its
-    first statement is held up here by an uncommitted row of the same turn): once the
-    turn has started, it ends as cancelled."""
+    first statement, which stores its ``message.accepted`` too, is held up here by an
+    uncommitted row of the same turn): once the turn has started, it ends as cancelled."""
     headers = auth(settings, "alice")
     conversation_id = await create_conversation(client, headers)
     events = sse_events(client, headers, conversation_id)
@@ -177,7 +177,6 @@ async def test_a_cancel_that_arrives_while_the_turn_starts_still_stops_it(settin
             (turn_id, conversation_id),
         )
         await send_raw(settings, INBOUND, message.to_bytes(), conversation_id.encode())
-        seen = await asyncio.wait_for(read_until(events, "message.accepted"), 30)
 
         async def starting() -> bool:
             waiting = await holder.execute(
@@ -197,9 +196,9 @@ async def test_a_cancel_that_arrives_while_the_turn_starts_still_stops_it(settin
             "the worker took the cancel",
         )
         await holder.commit()
-    seen += await asyncio.wait_for(collect_turn(events, turn_id), 60)
+    seen = await asyncio.wait_for(collect_turn(events, turn_id), 60)
     await events.aclose()
-    types = [e["type"] for e in seen if e["turn_id"] == turn_id]
+    types = [e["type"] for e in seen]
     assert types[0] == "message.accepted" and types[-1] == "cancelled", types
     assert "message.completed" not in types and "message.delta" not in types
     following = await send_and_collect(client, headers, conversation_id, "compute 6*7", after=seen[-1]["seq"])
@@ -222,17 +221,30 @@ async def test_failing_or_denied_tool_reaches_client_and_turn_completes(
     assert "failed" in events[-1]["payload"]["content"]
 
 
+_NO_SUCH_CONVERSATION = Envelope(
+    type=EventType.USER_MESSAGE,
+    conversation_id="no-such-conversation",
+    turn_id="t-nowhere",
+    user_id="alice",
+    payload={"message_id": "m-nowhere", "content": "hello?"},
+).to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(b"{not json", b"not JSON"), (_NO_SUCH_CONVERSATION, b"unknown conversation no-such-conversation")],
+    ids=["not-json", "unknown-conversation"],
+)
 async def test_malformed_record_goes_to_dead_letter_and_consumer_carries_on(
-    settings: Settings, client
+    settings: Settings, client, value: bytes, reason: bytes
 ) -> None:
     async with dead_letters(settings, "dlq.conversation-worker") as dlq:
-        await send_raw(settings, "conversation.inbound", b"{not json", key=b"poison")
+        await send_raw(settings, "conversation.inbound", value, key=b"poison")
         record = await dlq.next()
-        assert record.offset >= dlq.start and record.value == b"{not json"
+        assert record.offset >= dlq.start and record.value == value
         headers = dict(record.headers)
         assert (
-            b"not JSON" in headers["a0-dlq-reason"]
-            and headers["a0-dlq-source-topic"] == b"conversation.inbound"
+            reason in headers["a0-dlq-reason"] and headers["a0-dlq-source-topic"] == b"conversation.inbound"
         )
     alice = auth(settings, "alice")
     events = await send_and_collect(client, alice, await create_conversation(client, alice), "hello again")
