@@ -21,7 +21,7 @@ from services.common.turns import TERMINAL_SQL, TurnStatus
 
 # Claim the turn (unless it already ended) and store the user's message with it, with
 # the status before: alone in :data:`_BEGIN`, and with the turn's first event in
-# ``events.START_STEP``.
+# ``events._START_STEP``.
 CLAIM = f"""
 prior AS (
     SELECT status FROM turns WHERE turn_id = %(t)s
