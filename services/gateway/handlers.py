@@ -326,10 +326,13 @@ async def submit_message(
     return MessageAccepted(conversation_id=conversation_id, message_id=message_id, turn_id=turn_id)
 
 
+# A message's conversation is active again, and one created without a title is named
+# after its first message.
+_TITLED = """UPDATE conversations SET updated_at = now(), title = CASE WHEN title = '' THEN %(title)s ELSE title END
+    WHERE id = %(c)s"""
 # Queue the turn of an ``enqueue`` conversation (the default), behind whatever runs:
-# nothing to check, one statement, which reads the conversation's policy itself. A
-# conversation created without a title is named after its first message here too. No
-# row: the conversation is gone; another policy: nothing was written.
+# nothing to check, one statement, which reads the conversation's policy itself. No row:
+# the conversation is gone; another policy: nothing was written.
 _QUEUE_TURN = f"""
 WITH conversation AS (
     SELECT policy FROM conversations WHERE id = %(c)s
@@ -338,8 +341,7 @@ WITH conversation AS (
     SELECT %(t)s, %(c)s, '{TurnStatus.QUEUED.value}' FROM conversation WHERE policy = '{TurnPolicy.enqueue.value}'
     RETURNING 1
 ), titled AS (
-    UPDATE conversations SET updated_at = now(), title = CASE WHEN title = '' THEN %(title)s ELSE title END
-    WHERE id = %(c)s AND EXISTS (SELECT 1 FROM queued)
+    {_TITLED} AND EXISTS (SELECT 1 FROM queued)
 )
 SELECT policy FROM conversation
 """
@@ -348,8 +350,7 @@ _QUEUE_CHECKED_TURN = f"""
 WITH queued AS (
     INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, '{TurnStatus.QUEUED.value}')
 )
-UPDATE conversations SET updated_at = now(), title = CASE WHEN title = '' THEN %(title)s ELSE title END
-WHERE id = %(c)s
+{_TITLED}
 """
 
 
