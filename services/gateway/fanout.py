@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -143,24 +143,62 @@ async def load_events(
         else:
             query = _PAGE_BEFORE
             params = (conversation_id, cursor, before, PAGE)
-        # A client gone while a page is read (a closed tab, a reconnect) cancels the read:
-        # it finishes anyway and hands its connection back, which psycopg would otherwise
-        # close (a query interrupted by cancellation) and the pool open again.
-        rows = await asyncio.shield(_finishing(_read(pool, query, params)))
-        for seq, data in rows:
-            cursor = int(seq)
-            try:
-                yield envelope_from_row(data)
-            except ValidationError as exc:
-                log.error("skipping unreadable event %s#%s: %s", conversation_id, seq, exc)
+        rows = await _read_through(pool, query, params)
+        for envelope in _decoded(conversation_id, rows):
+            yield envelope
         if len(rows) < PAGE:
             return
+        cursor = int(rows[-1][0])
+
+
+def _decoded(conversation_id: str, rows: list[Any]) -> Iterator[Envelope]:
+    """``(seq, envelope)`` rows as envelopes; one this version cannot read is skipped."""
+    for seq, data in rows:
+        try:
+            yield envelope_from_row(data)
+        except ValidationError as exc:
+            log.error("skipping unreadable event %s#%s: %s", conversation_id, seq, exc)
+
+
+@dataclass
+class Opening:
+    """What a stream needs before it starts: who owns the conversation (to authorize
+    the reader) and the first page of its stored events past the cursor."""
+
+    owner_id: str
+    events: list[Envelope]
+    complete: bool  # the page holds every stored event past the cursor
+
+
+async def read_opening(pool: AsyncConnectionPool, conversation_id: str, after: int) -> Opening | None:
+    """The conversation's :class:`Opening`, in one statement; None if there is no such
+    conversation."""
+    rows = await _read_through(pool, _OPENING, (conversation_id, after, PAGE, conversation_id))
+    if not rows:
+        return None
+    page = [(seq, data) for _, seq, data in rows if seq is not None]
+    return Opening(rows[0][0], list(_decoded(conversation_id, page)), complete=len(page) < PAGE)
+
+
+async def _read_through(
+    pool: AsyncConnectionPool, query: LiteralString, params: tuple[object, ...]
+) -> list[Any]:
+    # A client gone while the rows are read (a closed tab, a reconnect) cancels the read:
+    # it finishes anyway and hands its connection back, which psycopg would otherwise
+    # close (a query interrupted by cancellation) and the pool open again.
+    return await asyncio.shield(_finishing(_read(pool, query, params)))
 
 
 _PAGE = "SELECT seq, envelope FROM events WHERE conversation_id = %s AND seq > %s ORDER BY seq LIMIT %s"
 _PAGE_BEFORE = (
     "SELECT seq, envelope FROM events WHERE conversation_id = %s AND seq > %s AND seq < %s "
     "ORDER BY seq LIMIT %s"
+)
+# The conversation's owner with the first page: no row, no conversation; a row without
+# a seq, no event past the cursor.
+_OPENING = (
+    f"SELECT c.owner_id, e.seq, e.envelope FROM conversations c LEFT JOIN LATERAL ({_PAGE}) e ON true "
+    "WHERE c.id = %s ORDER BY e.seq"
 )
 
 
@@ -209,7 +247,10 @@ def table_loader(pool: AsyncConnectionPool) -> EventLoader:
 class Subscription:
     """One client following one conversation from a cursor. Use it as
     ``async with Subscription(...) as events`` and ``async for envelope in events``;
-    ``load`` reads the stored events (:func:`table_loader`)."""
+    ``load`` reads the stored events (:func:`table_loader`).
+
+    A stream that read its first events itself (:func:`read_opening`) calls
+    :meth:`register` before the read and :meth:`prime` after it."""
 
     def __init__(self, hub: Hub, load: EventLoader, conversation_id: str, after: int) -> None:
         self.hub = hub
@@ -218,28 +259,53 @@ class Subscription:
         self.cursor = Cursor(after)
         self._subscriber: Subscriber | None = None
         self._stream: AsyncGenerator[Envelope, None] | None = None
+        self._first: Opening | None = None
+
+    def register(self) -> None:
+        """Queue live events from now on: before the table is read, so that nothing
+        published in between is missed."""
+        if self._subscriber is None:
+            self._subscriber = self.hub.subscribe(self.conversation_id)
+
+    def prime(self, opening: Opening) -> None:
+        """Start with ``opening``'s events, read after :meth:`register`."""
+        self._first = opening
+
+    def close(self) -> None:
+        """Stop queueing live events; safe to call more than once."""
+        if self._subscriber is not None:
+            self.hub.unsubscribe(self._subscriber)
 
     async def __aenter__(self) -> AsyncIterator[Envelope]:
-        # Register before reading the table, so nothing published in between is missed.
-        self._subscriber = self.hub.subscribe(self.conversation_id)
+        self.register()
+        assert self._subscriber is not None
         self._stream = self._events(self._subscriber)
         return self._stream
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._subscriber is not None:
-            self.hub.unsubscribe(self._subscriber)
+        self.close()
         if self._stream is not None:
             await self._stream.aclose()
 
+    def _new(self, envelope: Envelope) -> bool:
+        if self.cursor.step(envelope.seq) is Step.DUPLICATE:
+            return False
+        self.cursor.advance(envelope.seq)
+        return True
+
     async def _stored(self, before: int | None = None) -> AsyncIterator[Envelope]:
         async for envelope in self.load(self.conversation_id, self.cursor.last, before):
-            if self.cursor.step(envelope.seq) is not Step.DUPLICATE:
-                self.cursor.advance(envelope.seq)
+            if self._new(envelope):
                 yield envelope
 
     async def _events(self, subscriber: Subscriber) -> AsyncGenerator[Envelope, None]:
-        async for envelope in self._stored():
-            yield envelope
+        first, self._first = self._first, None
+        for envelope in first.events if first is not None else ():
+            if self._new(envelope):
+                yield envelope
+        if first is None or not first.complete:
+            async for envelope in self._stored():
+                yield envelope
         while True:
             if subscriber.overflowed:
                 raise SlowConsumer(f"client fell {self.hub.queue_size} events behind")

@@ -25,7 +25,7 @@ from services.common.turns import OPEN_SQL, TurnStatus
 from services.gateway import ratelimit
 from services.gateway.deps import GatewayState
 from services.gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
-from services.gateway.fanout import envelope_from_row
+from services.gateway.fanout import Subscription, envelope_from_row, read_opening
 from services.gateway.models import (
     CancelAccepted,
     ConversationCreated,
@@ -107,6 +107,30 @@ async def check_access(
             if visible.allow:
                 raise Forbidden(decision.reason)
         raise NotFound(f"no conversation {conversation_id}")
+
+
+async def open_stream(
+    state: GatewayState, principal: Principal, conversation_id: str, after: int
+) -> Subscription:
+    """A subscription to the conversation's events past ``after``, if OPA lets the user
+    read it (404 otherwise, as :func:`check_access`). Its owner and first events come
+    from one statement: opening a stream takes one connection from the pool, once.
+
+    The caller closes it (``async with`` it, or :meth:`Subscription.close`)."""
+    subscription = Subscription(state.hub, state.history, conversation_id, after)
+    subscription.register()
+    try:
+        opening = await read_opening(state.pool, conversation_id, after)
+        if opening is None:
+            state.owners.forget(conversation_id)
+            raise NotFound(f"no conversation {conversation_id}")
+        state.owners.remember(conversation_id, opening.owner_id)
+        await check_access(state, principal, "conversation.read", conversation_id, opening.owner_id)
+    except BaseException:
+        subscription.close()
+        raise
+    subscription.prime(opening)
+    return subscription
 
 
 async def _allow(state: GatewayState, principal: Principal, action: str) -> None:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
 from pydantic import TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from services.common import metrics
 from services.common.auth import AuthError, Principal
@@ -60,25 +61,38 @@ def sse_event(envelope: Envelope) -> ServerSentEvent:
     )
 
 
-async def _sse_stream(
-    state: GatewayState, conversation_id: str, after: int
-) -> AsyncIterator[ServerSentEvent]:
+async def _sse_stream(subscription: Subscription) -> AsyncIterator[ServerSentEvent]:
     metrics.CLIENTS.labels("sse").inc()
     try:
-        async with Subscription(state.hub, state.history, conversation_id, after) as events:
+        async with subscription as events:
             async for envelope in events:
                 metrics.EVENTS_FANNED_OUT.labels(str(envelope.type)).inc()
                 yield sse_event(envelope)
     except SlowConsumer as exc:
-        log.info("closing SSE stream of %s: %s", conversation_id, exc)  # the client resumes
+        log.info("closing SSE stream of %s: %s", subscription.conversation_id, exc)  # the client resumes
     finally:
         metrics.CLIENTS.labels("sse").dec()
+
+
+class _EventStream(EventSourceResponse):
+    """An SSE response that closes its subscription however it ends: also when it is
+    never iterated (a client gone before the first event, a ``HEAD``)."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        super().__init__(_sse_stream(subscription), ping=PING_S, headers={"X-Accel-Buffering": "no"})
+        self.subscription = subscription
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.subscription.close()
 
 
 @router.get(
     "/v1/conversations/{conversation_id}/events",
     response_model=None,
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(401, 404, 422, 429),
 )
 async def conversation_events(
     conversation_id: ConversationId,
@@ -88,10 +102,7 @@ async def conversation_events(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     cursor = resume_cursor(last_event_id, after)
-    await handlers.authorize(state, user, "conversation.read", conversation_id)
-    return EventSourceResponse(
-        _sse_stream(state, conversation_id, cursor), ping=PING_S, headers={"X-Accel-Buffering": "no"}
-    )
+    return _EventStream(await handlers.open_stream(state, user, conversation_id, cursor))
 
 
 # --- WebSocket ------------------------------------------------------------------------
@@ -213,10 +224,16 @@ class WsSession:
     async def dispatch(self, command: WsCommand) -> None:
         cid = command.conversation_id
         if isinstance(command, WsSubscribe):
-            await handlers.authorize(self.state, self.principal, "conversation.read", cid)
-            await self._stop_following(cid)
-            await self.ack(command.request_id, cid)
-            self._follows[cid] = asyncio.create_task(self._follow(cid, command.after, command.request_id))
+            subscription = await handlers.open_stream(self.state, self.principal, cid, command.after)
+            try:
+                await self._stop_following(cid)
+                await self.ack(command.request_id, cid)
+            except BaseException:
+                subscription.close()
+                raise
+            follow = asyncio.create_task(self._follow(subscription, command.request_id))
+            follow.add_done_callback(lambda _: subscription.close())  # also if cancelled before it ran
+            self._follows[cid] = follow
         elif isinstance(command, WsUnsubscribe):
             await self._stop_following(cid)
             await self.ack(command.request_id, cid)
@@ -234,9 +251,10 @@ class WsSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _follow(self, conversation_id: str, after: int, request_id: str | None) -> None:
+    async def _follow(self, subscription: Subscription, request_id: str | None) -> None:
+        conversation_id = subscription.conversation_id
         try:
-            async with Subscription(self.state.hub, self.state.history, conversation_id, after) as events:
+            async with subscription as events:
                 async for envelope in events:
                     await self.send(envelope.client_event())
                     metrics.EVENTS_FANNED_OUT.labels(str(envelope.type)).inc()

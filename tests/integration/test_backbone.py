@@ -454,6 +454,13 @@ async def test_another_user_cannot_read_or_write_a_conversation(settings: Settin
         }
     listed = (await client.get("/v1/conversations", headers=bob)).json()["conversations"]
     assert conversation_id not in [c["id"] for c in listed]
+    url = settings.gateway_url.replace("http", "ws") + f"/v1/ws?access_token={mint_token(settings, 'bob')}"
+    async with websockets.connect(url) as ws:
+        for target in (conversation_id, "nope"):
+            await ws.send(json.dumps({"type": "subscribe", "conversation_id": target, "request_id": target}))
+            answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert answer["type"] == "error" and answer["conversation_id"] == target, answer
+            assert answer["error"]["code"] == "not_found" and answer["error"]["request_id"] == target
 
 
 async def test_bad_requests_get_the_error_shape_and_status(settings: Settings, client) -> None:
@@ -481,6 +488,7 @@ async def test_bad_requests_get_the_error_shape_and_status(settings: Settings, c
             404,
             "not_found",
         ),
+        (await client.get("/v1/conversations/nope/events", headers=alice), 404, "not_found"),
     ]
     for response, status, code in cases:
         assert response.status_code == status, response.text

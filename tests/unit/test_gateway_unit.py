@@ -378,6 +378,53 @@ async def test_subscription_resyncs_from_the_table_after_a_consumer_restart() ->
         assert await _take(events, 2) == [2, 3]
 
 
+class CountingEvents(MemoryEvents):
+    """The table, counting its reads."""
+
+    def __init__(self, stored: list[Envelope]) -> None:
+        super().__init__(stored)
+        self.reads: list[int] = []
+
+    async def load(
+        self, conversation_id: str, after: int, before: int | None = None
+    ) -> AsyncIterator[Envelope]:
+        self.reads.append(after)
+        async for envelope in super().load(conversation_id, after, before):
+            yield envelope
+
+
+async def test_a_primed_subscription_starts_with_its_page_and_reads_the_table_only_past_a_full_one() -> None:
+    table = CountingEvents([event(seq) for seq in range(1, 7)])
+    hub = Hub()
+    whole = Subscription(hub, table.load, CONVERSATION, after=1)
+    whole.register()
+    hub.publish(event(3))  # published between the registration and the read: not shown twice
+    whole.prime(fanout.Opening("alice", [event(2), event(3)], complete=True))
+    async with whole as events:
+        assert await _take(events, 2) == [2, 3]
+        hub.publish(event(4))
+        assert await _take(events, 1) == [4]
+    assert table.reads == []
+
+    partial = Subscription(hub, table.load, CONVERSATION, after=0)
+    partial.register()
+    partial.prime(fanout.Opening("alice", [event(1), event(2)], complete=False))
+    async with partial as events:
+        assert await _take(events, 6) == [1, 2, 3, 4, 5, 6]
+    assert table.reads == [2]
+    assert len(hub) == 0
+
+
+def test_a_subscription_closed_before_it_streams_stops_queueing() -> None:
+    hub = Hub()
+    subscription = Subscription(hub, MemoryEvents([]).load, CONVERSATION, after=0)
+    subscription.register()
+    assert hub.publish(event(1)) == 1
+    subscription.close()
+    subscription.close()
+    assert len(hub) == 0 and hub.publish(event(2)) == 0
+
+
 async def test_a_slow_subscription_ends_so_the_client_can_resume() -> None:
     hub = Hub(queue_size=1)
     async with Subscription(hub, MemoryEvents([]).load, CONVERSATION, after=0) as events:
