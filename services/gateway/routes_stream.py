@@ -92,7 +92,7 @@ class _EventStream(EventSourceResponse):
 @router.get(
     "/v1/conversations/{conversation_id}/events",
     response_model=None,
-    responses=error_responses(401, 404, 422, 429),
+    responses=error_responses(401, 404, 422),
 )
 async def conversation_events(
     conversation_id: ConversationId,
