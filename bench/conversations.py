@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.ports import stack_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 # The bench's private stack listens on the test stack's ports plus this: clear of the
 # test stack and below Linux's ephemeral range (32768-60999), where any outgoing
@@ -40,31 +42,9 @@ PORT_OFFSET = 2000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-# The test stack's ports (tests/conftest.py), which the bench's stack offsets.
-BASE_PORTS = {
-    "A0_KAFKA_PORT": 29092,
-    "A0_KAFKA_CONTROLLER_PORT": 29093,
-    "A0_REDIS_PORT": 26379,
-    "A0_POSTGRES_PORT": 25432,
-    "A0_OPA_PORT": 28181,
-    "A0_GATEWAY_PORT": 28080,
-    "A0_LLM_SIM_PORT": 28000,
-    "A0_WORKER_METRICS_PORT": 29101,
-    "A0_TOOLS_METRICS_PORT": 29102,
-    "A0_OTEL_JAEGER_OTLP_PORT": 24318,
-    "A0_OTEL_JAEGER_QUERY_PORT": 26686,
-    "A0_OTEL_JAEGER_GRPC_PORT": 26685,
-    "A0_PROMETHEUS_PORT": 29090,
-}
-
-
-def bench_ports(offset: int = PORT_OFFSET) -> dict[str, int]:
-    return {key: port + offset for key, port in BASE_PORTS.items()}
-
-
 def _configure_env(offset: int, latency_ms: int, tokens_per_s: float) -> None:
     state = ROOT / f".a0-bench-{offset}"
-    os.environ.update({key: str(port) for key, port in bench_ports(offset).items()})
+    os.environ.update({key: str(port) for key, port in stack_ports(offset).items()})
     os.environ.update(
         {
             "A0_HOME": str(ROOT),

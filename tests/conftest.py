@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.support.ports import stack_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 # Several test stacks can run side by side on one machine: each offset gets its own ports
 # and state directory.
@@ -21,21 +23,9 @@ TEST_ENV = {
     "A0_HOME": str(ROOT),
     "A0_STATE_DIR": str(TEST_STATE),
     "A0_CONF_DIR": str(TEST_STATE / "conf"),
-    "A0_KAFKA_PORT": _port(29092),
-    "A0_KAFKA_CONTROLLER_PORT": _port(29093),
+    **{key: str(port) for key, port in stack_ports(PORT_OFFSET).items()},
     # Nodes 2 and 3 of the cluster tier (29140-29143).
     "A0_KAFKA_CLUSTER_PORT": _port(29140),
-    "A0_REDIS_PORT": _port(26379),
-    "A0_POSTGRES_PORT": _port(25432),
-    "A0_OPA_PORT": _port(28181),
-    "A0_GATEWAY_PORT": _port(28080),
-    "A0_LLM_SIM_PORT": _port(28000),
-    "A0_WORKER_METRICS_PORT": _port(29101),
-    "A0_TOOLS_METRICS_PORT": _port(29102),
-    "A0_OTEL_JAEGER_OTLP_PORT": _port(24318),
-    "A0_OTEL_JAEGER_QUERY_PORT": _port(26686),
-    "A0_OTEL_JAEGER_GRPC_PORT": _port(26685),
-    "A0_PROMETHEUS_PORT": _port(29090),
     "A0_RUNTIME": "local",
     # Slow enough that a test can cancel or disconnect mid-answer.
     "A0_LLM_SIM_TOKENS_PER_S": "80",

@@ -13,10 +13,11 @@ from a0ctl.errors import StackError
 from a0ctl.runtime.base import ServiceStatus
 from a0ctl.runtime.local import LocalRuntime
 from a0ctl.runtime.local_services import build_services
-from bench.conversations import bench_ports
+from bench.conversations import PORT_OFFSET
 from services.common.secrets_env import ensure_generated_secrets, read_generated_secret
 from services.common.settings import load_settings
 from tests.conftest import TEST_ENV
+from tests.support.ports import stack_ports
 
 pytestmark = pytest.mark.unit
 
@@ -164,6 +165,6 @@ def test_service_connections_plan_prepared_statements_once_and_keep_a_urls_own_o
 
 def test_the_bench_stack_binds_no_port_an_outgoing_connection_may_hold_or_the_test_stack_uses() -> None:
     low, _high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    ports = set(bench_ports().values())
+    ports = set(stack_ports(PORT_OFFSET).values())
     assert max(ports) < low, sorted(ports)
     assert not ports & {int(value) for key, value in TEST_ENV.items() if key.endswith("_PORT")}
