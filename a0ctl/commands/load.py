@@ -23,6 +23,26 @@ def _cpu_busy(cpu: HostCpu) -> str:
     return f"{busy} of {cpu.cores} cores"
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _timeline(report: LoadReport) -> Table:
+    table = Table(title="by when the message was sent", title_justify="left")
+    for column in ("sent (s)", "answered", "response mean (s)", "p99 (s)", "accepted mean (s)", "CPU busy"):
+        table.add_column(column, justify="right")
+    for window in report.timeline:
+        table.add_row(
+            f"{window.start_s:g}–{window.end_s:g}" + (" (ramp)" if window.start_s < report.ramp_s else ""),
+            str(window.answered),
+            _seconds(window.response_mean_s),
+            _seconds(window.response_p99_s),
+            _seconds(window.accept_mean_s),
+            "-" if window.host_cpu is None else f"{window.host_cpu:.0%}",
+        )
+    return table
+
+
 def render(report: LoadReport) -> None:
     cpu = report.host_cpu
     table = Table(title=f"a0 load: {report.sessions} sessions, {report.duration_s} s", title_justify="left")
@@ -62,6 +82,8 @@ def render(report: LoadReport) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if report.timeline:
+        console.print(_timeline(report))
     for cause, count in report.causes.items():
         console.print(f"[red]failed {count}x:[/] {cause}", highlight=False)
     for miss in report.sla.misses:
@@ -102,7 +124,7 @@ def load(
 
     Exit 1 if a session failed, a turn failed or was lost, an event was shown twice or missing, or an SLA was missed. Load shed with 429 is reported apart and is not a failure: sessions retry after Retry-After.
 
-    The report also says how busy this host's CPUs were (over the run and in its busiest 2 s): with the stack on the same host, past 90 % its turns were waiting for a core.
+    The report also says how busy this host's CPUs were (over the run and in its busiest 2 s): with the stack on the same host, past 90 % its turns were waiting for a core. Its timeline splits the run into windows by when each message was sent (answered, response mean and p99, acceptance, CPU): the first are the ramp, while sessions arrive.
 
     Example: a0ctl load --sessions 500 --duration 60 --think 10 --sla-mean 0.5 --sla-p99 1.5 --json
     """

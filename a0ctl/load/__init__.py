@@ -14,7 +14,8 @@ or a gap); every session counts, and one that cannot go on is a failed session. 
 response-time, time-to-first-token and acceptance-time percentiles, delivery times, the
 worst consumer lag sampled while it ran, in records and seconds, and how busy this
 host's CPUs were meanwhile: with the stack on the same machine, a tail that comes from
-waiting for a core shows there first.
+waiting for a core shows there first. Its timeline splits the run into windows by when
+each message was sent, so the ramp's arrivals, a fault or a drift show where they were.
 """
 
 from __future__ import annotations
@@ -111,6 +112,65 @@ def _read_cpu_times() -> tuple[int, int] | None:
         return None
 
 
+class Window(BaseModel):
+    """The turns sent in one stretch of the run (``start_s`` to ``end_s`` after it began):
+    how many were answered, their response times and acceptance, and how busy this host's
+    CPUs were meanwhile. The first windows are the ramp, where sessions arrive."""
+
+    start_s: float
+    end_s: float
+    answered: int
+    response_mean_s: float | None
+    response_p99_s: float | None
+    accept_mean_s: float | None
+    host_cpu: float | None
+
+
+# A run's timeline: this many windows of equal length (at least MIN_WINDOW_S each).
+TIMELINE_WINDOWS = 6
+MIN_WINDOW_S = 5.0
+
+
+def timeline(
+    duration_s: float,
+    answered: list[tuple[float, float]],
+    accepted: list[tuple[float, float]],
+    cpu: list[tuple[float, tuple[int, int]]],
+) -> list[Window]:
+    """Windows over ``duration_s`` of (sent at, seconds) pairs of answered and accepted
+    turns, and of (at, :func:`cpu_times`) readings; a turn sent after the last window's end
+    (a retry at the end of the run) counts in the last."""
+    count = max(1, min(TIMELINE_WINDOWS, int(duration_s // MIN_WINDOW_S)))
+    width = duration_s / count
+
+    def index(at: float) -> int:
+        return min(count - 1, max(0, int(at // width)))
+
+    responses: list[list[float]] = [[] for _ in range(count)]
+    accepts: list[list[float]] = [[] for _ in range(count)]
+    for at, seconds in answered:
+        responses[index(at)].append(seconds)
+    for at, seconds in accepted:
+        accepts[index(at)].append(seconds)
+    windows = []
+    for i in range(count):
+        start, end = i * width, (i + 1) * width
+        inside = [times for at, times in cpu if start <= at <= end]
+        busy = busy_between(inside[0], inside[-1]) if len(inside) > 1 else None
+        windows.append(
+            Window(
+                start_s=round(start, 1),
+                end_s=round(end, 1),
+                answered=len(responses[i]),
+                response_mean_s=round(statistics.fmean(responses[i]), 3) if responses[i] else None,
+                response_p99_s=round(percentile(responses[i], 99), 3) if responses[i] else None,
+                accept_mean_s=round(statistics.fmean(accepts[i]), 3) if accepts[i] else None,
+                host_cpu=busy,
+            )
+        )
+    return windows
+
+
 class Sla(BaseModel):
     """Limits a run must meet (``--sla-mean``, ``--sla-p99``), and whether it did."""
 
@@ -146,6 +206,7 @@ class LoadReport(BaseModel):
     max_consumer_lag_s: float
     max_consumer_lag_records: int
     host_cpu: HostCpu = Field(default_factory=HostCpu)
+    timeline: list[Window] = []  # by when the message was sent
     causes: dict[str, int]  # every failure, by cause
     errors: list[str]
     sla: Sla = Sla()
@@ -179,13 +240,15 @@ AnswerHook = Callable[[float, float], None]
 
 class _Tally:
     def __init__(self) -> None:
+        self.started = time.monotonic()
+        # (when the message was sent, after the run began; seconds to its answer, its 202)
+        self.response: list[tuple[float, float]] = []
+        self.accept: list[tuple[float, float]] = []
         self.sent = self.accepted = self.shed = self.completed = self.failed = self.lost = 0
         self.shed_sign_ins = self.shed_sessions = self.stream_retries = 0
         self.failed_sessions = 0
         self.duplicates = self.missing = 0
-        self.response: list[float] = []
         self.ttft: list[float] = []
-        self.accept: list[float] = []
         self.delivery: list[float] = []
         self.causes: dict[str, int] = {}
 
@@ -336,7 +399,7 @@ class _Session:
                     await asyncio.sleep(min(1.0, think_s))
                     continue
                 tally.accepted += 1
-                tally.accept.append(time.monotonic() - started)
+                tally.accept.append((started - tally.started, time.monotonic() - started))
                 turn = self._turn(posted.json()["turn_id"])
                 turn.started = started
                 waits: list[asyncio.Future[Any]] = [turn.outcome, reader]
@@ -349,7 +412,7 @@ class _Session:
                 outcome, payload = turn.outcome.result()
                 if outcome == "message.completed":
                     tally.completed += 1
-                    tally.response.append(time.monotonic() - started)
+                    tally.response.append((started - tally.started, time.monotonic() - started))
                     tally.ttft.append((turn.first_text or time.monotonic()) - started)
                     if self.on_answer:
                         self.on_answer(started, time.monotonic() - started)
@@ -420,18 +483,21 @@ async def _close(probe: LagProbe) -> None:
         pass
 
 
-async def _sample_cpu(stop: asyncio.Event) -> HostCpu:
-    """This host's CPU while the load runs: over the whole run, and the busiest window."""
+async def _sample_cpu(stop: asyncio.Event, readings: list[tuple[float, tuple[int, int]]]) -> HostCpu:
+    """This host's CPU while the load runs: over the whole run, and the busiest window.
+    Each reading is added to ``readings`` with when it was taken (time.monotonic())."""
     first = _read_cpu_times()
     if first is None:
         return HostCpu()
     last, last_at = first, time.monotonic()
+    readings.append((last_at, first))
     busiest: float | None = None
     while not stop.is_set():
         await _pause(stop)
         now, at = _read_cpu_times(), time.monotonic()
         if now is None:
             return HostCpu()
+        readings.append((at, now))
         window = busy_between(last, now)
         # The last window, cut short by the end of the run, is too short to judge a peak.
         if window is not None and at - last_at >= SAMPLE_S / 2 and (busiest is None or window > busiest):
@@ -459,11 +525,12 @@ async def run_load(
     on_answer: AnswerHook | None = None,
 ) -> LoadReport:
     tally = _Tally()
-    started = time.monotonic()
+    started = tally.started
     until = started + duration_s
     stop = asyncio.Event()
     lag = asyncio.create_task(_sample_lag(settings, stop))
-    cpu = asyncio.create_task(_sample_cpu(stop))
+    readings: list[tuple[float, tuple[int, int]]] = []
+    cpu = asyncio.create_task(_sample_cpu(stop, readings))
 
     ramp = max(2.0, think_s) if ramp_s is None else ramp_s
 
@@ -506,13 +573,16 @@ async def run_load(
         duplicate_events=tally.duplicates,
         missing_events=tally.missing,
         throughput_per_s=round(tally.completed / elapsed, 2) if elapsed else 0.0,
-        response_s=Percentiles.of(tally.response),
+        response_s=Percentiles.of([seconds for _, seconds in tally.response]),
         ttft_s=Percentiles.of(tally.ttft),
-        accept_s=Percentiles.of(tally.accept),
+        accept_s=Percentiles.of([seconds for _, seconds in tally.accept]),
         delivery_ms=Percentiles.of(tally.delivery, 1000, 1),
         max_consumer_lag_s=round(max_lag_s, 3),
         max_consumer_lag_records=max_lag_records,
         host_cpu=host_cpu,
+        timeline=timeline(
+            duration_s, tally.response, tally.accept, [(at - started, times) for at, times in readings]
+        ),
         causes=causes,
         errors=[f"{count}x {cause}" for cause, count in list(causes.items())[:10]],
     )

@@ -22,6 +22,11 @@ def test_load_report_counts_answers_and_finds_nothing_lost_or_repeated(stack: Lo
     # The stack runs on this host: its CPU was busy, over the run and in its busiest 2 s.
     cpu = report["host_cpu"]
     assert cpu["cores"] >= 1 and 0 < cpu["mean"] <= 1 and 0 < cpu["max"] <= 1, cpu
+    # Its timeline: every answered turn in the window it was sent in, with the CPU then.
+    windows = report["timeline"]
+    assert windows[0]["start_s"] == 0 and windows[-1]["end_s"] == 6, windows
+    assert sum(window["answered"] for window in windows) == report["completed"], windows
+    assert all(0 < window["host_cpu"] <= 1 for window in windows), windows
 
 
 def test_a_session_that_cannot_reach_the_gateway_fails_the_run_with_its_cause(stack: LocalRuntime) -> None:

@@ -7,7 +7,16 @@ from typing import Any
 import pytest
 
 from a0ctl.commands.load import render
-from a0ctl.load import PROC_STAT, HostCpu, LoadReport, Percentiles, busy_between, cpu_times
+from a0ctl.load import (
+    PROC_STAT,
+    HostCpu,
+    LoadReport,
+    Percentiles,
+    Window,
+    busy_between,
+    cpu_times,
+    timeline,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +50,7 @@ def test_this_hosts_cpu_reads_as_a_share_of_its_time() -> None:
     assert times is not None and 0 < times[0] < times[1]
 
 
-def report(cpu: HostCpu) -> LoadReport:
+def report(cpu: HostCpu, windows: list[Window] | None = None) -> LoadReport:
     none = Percentiles.of([])
     fields: dict[str, Any] = dict.fromkeys(
         ("sent", "accepted", "rejected", "shed", "completed", "failed", "failed_sessions", "lost"), 0
@@ -49,8 +58,8 @@ def report(cpu: HostCpu) -> LoadReport:
     return LoadReport(
         **fields,
         sessions=1,
-        duration_s=1.0,
-        ramp_s=0.0,
+        duration_s=60.0,
+        ramp_s=10.0,
         prompt="hi",
         duplicate_events=0,
         missing_events=0,
@@ -62,6 +71,7 @@ def report(cpu: HostCpu) -> LoadReport:
         max_consumer_lag_s=0.0,
         max_consumer_lag_records=0,
         host_cpu=cpu,
+        timeline=windows or [],
         causes={},
         errors=[],
     )
@@ -81,3 +91,38 @@ def test_a_host_with_room_or_without_proc_stat_gets_no_note(capsys: pytest.Captu
     render(report(HostCpu(cores=4)))
     out = " ".join(capsys.readouterr().out.split())
     assert "unknown" in out and "waiting for a core" not in out
+
+
+def test_the_timeline_splits_the_run_by_when_each_message_was_sent() -> None:
+    # The ramp's turns slow, the rest fast; one retry sent past the end counts in the last.
+    answered = [(1.0, 2.0), (9.5, 1.0), (12.0, 0.2), (35.0, 0.4), (59.0, 0.3), (61.0, 0.5)]
+    accepted = [(1.0, 0.5), (9.5, 0.3), (12.0, 0.02)]
+    # /proc/stat readings every 2 s: all busy for the first 10 s, then half.
+    cpu, busy, total = [], 0, 0
+    for second in range(0, 62, 2):
+        cpu.append((float(second), (busy, total)))
+        busy += 200 if second < 10 else 100
+        total += 200
+    windows = timeline(60.0, answered, accepted, cpu)
+    assert [w.start_s for w in windows] == [0, 10, 20, 30, 40, 50] and windows[-1].end_s == 60
+    assert [w.answered for w in windows] == [2, 1, 0, 1, 0, 2]
+    assert windows[0].response_mean_s == 1.5 and windows[0].response_p99_s == 2.0
+    assert windows[0].accept_mean_s == 0.4 and windows[1].accept_mean_s == 0.02
+    assert windows[2].response_mean_s is None and windows[2].accept_mean_s is None
+    assert windows[5].response_mean_s == 0.4
+    assert windows[0].host_cpu == 1.0 and windows[3].host_cpu == 0.5
+
+
+def test_a_short_run_has_fewer_windows_and_no_cpu_reading_gives_none() -> None:
+    windows = timeline(8.0, [(3.0, 0.1)], [], [])
+    assert len(windows) == 1 and windows[0].answered == 1 and windows[0].host_cpu is None
+
+
+def test_the_timeline_is_shown_with_the_ramp_marked(capsys: pytest.CaptureFixture[str]) -> None:
+    windows = timeline(60.0, [(1.0, 1.234), (30.0, 0.25)], [(1.0, 0.5)], [])
+    render(report(HostCpu(cores=2, mean=0.5, max=0.6), windows))
+    out = capsys.readouterr().out
+    assert "by when the message was sent" in out
+    ramp = next(line for line in out.splitlines() if "0–10 (ramp)" in line)
+    assert "1.234" in ramp and "0.500" in ramp
+    assert any("30–40" in line and "0.250" in line and "ramp" not in line for line in out.splitlines())
