@@ -24,6 +24,9 @@ with no span around it (a background query) never starts a trace of its own.
 Streamed answer text is never traced piece by piece: the code that sends it runs under
 :func:`untraced`, whose spans (and those of every hop downstream of them, through the
 sampled flag in ``traceparent``) are dropped by the sampler.
+
+No span leaves the process unredacted (:mod:`services.common.span_redaction`): no query
+string, no credential header, no token in any attribute.
 """
 
 from __future__ import annotations
@@ -140,6 +143,8 @@ def setup_tracing(settings: Settings, service_name: str) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from services.common.span_redaction import RedactingSpanProcessor
+
     provider = TracerProvider(
         resource=Resource.create(
             {"service.name": service_name, "service.namespace": settings.telemetry.service_namespace}
@@ -149,7 +154,10 @@ def setup_tracing(settings: Settings, service_name: str) -> None:
     url = endpoint.rstrip("/") + "/v1/traces"
     # Exported within a second, so `a0ctl trace` shows a turn right after it ends.
     exporter = OTLPSpanExporter(endpoint=url, timeout=5)
-    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
+    # Redacted before export: whoever reaches the trace store reads every attribute.
+    provider.add_span_processor(
+        RedactingSpanProcessor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
+    )
     trace.set_tracer_provider(provider)
     AIOKafkaInstrumentor().instrument(tracer_provider=provider)
     _gate_kafka_send()

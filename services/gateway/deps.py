@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -80,15 +80,23 @@ async def current_user(request: Request, settings: SettingsDep) -> Principal:
     return await authenticate(settings, bearer_token(request.headers.get("authorization")))
 
 
-async def stream_user(
-    request: Request,
-    settings: SettingsDep,
-    access_token: Annotated[
-        str | None, Query(description="For EventSource, which cannot set headers.")
-    ] = None,
-) -> Principal:
-    token = bearer_token(request.headers.get("authorization")) or access_token
-    return await authenticate(settings, token)
+URL_TOKEN_PARAMS = ("access_token", "token")
+URL_TOKEN_REFUSED = (
+    "a token in the URL is not accepted (URLs are kept by proxies, logs and traces); "
+    "send it as Authorization: Bearer <token>"
+)
+
+
+def refuse_url_token(query: Mapping[str, str]) -> None:
+    """A long-lived token never rides in a URL: refused before anything else, so a client
+    that still sends one learns why instead of being signed in."""
+    if any(name in query for name in URL_TOKEN_PARAMS):
+        raise Unauthorized(URL_TOKEN_REFUSED)
+
+
+async def stream_user(request: Request, settings: SettingsDep) -> Principal:
+    refuse_url_token(request.query_params)
+    return await current_user(request, settings)
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]

@@ -25,8 +25,22 @@ from services.common.db import recheck_if_lost
 from services.common.envelope import Envelope, new_id
 from services.common.errors import is_transient
 from services.gateway import handlers
-from services.gateway.deps import GatewayState, State, StreamUser, authenticate, bearer_token
-from services.gateway.errors import ApiError, InvalidRequest, error_body, error_responses, validation_message
+from services.gateway.deps import (
+    GatewayState,
+    State,
+    StreamUser,
+    authenticate,
+    bearer_token,
+    refuse_url_token,
+)
+from services.gateway.errors import (
+    ApiError,
+    InvalidRequest,
+    Unauthorized,
+    error_body,
+    error_responses,
+    validation_message,
+)
 from services.gateway.fanout import SlowConsumer, Subscription
 from services.gateway.models import ConversationId, WsCancel, WsCommand, WsMessage, WsSubscribe, WsUnsubscribe
 from services.gateway.textcheck import MAX_JSON_DEPTH, json_too_deep
@@ -38,6 +52,10 @@ router = APIRouter()
 PING_S = 15
 WS_UNAUTHORIZED = 4401
 WS_TRY_AGAIN_LATER = 1013
+WS_AUTH_TIMEOUT_S = 10.0
+WS_AUTH_EXPECTED = (
+    'send "Authorization: Bearer <token>" or a first message {"type": "auth", "token": "<token>"}'
+)
 _COMMAND: TypeAdapter[WsCommand] = TypeAdapter(WsCommand)
 _COMMAND_TYPES = frozenset({"subscribe", "unsubscribe", "message", "cancel"})
 
@@ -283,12 +301,37 @@ class WsSession:
                 del self._follows[conversation_id]
 
 
+async def _websocket_token(websocket: WebSocket) -> str | None:
+    """The token of a WebSocket: its ``Authorization`` header, or — for browsers, which
+    cannot set one — a first message ``{"type": "auth", "token": "..."}`` sent within
+    :data:`WS_AUTH_TIMEOUT_S`. Never a query parameter: URLs are logged and traced."""
+    refuse_url_token(websocket.query_params)
+    token = bearer_token(websocket.headers.get("authorization"))
+    if token:
+        return token
+    try:
+        message = await asyncio.wait_for(websocket.receive(), WS_AUTH_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise Unauthorized(WS_AUTH_EXPECTED) from exc
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    try:
+        data = json.loads(message.get("text") or message.get("bytes") or b"")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Unauthorized(WS_AUTH_EXPECTED) from exc
+    if not isinstance(data, dict) or data.get("type") != "auth" or not isinstance(data.get("token"), str):
+        raise Unauthorized(WS_AUTH_EXPECTED)
+    return data["token"]
+
+
 @router.websocket("/v1/ws")
 async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
-    token = bearer_token(websocket.headers.get("authorization")) or websocket.query_params.get("access_token")
     try:
+        token = await _websocket_token(websocket)
         principal = await authenticate(websocket.app.state.settings, token)
+    except WebSocketDisconnect:
+        return
     except (AuthError, ApiError) as exc:
         await websocket.close(WS_UNAUTHORIZED, exc.message[:120])
         return

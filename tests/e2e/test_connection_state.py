@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-# A gateway that was stopped is back within the EventSource's retries plus our back-off.
+# A gateway that was stopped is back within the UI's reconnect back-off.
 RESUME_MS = 60_000
 
 

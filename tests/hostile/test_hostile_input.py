@@ -68,8 +68,10 @@ async def test_http_ids_in_the_path_refuse_nul(client: httpx.AsyncClient, settin
 
 
 async def _ws(settings: Settings) -> Any:
-    token = mint_token(settings, "mallory")
-    return websockets.connect(settings.gateway_url.replace("http", "ws") + f"/v1/ws?access_token={token}")
+    headers = {"Authorization": f"Bearer {mint_token(settings, 'mallory')}"}
+    return websockets.connect(
+        settings.gateway_url.replace("http", "ws") + "/v1/ws", additional_headers=headers
+    )
 
 
 async def _reply(ws: Any) -> dict[str, Any]:

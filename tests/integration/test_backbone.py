@@ -76,8 +76,9 @@ async def test_websocket_carries_the_same_events_as_sse(settings: Settings, clie
     )
     conversation_id = await create_conversation(client, headers)
     token = mint_token(settings, "alice")
-    url = settings.gateway_url.replace("http", "ws") + f"/v1/ws?access_token={token}"
-    async with websockets.connect(url) as ws:
+    # As a browser does, which cannot set headers: the token in the first message.
+    async with websockets.connect(settings.gateway_url.replace("http", "ws") + "/v1/ws") as ws:
+        await ws.send(json.dumps({"type": "auth", "token": token}))
         await ws.send(json.dumps({"type": "subscribe", "conversation_id": conversation_id, "after": 0}))
         await ws.send(
             json.dumps(
@@ -454,8 +455,8 @@ async def test_another_user_cannot_read_or_write_a_conversation(settings: Settin
         }
     listed = (await client.get("/v1/conversations", headers=bob)).json()["conversations"]
     assert conversation_id not in [c["id"] for c in listed]
-    url = settings.gateway_url.replace("http", "ws") + f"/v1/ws?access_token={mint_token(settings, 'bob')}"
-    async with websockets.connect(url) as ws:
+    url = settings.gateway_url.replace("http", "ws") + "/v1/ws"
+    async with websockets.connect(url, additional_headers=auth(settings, "bob")) as ws:
         for target in (conversation_id, "nope"):
             await ws.send(json.dumps({"type": "subscribe", "conversation_id": target, "request_id": target}))
             answer = json.loads(await asyncio.wait_for(ws.recv(), 10))

@@ -21,20 +21,12 @@ import { toolCallBlock, toolResultBlock } from "./tools.js";
 import { el, show } from "./dom.js";
 import { initConversationList } from "./conversations.js";
 import { initSettings } from "./settings.js";
+import { openEventStream } from "./stream.js";
 
 const STORAGE = window.sessionStorage;
 const TOKEN_KEY = "a0.token";
 const USER_KEY = "a0.user";
 const EXPIRES_KEY = "a0.expires_at";
-const EVENT_TYPES = [
-  "message.accepted",
-  "message.delta",
-  "tool.call",
-  "tool.result",
-  "message.completed",
-  "error",
-  "cancelled",
-];
 const RECONNECT_MIN_MS = 1000;
 const RECONNECT_MAX_MS = 15000;
 const SETTINGS_CODES = new Set([
@@ -474,11 +466,8 @@ function openStream() {
   if (!state.convId || !state.token) return;
   const gen = ++state.streamGen;
   const id = state.convId;
-  const url =
-    `/v1/conversations/${encodeURIComponent(id)}/events` +
-    `?after=${encodeURIComponent(state.lastSeq)}&access_token=${encodeURIComponent(state.token)}`;
-  const source = new EventSource(url);
-  state.source = source;
+  // The token goes in the Authorization header, never in the URL (see stream.js).
+  const url = `/v1/conversations/${encodeURIComponent(id)}/events?after=${encodeURIComponent(state.lastSeq)}`;
   const onEvent = (message) => {
     if (gen !== state.streamGen || id !== state.convId) return;
     let event;
@@ -495,29 +484,25 @@ function openStream() {
     updateRunning();
     scrollToBottom(stick);
   };
-  for (const type of EVENT_TYPES) source.addEventListener(type, onEvent);
-  source.onmessage = onEvent; // events sent without a name
-  source.onopen = () => {
-    if (gen !== state.streamGen) return;
-    state.reconnectMs = RECONNECT_MIN_MS;
-    setConnection(null);
-  };
-  source.onerror = (event) => {
-    if (gen !== state.streamGen) return;
-    // The gateway's application event is named "error" too, and an EventSource hands a
-    // named event to onerror as well: that one is a MessageEvent with data, drawn by
-    // onEvent in its turn. Only a plain Event is about the connection.
-    if (event instanceof MessageEvent || source.readyState === EventSource.OPEN) return;
-    setConnection("Reconnecting…");
-    // CONNECTING: the browser retries by itself, sending Last-Event-ID. CLOSED: it gave up
-    // (an HTTP error): find out why, then reopen from the last event we have.
-    if (source.readyState === EventSource.CLOSED) {
-      closeStream(false);
+  state.source = openEventStream(url, {
+    headers: { Authorization: `Bearer ${state.token}` },
+    onOpen() {
+      if (gen !== state.streamGen) return;
+      state.reconnectMs = RECONNECT_MIN_MS;
+      setConnection(null);
+    },
+    onEvent,
+    onClose() {
+      if (gen !== state.streamGen) return;
+      // The stream ended or failed: find out why, then reopen from the last event we have
+      // (?after= carries it, as Last-Event-ID would).
+      state.source = null;
+      setConnection("Reconnecting…");
       checkAfterStreamFailure(id).then((retry) => {
-        if (retry && id === state.convId) scheduleReopen(openStream);
+        if (retry && id === state.convId && gen === state.streamGen) scheduleReopen(openStream);
       });
-    }
-  };
+    },
+  });
 }
 
 async function checkAfterStreamFailure(id) {
