@@ -10,20 +10,22 @@ crashes; the watchdog (:mod:`a0ctl.runtime.watchdog`) restarts what stays unheal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from a0ctl.errors import StackError
 from a0ctl.runtime import health
 from a0ctl.runtime.base import ProgressFn, ServiceStatus
-from a0ctl.runtime.local_services import SCALABLE, LocalService, build_services, python
+from a0ctl.runtime.local_services import SCALABLE, LocalService, allow_traversal, build_services, python
 from a0ctl.runtime.supervisor import (
     ACTIVE_STATES,
     WATCHDOG,
@@ -56,6 +58,39 @@ def process_start_time(pid: int) -> str | None:
 
 def process_alive(pid: int) -> bool:
     return process_start_time(pid) is not None
+
+
+@contextlib.contextmanager
+def private_files() -> Iterator[None]:
+    """What this process creates in the block is its user's alone (umask 077): the
+    generated configs hold passwords and tokens."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def make_private(state: Path, services: Iterable[LocalService]) -> None:
+    """Close the state directory to other local users: every file 0600 and directory 0700
+    at most (a stack made before is repaired; new files are private by supervisord's
+    umask). A server that runs as its own user (PostgreSQL, Redis) is then given search
+    permission (o+x: no listing, no reading) on the ancestors of its own directories."""
+    for path in (state, *state.rglob("*")):
+        try:
+            mode = path.lstat()
+        except FileNotFoundError:
+            continue  # removed while we walked (a rotated log, a finished segment)
+        if stat.S_ISLNK(mode.st_mode) or stat.S_ISSOCK(mode.st_mode):
+            continue
+        current = stat.S_IMODE(mode.st_mode)
+        if current & 0o077:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path, current & ~0o077)
+    for service in services:
+        for path in service.reaches:
+            if path.exists():
+                allow_traversal(path, service.user, service.name)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -176,16 +211,17 @@ class LocalRuntime:
     def _ensure_supervisor(self) -> None:
         """Write supervisord's config; start supervisord, or apply the config to it."""
         stack = self.settings.stack
-        self.paths.conf.write_text(
-            render_config(
-                self._programs(),
-                self.paths,
-                home=stack.home.resolve(),
-                watchdog=[python(), "-m", "a0ctl.runtime.watchdog"],
-                log_max_bytes=stack.log_max_bytes,
-                log_backups=stack.log_backups,
-            )
+        text = render_config(
+            self._programs(),
+            self.paths,
+            home=stack.home.resolve(),
+            watchdog=[python(), "-m", "a0ctl.runtime.watchdog"],
+            log_max_bytes=stack.log_max_bytes,
+            log_backups=stack.log_backups,
         )
+        with private_files():  # it holds OPA's tokens, in the environment it gives OPA
+            self.paths.conf.write_text(text)
+        os.chmod(self.paths.conf, 0o600)
         if self.supervisor.answers():
             self.supervisor.update()
             return
@@ -282,8 +318,13 @@ class LocalRuntime:
         self, progress: ProgressFn | None = None, *, services: tuple[str, ...] | None = None
     ) -> list[ServiceStatus]:
         names = self._expand(services) if services else tuple(self.services)
-        for directory in ("data", "logs", "run"):
-            (self.state / directory).mkdir(parents=True, exist_ok=True)
+        with private_files():
+            for directory in ("data", "logs", "run"):
+                (self.state / directory).mkdir(parents=True, exist_ok=True)
+            make_private(self.state, self.services.values())
+            return self._up(names, progress)
+
+    def _up(self, names: tuple[str, ...], progress: ProgressFn | None) -> list[ServiceStatus]:
         if not self.supervisor.answers():
             pid = daemon_pid(self.paths)
             if pid is not None:

@@ -48,6 +48,8 @@ class LocalService:
     priority: int = 500
     # Run (and retried while the server still refuses connections) before health counts.
     after_start: Callable[[], Awaitable[None]] | None = None
+    # Directories ``user`` must reach under the private state directory (see allow_traversal).
+    reaches: tuple[Path, ...] = ()
 
 
 def _run_checked(argv: list[str], service: str, what: str, user: str | None = None) -> None:
@@ -62,19 +64,20 @@ def run_as(user: str | None) -> dict[str, Any]:
     return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
-def _non_root_user() -> str | None:
-    """PostgreSQL refuses to run as root; when we are root, run it as 'postgres'."""
+def _service_user(name: str) -> str | None:
+    """The unprivileged user a server runs as when a0ctl is root (PostgreSQL refuses to
+    run as root; Redis need not be root): Debian's package creates it."""
     if os.geteuid() != 0:
         return None
     try:
-        pwd.getpwnam("postgres")
+        pwd.getpwnam(name)
     except KeyError as exc:
         raise StackError(
-            "running as root but there is no 'postgres' user to run PostgreSQL as",
-            service="postgres",
-            hint="install Debian's postgresql package (scripts/bootstrap.sh does)",
+            f"running as root but there is no {name!r} user to run {name} as",
+            service=name,
+            hint="install its Debian package (scripts/bootstrap.sh does)",
         ) from exc
-    return "postgres"
+    return name
 
 
 def _chown(path: Path, user: str | None) -> None:
@@ -83,10 +86,21 @@ def _chown(path: Path, user: str | None) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def _allow_traversal(path: Path, user: str | None) -> None:
-    """Let ``user`` reach ``path``: PostgreSQL runs as its own user, and a checkout under a
-    private directory (``mktemp -d`` is 0700) would hide its data directory from it. Adds
-    only search permission (o+x, no listing) to the ancestors that lack it."""
+def _chown_tree(path: Path, user: str | None) -> None:
+    """``path`` and everything under it owned by ``user`` (a stack made before the server
+    ran as its own user holds root's files)."""
+    if not user:
+        return
+    _chown(path, user)
+    for child in path.rglob("*"):
+        _chown(child, user)
+
+
+def allow_traversal(path: Path, user: str | None, service: str) -> None:
+    """Let ``user`` reach ``path``: a server that runs as its own user must reach its
+    directory under the state directory, which is private (0700), as is a checkout under
+    ``mktemp -d``. Adds only search permission (o+x, no listing) to the ancestors that
+    lack it."""
     if not user:
         return
     uid = pwd.getpwnam(user).pw_uid
@@ -97,8 +111,8 @@ def _allow_traversal(path: Path, user: str | None) -> None:
                 os.chmod(ancestor, stat.S_IMODE(mode.st_mode) | stat.S_IXOTH)
             except OSError as exc:
                 raise StackError(
-                    f"PostgreSQL runs as {user!r}, which cannot reach {path}: {ancestor} is private",
-                    service="postgres",
+                    f"{service} runs as {user!r}, which cannot reach {path}: {ancestor} is private",
+                    service=service,
                     hint=f"allow others to traverse {ancestor} (chmod o+x) or set A0_STATE_DIR elsewhere",
                 ) from exc
 
@@ -220,14 +234,31 @@ def build_services(
 
 
 def redis_service(settings: Settings, dirs: StackDirs) -> LocalService:
+    """redis-server with a password (from a 0600 config file, never its command line) and,
+    when a0ctl is root, as Debian's unprivileged 'redis' user."""
     redis_dir = dirs.data / "redis"
+    conf = dirs.run / "redis" / "redis.conf"
+    user = _service_user("redis")
+
+    def prepare() -> None:
+        for path in (redis_dir, conf.parent):
+            path.mkdir(parents=True, exist_ok=True)
+            allow_traversal(path, user, "redis")
+            _chown_tree(path, user)
+            os.chmod(path, 0o700)
+        password = settings.redis.password.get_secret_value()
+        write_owned(conf, f"requirepass {password}\n" if password else "", user)
+
     return LocalService(
         name="redis",
         port=settings.redis.port,
         probe=health.redis_probe,
-        prepare=lambda: redis_dir.mkdir(parents=True, exist_ok=True),
+        prepare=prepare,
+        user=user,
+        reaches=(redis_dir, conf.parent),
         command=lambda: [
             artifacts.require_binary("redis-server", "redis", "apt-get install redis-server"),
+            str(conf),
             "--port",
             str(settings.redis.port),
             "--bind",
@@ -254,14 +285,14 @@ def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:
     as 'postgres' when a0ctl is root, and provisioned once it accepts connections."""
     pg_dir = dirs.data / "postgres"
     pg_sock = dirs.run / "postgres"
-    pg_user = _non_root_user()
+    pg_user = _service_user("postgres")
 
     def prepare() -> None:
         if _dir_is_corrupt(pg_dir, "PG_VERSION"):
             raise _corrupt("postgres", pg_dir, "PG_VERSION")
         for path in (pg_sock, pg_dir):
             path.mkdir(parents=True, exist_ok=True)
-            _allow_traversal(path, pg_user)
+            allow_traversal(path, pg_user, "postgres")
             _chown(path, pg_user)
         os.chmod(pg_dir, 0o700)
         os.chmod(pg_sock, 0o700)  # the socket is for a0ctl (root or the owner) and PostgreSQL
@@ -286,6 +317,7 @@ def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:
         prepare=prepare,
         after_start=lambda: provision(settings, pg_sock, pg_dir, pg_user),
         user=pg_user,
+        reaches=(pg_sock, pg_dir),
         stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
         stop_wait_s=30,
         command=lambda: [
@@ -323,12 +355,17 @@ def opa_service(settings: Settings, dirs: StackDirs) -> LocalService:
         name="opa",
         port=settings.opa.port,
         probe=health.opa_probe,
+        # Its API answers only bearer tokens that stack/opa/system/authz.rego knows: a0's
+        # services decide, a0ctl administers, nobody else reaches policy or data.
+        env=opa_token_env(settings),
         command=lambda: [
             str(artifacts.ensure_opa(settings)),
             "run",
             "--server",
             "--addr",
             f"{settings.stack.host}:{settings.opa.port}",
+            "--authentication=token",
+            "--authorization=basic",
             "--disable-telemetry",
             "--log-level",
             "error",
@@ -338,6 +375,14 @@ def opa_service(settings: Settings, dirs: StackDirs) -> LocalService:
             str(local_data()),
         ],
     )
+
+
+def opa_token_env(settings: Settings) -> dict[str, str]:
+    """The tokens OPA's system.authz policy reads from its environment."""
+    return {
+        "A0_OPA_TOKEN": settings.opa.token.get_secret_value(),
+        "A0_OPA_ADMIN_TOKEN": settings.opa.admin_token.get_secret_value(),
+    }
 
 
 # --- a0's own services ---------------------------------------------------------------

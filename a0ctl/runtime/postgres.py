@@ -59,6 +59,7 @@ def write_owned(path: Path, text: str, user: str | None) -> None:
     """Write ``text`` to ``path`` (mode 0600), owned by ``user`` when given."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # a file that existed keeps its mode otherwise
         handle.write(text)
     if user:
         entry = pwd.getpwnam(user)

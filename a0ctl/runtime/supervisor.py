@@ -119,6 +119,8 @@ def render_config(
         f"directory={home}",
         "identifier=a0",
         "nodaemon=false",
+        # Every file a service or supervisord writes (data, logs) is its owner's alone.
+        "umask=077",
         "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",

@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from services.common import metrics
 from services.common.db import migrate, open_pool
 from services.common.kafka import ConsumerLoop, make_producer
+from services.common.logging import register_secret
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
 
@@ -57,6 +58,7 @@ class ServiceStack(AsyncExitStack):
         return pool
 
     def redis(self, **options: Any) -> aioredis.Redis:
+        register_secret(self.settings.redis.password.get_secret_value())
         client = aioredis.from_url(self.settings.redis_url, **options)
         self.push_async_callback(client.aclose)
         return client

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from services.common.errors import PolicyUnavailable
 from services.common.http import LazySession
+from services.common.logging import register_secret
 from services.common.settings import Settings
 
 DECISION_PATH = "/v1/data/a0/authz/decision"
@@ -37,6 +38,10 @@ class PolicyClient:
     def __init__(self, settings: Settings) -> None:
         opa = settings.opa
         self._url = settings.opa_url + DECISION_PATH
+        token = opa.token.get_secret_value()
+        register_secret(token)
+        # OPA answers only a0's services (its system.authz policy, stack/opa/system).
+        self._headers = {**JSON_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
         self._http = LazySession(
             connections=opa.connections, timeout=aiohttp.ClientTimeout(total=opa.timeout_s)
         )
@@ -92,7 +97,7 @@ class PolicyClient:
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            async with self._http.get().post(self._url, data=content, headers=JSON_HEADERS) as response:
+            async with self._http.get().post(self._url, data=content, headers=self._headers) as response:
                 response.raise_for_status()
                 result = orjson.loads(await response.read()).get("result")
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:

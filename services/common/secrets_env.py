@@ -1,6 +1,7 @@
 """Generated secrets under ``conf/env/``: the JWT signing key, the key-encryption key
-for stored credentials, the API key of the local LLM simulator, and the passwords of
-PostgreSQL's app role and admin, and the SCRAM password of each Kafka principal
+for stored credentials, the API key of the local LLM simulator, the passwords of
+PostgreSQL's app role and admin and of Redis, OPA's two bearer tokens (deciding, and
+administering policy), and the SCRAM password of each Kafka principal
 (``A0_KAFKA_PASSWORD_<PRINCIPAL>``: a0ctl's ``a0-admin`` and every service of topics.yaml).
 
 They are created on the first ``a0ctl up`` with mode 0600, are never committed
@@ -28,6 +29,11 @@ KEYS = (
     "A0_LLM_SIM_API_KEY",
     "A0_POSTGRES_PASSWORD",
     "A0_POSTGRES_ADMIN_PASSWORD",
+    "A0_REDIS_PASSWORD",
+    "A0_OPA_TOKEN",
+    "A0_OPA_ADMIN_TOKEN",
+    # Grafana's admin (compose only).
+    "A0_GRAFANA_ADMIN_PASSWORD",
 )
 
 
@@ -59,6 +65,10 @@ def ensure_generated_secrets(conf_dir: Path) -> Path:
         # URL-safe, so it can stand in a connection URL as it is.
         "A0_POSTGRES_PASSWORD": lambda: secrets.token_urlsafe(32),
         "A0_POSTGRES_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(32),
+        "A0_REDIS_PASSWORD": lambda: secrets.token_urlsafe(32),
+        "A0_OPA_TOKEN": lambda: secrets.token_urlsafe(32),
+        "A0_OPA_ADMIN_TOKEN": lambda: secrets.token_urlsafe(32),
+        "A0_GRAFANA_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(24),
     }
     changed = False
     for key in KEYS:
@@ -125,6 +135,13 @@ def apply_generated_secrets(settings: Settings) -> Settings:
         settings.postgres.password = SecretStr(values["A0_POSTGRES_PASSWORD"])
     if not settings.postgres.admin_password.get_secret_value() and values.get("A0_POSTGRES_ADMIN_PASSWORD"):
         settings.postgres.admin_password = SecretStr(values["A0_POSTGRES_ADMIN_PASSWORD"])
-    # The DSN is derived from the password: drop a value cached before it was known.
+    if not settings.redis.password.get_secret_value() and values.get("A0_REDIS_PASSWORD"):
+        settings.redis.password = SecretStr(values["A0_REDIS_PASSWORD"])
+    if not settings.opa.token.get_secret_value() and values.get("A0_OPA_TOKEN"):
+        settings.opa.token = SecretStr(values["A0_OPA_TOKEN"])
+    if not settings.opa.admin_token.get_secret_value() and values.get("A0_OPA_ADMIN_TOKEN"):
+        settings.opa.admin_token = SecretStr(values["A0_OPA_ADMIN_TOKEN"])
+    # The DSNs are derived from the passwords: drop values cached before they were known.
     settings.__dict__.pop("postgres_dsn", None)
+    settings.__dict__.pop("redis_url", None)
     return settings

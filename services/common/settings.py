@@ -12,6 +12,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -120,9 +121,20 @@ class RedisSettings(BaseSettings):
 
     port: int = 16379
     url: str | None = None
+    password: SecretStr = Field(
+        default=SecretStr(""),
+        description="Redis' password (requirepass); generated into conf/env when unset.",
+    )
 
     def dsn(self, host: str) -> str:
-        return self.url or f"redis://{host}:{self.port}/0"
+        """``url`` (or the local server's), with the password when the URL names none: a
+        deployment keeps the address in its config and the password in its secrets."""
+        url = self.url or f"redis://{host}:{self.port}/0"
+        password = self.password.get_secret_value()
+        scheme, sep, rest = url.partition("://")
+        if password and sep and "@" not in rest.split("/", 1)[0]:
+            url = f"{scheme}://:{quote(password, safe='')}@{rest}"
+        return url
 
 
 class PostgresSettings(BaseSettings):
@@ -162,6 +174,15 @@ class OpaSettings(BaseSettings):
     connections: int = Field(default=32, ge=1, description="Keep-alive connections to OPA per process.")
     timeout_s: float = Field(
         default=5.0, description="A decision not answered in this time fails closed (503)."
+    )
+    token: SecretStr = Field(
+        default=SecretStr(""),
+        description="The bearer token a0's services ask for decisions with; generated into conf/env.",
+    )
+    admin_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="The bearer token that may read and change OPA's policies and data (a0ctl, "
+        "tests); generated into conf/env.",
     )
 
     def base_url(self, host: str) -> str:

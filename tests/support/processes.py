@@ -78,14 +78,17 @@ def running_sim(log_dir: Path) -> Iterator[SimProcess]:
 def allow_listed(name: str) -> Iterator[None]:
     """Let credentials point at ``host:port`` (a loopback simulator) while the block runs,
     through OPA's data API: the policy allows loopback only for allow-listed names."""
-    url = load_settings().opa_url + "/v1/data/a0_local/egress_allowed"
-    before = httpx.get(url, timeout=5).json().get("result") or []
-    httpx.put(url, json=sorted({*before, name}), timeout=5).raise_for_status()
+    settings = load_settings()
+    url = settings.opa_url + "/v1/data/a0_local/egress_allowed"
+    # Only a0ctl's token may change OPA's data (stack/opa/system/authz.rego).
+    admin = {"Authorization": f"Bearer {settings.opa.admin_token.get_secret_value()}"}
+    before = httpx.get(url, headers=admin, timeout=5).json().get("result") or []
+    httpx.put(url, json=sorted({*before, name}), headers=admin, timeout=5).raise_for_status()
     try:
         yield
     finally:
-        now = httpx.get(url, timeout=5).json().get("result") or []
-        httpx.put(url, json=[n for n in now if n != name], timeout=5).raise_for_status()
+        now = httpx.get(url, headers=admin, timeout=5).json().get("result") or []
+        httpx.put(url, json=[n for n in now if n != name], headers=admin, timeout=5).raise_for_status()
 
 
 @contextmanager

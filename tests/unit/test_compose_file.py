@@ -166,7 +166,7 @@ def test_app_services_share_one_environment(services: dict[str, dict[str, Any]])
     assert all(env == envs[0] for env in envs), "app services should share the x-a0-env block"
     env = envs[0]
     assert env["A0_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-    assert env["A0_REDIS_URL"] == "redis://redis:6379/0"
+    assert re.fullmatch(r"redis://:\$\{A0_REDIS_PASSWORD[^}]*\}@redis:6379/0", env["A0_REDIS_URL"])
     assert env["A0_OPA_URL"] == "http://opa:8181"
     assert env["A0_HOST"] == "0.0.0.0"
     assert re.fullmatch(
@@ -250,3 +250,25 @@ def test_postgres_has_no_trust_and_services_use_their_own_role(services: dict[st
     assert "POSTGRES_HOST_AUTH_METHOD" not in env
     script = (STACK / "postgres" / "init-a0-role.sh").read_text()
     assert "NOSUPERUSER" in script and "OWNER" in script
+
+
+def test_redis_and_opa_authenticate_and_grafana_has_no_default_password(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    # Redis: a password from a config file (not its command line), used by its health check.
+    redis = services["redis"]
+    conf = next(c for c in redis["configs"] if c["source"] == "redis-auth")
+    assert conf["target"] in redis["command"]
+    assert re.fullmatch(
+        r"requirepass \$\{A0_REDIS_PASSWORD:\?[^}]*\}\n", compose["configs"]["redis-auth"]["content"]
+    )
+    assert not any("requirepass" in str(part) for part in redis["command"])
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${A0_REDIS_PASSWORD:?")
+    # OPA: token authentication, decided by stack/opa/system/authz.rego on both tokens.
+    opa = services["opa"]
+    assert {"--authentication=token", "--authorization=basic"} <= set(opa["command"])
+    assert (STACK / "opa" / "system" / "authz.rego").is_file()
+    assert set(opa["environment"]) == {"A0_OPA_TOKEN", "A0_OPA_ADMIN_TOKEN"}
+    # Grafana: the admin password is generated, never a default.
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password.startswith("${A0_GRAFANA_ADMIN_PASSWORD:?"), password

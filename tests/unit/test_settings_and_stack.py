@@ -136,7 +136,7 @@ def test_postgres_user_can_reach_a_state_dir_under_a_private_directory(tmp_path:
     import os
     import pwd
 
-    from a0ctl.runtime.local_services import _allow_traversal
+    from a0ctl.runtime.local_services import allow_traversal
 
     # Debian's postgresql package (installed by scripts/bootstrap.sh) creates the user,
     # and the test commands run as root (see the README).
@@ -150,7 +150,7 @@ def test_postgres_user_can_reach_a_state_dir_under_a_private_directory(tmp_path:
     private = tmp_path / "private"
     (private / "state" / "data").mkdir(parents=True)
     private.chmod(0o700)
-    _allow_traversal(private / "state" / "data", "postgres")
+    allow_traversal(private / "state" / "data", "postgres", "postgres")
     assert private.stat().st_mode & 0o777 == 0o701  # search added, nothing else
 
 
