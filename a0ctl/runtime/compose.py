@@ -26,16 +26,10 @@ class ComposeRuntime:
                 "(`docker info` fails: only the client is installed, or the daemon is down)",
                 hint="start Docker, or use the local runtime: `a0ctl up --runtime local`",
             )
-        if settings.kafka.security_protocol != "PLAINTEXT":
-            raise StackError(
-                "compose's broker (cp-kafka) has no SASL listener, so a0ctl cannot sign in to it; "
-                "Kafka ACLs are enforced by the local runtime and on Kubernetes",
-                hint="put A0_KAFKA_SECURITY_PROTOCOL=PLAINTEXT in .env to use the compose runtime",
-            )
         from python_on_whales import DockerClient
 
         self.settings = settings
-        # The generated secrets (PostgreSQL's passwords among them) fill the compose file's
+        # The generated secrets (passwords, tokens, Kafka's SCRAM passwords) fill the compose file's
         # ${A0_...} variables; the file is 0600 and never copied.
         secrets = secrets_path(settings.stack.conf_path)
         self.docker = DockerClient(

@@ -114,8 +114,8 @@ def test_kafka_is_pinned_cp_kafka_in_kraft_mode(services: dict[str, dict[str, An
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{node_id}@kafka:9093"
     assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
     assert "CONTROLLER://" in env["KAFKA_LISTENERS"]
-    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
-    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "PLAINTEXT"
+    assert "BROKER://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "BROKER"
     protocol_map = dict(p.split(":", 1) for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     listeners = {entry.split("://", 1)[0] for entry in env["KAFKA_LISTENERS"].split(",")}
     assert listeners <= protocol_map.keys()
@@ -124,7 +124,7 @@ def test_kafka_is_pinned_cp_kafka_in_kraft_mode(services: dict[str, dict[str, An
     assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
     assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"
     assert kafka.get("volumes"), "kafka has no data volume"
-    assert "kafka-broker-api-versions" in kafka["healthcheck"]["test"]
+    assert "kafka-broker-api-versions" in " ".join(kafka["healthcheck"]["test"])
 
 
 # --- app services ---------------------------------------------------------------------
@@ -162,7 +162,14 @@ def test_app_service_env_maps_to_settings(services: dict[str, dict[str, Any]], n
 
 
 def test_app_services_share_one_environment(services: dict[str, dict[str, Any]]) -> None:
-    envs = [_env(services[name]) for name in APP_SERVICES]
+    # Each service that talks to Kafka signs in as its own principal (topics.yaml's).
+    principals = _principals()
+    envs = []
+    for name in APP_SERVICES:
+        env = dict(_env(services[name]))
+        username = env.pop("A0_KAFKA_SASL_USERNAME", None)
+        assert username == (name if name in principals else None), f"{name} signs in to Kafka as {username}"
+        envs.append(env)
     assert all(env == envs[0] for env in envs), "app services should share the x-a0-env block"
     env = envs[0]
     assert env["A0_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
@@ -236,11 +243,13 @@ def test_gateway_port_is_published(services: dict[str, dict[str, Any]]) -> None:
 def test_every_required_variable_is_a_generated_secret() -> None:
     # `a0ctl up --runtime compose` passes conf/env/secrets.env to compose: whatever the
     # file requires (${VAR:?...}) must be in it, PostgreSQL's passwords included.
-    from services.common.secrets_env import KEYS
+    from services.common.secrets_env import KEYS, kafka_password_key
+    from services.common.settings import KAFKA_ADMIN
 
     required = set(re.findall(r"\$\{(A0_[A-Z0-9_]+):\?", COMPOSE_FILE.read_text()))
-    assert {"A0_POSTGRES_PASSWORD", "A0_POSTGRES_ADMIN_PASSWORD"} <= required
-    assert required <= set(KEYS), f"not generated: {required - set(KEYS)}"
+    assert {"A0_POSTGRES_PASSWORD", "A0_POSTGRES_ADMIN_PASSWORD", kafka_password_key(KAFKA_ADMIN)} <= required
+    generated = {*KEYS, *(kafka_password_key(p) for p in [KAFKA_ADMIN, *_principals()])}
+    assert required <= generated, f"not generated: {required - generated}"
 
 
 def test_postgres_has_no_trust_and_services_use_their_own_role(services: dict[str, dict[str, Any]]) -> None:
@@ -272,3 +281,56 @@ def test_redis_and_opa_authenticate_and_grafana_has_no_default_password(
     # Grafana: the admin password is generated, never a default.
     password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
     assert password.startswith("${A0_GRAFANA_ADMIN_PASSWORD:?"), password
+
+
+def _principals() -> set[str]:
+    from a0ctl.topics.model import load_topics_file
+
+    return set(load_topics_file(REPO / "topics.yaml").principals)
+
+
+def _broker_properties(env: dict[str, str]) -> dict[str, str]:
+    """cp-kafka's rendering of its KAFKA_* variables: lower case, ``___`` → ``-``,
+    ``__`` → ``_``, ``_`` → ``.`` (Confluent's image documentation)."""
+    properties = {}
+    for key, value in env.items():
+        if not key.startswith("KAFKA_") or key in ("KAFKA_HEAP_OPTS", "KAFKA_OPTS"):
+            continue
+        name = key[len("KAFKA_") :].lower()
+        name = name.replace("___", "\0").replace("__", "\1").replace("_", ".")
+        properties[name.replace("\0", "-").replace("\1", "_")] = " ".join(str(value).split())
+    return properties
+
+
+def test_compose_broker_has_the_local_runtimes_sasl_and_acls(services: dict[str, dict[str, Any]]) -> None:
+    from a0ctl.runtime.kafka_local import listener_lines
+    from services.common.settings import load_settings
+
+    compose = _broker_properties(_env(services["kafka"]))
+    local = dict(
+        line.split("=", 1) for line in listener_lines(load_settings(), 1, 2, "${A0_KAFKA_PASSWORD_A0_ADMIN}")
+    )
+    mechanism = local["sasl.mechanism.inter.broker.protocol"]
+    protocols = dict(p.split(":", 1) for p in compose["listener.security.protocol.map"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}, protocols
+    for key in (
+        "inter.broker.listener.name",
+        "sasl.mechanism.inter.broker.protocol",
+        "listener.name.broker.sasl.enabled.mechanisms",
+        "listener.name.controller.sasl.enabled.mechanisms",
+        "sasl.mechanism.controller.protocol",
+        "authorizer.class.name",
+        "super.users",
+        "allow.everyone.if.no.acl.found",
+    ):
+        assert compose[key] == local[key], key
+    # Clients from the host sign in the same way as inside compose's network.
+    assert compose["listener.name.host.sasl.enabled.mechanisms"] == mechanism
+    jaas = f"listener.name.broker.{mechanism.lower()}.sasl.jaas.config"
+    required = "${A0_KAFKA_PASSWORD_A0_ADMIN:?set A0_KAFKA_PASSWORD_A0_ADMIN}"
+    for key in (jaas, "listener.name.controller.plain.sasl.jaas.config"):
+        assert compose[key] == local[key].replace("${A0_KAFKA_PASSWORD_A0_ADMIN}", required), key
+    # The admin's SCRAM credential is written when the storage is formatted.
+    command = " ".join(services["kafka"]["command"])
+    assert f'--add-scram "{mechanism}=[name=a0-admin,password=$$A0_KAFKA_ADMIN_PASSWORD]"' in command
+    assert "--command-config" in " ".join(services["kafka"]["healthcheck"]["test"])
