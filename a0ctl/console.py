@@ -4,6 +4,7 @@ rendering (:func:`fail`) and settings loading."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
@@ -19,8 +20,19 @@ from services.common.errors import A0Error
 from services.common.logging import RedactionFilter
 from services.common.settings import Settings, load_settings
 
-console = Console()
-err_console = Console(stderr=True)
+# Into a pipe or a CI log there are no columns to fit: rich would cut every table value
+# to 80 ("127.0.0.1:1…"), so a console that is not a terminal is as wide as its content
+# needs, up to this.
+PIPE_WIDTH = 1000
+
+
+def _console(*, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else PIPE_WIDTH)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 class ExitCode(IntEnum):

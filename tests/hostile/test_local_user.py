@@ -228,7 +228,10 @@ def test_another_local_user_reads_nothing_and_every_service_refuses(
     open_ports = {
         "jaeger-query": settings.telemetry.jaeger_query_port,
         "jaeger-otlp": settings.telemetry.jaeger_otlp_port,
+        "jaeger-grpc": settings.telemetry.jaeger_grpc_port,
         "prometheus": settings.prometheus.port,
+        "worker-metrics": settings.worker.metrics_port,
+        "tools-metrics": settings.tools.metrics_port,
     }
     for name, port in open_ports.items():
         addresses = _listening(port)

@@ -36,6 +36,21 @@ def test_status_json_shows_infrastructure_healthy_with_endpoints(stack: LocalRun
         assert services[name]["restarts"] >= 0 and services[name]["since"].startswith("20")
 
 
+def test_tables_printed_into_a_pipe_keep_every_value_whole(stack: LocalRuntime, settings: Settings) -> None:
+    # As in a CI log: stdout is a pipe and no COLUMNS is set.
+    status = a0ctl("status", env={"COLUMNS": ""})
+    assert status.returncode == 0, status.stderr
+    assert "…" not in status.stdout
+    for port in (settings.kafka.port, settings.redis.port, settings.postgres.port, settings.opa.port):
+        assert f"{settings.stack.host}:{port}" in status.stdout
+    lag = a0ctl("topics", "lag", env={"COLUMNS": ""})
+    assert lag.returncode == 0, lag.stderr
+    assert "…" not in lag.stdout
+    described = a0ctl("topics", "describe", "conversation.outbound", env={"COLUMNS": ""})
+    assert described.returncode == 0, described.stderr
+    assert "conversation.outbound" in described.stdout and "…" not in described.stdout
+
+
 async def test_kafka_produces_and_consumes_a_record(settings: Settings) -> None:
     topic = "tool.requests"
     key = f"probe-{uuid.uuid4()}".encode()
