@@ -135,8 +135,11 @@ class ConsumerLoop:
         producer: AIOKafkaProducer,
         max_in_flight: int,
         retries: int = 30,  # with the 10 s cap: about five minutes of outage before giving up
+        on_revoked: Callable[[set[TopicPartition]], None] | None = None,
     ) -> None:
         self.topics = topics
+        # Told of partitions this consumer no longer owns: state kept for them is stale.
+        self.on_revoked = on_revoked
         self.group_id = group_id
         self.handler = handler
         self.dead_letter_topic = dead_letter_topic
@@ -353,6 +356,8 @@ class ConsumerLoop:
     def _revoke(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
             self._partitions.pop(tp, None)
+        if revoked and self.on_revoked is not None:
+            self.on_revoked(revoked)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

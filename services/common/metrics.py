@@ -40,6 +40,11 @@ DEAD_LETTERS = Counter("a0_dead_letters_total", "Records sent to a dead-letter t
 TURNS = Counter("a0_turns_total", "Turns finished by the worker", ["outcome"])
 TURNS_INFLIGHT = Gauge("a0_turns_inflight", "Turns the worker is running")
 TURN_SECONDS = Histogram("a0_turn_seconds", "Turn duration in the worker", buckets=LATENCY_BUCKETS)
+TRANSCRIPT_ROWS_READ = Counter(
+    "a0_worker_transcript_rows_read_total",
+    "Transcript rows a turn start read from PostgreSQL (the rest came from the worker's cache)",
+)
+TRANSCRIPTS_CACHED = Gauge("a0_worker_transcripts_cached", "Conversations whose transcript the worker keeps")
 LLM_SECONDS = Histogram("a0_llm_call_seconds", "Upstream LLM call duration", buckets=LATENCY_BUCKETS)
 TOOL_CALLS = Counter("a0_tool_calls_total", "Tool calls", ["tool", "outcome"])
 

@@ -29,7 +29,14 @@ from services.common.errors import PoisonRecord
 from services.common.kafka import publish, publish_encoded
 from services.common.topics import OUTBOUND
 from services.common.turns import TERMINAL_SQL
-from services.conversation_worker.turns import CLAIM, START_ROWS, TurnStart, claim_params, turn_start
+from services.conversation_worker.turns import (
+    CLAIM,
+    START_ROWS,
+    TranscriptCache,
+    TurnStart,
+    claim_params,
+    turn_start,
+)
 
 # The events of a step: those not stored yet under their keys get the conversation's
 # next seqs; those stored before (a redelivered turn) are found as stored.
@@ -103,9 +110,10 @@ class Step:
 
 
 class EventLog:
-    def __init__(self, pool: AsyncConnectionPool, producer: AIOKafkaProducer) -> None:
+    def __init__(self, pool: AsyncConnectionPool, producer: AIOKafkaProducer, cache: TranscriptCache) -> None:
         self.pool = pool
         self.producer = producer
+        self.cache = cache
         # Kafka order must equal sequence order: one writer per conversation at a time.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._unacked: defaultdict[str, list[asyncio.Future[Any]]] = defaultdict(list)
@@ -148,7 +156,7 @@ class EventLog:
         for a turn nothing of its conversation waits ahead of, so its first events (its
         ``message.accepted``) need not go out before it starts."""
         fresh, params = _step_params(source, drafts)
-        params.update(claim_params(source, message_key, content))
+        params.update(claim_params(source, message_key, content, self.cache))
         conversation_id = source.conversation_id
         async with self._locks[conversation_id]:
             async with self.pool.connection() as conn:
@@ -156,7 +164,7 @@ class EventLog:
                     rows = await (await conn.execute(_START_STEP, params)).fetchall()
                 except psycopg.errors.ForeignKeyViolation:  # the turn's row needs its conversation
                     raise PoisonRecord(f"unknown conversation {conversation_id}") from None
-                start = await turn_start(conn, source, [row for row in rows if row[0] < 2])
+                start = await turn_start(conn, source, [row for row in rows if row[0] < 2], self.cache)
             drafted = [(key, stored, seq) for part, _, key, stored, seq in rows if part == 2]
             await self._publish(conversation_id, _as_published(conversation_id, fresh, drafted))
         return start

@@ -21,7 +21,7 @@ from services.conversation_worker.events import EventLog
 from services.conversation_worker.handlers import TurnRunner
 from services.conversation_worker.llm import LLMClients
 from services.conversation_worker.results import ToolResults
-from services.conversation_worker.turns import TurnStore
+from services.conversation_worker.turns import TranscriptCache, TurnStore
 
 log = logging.getLogger(__name__)
 GROUP = "a0-conversation-worker"
@@ -45,12 +45,13 @@ async def open_worker(stack: ServiceStack) -> ConsumerLoop:
     llm = stack.closing(LLMClients(settings, credentials))
     results = ToolResults(settings, producer)
     await stack.started(results.start, results.stop)
+    transcripts = TranscriptCache(settings.worker.transcript_cache_mb * 2**20)
     runner = TurnRunner(
         settings,
-        store=TurnStore(pool),
+        store=TurnStore(pool, transcripts),
         producer=producer,
         redis=redis,
-        events=EventLog(pool, producer),
+        events=EventLog(pool, producer, transcripts),
         results=results,
         llm=llm,
         tool_specs=[spec.openai_tool() for spec in tool_catalog()],
@@ -63,6 +64,7 @@ async def open_worker(stack: ServiceStack) -> ConsumerLoop:
         dead_letter_topic=dead_letter_topic("conversation-worker"),
         producer=producer,
         max_in_flight=settings.worker.max_inflight,
+        on_revoked=lambda _: transcripts.clear(),
     )
 
 

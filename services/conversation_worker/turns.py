@@ -5,10 +5,18 @@
 :meth:`EventLog.start`, with the turn's first events), so a turn keeps it in memory
 (:class:`Transcript`) and adds to it as it goes; the rows it adds and its final status
 are stored together with the events they go with (see :meth:`EventLog.emit_batch`).
+
+The worker that owns a conversation's partition keeps what it read of its transcript
+(:class:`TranscriptCache`), so a turn reads only the rows stored since the last one it
+started — what a turn costs does not grow with the conversation. Only that worker writes
+a conversation's messages, one turn at a time; the cache is emptied when partitions are
+revoked (another worker may write them meanwhile) and bounded in size, and a missing
+transcript is read whole.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +24,7 @@ import orjson
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from services.common import metrics
 from services.common.envelope import Envelope
 from services.common.turns import TERMINAL_SQL, TurnStatus
 
@@ -41,7 +50,8 @@ prior AS (
 START_ROWS = """
 SELECT 0 AS part, 0::bigint AS position, (SELECT status FROM prior)::text AS key, NULL::text AS body,
        NULL::bigint AS seq
-UNION ALL SELECT 1, position, message_key, body::text, NULL FROM messages WHERE conversation_id = %(c)s
+UNION ALL SELECT 1, position, message_key, body::text, NULL FROM messages
+    WHERE conversation_id = %(c)s AND position > %(after)s
 UNION ALL SELECT 1, position, message_key, body::text, NULL FROM stored
 """
 _BEGIN = f"WITH {CLAIM}{START_ROWS}ORDER BY part, position"
@@ -80,9 +90,55 @@ class TurnStart:
     sent_text: dict[int, int]
 
 
+class TranscriptCache:
+    """The transcripts this worker has read, by conversation, with the position of the last
+    row of each; least recently used first out past ``max_bytes`` (the rows' JSON)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[int, dict[str, dict[str, Any]], int]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def after(self, conversation_id: str) -> int:
+        """The position the next read of this conversation starts after (0: read it whole)."""
+        entry = self._entries.get(conversation_id)
+        return entry[0] if entry else 0
+
+    def merge(self, conversation_id: str, rows: list[tuple[Any, ...]]) -> Transcript:
+        """The transcript: what was kept, plus ``rows`` (``position, key, body`` as read
+        after :meth:`after`), which are kept in turn."""
+        metrics.TRANSCRIPT_ROWS_READ.inc(len(rows))
+        position, kept, size = self._entries.pop(conversation_id, (0, {}, 0))
+        self._bytes -= size
+        messages = dict(kept)
+        for row_position, key, body in rows:
+            if key not in messages:
+                messages[key] = orjson.loads(body)
+                size += len(body)
+            position = max(position, row_position)
+        if size <= self.max_bytes:
+            self._entries[conversation_id] = (position, messages, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, _, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+        metrics.TRANSCRIPTS_CACHED.set(len(self._entries))
+        return Transcript(dict(messages))
+
+    def clear(self) -> None:
+        """Forget every transcript (partitions were revoked: another worker may write them)."""
+        self._entries.clear()
+        self._bytes = 0
+        metrics.TRANSCRIPTS_CACHED.set(0)
+
+
 class TurnStore:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, cache: TranscriptCache) -> None:
         self.pool = pool
+        self.cache = cache
 
     async def status(self, turn_id: str) -> TurnStatus | None:
         async with self.pool.connection() as conn:
@@ -94,28 +150,36 @@ class TurnStore:
     async def begin(self, envelope: Envelope, message_key: str, content: str) -> TurnStart:
         """Mark the turn running and store the user's message — unless it already ended —
         and read the transcript."""
+        params = claim_params(envelope, message_key, content, self.cache)
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_BEGIN, claim_params(envelope, message_key, content))).fetchall()
-            return await turn_start(conn, envelope, rows)
+            rows = await (await conn.execute(_BEGIN, params)).fetchall()
+            return await turn_start(conn, envelope, rows, self.cache)
 
 
-def claim_params(envelope: Envelope, message_key: str, content: str) -> dict[str, Any]:
-    """The parameters of :data:`CLAIM`."""
+def claim_params(
+    envelope: Envelope, message_key: str, content: str, cache: TranscriptCache
+) -> dict[str, Any]:
+    """The parameters of :data:`CLAIM` and :data:`START_ROWS`."""
     return {
         "t": envelope.turn_id,
         "c": envelope.conversation_id,
         "k": message_key,
         "b": orjson.dumps({"role": "user", "content": content}).decode(),
+        "after": cache.after(envelope.conversation_id),
     }
 
 
-async def turn_start(conn: AsyncConnection, envelope: Envelope, rows: list[tuple[Any, ...]]) -> TurnStart:
+async def turn_start(
+    conn: AsyncConnection, envelope: Envelope, rows: list[tuple[Any, ...]], cache: TranscriptCache
+) -> TurnStart:
     """The :class:`TurnStart` of :data:`START_ROWS`' rows (part 0, then part 1); on a turn
     that ran before a restart, also how much of its text was sent."""
     prior = TurnStatus(rows[0][2]) if rows[0][2] else None
-    messages = {key: orjson.loads(body) for _, _, key, body, _ in rows[1:]}
+    transcript = cache.merge(
+        envelope.conversation_id, [(position, key, body) for _, position, key, body, _ in rows[1:]]
+    )
     sent: dict[int, int] = {}
     if prior == TurnStatus.RUNNING:  # it ran before a restart: some text may be out
         found = await conn.execute(_SENT_TEXT, (envelope.conversation_id, f"delta:{envelope.turn_id}:%"))
         sent = {int(round_): int(length) for round_, length in await found.fetchall()}
-    return TurnStart(prior, Transcript(messages), sent)
+    return TurnStart(prior, transcript, sent)
