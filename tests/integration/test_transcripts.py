@@ -5,6 +5,8 @@ sees every message either way."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -48,7 +50,7 @@ async def _long_conversation(stack: LocalRuntime, settings: Settings, client: ht
     assert reads[-1] == reads[1], f"rows read per turn grew with the conversation: {reads}"
 
     # A worker that starts afresh has nothing kept: it reads the transcript whole.
-    stack.restart("conversation-worker")
+    await asyncio.to_thread(stack.restart, "conversation-worker")
     before = value(scrape(settings), ROWS_READ)
     recalled = await send_and_collect(client, headers, conversation_id, "what did I ask you to remember?")
     assert "kumquat" in answer_text(recalled), answer_text(recalled)
