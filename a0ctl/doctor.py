@@ -90,9 +90,9 @@ def run_doctor(settings: Settings) -> DoctorReport:
         _binary("redis-server", f"{BOOTSTRAP} apt-get install redis-server"),
     ]
     try:
-        from a0ctl.runtime.local_services import _pg_bin
+        from a0ctl.runtime.postgres import pg_bin
 
-        pg = _pg_bin("postgres")
+        pg = pg_bin("postgres")
         checks.append(DoctorCheck(name="postgresql", ok=True, detail=pg))
     except StackError as exc:
         checks.append(

@@ -26,7 +26,7 @@ import yaml
 
 from a0ctl import subprocesses
 from a0ctl.errors import StackError
-from a0ctl.runtime.artifacts import REPO_ROOT, _require
+from a0ctl.runtime.artifacts import REPO_ROOT, find_binary
 from services.common.settings import Settings
 
 STRIMZI_POM = REPO_ROOT / "stack" / "strimzi" / "pom.xml"
@@ -164,8 +164,10 @@ def _write_crds(documents: list[dict[str, Any]], target: Path) -> None:
 def strimzi_crds(settings: Settings, work: Path) -> list[dict[str, Any]]:
     """Strimzi's CRDs, written by its own generator from its API model."""
     version = settings.kubernetes.strimzi_version
-    mvn = _require("mvn", "install Maven (apt-get install maven) or run scripts/bootstrap.sh", "strimzi")
-    java = _require("java", "install a Java 17+ runtime (apt-get install openjdk-17-jre-headless)", "strimzi")
+    mvn = find_binary("mvn", "install Maven (apt-get install maven) or run scripts/bootstrap.sh", "strimzi")
+    java = find_binary(
+        "java", "install a Java 17+ runtime (apt-get install openjdk-17-jre-headless)", "strimzi"
+    )
     libs = settings.stack.cache_dir / f"strimzi-{version}" / "libs"
     if not (libs.parent / ".complete").exists():
         shutil.rmtree(libs, ignore_errors=True)
@@ -212,7 +214,7 @@ def strimzi_crds(settings: Settings, work: Path) -> list[dict[str, Any]]:
 def keda_crds(settings: Settings) -> list[dict[str, Any]]:
     """KEDA's CRDs, as its Go module ships them (config/crd/bases)."""
     version = settings.kubernetes.keda_version
-    go = _require("go", "install Go (apt-get install golang; scripts/bootstrap.sh does)", "keda")
+    go = find_binary("go", "install Go (apt-get install golang; scripts/bootstrap.sh does)", "keda")
     result = subprocesses.run(
         [go, "mod", "download", "-json", f"{KEDA_MODULE}@{version}"],
         what=f"downloading {KEDA_MODULE}@{version}",

@@ -31,7 +31,8 @@ OPA_MODULE = "github.com/open-policy-agent/opa"
 JAEGER_MODULE = "github.com/jaegertracing/jaeger"
 
 
-def _require(binary: str, fix: str, service: str) -> str:
+def find_binary(binary: str, fix: str, service: str) -> str:
+    """The path of ``binary`` on PATH, or a StackError for ``service`` saying how to ``fix`` it."""
     path = shutil.which(binary)
     if not path:
         raise StackError(f"{binary} not found on PATH", service=service, hint=fix)
@@ -48,8 +49,8 @@ def ensure_kafka(settings: Settings) -> Path:
     marker = libs.parent / ".complete"
     if marker.exists():
         return libs
-    mvn = _require("mvn", "install Maven (apt-get install maven) or run scripts/bootstrap.sh", "kafka")
-    _require("java", "install a Java 17+ runtime (apt-get install openjdk-17-jre-headless)", "kafka")
+    mvn = find_binary("mvn", "install Maven (apt-get install maven) or run scripts/bootstrap.sh", "kafka")
+    find_binary("java", "install a Java 17+ runtime (apt-get install openjdk-17-jre-headless)", "kafka")
     staging = libs.parent / "libs.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -96,7 +97,7 @@ def go_install(module: str, version: str, binary: Path, *, service: str, setting
     """Build ``module@version`` with ``go install`` into ``binary``'s directory, once."""
     if binary.exists():
         return binary
-    go = _require(
+    go = find_binary(
         "go", f"install Go (apt-get install golang; scripts/bootstrap.sh does) to build {service}", service
     )
     env = {**os.environ, "GOBIN": str(binary.parent), "CGO_ENABLED": "0"}
@@ -125,7 +126,7 @@ def ensure_jaeger(settings: Settings) -> Path:
     if cached.exists():
         return cached
     version = settings.telemetry.jaeger_version
-    go = _require("go", "install Go (apt-get install golang; scripts/bootstrap.sh does)", "jaeger")
+    go = find_binary("go", "install Go (apt-get install golang; scripts/bootstrap.sh does)", "jaeger")
     cached.parent.mkdir(parents=True, exist_ok=True)
     with open(cached.parent / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -159,7 +160,7 @@ def ensure_jaeger(settings: Settings) -> Path:
 
 def require_binary(binary: str, service: str, install: str) -> str:
     """The path of a binary from Debian's packages, or a StackError naming the package."""
-    return _require(binary, f"{install} (scripts/bootstrap.sh does)", service)
+    return find_binary(binary, f"{install} (scripts/bootstrap.sh does)", service)
 
 
 def ensure_all(settings: Settings) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, health
-from a0ctl.runtime.local_services import LocalService, _corrupt, _dir_is_corrupt, _run_checked
 from a0ctl.runtime.postgres import write_owned
+from a0ctl.runtime.service import LocalService, corrupt_data_error, dir_is_corrupt, run_checked
 from services.common.secrets_env import kafka_password_key, read_generated_secret
 from services.common.settings import KAFKA_ADMIN, Settings
 
@@ -94,8 +94,8 @@ def kafka_services(settings: Settings, state: Path) -> list[LocalService]:
         name = node_name(node_id)
         data_dir = state / "data" / name
         props = state / "run" / f"{name}-server.properties"
-        if _dir_is_corrupt(data_dir, "meta.properties"):
-            raise _corrupt(name, data_dir, "meta.properties")
+        if dir_is_corrupt(data_dir, "meta.properties"):
+            raise corrupt_data_error(name, data_dir, "meta.properties")
         artifacts.ensure_kafka(settings)
         k = settings.kafka
         sasl = k.security_protocol == "SASL_PLAINTEXT"
@@ -145,7 +145,7 @@ def kafka_services(settings: Settings, state: Path) -> list[LocalService]:
             if sasl
             else []
         )
-        _run_checked(
+        run_checked(
             [
                 *kafka_java(settings),
                 "kafka.tools.StorageTool",

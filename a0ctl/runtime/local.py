@@ -25,7 +25,8 @@ from pathlib import Path
 from a0ctl.errors import StackError
 from a0ctl.runtime import health
 from a0ctl.runtime.base import ProgressFn, ServiceStatus
-from a0ctl.runtime.local_services import SCALABLE, LocalService, allow_traversal, build_services, python
+from a0ctl.runtime.local_services import SCALABLE, build_services, python
+from a0ctl.runtime.service import LocalService, allow_traversal
 from a0ctl.runtime.supervisor import (
     ACTIVE_STATES,
     WATCHDOG,

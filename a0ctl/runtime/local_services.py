@@ -8,137 +8,26 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import signal
-import stat
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-from a0ctl import subprocesses
-from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, health
-from a0ctl.runtime.postgres import HBA, UPGRADE_HBA, hba_trusts, initdb_argv, provision, write_owned
+from a0ctl.runtime.postgres import HBA, UPGRADE_HBA, hba_trusts, initdb_argv, pg_bin, provision, write_owned
+from a0ctl.runtime.service import (
+    LocalService,
+    allow_traversal,
+    chown,
+    chown_tree,
+    corrupt_data_error,
+    dir_is_corrupt,
+    run_checked,
+    service_user,
+)
 from services.common.settings import Settings
-
-
-@dataclass
-class LocalService:
-    name: str
-    port: int
-    probe: health.Probe
-    command: Callable[[], list[str]]
-    prepare: Callable[[], None] = lambda: None
-    user: str | None = None
-    stop_signal: int = signal.SIGTERM
-    # Grace period after the stop signal before the process group is killed.
-    stop_wait_s: int = 20
-    # How long a start must last to count as started; a process that exits sooner is
-    # retried with a growing back-off, then given up on (FATAL).
-    start_s: int = 3
-    extra_ports: tuple[int, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
-    app: bool = False  # a0's own service: stops within seconds
-    # supervisord starts lower priorities first and stops them last; replicas share one,
-    # so scaling never changes another service's definition.
-    priority: int = 500
-    # Run (and retried while the server still refuses connections) before health counts.
-    after_start: Callable[[], Awaitable[None]] | None = None
-    # Directories ``user`` must reach under the private state directory (see allow_traversal).
-    reaches: tuple[Path, ...] = ()
-
-
-def _run_checked(argv: list[str], service: str, what: str, user: str | None = None) -> None:
-    subprocesses.run(argv, what=what, service=service, **run_as(user))
-
-
-def run_as(user: str | None) -> dict[str, Any]:
-    """subprocess arguments that drop to ``user`` entirely: its uid, its group, and none of
-    root's groups — with root's group kept, a 0750 root directory would still be closed."""
-    if not user:
-        return {}
-    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
-
-
-def _service_user(name: str) -> str | None:
-    """The unprivileged user a server runs as when a0ctl is root (PostgreSQL refuses to
-    run as root; Redis need not be root): Debian's package creates it."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam(name)
-    except KeyError as exc:
-        raise StackError(
-            f"running as root but there is no {name!r} user to run {name} as",
-            service=name,
-            hint="install its Debian package (scripts/bootstrap.sh does)",
-        ) from exc
-    return name
-
-
-def _chown(path: Path, user: str | None) -> None:
-    if user:
-        entry = pwd.getpwnam(user)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-
-
-def _chown_tree(path: Path, user: str | None) -> None:
-    """``path`` and everything under it owned by ``user`` (a stack made before the server
-    ran as its own user holds root's files)."""
-    if not user:
-        return
-    _chown(path, user)
-    for child in path.rglob("*"):
-        _chown(child, user)
-
-
-def allow_traversal(path: Path, user: str | None, service: str) -> None:
-    """Let ``user`` reach ``path``: a server that runs as its own user must reach its
-    directory under the state directory, which is private (0700), as is a checkout under
-    ``mktemp -d``. Adds only search permission (o+x, no listing) to the ancestors that
-    lack it."""
-    if not user:
-        return
-    uid = pwd.getpwnam(user).pw_uid
-    for ancestor in reversed(path.resolve().parents):
-        mode = ancestor.stat()
-        if mode.st_uid != uid and not mode.st_mode & stat.S_IXOTH:
-            try:
-                os.chmod(ancestor, stat.S_IMODE(mode.st_mode) | stat.S_IXOTH)
-            except OSError as exc:
-                raise StackError(
-                    f"{service} runs as {user!r}, which cannot reach {path}: {ancestor} is private",
-                    service=service,
-                    hint=f"allow others to traverse {ancestor} (chmod o+x) or set A0_STATE_DIR elsewhere",
-                ) from exc
-
-
-def _dir_is_corrupt(path: Path, marker: str) -> bool:
-    return path.exists() and any(path.iterdir()) and not (path / marker).exists()
-
-
-def _corrupt(service: str, path: Path, marker: str) -> StackError:
-    return StackError(
-        f"the {service} data directory {path} is corrupt (no {marker})",
-        service=service,
-        hint="remove it with `a0ctl down --purge` (this deletes the stack's data) and run `a0ctl up` again",
-    )
-
-
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
-        return str(candidate)
-    raise StackError(
-        f"{name} not found", service="postgres", hint="apt-get install postgresql (scripts/bootstrap.sh does)"
-    )
-
 
 START_ORDER = (
     "kafka",
@@ -238,13 +127,13 @@ def redis_service(settings: Settings, dirs: StackDirs) -> LocalService:
     when a0ctl is root, as Debian's unprivileged 'redis' user."""
     redis_dir = dirs.data / "redis"
     conf = dirs.run / "redis" / "redis.conf"
-    user = _service_user("redis")
+    user = service_user("redis")
 
     def prepare() -> None:
         for path in (redis_dir, conf.parent):
             path.mkdir(parents=True, exist_ok=True)
             allow_traversal(path, user, "redis")
-            _chown_tree(path, user)
+            chown_tree(path, user)
             os.chmod(path, 0o700)
         password = settings.redis.password.get_secret_value()
         write_owned(conf, f"requirepass {password}\n" if password else "", user)
@@ -285,23 +174,23 @@ def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:
     as 'postgres' when a0ctl is root, and provisioned once it accepts connections."""
     pg_dir = dirs.data / "postgres"
     pg_sock = dirs.run / "postgres"
-    pg_user = _service_user("postgres")
+    pg_user = service_user("postgres")
 
     def prepare() -> None:
-        if _dir_is_corrupt(pg_dir, "PG_VERSION"):
-            raise _corrupt("postgres", pg_dir, "PG_VERSION")
+        if dir_is_corrupt(pg_dir, "PG_VERSION"):
+            raise corrupt_data_error("postgres", pg_dir, "PG_VERSION")
         for path in (pg_sock, pg_dir):
             path.mkdir(parents=True, exist_ok=True)
             allow_traversal(path, pg_user, "postgres")
-            _chown(path, pg_user)
+            chown(path, pg_user)
         os.chmod(pg_dir, 0o700)
         os.chmod(pg_sock, 0o700)  # the socket is for a0ctl (root or the owner) and PostgreSQL
         if not (pg_dir / "PG_VERSION").exists():
             pwfile = pg_sock / "initdb-password"
             write_owned(pwfile, settings.postgres.admin_password.get_secret_value(), pg_user)
             try:
-                argv = initdb_argv(_pg_bin("initdb"), pg_dir, settings, pwfile)
-                _run_checked(argv, "postgres", "initdb", user=pg_user)
+                argv = initdb_argv(pg_bin("initdb"), pg_dir, settings, pwfile)
+                run_checked(argv, "postgres", "initdb", user=pg_user)
             finally:
                 pwfile.unlink(missing_ok=True)
         if hba_trusts(pg_dir):
@@ -321,7 +210,7 @@ def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:
         stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
         stop_wait_s=30,
         command=lambda: [
-            _pg_bin("postgres"),
+            pg_bin("postgres"),
             "-D",
             str(pg_dir),
             "-p",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,14 @@ async def _give_public_schema_to(conn: psycopg.AsyncConnection[Any], role: str) 
         await conn.execute(
             sql.SQL("ALTER " + what + " public.{} OWNER TO {}").format(sql.Identifier(name), owner)
         )
+
+
+def pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    raise StackError(
+        f"{name} not found", service="postgres", hint="apt-get install postgresql (scripts/bootstrap.sh does)"
+    )

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from a0ctl.runtime.local import LocalRuntime
-from a0ctl.runtime.local_services import _pg_bin, run_as
+from a0ctl.runtime.postgres import pg_bin
+from a0ctl.runtime.service import run_as
 from services.common.secrets_env import apply_generated_secrets, ensure_generated_secrets
 from services.common.settings import Settings, load_settings
 from tests.conftest import TEST_STATE
@@ -79,7 +80,7 @@ def _old_a0ctl_initdb(settings: Settings, runtime: LocalRuntime) -> None:
     shutil.chown(pg_dir, "postgres", "postgres")
     pg_dir.chmod(0o700)
     argv = [
-        _pg_bin("initdb"),
+        pg_bin("initdb"),
         "-D",
         str(pg_dir),
         "-U",
@@ -93,7 +94,7 @@ def _old_a0ctl_initdb(settings: Settings, runtime: LocalRuntime) -> None:
     sock = settings.stack.state_path / "run" / "postgres"
     log = sock / "old-server.log"  # somewhere PostgreSQL's user may write
     start = [
-        _pg_bin("pg_ctl"),
+        pg_bin("pg_ctl"),
         "-D",
         str(pg_dir),
         "-l",

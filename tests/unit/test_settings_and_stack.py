@@ -25,9 +25,13 @@ pytestmark = pytest.mark.unit
 def test_settings_read_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("A0_KAFKA_PORT", "39092")
     monkeypatch.setenv("A0_REDIS_URL", "redis://example:1/0")
+    monkeypatch.setenv("A0_REDIS_PASSWORD", "p@ss/word")
     settings = load_settings()
     assert settings.kafka_bootstrap == "127.0.0.1:39092"
-    assert settings.redis_url == "redis://example:1/0"
+    # The URL keeps the address, the password comes from its own setting (a secret).
+    assert settings.redis_url == "redis://:p%40ss%2Fword@example:1/0"
+    monkeypatch.setenv("A0_REDIS_URL", "redis://:given@example:1/0")
+    assert load_settings().redis_url == "redis://:given@example:1/0"
 
 
 def test_llm_defaults_to_local_simulator_until_a_provider_is_configured(
@@ -136,7 +140,7 @@ def test_postgres_user_can_reach_a_state_dir_under_a_private_directory(tmp_path:
     import os
     import pwd
 
-    from a0ctl.runtime.local_services import allow_traversal
+    from a0ctl.runtime.service import allow_traversal
 
     # Debian's postgresql package (installed by scripts/bootstrap.sh) creates the user,
     # and the test commands run as root (see the README).
