@@ -147,7 +147,10 @@ class TurnRunner:
                 raise  # the worker is stopping: the turn is redelivered and resumes
             await self._stop_cancelled(envelope)
         except LLMError as exc:
-            error = Draft(EventType.ERROR, {"code": exc.code, "message": exc.message}, f"error:{turn_id}")
+            payload: dict[str, Any] = {"code": exc.code, "message": exc.message}
+            if exc.finish_reason is not None:
+                payload["finish_reason"] = exc.finish_reason
+            error = Draft(EventType.ERROR, payload, f"error:{turn_id}")
             await self._end(envelope, TurnStatus.FAILED, [error])
             metrics.TURNS.labels(TurnStatus.FAILED).inc()
             telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.FAILED), error=True)
@@ -197,7 +200,7 @@ class TurnRunner:
                 tail = await deltas.close()
                 calls = completion.tool_calls
                 if not calls:
-                    await self._complete(envelope, key, completion.text, tail)
+                    await self._complete(envelope, key, completion.text, tail, completion.finish_reason)
                     return
                 body = {"role": "assistant", "content": completion.text or None, "tool_calls": calls}
                 await self.events.emit_batch(
@@ -208,11 +211,15 @@ class TurnRunner:
                 transcript.add(key, body)
             await self.tools.run(envelope, transcript, calls)
 
-    async def _complete(self, envelope: Envelope, key: str, text: str, tail: list[Draft]) -> None:
-        """The final answer: its last text, the transcript row, ``message.completed`` and
-        the turn's end, stored together."""
+    async def _complete(
+        self, envelope: Envelope, key: str, text: str, tail: list[Draft], finish_reason: str | None = None
+    ) -> None:
+        """The final answer: its last text, the transcript row, ``message.completed`` (with
+        the provider's finish reason) and the turn's end, stored together."""
         completed = Draft(
-            EventType.COMPLETED, {"content": text, "finish_reason": "stop"}, f"completed:{envelope.turn_id}"
+            EventType.COMPLETED,
+            {"content": text, "finish_reason": finish_reason or "stop"},
+            f"completed:{envelope.turn_id}",
         )
         body = {"role": "assistant", "content": text}
         await self._end(envelope, TurnStatus.COMPLETED, [*tail, completed], messages=[(key, body)])
