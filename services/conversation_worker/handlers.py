@@ -39,6 +39,15 @@ SYSTEM_PROMPT = (
 )
 
 
+class RoundFailed(Exception):
+    """An LLM round failed: its error, and the text it had passed on not sent yet."""
+
+    def __init__(self, error: LLMError, tail: list[Draft]) -> None:
+        super().__init__(error.code)
+        self.error = error
+        self.tail = tail
+
+
 @dataclass
 class ActiveTurn:
     turn_id: str
@@ -146,12 +155,13 @@ class TurnRunner:
             if turn_id not in self.cancel_requested:
                 raise  # the worker is stopping: the turn is redelivered and resumes
             await self._stop_cancelled(envelope)
-        except LLMError as exc:
+        except (LLMError, RoundFailed) as failure:
+            exc, shown = (failure.error, failure.tail) if isinstance(failure, RoundFailed) else (failure, [])
             payload: dict[str, Any] = {"code": exc.code, "message": exc.message}
             if exc.finish_reason is not None:
                 payload["finish_reason"] = exc.finish_reason
             error = Draft(EventType.ERROR, payload, f"error:{turn_id}")
-            await self._end(envelope, TurnStatus.FAILED, [error])
+            await self._end(envelope, TurnStatus.FAILED, [*shown, error])
             metrics.TURNS.labels(TurnStatus.FAILED).inc()
             telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.FAILED), error=True)
         finally:
@@ -194,6 +204,8 @@ class TurnRunner:
                     completion = await self._llm_round(
                         envelope, transcript, round_, deltas, offer_tools=round_ < max_rounds
                     )
+                except LLMError as exc:  # what arrived before the failure is shown, then the error
+                    raise RoundFailed(exc, await deltas.close()) from None
                 except BaseException:
                     deltas.abandon()
                     raise

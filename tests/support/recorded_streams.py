@@ -378,6 +378,12 @@ def _cases() -> list[Case]:
             error="llm_bad_response",
         ),
         Case(
+            "redirect-307",
+            [Answer([b""], 307, {"Location": "http://127.0.0.1:1/v1/chat/completions"})],
+            finish_reason=None,
+            error="llm_forbidden",
+        ),
+        Case(
             "html-page-with-200",
             [Answer([b"<html>captive portal</html>"], headers={"Content-Type": "text/html"})],
             finish_reason=None,
