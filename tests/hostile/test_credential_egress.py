@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from services.common.settings import Settings
+from tests.support.cli import a0ctl
 from tests.support.gateway import auth, create_conversation, send_and_collect
 
 pytestmark = pytest.mark.hostile
@@ -100,3 +101,22 @@ async def test_a_stored_base_url_into_the_stack_is_refused_on_use(
     last = events[-1]
     assert last["type"] == "error", last
     assert "not allowed" in json.dumps(last["payload"]), last
+
+
+async def test_a_refused_local_model_server_names_the_operators_setting(settings: Settings) -> None:
+    # Nothing needs to listen there: the refusal comes before any connection.
+    refused = a0ctl(
+        "creds",
+        "set",
+        "openai",
+        "--user",
+        "lola",
+        "--base-url",
+        "http://127.0.0.1:11434/v1",
+        "--model",
+        "llama3.1",
+        input_text="local\n",
+    )
+    assert refused.returncode != 0
+    output = " ".join((refused.stdout + refused.stderr).split())
+    assert "not allowed" in output and "A0_EGRESS_ALLOW=127.0.0.1:11434" in output, output
