@@ -6,17 +6,22 @@ or the error code), the stored transcript, and that the turn ended."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from redis.asyncio import Redis
 
+from services.common import open_turns
 from services.common.settings import Settings
 from tests.conftest import REPLAY_PORT
 from tests.support.gateway import answer_text, auth, create_conversation, send_and_collect
+from tests.support.metrics import scrape, value
 from tests.support.recorded_streams import AFTER_TOOLS_TEXT, CASES, Case, Replay, serving
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +84,34 @@ async def test_recorded_stream_through_the_stack(
     else:
         assert [role for role, _ in stored] == ["user", "assistant"]
     assert stored[-1][1]["content"] == expected
+
+
+async def test_a_provider_crashing_mid_answer_ends_the_turn_at_once_and_leaves_none_open(
+    settings: Settings, client: httpx.AsyncClient
+) -> None:
+    headers = auth(settings, "rec-crash")
+    async with serving(Replay().app, REPLAY_PORT) as base_url:
+        body = {
+            "base_url": base_url,
+            "model": "dropped-after-text-then-retried",
+            "api_key": "sk-replay-0123456789",
+        }
+        assert (
+            await client.put("/v1/settings/credentials/openai", json=body, headers=headers)
+        ).status_code == 200
+        conversation_id = await create_conversation(client, headers)
+        started = time.monotonic()
+        events = await send_and_collect(client, headers, conversation_id, "compute 6*7")
+        took = time.monotonic() - started
+    assert events[-1]["type"] == "error" and events[-1]["payload"]["code"] == "llm_interrupted"
+    assert took < settings.worker.llm_first_content_s, took  # no retries, no waiting on a limit
+
+    def nothing_open() -> bool:
+        return value(scrape(settings), "a0_turns_inflight") == 0
+
+    await eventually(nothing_open, 10, "the worker's turns in flight back to 0")
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        assert await open_turns.read(redis) == 0  # the gateway's budget of open turns
+    finally:
+        await redis.aclose()
