@@ -21,6 +21,7 @@ from aiohttp import web
 
 DROP = object()  # the connection is cut here
 FOREVER_COMMENTS = object()  # keep-alive comments until the client gives up
+SILENCE = object()  # headers sent, then nothing at all until the client gives up
 
 SSE = {"Content-Type": "text/event-stream"}
 JSON = {"Content-Type": "application/json"}
@@ -53,7 +54,7 @@ def events(*chunks: Any, done: bool = True, end: str = "\n\n") -> list[Any]:
     """Each chunk as one ``data:`` event (bytes pass through as written)."""
     pieces: list[Any] = []
     for item in chunks:
-        if isinstance(item, bytes) or item is DROP or item is FOREVER_COMMENTS:
+        if isinstance(item, bytes) or item in (DROP, FOREVER_COMMENTS, SILENCE):
             pieces.append(item)
         else:
             pieces.append(b"data: " + orjson.dumps(item) + end.encode())
@@ -350,6 +351,7 @@ def _cases() -> list[Case]:
             finish_reason=None,
             error="llm_timeout",
         ),
+        Case("silent-provider", [Answer([SILENCE])], finish_reason=None, error="llm_timeout"),
         Case(
             "lone-surrogates-across-events",
             [
@@ -425,9 +427,13 @@ class Replay:
                 assert request.transport is not None
                 request.transport.abort()
                 return response
-            if piece is FOREVER_COMMENTS:
+            if piece is SILENCE or piece is FOREVER_COMMENTS:
+                # Until the client hangs up (at most a minute).
                 for _ in range(600):
-                    await response.write(b": keep-alive\n\n")
+                    if request.transport is None or request.transport.is_closing():
+                        return response
+                    if piece is FOREVER_COMMENTS:
+                        await response.write(b": keep-alive\n\n")
                     await asyncio.sleep(0.1)
                 continue
             await response.write(piece)
