@@ -210,20 +210,26 @@ class LLMClients:
         raise LLMError("llm_unavailable", "The LLM provider could not be reached.")  # not reached
 
     def _target(self, config: LLMConfig) -> _Target:
-        """Where a config's calls go: with checked addresses, the first of them, with the
-        original name as Host and TLS server name (no second DNS answer is used)."""
+        """Where a config's calls go: with checked addresses, each of them in turn (IPv4
+        first), with the original name as Host and TLS server name; no second DNS answer
+        is ever used."""
         key = (config.base_url, config.addresses)
         target = self._targets.get(key)
         if target is None:
             url = config.base_url.rstrip("/") + "/chat/completions"
             headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+            urls: list[str] = []
             server_hostname = None
-            if config.addresses:
-                url, host_header, extensions = pinned(url, config.addresses[0])
+            # IPv4 first: on a host without an IPv6 route those fail at once and the next is tried.
+            for address in sorted(config.addresses, key=lambda address: ":" in address):
+                pinned_url, host_header, extensions = pinned(url, address)
+                urls.append(pinned_url)
                 headers |= host_header
                 if url.startswith("https:"):
                     server_hostname = extensions["sni_hostname"]
-            target = _Target(url, headers, server_hostname, self._proxy_for(config.base_url))
+            target = _Target(
+                tuple(urls) or (url,), headers, server_hostname, self._proxy_for(config.base_url)
+            )
             if len(self._targets) >= TARGETS_KEPT:
                 self._targets.clear()
             self._targets[key] = target
@@ -241,14 +247,7 @@ class LLMClients:
         headers = {**target.headers, "Authorization": f"Bearer {api_key or 'none'}"}
         accumulator = call.accumulator
         try:
-            async with http.post(
-                target.url,
-                data=payload,
-                headers=headers,
-                proxy=target.proxy,
-                allow_redirects=False,
-                server_hostname=target.server_hostname,
-            ) as response:
+            async with await _post(http, target, payload, headers) as response:
                 if 300 <= response.status < 400:
                     raise LLMError(
                         "llm_forbidden",
@@ -285,10 +284,31 @@ class LLMClients:
 
 @dataclass(frozen=True)
 class _Target:
-    url: str
+    urls: tuple[str, ...]  # the base URL's, or one per checked address
     headers: dict[str, str]
     server_hostname: str | None
     proxy: str | None
+
+
+async def _post(
+    http: aiohttp.ClientSession, target: _Target, payload: bytes, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    """The request, to each checked address in turn until one takes the connection."""
+    last = len(target.urls) - 1
+    for position, url in enumerate(target.urls):
+        try:
+            return await http.post(
+                url,
+                data=payload,
+                headers=headers,
+                proxy=target.proxy,
+                allow_redirects=False,
+                server_hostname=target.server_hostname,
+            )
+        except aiohttp.ClientConnectorError:
+            if position == last:
+                raise
+    raise AssertionError("a target has at least one URL")
 
 
 class _SinkFailed(Exception):

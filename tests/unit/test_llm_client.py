@@ -327,13 +327,14 @@ async def test_a_call_goes_to_the_checked_address_not_to_a_new_lookup() -> None:
 async def test_the_checked_address_is_used_with_the_original_name(sim: Any) -> None:
     async with serve(sim) as base_url:
         port = base_url.split(":")[2].split("/")[0]
-        # `.invalid` never resolves: the call can only work on the checked address.
+        # `.invalid` never resolves: the call can only work on a checked address. The first
+        # refuses the connection (nothing listens on 127.0.0.2), the next one answers.
         pinned = LLMConfig(
             base_url=f"http://provider.invalid:{port}/v1",
             api_key=KEY,
             model="a0-sim-1",
             source="credential",
-            addresses=("127.0.0.1",),
+            addresses=("127.0.0.2", "127.0.0.1"),
         )
         llm = Upstream(base_url)
         try:
