@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-DROP = object()  # the connection is cut here
+DROP = object()  # the connection is closed here, in the middle of the body
 FOREVER_COMMENTS = object()  # keep-alive comments until the client gives up
 SILENCE = object()  # headers sent, then nothing at all until the client gives up
 
@@ -423,9 +423,9 @@ class Replay:
         response = web.StreamResponse(status=answer.status, headers=answer.headers)
         await response.prepare(request)
         for piece in answer.body:
-            if piece is DROP:
+            if piece is DROP:  # what was written still goes out, then the connection ends mid-body
                 assert request.transport is not None
-                request.transport.abort()
+                request.transport.close()
                 return response
             if piece is SILENCE or piece is FOREVER_COMMENTS:
                 # Until the client hangs up (at most a minute).
