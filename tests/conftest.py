@@ -35,6 +35,13 @@ TEST_ENV = {
     # Short enough for the fault tier to see the watchdog act.
     "A0_WATCHDOG_UNHEALTHY_S": "15",
 }
+# Local upstreams started by tests (the recorded-stream replay, an OpenAI-compatible server
+# from PyPI), allowed as an operator allows a local model server.
+REPLAY_PORT = 28010 + PORT_OFFSET
+PROVIDER_PORT = 28011 + PORT_OFFSET
+TEST_ENV["A0_EGRESS_ALLOW"] = f"127.0.0.1:{REPLAY_PORT},127.0.0.1:{PROVIDER_PORT}"
+# A provider that sends nothing fails the turn in this time (the conformance suite waits it out).
+TEST_ENV["A0_WORKER_LLM_FIRST_CONTENT_S"] = "20"
 # Set before any settings are read, and inherited by every process the tests start.
 os.environ.update(TEST_ENV)
 for key in (

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from a0ctl.runtime import artifacts, health
+from a0ctl.runtime.opa_data import write_egress_data
 from a0ctl.runtime.postgres import HBA, UPGRADE_HBA, hba_trusts, initdb_argv, pg_bin, provision, write_owned
 from a0ctl.runtime.service import (
     LocalService,
@@ -232,13 +233,11 @@ def opa_service(settings: Settings, dirs: StackDirs) -> LocalService:
     """The OPA server with a0's policies (stack/opa) and this stack's own policy data."""
 
     def local_data() -> Path:
-        """This stack's simulator is the one loopback base URL a credential may use
-        (data.a0_local.egress_allowed in stack/opa/authz.rego)."""
+        """The loopback and private base URLs a credential may use: this stack's simulator
+        and the operator's A0_EGRESS_ALLOW (data.a0_local.egress_allowed)."""
         port = settings.llm_sim.port
-        names = [f"{name}:{port}" for name in (settings.stack.host, "127.0.0.1", "localhost")]
-        path = dirs.run / "opa-local.json"
-        path.write_text(json.dumps({"a0_local": {"egress_allowed": sorted(set(names))}}))
-        return path
+        simulator = [f"{name}:{port}" for name in (settings.stack.host, "127.0.0.1", "localhost")]
+        return write_egress_data(settings, dirs.run / "opa-local.json", simulator)
 
     return LocalService(
         name="opa",

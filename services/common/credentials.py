@@ -32,7 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from services.common.egress import check_base_url, pinned
+from services.common.egress import Resolver, check_base_url, pinned, resolve
 from services.common.errors import ConfigError, CredentialError, PolicyDenied, is_transient
 from services.common.logging import register_secret
 from services.common.policy import PolicyClient
@@ -112,6 +112,9 @@ class LLMConfig:
     api_key: str
     model: str
     source: str  # "credential" | "settings"
+    # The addresses the egress policy checked the base URL's host with: calls connect to
+    # these, not to a new DNS answer. Empty for the operator's own settings.
+    addresses: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # never print the key
         return f"LLMConfig(base_url={self.base_url!r}, model={self.model!r}, source={self.source!r})"
@@ -133,6 +136,7 @@ class CredentialStore:
         self.pool = pool
         self.redis = redis
         self.policy = policy  # asked before a stored key is used (the worker's side)
+        self.resolver: Resolver = resolve  # how base URLs' hosts are looked up for the policy
         self.keyring = Keyring(settings)
         # By (user, provider), least recently used first; ``None``: the user has no key.
         self._cache: OrderedDict[tuple[str, str], LLMConfig | None] = OrderedDict()
@@ -202,7 +206,7 @@ class CredentialStore:
         provider lists. The same policy decisions as a save (who, and where to)."""
         register_secret(api_key)
         await self._authorize(policy, "credentials.set", actor, roles, owner_id, provider)
-        addresses = await check_base_url(policy, actor, roles, base_url)
+        addresses = await check_base_url(policy, actor, roles, base_url, resolver=self.resolver)
         return await self.verify_with_provider(base_url, api_key, addresses)
 
     async def set(
@@ -221,7 +225,7 @@ class CredentialStore:
         register_secret(api_key)
         await self._authorize(policy, "credentials.set", actor, roles, owner_id, provider)
         try:
-            addresses = await check_base_url(policy, actor, roles, base_url)
+            addresses = await check_base_url(policy, actor, roles, base_url, resolver=self.resolver)
         except CredentialError as exc:
             await self._audit(actor, owner_id, provider, "set", "denied", exc.message)
             raise
@@ -343,6 +347,7 @@ class CredentialStore:
             if row is None:
                 cached = None
             else:
+                addresses: list[str] = []
                 if self.policy is not None:
                     await self._authorize(
                         self.policy, "credentials.use", user_id, ["user"], user_id, provider
@@ -350,7 +355,9 @@ class CredentialStore:
                     # Checked again on use: a row stored before the policy (or edited
                     # behind the API) must not turn the worker into a proxy either.
                     try:
-                        await check_base_url(self.policy, user_id, ["user"], row[0])
+                        addresses = await check_base_url(
+                            self.policy, user_id, ["user"], row[0], resolver=self.resolver
+                        )
                     except CredentialError as exc:
                         await self._audit(
                             "conversation-worker", user_id, provider, "use", "denied", exc.message
@@ -358,7 +365,13 @@ class CredentialStore:
                         raise PolicyDenied(exc.message) from None
                 secret = self._decrypt(user_id, provider, row[2], row[3], row[4])
                 register_secret(secret)
-                cached = LLMConfig(base_url=row[0], api_key=secret, model=row[1], source="credential")
+                cached = LLMConfig(
+                    base_url=row[0],
+                    api_key=secret,
+                    model=row[1],
+                    source="credential",
+                    addresses=tuple(addresses),
+                )
             if changes == self._changes:
                 self._cache[key] = cached
                 if len(self._cache) > CACHE_ENTRIES:

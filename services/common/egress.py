@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -38,7 +39,13 @@ async def resolve(host: str, port: int) -> list[str]:
     return sorted({_address(str(info[4][0])) for info in infos})
 
 
-async def check_base_url(policy: PolicyClient, user_id: str, roles: list[str], base_url: str) -> list[str]:
+# (host, port) -> its addresses, as :func:`resolve` answers.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def check_base_url(
+    policy: PolicyClient, user_id: str, roles: list[str], base_url: str, *, resolver: Resolver | None = None
+) -> list[str]:
     """Raise CredentialError unless OPA lets ``base_url`` be reached for this user; return
     the addresses it was checked with (connect to one of those, not to a new lookup)."""
     try:
@@ -48,7 +55,7 @@ async def check_base_url(policy: PolicyClient, user_id: str, roles: list[str], b
     if url.scheme not in ("http", "https") or not url.host:
         raise CredentialError("the base URL must look like https://host[:port]/path")
     port = url.port or (443 if url.scheme == "https" else 80)
-    addresses = await resolve(url.host, port)
+    addresses = await (resolver or resolve)(url.host, port)
     target: dict[str, str | int] = {"scheme": url.scheme, "host": url.host, "port": port}
     try:
         decision = await policy.decide(
@@ -57,8 +64,24 @@ async def check_base_url(policy: PolicyClient, user_id: str, roles: list[str], b
     except PolicyUnavailable as exc:
         raise CredentialError("the policy service cannot check this base URL now; try again") from exc
     if not decision.allow:
-        raise CredentialError(f"this base URL is not allowed ({decision.reason})")
+        raise CredentialError(
+            f"this base URL is not allowed ({decision.reason}){_hint(url, port, addresses)}"
+        )
     return addresses
+
+
+def _hint(url: httpx.URL, port: int, addresses: list[str]) -> str:
+    """For a host on this machine or a private network, the operator's setting that
+    would allow it (a local model server); nothing for other refusals."""
+    inward = [ipaddress.ip_address(address) for address in addresses]
+    if not inward or not all(
+        address.is_loopback
+        or (address.is_private and not address.is_link_local and not address.is_unspecified)
+        for address in inward
+    ):
+        return ""
+    target = f"{url.host}:{port}" if ":" not in url.host else f"[{url.host}]:{port}"
+    return f"; an operator can allow it with the setting A0_EGRESS_ALLOW={target}"
 
 
 def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:

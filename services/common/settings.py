@@ -240,7 +240,20 @@ class WorkerSettings(BaseSettings):
     max_inflight: int = 256
     max_tool_rounds: int = 4
     metrics_port: int = Field(default=19101, description="Replica i (from 0) serves metrics on this + 10*i.")
-    llm_timeout_s: float = 60.0
+    llm_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest silence (no byte at all) in an upstream LLM stream."
+    )
+    llm_first_content_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="An LLM round with no text or tool call from the provider in this time fails "
+        "with llm_timeout (keep-alive comments do not count). Local models on a CPU may need more.",
+    )
+    llm_round_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="An LLM round (its retries included) not finished in this time fails with llm_timeout.",
+    )
     delta_window_ms: int = Field(
         default=30, ge=0, le=1000, description="Answer text is sent to clients at most once per window."
     )
@@ -280,6 +293,24 @@ class LLMSettings(BaseSettings):
     base_url: str | None = None
     model: str = "a0-sim-1"
     api_key: SecretStr | None = None
+
+
+class EgressSettings(BaseSettings):
+    """Where the operator lets credentials' base URLs point besides public HTTPS."""
+
+    model_config = _config("A0_EGRESS_")
+
+    allow: str = Field(
+        default="",
+        description="Comma-separated host:port names on loopback or private networks that a "
+        "credential's base URL may use (a local model server), e.g. 127.0.0.1:11434,10.0.0.5:8000. "
+        "Written to OPA's data when the stack starts; users cannot change it.",
+    )
+
+    @property
+    def allowed(self) -> list[str]:
+        """The names, lower-cased, as the policy compares them (``host:port``)."""
+        return sorted({name.strip().lower() for name in self.allow.split(",") if name.strip()})
 
 
 class LLMSimSettings(BaseSettings):
@@ -373,6 +404,7 @@ class Settings(BaseModel):
     llm: LLMSettings
     llm_sim: LLMSimSettings
     telemetry: TelemetrySettings
+    egress: EgressSettings = Field(default_factory=EgressSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
 
@@ -438,6 +470,7 @@ def load_settings() -> Settings:
         llm=LLMSettings(),
         llm_sim=LLMSimSettings(),
         telemetry=TelemetrySettings(),
+        egress=EgressSettings(),
         kubernetes=KubernetesSettings(),
         prometheus=PrometheusSettings(),
     )

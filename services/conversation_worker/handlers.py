@@ -39,6 +39,15 @@ SYSTEM_PROMPT = (
 )
 
 
+class RoundFailed(Exception):
+    """An LLM round failed: its error, and the text it had passed on not sent yet."""
+
+    def __init__(self, error: LLMError, tail: list[Draft]) -> None:
+        super().__init__(error.code)
+        self.error = error
+        self.tail = tail
+
+
 @dataclass
 class ActiveTurn:
     turn_id: str
@@ -146,9 +155,13 @@ class TurnRunner:
             if turn_id not in self.cancel_requested:
                 raise  # the worker is stopping: the turn is redelivered and resumes
             await self._stop_cancelled(envelope)
-        except LLMError as exc:
-            error = Draft(EventType.ERROR, {"code": exc.code, "message": exc.message}, f"error:{turn_id}")
-            await self._end(envelope, TurnStatus.FAILED, [error])
+        except (LLMError, RoundFailed) as failure:
+            exc, shown = (failure.error, failure.tail) if isinstance(failure, RoundFailed) else (failure, [])
+            payload: dict[str, Any] = {"code": exc.code, "message": exc.message}
+            if exc.finish_reason is not None:
+                payload["finish_reason"] = exc.finish_reason
+            error = Draft(EventType.ERROR, payload, f"error:{turn_id}")
+            await self._end(envelope, TurnStatus.FAILED, [*shown, error])
             metrics.TURNS.labels(TurnStatus.FAILED).inc()
             telemetry.set_outcome(trace.get_current_span(), str(TurnStatus.FAILED), error=True)
         finally:
@@ -191,13 +204,15 @@ class TurnRunner:
                     completion = await self._llm_round(
                         envelope, transcript, round_, deltas, offer_tools=round_ < max_rounds
                     )
+                except LLMError as exc:  # what arrived before the failure is shown, then the error
+                    raise RoundFailed(exc, await deltas.close()) from None
                 except BaseException:
                     deltas.abandon()
                     raise
                 tail = await deltas.close()
                 calls = completion.tool_calls
                 if not calls:
-                    await self._complete(envelope, key, completion.text, tail)
+                    await self._complete(envelope, key, completion.text, tail, completion.finish_reason)
                     return
                 body = {"role": "assistant", "content": completion.text or None, "tool_calls": calls}
                 await self.events.emit_batch(
@@ -208,11 +223,15 @@ class TurnRunner:
                 transcript.add(key, body)
             await self.tools.run(envelope, transcript, calls)
 
-    async def _complete(self, envelope: Envelope, key: str, text: str, tail: list[Draft]) -> None:
-        """The final answer: its last text, the transcript row, ``message.completed`` and
-        the turn's end, stored together."""
+    async def _complete(
+        self, envelope: Envelope, key: str, text: str, tail: list[Draft], finish_reason: str | None = None
+    ) -> None:
+        """The final answer: its last text, the transcript row, ``message.completed`` (with
+        the provider's finish reason) and the turn's end, stored together."""
         completed = Draft(
-            EventType.COMPLETED, {"content": text, "finish_reason": "stop"}, f"completed:{envelope.turn_id}"
+            EventType.COMPLETED,
+            {"content": text, "finish_reason": finish_reason or "stop"},
+            f"completed:{envelope.turn_id}",
         )
         body = {"role": "assistant", "content": text}
         await self._end(envelope, TurnStatus.COMPLETED, [*tail, completed], messages=[(key, body)])

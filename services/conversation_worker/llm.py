@@ -9,9 +9,16 @@ The call is plain aiohttp plus a0's SSE parser: the request body is built once a
 and each ``chat.completion.chunk`` is decoded with orjson, with no per-call model
 transform of the whole history (the openai SDK re-walked every message on every call,
 which was half of the worker's CPU under load; httpx's connection pool and stream layers
-cost about three times aiohttp's client CPU per streamed call). Status codes map to a0's errors the way the SDK
-maps them to its exception classes: 401, 403, 404, 400, 429 (retried after
-``Retry-After``), 5xx and transport errors (retried with backoff).
+cost about three times aiohttp's client CPU per streamed call). What a stream may look
+like is :mod:`services.conversation_worker.stream`'s concern.
+
+Status codes map to a0's errors the way the SDK maps them to its exception classes:
+401, 403, 404, 400, 429 (retried after ``Retry-After``), 5xx and transport errors
+(retried with backoff) — but only until any of the answer has arrived: an answer is
+never spliced from two calls. Redirects are not followed (a provider could send the
+conversation anywhere), and a stored credential's calls go to the addresses the egress
+policy checked, never to a second DNS answer. Two limits bound a round: the time to
+first content (comments and empty chunks do not count) and its total time.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import asyncio
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -29,11 +36,22 @@ import orjson
 
 from services.common import metrics, telemetry
 from services.common.credentials import LLMConfig
+from services.common.egress import pinned
 from services.common.errors import A0Error, CredentialError, PolicyDenied
 from services.common.http import LazySession
 from services.common.logging import register_secret
 from services.common.settings import Settings
 from services.common.sse import SseParser
+from services.conversation_worker.stream import (
+    BadResponse,
+    Completion,
+    LineReader,
+    ProviderError,
+    StreamAccumulator,
+    parse_data,
+)
+
+__all__ = ["Completion", "LLMClients", "LLMError", "StreamAccumulator", "classify", "status_error"]
 
 ATTEMPTS = 4
 
@@ -47,12 +65,19 @@ class LLMError(A0Error):
     ``retriable`` ones are retried within the call; a turn fails on any that is left."""
 
     def __init__(
-        self, code: str, message: str, *, retriable: bool = False, retry_after_s: float | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        retriable: bool = False,
+        retry_after_s: float | None = None,
+        finish_reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.retriable = retriable
         self.retry_after_s = retry_after_s
+        self.finish_reason = finish_reason  # as the provider sent it, when it sent one
 
 
 def settings_config(settings: Settings) -> LLMConfig:
@@ -62,65 +87,25 @@ def settings_config(settings: Settings) -> LLMConfig:
     return LLMConfig(base_url=settings.llm_base_url, api_key=key, model=settings.llm.model, source="settings")
 
 
-@dataclass
-class Completion:
-    """One assistant answer, accumulated from its stream: text and tool calls."""
-
-    text: str = ""
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-
-
-class StreamAccumulator:
-    """Folds ``chat.completion.chunk`` deltas into a :class:`Completion`: text pieces in
-    order, tool calls by index (id and name from their first chunk, arguments appended)."""
-
-    def __init__(self) -> None:
-        self._pieces: list[str] = []
-        self._calls: dict[int, dict[str, str]] = {}
-        self.length = 0  # characters of text so far
-
-    def feed(self, chunk: dict[str, Any]) -> str:
-        """Take one chunk; returns the text it adds (may be empty)."""
-        choices = chunk.get("choices")
-        if not choices:
-            return ""
-        delta = choices[0].get("delta") or {}
-        for call in delta.get("tool_calls") or ():
-            slot = self._calls.setdefault(int(call.get("index", 0)), {"id": "", "name": "", "arguments": ""})
-            if call.get("id"):
-                slot["id"] = call["id"]
-            function = call.get("function") or {}
-            slot["name"] += function.get("name") or ""
-            slot["arguments"] += function.get("arguments") or ""
-        text = delta.get("content") or ""
-        if text:
-            self._pieces.append(text)
-            self.length += len(text)
-        return text
-
-    def completion(self, fallback_id: Callable[[int], str]) -> Completion:
-        calls = [
-            {
-                "id": slot["id"] or fallback_id(index),
-                "type": "function",
-                "function": {"name": slot["name"], "arguments": slot["arguments"] or "{}"},
-            }
-            for index, slot in sorted(self._calls.items())
-        ]
-        return Completion("".join(self._pieces), calls)
-
-
 # Enough keep-alive connections for every turn in flight; a stream's lines may be long
 # (a tool call's arguments arrive in one chunk), hence the larger read buffer.
 MAX_CONNECTIONS = 1024
 READ_BUFFER = 1 << 20
+# A non-stream answer (a whole chat.completion) larger than this is refused.
+MAX_BODY_BYTES = 8 << 20
+# Where calls go, by base URL and checked addresses: one entry per provider in use.
+TARGETS_KEPT = 1024
+# How a provider may say an answer ended, and what a0 makes of it: a cut tool call or
+# a filtered answer is not passed on as complete.
+LENGTH, CONTENT_FILTER = "length", "content_filter"
 
 # Text as it arrives, with its character offset in the answer.
 TextSink = Callable[[str, int], Awaitable[None]]
 
 
 class _FirstToken:
-    """Time to first token of one call: a span event and a histogram, once."""
+    """Time to first token of one call (its first text, not its first chunk): a span
+    event and a histogram, once."""
 
     def __init__(self, span: Any) -> None:
         self.span = span
@@ -147,6 +132,7 @@ class LLMClients:
         # trust_env reads the environment and ~/.netrc in a thread for each request).
         self._environment_proxies = urllib.request.getproxies()
         self._proxies: dict[str, str | None] = {}
+        self._targets: dict[tuple[str, tuple[str, ...]], _Target] = {}
 
     def _proxy_for(self, base_url: str) -> str | None:
         if base_url not in self._proxies:
@@ -171,87 +157,272 @@ class LLMClients:
         on_text: TextSink,
         fallback_call_id: Callable[[int], str],
     ) -> Completion:
-        """One streamed chat completion, retried on transient failures. ``on_text`` gets
-        each text piece as it arrives with its offset; a retried call starts again from
-        offset 0, so the caller skips by offset what it already passed on."""
+        """One streamed chat completion. ``on_text`` gets each text piece as it arrives
+        with its offset. A call that failed before any of its answer arrived is retried
+        when the failure is transient; once text or a tool call fragment has arrived it
+        is not (a second answer would not continue the first): the round fails."""
         register_secret(config.api_key)
         body: dict[str, Any] = {"model": config.model, "messages": messages, "stream": True}
         if tools:
             body["tools"] = tools
         payload = orjson.dumps(body)
         http = self._http.get()
+        target = self._target(config)
+        loop = asyncio.get_running_loop()
+        worker = self.settings.worker
+        round_deadline = loop.time() + worker.llm_round_s
         # One span per call (its retries included), never one per streamed piece.
         attributes = {"gen_ai.request.model": config.model, "a0.llm.source": config.source}
         with telemetry.span("llm call", attributes) as span:
             for attempt in range(ATTEMPTS):
+                call = _Call(on_text, _FirstToken(span), round_deadline)
                 try:
-                    completion = await self._stream_once(
-                        http, config, payload, on_text, fallback_call_id, _FirstToken(span)
-                    )
+                    first_content = min(round_deadline, loop.time() + worker.llm_first_content_s)
+                    async with asyncio.timeout_at(first_content) as call.limit:
+                        completion = await self._stream_once(
+                            http, target, payload, config.api_key, call, fallback_call_id
+                        )
+                except _SinkFailed as exc:  # the worker's own failure, not the provider's
+                    raise exc.original from None
+                except TimeoutError:  # only the limits above: the client's own become LLMError
+                    error = _timeout(call, worker.llm_first_content_s, worker.llm_round_s)
+                except LLMError as exc:
+                    error = exc
+                else:
                     if span.is_recording():
                         span.set_attribute("a0.llm.tool_calls", len(completion.tool_calls))
+                        span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason or ""])
                         telemetry.set_outcome(span, "tool_calls" if completion.tool_calls else "answer")
                     return completion
-                except LLMError as error:
-                    if not error.retriable or attempt == ATTEMPTS - 1:
-                        telemetry.set_outcome(span, error.code, error=True)
-                        raise
-                    delay = error.retry_after_s if error.retry_after_s is not None else 0.5 * 2**attempt
-                    span.add_event("retry", {"a0.llm.error": error.code, "a0.llm.attempt": attempt + 1})
-                    await asyncio.sleep(min(delay, 30.0))
+                if error.retriable and call.received:
+                    error = LLMError(
+                        "llm_interrupted",
+                        "The connection to the LLM provider broke off in the middle of the answer, "
+                        "so it is incomplete. Try again.",
+                    )
+                delay = error.retry_after_s if error.retry_after_s is not None else 0.5 * 2**attempt
+                delay = min(delay, 30.0)
+                if not error.retriable or attempt == ATTEMPTS - 1 or loop.time() + delay >= round_deadline:
+                    telemetry.set_outcome(span, error.code, error=True)
+                    raise error
+                span.add_event("retry", {"a0.llm.error": error.code, "a0.llm.attempt": attempt + 1})
+                await asyncio.sleep(delay)
         raise LLMError("llm_unavailable", "The LLM provider could not be reached.")  # not reached
+
+    def _target(self, config: LLMConfig) -> _Target:
+        """Where a config's calls go: with checked addresses, each of them in turn (IPv4
+        first), with the original name as Host and TLS server name; no second DNS answer
+        is ever used."""
+        key = (config.base_url, config.addresses)
+        target = self._targets.get(key)
+        if target is None:
+            url = config.base_url.rstrip("/") + "/chat/completions"
+            headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+            urls: list[str] = []
+            server_hostname = None
+            # IPv4 first: on a host without an IPv6 route those fail at once and the next is tried.
+            for address in sorted(config.addresses, key=lambda address: ":" in address):
+                pinned_url, host_header, extensions = pinned(url, address)
+                urls.append(pinned_url)
+                headers |= host_header
+                if url.startswith("https:"):
+                    server_hostname = extensions["sni_hostname"]
+            target = _Target(
+                tuple(urls) or (url,), headers, server_hostname, self._proxy_for(config.base_url)
+            )
+            if len(self._targets) >= TARGETS_KEPT:
+                self._targets.clear()
+            self._targets[key] = target
+        return target
 
     async def _stream_once(
         self,
         http: aiohttp.ClientSession,
-        config: LLMConfig,
+        target: _Target,
         payload: bytes,
-        on_text: TextSink,
+        api_key: str,
+        call: _Call,
         fallback_call_id: Callable[[int], str],
-        first_token: _FirstToken,
     ) -> Completion:
-        headers = {
-            "Authorization": f"Bearer {config.api_key or 'none'}",
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-        }
-        url = config.base_url.rstrip("/") + "/chat/completions"
-        proxy = self._proxy_for(config.base_url)
-        accumulator = StreamAccumulator()
+        headers = {**target.headers, "Authorization": f"Bearer {api_key or 'none'}"}
+        accumulator = call.accumulator
         try:
-            async with http.post(url, data=payload, headers=headers, proxy=proxy) as response:
+            async with await _post(http, target, payload, headers) as response:
+                if 300 <= response.status < 400:
+                    raise LLMError(
+                        "llm_forbidden",
+                        f"The LLM provider answered with a redirect (HTTP {response.status}), which is "
+                        "not followed. Set the base URL it points to in Settings.",
+                    )
                 if response.status >= 400:
                     await response.read()
                     raise status_error(response.status, response.headers.get("Retry-After"))
-                if response.content_type != "text/event-stream":
-                    raise LLMError(
-                        "llm_unavailable", "The LLM provider did not answer with a stream.", retriable=True
-                    )
-                parser = SseParser()
-                async for raw in response.content:
-                    event = parser.feed(raw.decode().rstrip("\r\n"))
-                    if event is None or not event["data"]:
-                        continue
-                    if event["data"] == "[DONE]":
-                        break
-                    chunk = orjson.loads(event["data"])
-                    if first_token.pending:
-                        first_token.seen()
-                    if isinstance(chunk, dict) and "error" in chunk:
-                        raise LLMError("llm_error", "The LLM provider ended the answer with an error.")
-                    position = accumulator.length
-                    text = accumulator.feed(chunk)
-                    if text:
-                        await on_text(text, position)
-        except (TimeoutError, aiohttp.ClientError, ValueError):
-            # ValueError: a line that is not UTF-8 or JSON, or longer than the read buffer.
+                if response.content_type == "application/json":
+                    await call.take(accumulator, await _whole_body(response))
+                    call.done = True
+                elif response.content_type != "text/event-stream":
+                    raise BadResponse(f"an answer of type {response.content_type or 'unknown'}")
+                else:
+                    await _read_events(response, call)
+        except (LLMError, _SinkFailed):
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError):
             raise LLMError(
                 "llm_unavailable", "The LLM provider could not be reached.", retriable=True
             ) from None
-        return accumulator.completion(fallback_call_id)
+        except ProviderError:
+            raise LLMError("llm_error", "The LLM provider ended the answer with an error.") from None
+        except BadResponse as exc:
+            raise bad_response(str(exc)) from None
+        except Exception as exc:  # whatever else a provider's answer can make go wrong
+            raise bad_response(type(exc).__name__) from None
+        return _finished(call, accumulator.completion(fallback_call_id))
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+@dataclass(frozen=True)
+class _Target:
+    urls: tuple[str, ...]  # the base URL's, or one per checked address
+    headers: dict[str, str]
+    server_hostname: str | None
+    proxy: str | None
+
+
+async def _post(
+    http: aiohttp.ClientSession, target: _Target, payload: bytes, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    """The request, to each checked address in turn until one takes the connection."""
+    last = len(target.urls) - 1
+    for position, url in enumerate(target.urls):
+        try:
+            return await http.post(
+                url,
+                data=payload,
+                headers=headers,
+                proxy=target.proxy,
+                allow_redirects=False,
+                server_hostname=target.server_hostname,
+            )
+        except aiohttp.ClientConnectorError:
+            if position == last:
+                raise
+    raise AssertionError("a target has at least one URL")
+
+
+class _SinkFailed(Exception):
+    """``on_text`` failed (the worker's event log): raised as it was, never taken for
+    a provider's fault."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+
+
+class _Call:
+    """One attempt of a call: what it received, and its time limits (the time to first
+    content until content arrives, then the round's total)."""
+
+    def __init__(self, on_text: TextSink, first_token: _FirstToken, round_deadline: float) -> None:
+        self.on_text = on_text
+        self.first_token = first_token
+        self.round_deadline = round_deadline
+        self.accumulator = StreamAccumulator()
+        self.limit: asyncio.Timeout | None = None
+        self.done = False  # [DONE], or a whole completion
+
+    @property
+    def received(self) -> bool:
+        return self.accumulator.received
+
+    async def take(self, accumulator: StreamAccumulator, chunk: Any) -> None:
+        had_content = accumulator.received
+        position = accumulator.length
+        text = accumulator.feed(chunk)
+        if accumulator.received and not had_content and self.limit is not None:
+            self.limit.reschedule(self.round_deadline)  # comments never get here
+        if text:
+            if self.first_token.pending:
+                self.first_token.seen()
+            try:
+                await self.on_text(text, position)
+            except Exception as exc:
+                raise _SinkFailed(exc) from exc
+
+
+async def _read_events(response: aiohttp.ClientResponse, call: _Call) -> None:
+    """The events of a stream, into ``call``; a last event without its blank line counts."""
+    lines = LineReader()
+    parser = SseParser()
+    accumulator = call.accumulator
+    async for data in response.content.iter_any():
+        for line in lines.feed(data):
+            event = parser.feed(line)
+            if event is None or not event["data"]:
+                continue
+            if event["data"] == "[DONE]":
+                call.done = True
+                return
+            for chunk in parse_data(event["data"]):
+                await call.take(accumulator, chunk)
+    last = lines.close()
+    for line in ([last] if last is not None else []) + [""]:
+        event = parser.feed(line)
+        if event is not None and event["data"]:
+            if event["data"] == "[DONE]":
+                call.done = True
+                return
+            for chunk in parse_data(event["data"]):
+                await call.take(accumulator, chunk)
+
+
+async def _whole_body(response: aiohttp.ClientResponse) -> Any:
+    """A non-stream answer's JSON, bounded in size."""
+    body = bytearray()
+    async for data in response.content.iter_any():
+        body += data
+        if len(body) > MAX_BODY_BYTES:
+            raise BadResponse(f"an answer larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadResponse("an answer that is not JSON") from None
+
+
+def _finished(call: _Call, completion: Completion) -> Completion:
+    """The completion, if the provider said it is one: an answer cut without a word,
+    cut in a tool call, or withheld by a filter ends the round with its own error."""
+    finish = completion.finish_reason
+    if finish is None and not call.done:
+        raise LLMError(
+            "llm_incomplete",
+            "The LLM provider's answer stopped before its end. Try again.",
+            retriable=not call.received,
+        )
+    if finish == CONTENT_FILTER:
+        raise LLMError(
+            "llm_content_filter",
+            "The LLM provider's content filter stopped this answer.",
+            finish_reason=finish,
+        )
+    if finish == LENGTH and completion.tool_calls:
+        raise LLMError(
+            "llm_truncated",
+            "The LLM provider cut the answer off at its length limit in the middle of a tool call.",
+            finish_reason=finish,
+        )
+    return completion
+
+
+def _timeout(call: _Call, first_content_s: float, round_s: float) -> LLMError:
+    if call.received:
+        return LLMError("llm_timeout", f"The LLM provider did not finish its answer within {round_s:g} s.")
+    return LLMError("llm_timeout", f"The LLM provider sent no answer within {first_content_s:g} s.")
+
+
+def bad_response(reason: str) -> LLMError:
+    """An answer a0 cannot read; the reason is a0's own words, never the provider's text."""
+    return LLMError("llm_bad_response", f"The LLM provider sent an answer that cannot be read ({reason}).")
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -5,12 +5,14 @@ tell whether a port is open."""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import psycopg
 import pytest
 
 from services.common.settings import Settings
+from tests.support.cli import a0ctl
 from tests.support.gateway import auth, create_conversation, send_and_collect
 
 pytestmark = pytest.mark.hostile
@@ -54,8 +56,11 @@ async def test_base_urls_into_the_stack_or_private_ranges_are_refused_alike(
         assert error["code"] == "credential_rejected"
         assert "not allowed" in error["message"], (base_url, error)
         answers.append(error["message"])
-    # Open and closed ports of the same host get the very same answer: no port oracle.
-    assert answers[0] == answers[6]
+    # Open and closed ports of the same host get the very same answer but for the port in
+    # the setting that would allow it (typed by the user): no port oracle.
+    setting = re.compile(r"A0_EGRESS_ALLOW=\S+")
+    assert setting.sub("", answers[0]) == setting.sub("", answers[6])
+    assert f"A0_EGRESS_ALLOW={settings.stack.host}:{settings.opa.port}" in answers[0]
     listed = await client.get("/v1/settings/credentials", headers=headers)
     assert listed.json()["credentials"] == []
 
@@ -96,3 +101,22 @@ async def test_a_stored_base_url_into_the_stack_is_refused_on_use(
     last = events[-1]
     assert last["type"] == "error", last
     assert "not allowed" in json.dumps(last["payload"]), last
+
+
+async def test_a_refused_local_model_server_names_the_operators_setting(settings: Settings) -> None:
+    # Nothing needs to listen there: the refusal comes before any connection.
+    refused = a0ctl(
+        "creds",
+        "set",
+        "openai",
+        "--user",
+        "lola",
+        "--base-url",
+        "http://127.0.0.1:11434/v1",
+        "--model",
+        "llama3.1",
+        input_text="local\n",
+    )
+    assert refused.returncode != 0
+    output = " ".join((refused.stdout + refused.stderr).split())
+    assert "not allowed" in output and "A0_EGRESS_ALLOW=127.0.0.1:11434" in output, output

@@ -10,14 +10,17 @@ from typing import Any
 
 import pytest
 import uvicorn
+from aiohttp import web
 
+from services.common.credentials import LLMConfig
 from services.common.envelope import Envelope, EventType
-from services.common.settings import load_settings
+from services.common.settings import Settings, load_settings
 from services.common.tools import tool_catalog
 from services.conversation_worker.deltas import DeltaStream
 from services.conversation_worker.events import Draft
 from services.conversation_worker.llm import LLMClients, LLMError, StreamAccumulator, status_error
 from services.llm_sim.main import create_app
+from tests.support.recorded_streams import serving
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.unit
@@ -48,8 +51,6 @@ async def serve(app: Any) -> AsyncIterator[str]:
 
 
 def config(base_url: str, api_key: str = KEY, model: str = "a0-sim-1") -> Any:
-    from services.common.credentials import LLMConfig
-
     return LLMConfig(base_url=base_url, api_key=api_key, model=model, source="settings")
 
 
@@ -239,3 +240,115 @@ async def test_a_failed_timed_flush_is_raised_to_the_turn_and_loses_no_text() ->
         await stream.add("three", 8)
     # The turn is retried from the table: nothing after "one " was recorded as sent.
     assert [d.payload["text"] for b in sink.batches for d in b] == ["one "]
+
+
+# --- egress: no redirects, the checked addresses only -------------------------------------
+
+
+class Listener:
+    """A TCP port that counts the connections made to it and answers none."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.close()
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self._accepted, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def _call(settings: Settings, config: LLMConfig) -> LLMError:
+    clients = LLMClients(settings)
+
+    async def on_text(text: str, position: int) -> None:
+        pass
+
+    try:
+        with pytest.raises(LLMError) as info:
+            await clients.stream_chat(
+                config,
+                [{"role": "user", "content": "hello"}],
+                tools=None,
+                on_text=on_text,
+                fallback_call_id=lambda index: f"fallback_{index}",
+            )
+    finally:
+        await clients.aclose()
+    return info.value
+
+
+async def test_a_redirect_is_not_followed_and_the_target_is_never_reached() -> None:
+    listener = Listener()
+    async with listener as target_port:
+        target = f"http://127.0.0.1:{target_port}/v1/chat/completions"
+        redirecting = web.Application()
+
+        async def redirect(request: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(target)
+
+        redirecting.router.add_post("/v1/chat/completions", redirect)
+        async with serving(redirecting) as base_url:
+            error = await _call(load_settings(), config(base_url))
+        assert error.code == "llm_forbidden" and not error.retriable
+        assert "redirect (HTTP 307)" in error.message
+        assert target not in error.message  # never echoes where it pointed
+        assert listener.connections == 0
+
+
+async def test_a_call_goes_to_the_checked_address_not_to_a_new_lookup() -> None:
+    # The policy checked `localhost` with an address that is not this machine's (as if
+    # it had resolved publicly then); `localhost` now resolves to the loopback listener.
+    listener = Listener()
+    async with listener as port:
+        settings = load_settings()
+        settings.worker.llm_first_content_s = 1.0
+        settings.worker.llm_round_s = 2.0
+        checked = LLMConfig(
+            base_url=f"http://localhost:{port}/v1",
+            api_key=KEY,
+            model="a0-sim-1",
+            source="credential",
+            addresses=("192.0.2.10",),
+        )
+        error = await _call(settings, checked)
+        assert error.code in ("llm_unavailable", "llm_timeout")
+        assert listener.connections == 0
+
+
+async def test_the_checked_address_is_used_with_the_original_name(sim: Any) -> None:
+    async with serve(sim) as base_url:
+        port = base_url.split(":")[2].split("/")[0]
+        # `.invalid` never resolves: the call can only work on a checked address. The first
+        # refuses the connection (nothing listens on 127.0.0.2), the next one answers.
+        pinned = LLMConfig(
+            base_url=f"http://provider.invalid:{port}/v1",
+            api_key=KEY,
+            model="a0-sim-1",
+            source="credential",
+            addresses=("127.0.0.2", "127.0.0.1"),
+        )
+        llm = Upstream(base_url)
+        try:
+            completion = await llm.clients.stream_chat(
+                pinned,
+                [{"role": "user", "content": "hello there"}],
+                tools=None,
+                on_text=_ignore,
+                fallback_call_id=lambda index: f"fallback_{index}",
+            )
+        finally:
+            await llm.clients.aclose()
+    assert completion.text and completion.finish_reason == "stop"
+
+
+async def _ignore(text: str, position: int) -> None:
+    pass
