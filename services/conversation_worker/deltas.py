@@ -7,8 +7,11 @@ time to first token does not grow, and text never waits longer than one window. 
 is left when the answer ends goes out with the event that ends it.
 
 Each delta's key is its character offset in the round's answer, and text that clients
-were already sent (a turn redelivered after a crash, an upstream call retried) is
-skipped by offset, so the deltas always concatenate to the answer exactly once.
+were already sent (a turn redelivered after a crash) is skipped by offset, so the deltas
+always concatenate to the answer exactly once. That holds only if the new answer begins
+with what was sent: a provider may answer differently the second time, so the text is
+compared, and an answer that differs fails the round (``llm_interrupted``) instead of
+being spliced onto the one shown.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ from typing import Any, Protocol
 from services.common import telemetry
 from services.common.envelope import Envelope, EventType
 from services.conversation_worker.events import Draft
+from services.conversation_worker.llm import LLMError
+
+# A redelivered turn's new answer does not begin with what clients were shown.
+DIVERGED = (
+    "The answer was interrupted (a0's worker restarted) and the LLM provider answered "
+    "differently the second time, so the first answer cannot be finished. Send the message again."
+)
 
 
 class EventSink(Protocol):
@@ -32,14 +42,15 @@ class EventSink(Protocol):
 
 class DeltaStream:
     def __init__(
-        self, events: EventSink, envelope: Envelope, round_: int, *, already_sent: int, window_s: float
+        self, events: EventSink, envelope: Envelope, round_: int, *, already_sent: str, window_s: float
     ) -> None:
         self.events = events
         self.envelope = envelope
         self.round = round_
         self.window_s = window_s
+        self._sent_before = already_sent  # shown to clients before a redelivery
         self._pending = ""  # received, not sent yet
-        self._pending_at = already_sent  # its offset in the round's answer
+        self._pending_at = len(already_sent)  # its offset in the round's answer
         self._last_flush: float | None = None
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
@@ -49,6 +60,10 @@ class DeltaStream:
         """Text of the answer starting at character ``position`` (from the model)."""
         self._raise_failed()
         end = position + len(text)
+        if position < len(self._sent_before):
+            shown = self._sent_before[position:end]
+            if text[: len(shown)] != shown:
+                raise LLMError("llm_interrupted", DIVERGED)
         known = self._pending_at + len(self._pending)
         if end <= known:
             return  # sent or pending already
@@ -89,6 +104,11 @@ class DeltaStream:
             # flush leaves it all pending, and the turn's retry starts from the table.
             self._pending = self._pending[len(text) :]
             self._pending_at = at + len(text)
+
+    def check_answer(self, text: str) -> None:
+        """Fail the round unless the whole answer begins with what was shown before."""
+        if not text.startswith(self._sent_before):
+            raise LLMError("llm_interrupted", DIVERGED)
 
     def _key(self, at: int) -> str:
         return f"delta:{self.envelope.turn_id}:{self.round}:{at}"

@@ -197,13 +197,14 @@ class TurnRunner:
                     self.events,
                     envelope,
                     round_,
-                    already_sent=start.sent_text.get(round_, 0),
+                    already_sent=start.sent_text.get(round_, ""),
                     window_s=self.settings.worker.delta_window_ms / 1000,
                 )
                 try:
                     completion = await self._llm_round(
                         envelope, transcript, round_, deltas, offer_tools=round_ < max_rounds
                     )
+                    deltas.check_answer(completion.text)
                 except LLMError as exc:  # what arrived before the failure is shown, then the error
                     raise RoundFailed(exc, await deltas.close()) from None
                 except BaseException:

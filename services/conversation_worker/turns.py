@@ -58,7 +58,7 @@ _BEGIN = f"WITH {CLAIM}{START_ROWS}ORDER BY part, position"
 # What text of each answer round of this turn clients were already sent (a redelivery).
 _SENT_TEXT = """
 SELECT split_part(event_key, ':', 3)::int AS round,
-       max(split_part(event_key, ':', 4)::bigint + char_length(envelope->'payload'->>'text'))
+       string_agg(envelope->'payload'->>'text', '' ORDER BY split_part(event_key, ':', 4)::bigint)
 FROM events WHERE conversation_id = %s AND event_key LIKE %s GROUP BY 1
 """
 
@@ -83,11 +83,11 @@ class Transcript:
 @dataclass
 class TurnStart:
     """What :meth:`TurnStore.begin` found: the status before (None for a turn the gateway
-    did not record), the transcript, and how much answer text per round was sent."""
+    did not record), the transcript, and the answer text per round clients were sent."""
 
     prior: TurnStatus | None
     transcript: Transcript
-    sent_text: dict[int, int]
+    sent_text: dict[int, str]
 
 
 class TranscriptCache:
@@ -173,13 +173,13 @@ async def turn_start(
     conn: AsyncConnection, envelope: Envelope, rows: list[tuple[Any, ...]], cache: TranscriptCache
 ) -> TurnStart:
     """The :class:`TurnStart` of :data:`START_ROWS`' rows (part 0, then part 1); on a turn
-    that ran before a restart, also how much of its text was sent."""
+    that ran before a restart, also the text of it that was sent."""
     prior = TurnStatus(rows[0][2]) if rows[0][2] else None
     transcript = cache.merge(
         envelope.conversation_id, [(position, key, body) for _, position, key, body, _ in rows[1:]]
     )
-    sent: dict[int, int] = {}
+    sent: dict[int, str] = {}
     if prior == TurnStatus.RUNNING:  # it ran before a restart: some text may be out
         found = await conn.execute(_SENT_TEXT, (envelope.conversation_id, f"delta:{envelope.turn_id}:%"))
-        sent = {int(round_): int(length) for round_, length in await found.fetchall()}
+        sent = {int(round_): text for round_, text in await found.fetchall()}
     return TurnStart(prior, transcript, sent)

@@ -193,7 +193,7 @@ ENVELOPE = Envelope(type=EventType.USER_MESSAGE, conversation_id="c", turn_id="t
 
 async def test_first_text_goes_out_at_once_and_the_rest_is_coalesced() -> None:
     sink = Recorder()
-    stream = DeltaStream(sink, ENVELOPE, 0, already_sent=0, window_s=0.05)
+    stream = DeltaStream(sink, ENVELOPE, 0, already_sent="", window_s=0.05)
     text = "".join(f"word{i} " for i in range(20))
     position = 0
     for token in text.split(" ")[:-1]:
@@ -209,7 +209,7 @@ async def test_first_text_goes_out_at_once_and_the_rest_is_coalesced() -> None:
 
 async def test_text_waits_at_most_one_window() -> None:
     sink = Recorder()
-    stream = DeltaStream(sink, ENVELOPE, 1, already_sent=0, window_s=0.02)
+    stream = DeltaStream(sink, ENVELOPE, 1, already_sent="", window_s=0.02)
     await stream.add("a", 0)
     await stream.add("b", 1)  # inside the window: waits for the timer
     assert [[d.payload["text"] for d in b] for b in sink.batches] == [["a"]]
@@ -220,18 +220,35 @@ async def test_text_waits_at_most_one_window() -> None:
 
 async def test_text_already_sent_is_skipped_by_offset() -> None:
     sink = Recorder()
-    stream = DeltaStream(sink, ENVELOPE, 0, already_sent=5, window_s=0.05)
+    stream = DeltaStream(sink, ENVELOPE, 0, already_sent="Hello", window_s=0.05)
     await stream.add("Hel", 0)
     await stream.add("lo wo", 3)
     await stream.add("rld", 8)
+    stream.check_answer("Hello world")
     drafts = [d for batch in sink.batches for d in batch] + await stream.close()
     assert "".join(d.payload["text"] for d in drafts) == " world"
     assert drafts[0].key == "delta:t:0:5"
 
 
+async def test_a_redelivered_answer_that_differs_from_what_was_shown_fails_instead_of_splicing() -> None:
+    # Shown before the worker restarted: "The answer is forty-". The provider's second
+    # answer begins otherwise: nothing of it is added to the first.
+    sink = Recorder()
+    stream = DeltaStream(sink, ENVELOPE, 0, already_sent="The answer is forty-", window_s=0.05)
+    with pytest.raises(LLMError) as failed:
+        await stream.add("Sure! ", 0)
+    assert failed.value.code == "llm_interrupted"
+    assert await stream.close() == [] and sink.batches == []
+    # A shorter answer that stops inside what was shown is no continuation either.
+    shorter = DeltaStream(Recorder(), ENVELOPE, 0, already_sent="The answer is forty-", window_s=0.05)
+    await shorter.add("The answer", 0)
+    with pytest.raises(LLMError):
+        shorter.check_answer("The answer")
+
+
 async def test_a_failed_timed_flush_is_raised_to_the_turn_and_loses_no_text() -> None:
     sink = Recorder(fail_first=0)
-    stream = DeltaStream(sink, ENVELOPE, 0, already_sent=0, window_s=0.01)
+    stream = DeltaStream(sink, ENVELOPE, 0, already_sent="", window_s=0.01)
     await stream.add("one ", 0)
     sink.fail_first = 1
     await stream.add("two ", 4)  # flushed by the timer, which fails
