@@ -63,13 +63,15 @@ def entries(*args: str) -> dict[str, dict[str, Any]]:
 
 async def audit_records(settings: Settings, entry: str) -> list[dict[str, Any]]:
     """The audit topic's records about ``entry``, read as any Kafka client would."""
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         tp = TopicPartition("dlq.audit", 0)
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
-        await consumer.seek_to_beginning(tp)
+        consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
         found = []
         while await consumer.position(tp) < end:
             for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
