@@ -11,6 +11,7 @@ from a0ctl.commands import (
     creds,
     db,
     deploy,
+    dlq,
     load,
     observe,
     release,
@@ -52,6 +53,7 @@ app.add_typer(creds.app, name="creds")
 app.add_typer(deploy.app, name="deploy")
 app.add_typer(db.app, name="db")
 app.add_typer(release.app, name="release")
+app.add_typer(dlq.app, name="dlq")
 app.command()(smoke.smoke)
 app.command()(run.run)
 app.command()(token.token)

@@ -27,6 +27,7 @@ def check_table(title: str, checks: list[GateCheck]) -> Table:
 
 def render(evidence: ReleaseEvidence) -> None:
     console.print(check_table(f"release check of {evidence.git.commit[:12]}", evidence.checks))
+    console.print(f"load: {evidence.load.describe()}", highlight=False)
     if evidence.ok:
         console.print("[green]release check passed[/]: `a0ctl release tag VERSION` may tag this commit")
     else:
@@ -48,9 +49,11 @@ def check(
 ) -> None:
     """Run the release gate on the running stack: doctor, migrations at head, topics plan without drift, smoke, and a load run within the SLA. Exit 1 if any check fails.
 
+    The load run is the seed's shape by default (500 sessions, --think 10, 60 s; SLA mean < 0.5 s, p99 < 1.5 s, as docs/runbook.md says). Fewer sessions, a shorter run or a longer think time is a shorter profile, and the output names it so.
+
     The evidence is kept under the state dir (release/last-check.json) for `release tag`.
 
-    Example: a0ctl release check --sessions 50 --duration 20 --sla-mean 2 --sla-p99 5
+    Example: a0ctl release check
     """
     limits = LoadLimits(
         sessions=sessions, duration_s=duration, think_s=think, sla_mean_s=sla_mean, sla_p99_s=sla_p99

@@ -1,12 +1,12 @@
 """The executable roadmap: milestones M0-M5 of ``docs/roadmap.md``, each with the checks
 that accept it. Live checks call the code of ``a0ctl status``, ``smoke``, ``topics plan``,
-``load`` and ``release check`` (:mod:`a0ctl.release.gate`); what only a long test run
+``trace``, ``load`` and ``release check`` (:mod:`a0ctl.release.gate`), and run the
+dashboard's queries (:mod:`a0ctl.roadmap.live`); what only a long test run
 proves is read from the latest JUnit results in ``test-artifacts/`` (``make test`` writes
 them), and each such check says which file and when it was written."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -19,6 +19,7 @@ import httpx
 from pydantic import BaseModel
 
 from a0ctl.release.gate import GateCheck, LoadLimits, load_check, smoke_check, timed, topics_check
+from a0ctl.roadmap.live import dashboard_check, turn_trace_check
 from a0ctl.runtime import get_runtime
 from services.common.settings import Settings
 
@@ -121,28 +122,6 @@ def ui_through_gateway_check(settings: Settings) -> GateCheck:
     return timed("chat UI served by the gateway", run)
 
 
-def dashboard_check(home: Path) -> GateCheck:
-    def run() -> tuple[bool, str]:
-        titles = []
-        for path in sorted((home / "stack" / "grafana" / "dashboards").glob("*.json")):
-            titles += [p.get("title", "") for p in json.loads(path.read_text()).get("panels", [])]
-        lowered = [t.lower() for t in titles]
-        throughput = any("/ s" in t or "throughput" in t for t in lowered)
-        errors = any("error" in t for t in lowered)
-        detail = f"panels: {', '.join(titles) or 'none'}"
-        if not (throughput and errors):
-            detail += "; missing: " + ", ".join(
-                n for n, ok in (("throughput", throughput), ("error rate", errors)) if not ok
-            )
-        return throughput and errors, detail
-
-    return timed("dashboard panels for throughput and error rate", run)
-
-
-def trace_command_check(home: Path) -> GateCheck:
-    return command_check(("a0ctl", "trace", "--help"), home, "a0ctl trace shows a turn's trace")
-
-
 def rc_tag_check(home: Path) -> GateCheck:
     def run() -> tuple[bool, str]:
         result = subprocess.run(
@@ -154,13 +133,17 @@ def rc_tag_check(home: Path) -> GateCheck:
     return timed("release candidate tagged", run)
 
 
-def milestones(settings: Settings) -> list[tuple[str, str, str, list[Callable[[], GateCheck]]]]:
-    """Each milestone: id, title, acceptance (ROADMAP.md), and its checks (run lazily)."""
+def milestones(
+    settings: Settings, limits: LoadLimits | None = None
+) -> list[tuple[str, str, str, list[Callable[[], GateCheck]]]]:
+    """Each milestone: id, title, acceptance (ROADMAP.md), and its checks (run lazily).
+    The load run is the seed's shape with M5's SLA unless ``limits`` names another."""
     home = settings.stack.home.resolve()
+    load_limits = limits or LoadLimits(sla_mean_s=M5_SLA_MEAN_S, sla_p99_s=None)
 
     @cache
     def load() -> tuple[GateCheck, object]:
-        return load_check(settings, LoadLimits(sla_mean_s=M5_SLA_MEAN_S, sla_p99_s=None))
+        return load_check(settings, load_limits)
 
     def lag_under_load() -> GateCheck:
         check, report = load()
@@ -250,8 +233,8 @@ def milestones(settings: Settings) -> list[tuple[str, str, str, list[Callable[[]
             "live throughput and error rate",
             [
                 lambda: junit_check(home, "e2e"),
-                lambda: trace_command_check(home),
-                lambda: dashboard_check(home),
+                lambda: turn_trace_check(settings),
+                lambda: dashboard_check(settings, home),
             ],
         ),
         (
@@ -273,9 +256,9 @@ def milestones(settings: Settings) -> list[tuple[str, str, str, list[Callable[[]
     ]
 
 
-def run_roadmap(settings: Settings) -> Roadmap:
+def run_roadmap(settings: Settings, limits: LoadLimits | None = None) -> Roadmap:
     result = []
-    for milestone_id, title, accepted_when, checks in milestones(settings):
+    for milestone_id, title, accepted_when, checks in milestones(settings, limits):
         done = [check() for check in checks]
         result.append(
             Milestone(

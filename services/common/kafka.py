@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +82,16 @@ async def publish_encoded(
     return await producer.send(topic, value, key=conversation_id.encode(), headers=telemetry.kafka_headers())
 
 
+# Headers of a dead letter: why and where it came from (``a0-dlq-reason``,
+# ``a0-dlq-source-topic`` ...), beside the source record's own headers.
+DEAD_LETTER_HEADER_PREFIX = "a0-dlq-"
+# How many times ``a0ctl dlq replay`` put a record back on its source topic: a record
+# that fails again comes back to the dead-letter topic with it, so it is not replayed in a loop.
+REPLAY_COUNT_HEADER = "a0-replay-count"
+# This process, for the dead letters it writes when its caller names no replica.
+_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+
+
 async def dead_letter(
     producer: AIOKafkaProducer,
     topic: str,
@@ -89,17 +101,24 @@ async def dead_letter(
     group: str,
     **extra: str,
 ) -> None:
-    """Copy a record that cannot be handled to a dead-letter topic, unchanged, with why
-    and where it came from in the headers (``a0-dlq-*``)."""
+    """Copy a record that cannot be handled to a dead-letter topic, unchanged (value, key
+    and its own headers), with why, where it came from and which replica met it in the
+    headers (``a0-dlq-*``)."""
     log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
     metrics.DEAD_LETTERS.labels(group).inc()
+    dead = {"replica": _PROCESS, **extra}
     headers = [
+        *(
+            (key, value)
+            for key, value in (record.headers or ())
+            if not key.startswith(DEAD_LETTER_HEADER_PREFIX)
+        ),
         ("a0-dlq-reason", reason.encode()),
         ("a0-dlq-source-topic", record.topic.encode()),
         ("a0-dlq-source-partition", str(record.partition).encode()),
         ("a0-dlq-source-offset", str(record.offset).encode()),
         ("a0-dlq-group", group.encode()),
-        *((f"a0-dlq-{key}", value.encode()) for key, value in extra.items()),
+        *((f"{DEAD_LETTER_HEADER_PREFIX}{key}", value.encode()) for key, value in dead.items()),
     ]
     await (await producer.send(topic, record.value or b"", key=record.key, headers=headers))
 

@@ -1,14 +1,31 @@
-"""The executable roadmap: docs/roadmap.md names what ``a0ctl roadmap`` checks, and test
-evidence is read from JUnit files as they are, stale or failed results included."""
+"""The executable roadmap: docs/roadmap.md names what ``a0ctl roadmap`` checks, test
+evidence is read from JUnit files as they are, stale or failed results included, and
+each live check fails when its subject is broken: Jaeger down, a trace or a dashboard
+panel short of what it needs, a load run over its SLA."""
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from a0ctl.load import LoadReport, Percentiles
+from a0ctl.release.gate import LoadLimits, judge_load
 from a0ctl.roadmap import junit_check, milestones
-from services.common.settings import load_settings
+from a0ctl.roadmap.live import (
+    DASHBOARDS,
+    METRIC_NAME,
+    dashboard_check,
+    exported_metrics,
+    judge_answers,
+    judge_trace,
+    panel_queries,
+    turn_trace_check,
+)
+from services.common.settings import Settings, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -50,3 +67,141 @@ def test_junit_evidence_passes_only_when_the_named_tests_passed(tmp_path: Path) 
     assert (
         green.ok and "junit-e2e.xml of " in green.detail and "2 passed, 0 failed, 0 skipped" in green.detail
     )
+
+
+# --- checks that fail when their subject is broken -----------------------------------------
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, read, released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def with_urls(*, jaeger: str | None = None, prometheus: str | None = None) -> Settings:
+    settings = load_settings()
+    update: dict[str, Any] = {}
+    if jaeger is not None:
+        update["telemetry"] = settings.telemetry.model_copy(update={"jaeger_url": jaeger})
+    if prometheus is not None:
+        update["prometheus"] = settings.prometheus.model_copy(update={"url": prometheus})
+    return settings.model_copy(update=update)
+
+
+def a_turn() -> tuple[str, str]:
+    return "c-roadmap", "t-roadmap"
+
+
+def no_turn() -> tuple[str, str]:
+    raise AssertionError("no turn is run for a dashboard that cannot be right")
+
+
+def test_the_trace_check_fails_when_jaeger_does_not_answer() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    check = turn_trace_check(with_urls(jaeger=url), turn=a_turn, wait_s=0)
+    assert check.name == "a0ctl trace shows a turn's trace"
+    assert not check.ok and f"Jaeger does not answer at {url}" in check.detail
+
+
+def span(service: str) -> dict[str, Any]:
+    return {"service": service, "name": f"{service} work"}
+
+
+def test_a_trace_passes_only_with_spans_of_the_gateway_the_worker_and_the_tool_executor() -> None:
+    assert judge_trace([]) == (False, "no trace of the turn in Jaeger")
+    partial = [{"trace_id": "a1", "spans": [span("gateway"), span("conversation-worker")]}]
+    ok, detail = judge_trace(partial)
+    assert not ok and detail.endswith("none from tool-executor")
+    whole = [
+        {"trace_id": "b2", "spans": [span(s) for s in ("gateway", "conversation-worker", "tool-executor")]}
+    ]
+    assert judge_trace(partial + whole) == (
+        True,
+        "trace b2: 3 spans from conversation-worker, gateway, tool-executor",
+    )
+
+
+def test_every_panel_of_the_dashboard_names_metrics_the_services_export() -> None:
+    queries = panel_queries(ROOT)
+    assert len(queries) > 10 and all("$__" not in expr for _, expr in queries)
+    named = {name for _, expr in queries for name in METRIC_NAME.findall(expr)}
+    assert named and named <= exported_metrics()
+
+
+def test_the_dashboard_check_fails_on_a_panel_query_naming_a_missing_metric(tmp_path: Path) -> None:
+    board = json.loads((ROOT / DASHBOARDS / "a0.json").read_text())
+    error_rate = next(p for p in board["panels"] if p["title"] == "Error rate")
+    error_rate["targets"][0]["expr"] = "sum(rate(a0_turn_failures_total[$__rate_interval]))"
+    (tmp_path / DASHBOARDS).mkdir(parents=True)
+    (tmp_path / DASHBOARDS / "a0.json").write_text(json.dumps(board))
+    check = dashboard_check(load_settings(), tmp_path, turn=no_turn, wait_s=0)
+    assert not check.ok
+    assert check.detail == "metrics no a0 service exports: Error rate: a0_turn_failures_total"
+
+
+def test_the_dashboard_check_fails_when_prometheus_does_not_answer() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    check = dashboard_check(with_urls(prometheus=url), ROOT, turn=a_turn, wait_s=0)
+    assert not check.ok and f"Prometheus does not answer at {url}" in check.detail
+
+
+def answer(*values: float) -> list[dict[str, Any]]:
+    return [{"metric": {}, "value": [0, str(v)]} for v in values]
+
+
+def test_panels_need_a_non_zero_throughput_and_a_present_error_rate() -> None:
+    good = [
+        ("Throughput: turns / s", "q1", answer(0.5)),
+        ("Error rate", "q2", answer(0.0)),
+        ("Turn latency p50 / p95 / p99", "q3", answer(1.2)),
+    ]
+    assert judge_answers(good) == (True, "3 panels, 3 queries answered; throughput up to 0.50/s")
+    idle = [("Throughput: turns / s", "q1", answer(0.0)), *good[1:]]
+    assert judge_answers(idle) == (False, "Throughput: turns / s: no non-zero answer to q1")
+    no_errors = [good[0], ("Error rate", "q2", []), good[2]]
+    assert judge_answers(no_errors) == (False, "Error rate: no series for q2")
+
+
+def load_report(response_s: list[float]) -> LoadReport:
+    none = Percentiles.of([])
+    counts: dict[str, Any] = dict.fromkeys(
+        ("rejected", "shed", "failed", "failed_sessions", "lost", "duplicate_events", "missing_events"), 0
+    )
+    return LoadReport(
+        **counts,
+        sessions=500,
+        duration_s=60.0,
+        ramp_s=10.0,
+        prompt="compute 6*7",
+        sent=len(response_s),
+        accepted=len(response_s),
+        completed=len(response_s),
+        throughput_per_s=40.0,
+        response_s=Percentiles.of(response_s),
+        ttft_s=none,
+        accept_s=none,
+        delivery_ms=none,
+        max_consumer_lag_s=0.5,
+        max_consumer_lag_records=3,
+        causes={},
+        errors=[],
+    )
+
+
+def test_the_release_gate_runs_the_seeds_shape_and_a_load_over_its_sla_fails() -> None:
+    seed = LoadLimits()
+    assert (seed.sessions, seed.think_s, seed.duration_s) == (500, 10.0, 60.0)
+    assert (seed.sla_mean_s, seed.sla_p99_s) == (0.5, 1.5) and seed.profile == "seed"
+    ok, detail = judge_load(load_report([0.3] * 99 + [1.0]), seed)
+    assert ok and detail.startswith("seed profile: 500 sessions, --think 10, 60 s; ")
+    ok, detail = judge_load(load_report([0.9] * 100), seed)
+    assert not ok and "mean response 0.9 s > 0.5 s" in detail
+
+
+def test_a_shorter_load_profile_is_named_as_such() -> None:
+    short = LoadLimits(sessions=4, duration_s=3, think_s=1)
+    assert short.profile == "shorter than the seed's (500 sessions, --think 10, 60 s)"
+    ok, detail = judge_load(load_report([0.1] * 10), short)
+    assert ok and detail.startswith(
+        "4 sessions, --think 1, 3 s: shorter than the seed's (500 sessions, --think 10, 60 s); "
+    )
+    assert LoadLimits(think_s=20).profile != "seed"
