@@ -99,13 +99,28 @@ class _EventStream(EventSourceResponse):
             self.subscription.close()
 
 
+# Each event of the stream (comment lines, the keep-alive pings, are not events).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "The event's seq (what Last-Event-ID resumes after)."},
+        "event": {"type": "string", "description": "Its type, e.g. message.delta."},
+        "data": {
+            "type": "string",
+            "description": "The event as JSON: id, type, conversation_id, turn_id, user_id, seq, ts, payload.",
+        },
+    },
+    "required": ["id", "event", "data"],
+}
+
+
 @router.get(
     "/v1/conversations/{conversation_id}/events",
     response_class=Response,
     responses={
         200: {
             "description": "The conversation's events as Server-Sent Events, one per seq",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
         },
         **error_responses(401, 404, 422),
     },
