@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from typing import Annotated, Any
 
@@ -19,6 +20,16 @@ from services.common.settings import Settings
 
 CANCEL_GRACE_S = 10.0
 TOOL_OUTPUT_CHARS = 2000
+# C0 controls but newline and tab, DEL and C1 controls: ESC starts the sequences that move
+# the cursor, clear the screen, make links (OSC 8) or write the clipboard (OSC 52), and
+# U+009B is a one-character CSI. Answers and tool output are text from outside: printed
+# raw, they could do any of that to the user's terminal.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` without control characters, newline and tab aside."""
+    return _CONTROL.sub("", text)
 
 
 def _pretty(value: Any) -> str:
@@ -52,40 +63,44 @@ class TurnPrinter:
         kind = event.get("type")
         payload: dict[str, Any] = event.get("payload") or {}
         if kind == "message.delta":
-            text = str(payload.get("text") or payload.get("delta") or "")
+            text = printable(str(payload.get("text") or payload.get("delta") or ""))
             self.out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
             self.streamed = self.streamed or bool(text)
             self.mid_line = bool(text) and not text.endswith("\n")
         elif kind == "tool.call":
             self._end_line()
-            title = f"tool call · {payload.get('name', '?')}"
-            body = Text(_pretty(payload.get("arguments", "")))
+            title = Text(f"tool call · {printable(str(payload.get('name', '?')))}")
+            body = Text(printable(_pretty(payload.get("arguments", ""))))
             self.out.print(Panel(body, title=title, title_align="left", style="dim", expand=False))
         elif kind == "tool.result":
             self._end_line()
             error = payload.get("error")
             if error:
                 message = error.get("message", error) if isinstance(error, dict) else error
-                body, style = Text(f"error: {_clip(str(message))}"), "dim red"
+                body, style = Text(f"error: {_clip(printable(str(message)))}"), "dim red"
             else:
-                body, style = Text(_clip(_pretty(payload.get("output", payload.get("content", ""))))), "dim"
-            title = f"tool result · {payload.get('name', '?')}"
+                output = _pretty(payload.get("output", payload.get("content", "")))
+                body, style = Text(_clip(printable(output))), "dim"
+            title = Text(f"tool result · {printable(str(payload.get('name', '?')))}")
             self.out.print(Panel(body, title=title, title_align="left", style=style, expand=False))
         elif kind == "message.completed":
             if not self.streamed and payload.get("content"):
-                self.out.print(str(payload["content"]), markup=False, highlight=False, end="")
+                self.out.print(printable(str(payload["content"])), markup=False, highlight=False, end="")
                 self.mid_line = True
             self._end_line()
             self.outcome = "completed"
         elif kind == "error":
             self._end_line()
-            code = payload.get("code", "error")
-            err_console.print(f"[bold red]error[/] ({code}): ", end="")
-            err_console.print(str(payload.get("message", "the turn failed")), markup=False, highlight=False)
+            code = printable(str(payload.get("code", "error")))
+            err_console.print(Text.assemble(("error", "bold red"), f" ({code}): "), end="")
+            err_console.print(
+                printable(str(payload.get("message", "the turn failed"))), markup=False, highlight=False
+            )
             self.outcome = "error"
         elif kind == "cancelled":
             self._end_line()
-            self.out.print(f"[yellow]cancelled[/] ({payload.get('reason', 'cancelled')})", highlight=False)
+            reason = printable(str(payload.get("reason", "cancelled")))
+            self.out.print(Text.assemble(("cancelled", "yellow"), f" ({reason})"), highlight=False)
             self.outcome = "cancelled"
 
 
@@ -174,7 +189,7 @@ def run_chat(
                         runner.run(session.turn(text))
                     except GatewayError as exc:  # e.g. 409 or 429: say so and keep chatting
                         err_console.print("[bold red]error:[/] ", end="")
-                        err_console.print(str(exc), markup=False, highlight=False)
+                        err_console.print(printable(str(exc)), markup=False, highlight=False)
                     except KeyboardInterrupt:  # before the turn was under way
                         err_console.print("\n[yellow]interrupted[/]")
         finally:
@@ -196,7 +211,7 @@ def chat(
 ) -> None:
     """Chat with the stack in the terminal, through the gateway like any client.
 
-    Answers stream in; tool calls and their results show as dim blocks. Ctrl-C during an answer cancels that turn; Ctrl-D quits. With -m, one message is sent and the command exits 0 when it was answered, 130 when it was cancelled and 1 when it failed.
+    Answers stream in; tool calls and their results show as dim blocks, without the control characters (escape sequences) they may carry. Ctrl-C during an answer cancels that turn; Ctrl-D quits. With -m, one message is sent and the command exits 0 when it was answered, 130 when it was cancelled and 1 when it failed.
 
     Example: a0ctl chat -m "compute 6*7"   (or: a0ctl chat --user alice -c <conversation id>)
     """

@@ -22,7 +22,15 @@ from pydantic import BaseModel
 from services.common.errors import A0Error, ConfigError
 from services.common.settings import Settings
 
-USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# Matched whole (``fullmatch``): with ``match`` and ``$``, "alice\n" would pass as a name of
+# its own, since ``$`` also matches before a final newline.
+USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+def valid_user_id(user_id: str) -> bool:
+    """Whether ``user_id`` is a user name: 1-64 letters, digits, '.', '_', '@' or '-',
+    starting with a letter or digit, and nothing else (no trailing newline)."""
+    return USER_ID.fullmatch(user_id) is not None
 
 
 class AuthError(A0Error):
@@ -47,7 +55,7 @@ def _key(settings: Settings) -> str:
 def mint_token(
     settings: Settings, user_id: str, roles: list[str] | None = None, ttl_s: int | None = None
 ) -> str:
-    if not USER_ID.match(user_id):
+    if not valid_user_id(user_id):
         raise AuthError("user names are 1-64 letters, digits, '.', '_', '@' or '-'")
     now = int(time.time())
     claims = {
@@ -82,6 +90,8 @@ def check_sign_in(settings: Settings) -> None:
             where.append(f"A0_ENV is {settings.stack.env!r}, not 'local'")
         if not _is_loopback(settings.stack.host):
             where.append(f"the gateway binds {settings.stack.host}, not a loopback address")
+        if "*" in gateway.allowed_hosts:
+            where.append("A0_GATEWAY_ALLOWED_HOSTS lets any Host name in (a page rebound to 127.0.0.1)")
         if where:
             raise ConfigError(
                 "development sign-in (A0_GATEWAY_DEV_LOGIN) gives a token for any user name, "
@@ -162,7 +172,7 @@ def verify_token(settings: Settings, token: str) -> Principal:
     except jwt.InvalidTokenError:
         raise AuthError("the token is not valid; sign in again") from None
     user_id = str(claims["sub"])
-    if not USER_ID.match(user_id):
+    if not valid_user_id(user_id):
         raise AuthError("the token's subject is not a valid user name") from None
     roles = claims.get("roles") or ["user"]
     if not isinstance(roles, list):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_FILE = ".env"
 # Turns one core carries with answers still fast (see docs/messaging.md): the default
@@ -231,6 +231,29 @@ class GatewaySettings(BaseSettings):
     )
     rate_per_user_per_min: int = 600
     replica: str = "gw-1"
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Host names the gateway answers to (the Host header, port aside), comma-separated; "
+        "'*.example.com' takes every subdomain. Unset: only loopback names (localhost, 127.0.0.1, "
+        "::1) while development sign-in is on, any name when it is off. With development sign-in "
+        "on, names given here are answered besides the loopback ones.",
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers) the gateway reads; past it the "
+        "request is refused with 431 before it is parsed further.",
+    )
+    max_headers: int = Field(
+        default=100, ge=8, description="Most header fields in one request; past it, 431."
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
 
 
 class WorkerSettings(BaseSettings):

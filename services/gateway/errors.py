@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from services.common.auth import AuthError
 from services.common.db import recheck_if_lost
@@ -68,6 +69,10 @@ class PayloadTooLarge(ApiError):
     code, status = "payload_too_large", 413
 
 
+class UnsupportedMediaType(ApiError):
+    code, status = "unsupported_media_type", 415
+
+
 class RateLimited(ApiError):
     code, status = "rate_limited", 429
 
@@ -111,6 +116,7 @@ _ERROR_STATUS: dict[int, str] = {
     404: "no such resource, or one the user may not see (``not_found``)",
     409: "the conversation's policy refuses a second turn (``conflict``)",
     413: "body larger than A0_GATEWAY_MAX_BODY_BYTES (``payload_too_large``)",
+    415: "the body is not declared as JSON (``Content-Type: application/json``; ``unsupported_media_type``)",
     422: "a field is invalid, e.g. text with NUL (``invalid_request``)",
     429: "rate limit or load shedding; see Retry-After (``rate_limited``, ``overloaded``)",
 }
@@ -171,6 +177,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
+    415: "unsupported_media_type",
     429: "rate_limited",
     503: "unavailable",
 }
@@ -185,6 +192,25 @@ def http_error(status: int, request: Request, detail: Any) -> tuple[str, str]:
     if status >= 500:
         return code, "internal error"
     return code, str(detail) if detail else code.replace("_", " ")
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at the request's path. Starlette's 405 names those of
+    the first route that matched the path only, while a path is often served by several
+    (``GET`` and ``POST /v1/conversations``, one route each). A mount (/static) takes any
+    method as far as routing knows, so its app's own answer stands."""
+    # From the app's own root: a mount (/static) hands its app a scope rooted at itself.
+    root_path = request.scope.get("app_root_path", request.scope.get("root_path", ""))
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method, "root_path": root_path}
+        routes = (route for route in request.app.router.routes if not isinstance(route, Mount))
+        if any(route.matches(scope)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -205,6 +231,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code, message = http_error(exc.status_code, request, exc.detail)
         headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+            headers["Allow"] = ", ".join(allowed)
         return error_response(request, code, message, exc.status_code, headers)
 
     @app.exception_handler(PolicyUnavailable)

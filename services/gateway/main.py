@@ -26,10 +26,11 @@ from services.common.db import migrate
 from services.common.logging import register_secret, setup_logging
 from services.common.settings import Settings, load_settings
 from services.common.telemetry import setup_tracing
-from services.gateway import routes_conversations, routes_credentials, routes_ops, routes_stream
+from services.gateway import protocol, routes_conversations, routes_credentials, routes_ops, routes_stream
 from services.gateway.deps import GatewayState
 from services.gateway.errors import NotFound, install_error_handlers
 from services.gateway.fanout import Hub, outbound_tail, table_loader
+from services.gateway.hosts import TrustedHosts, allowed_hosts
 from services.gateway.middleware import GatewayMiddleware
 from services.gateway.ratelimit import OpenTurns
 
@@ -103,6 +104,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.gateway = None
     install_error_handlers(app)
+    # Inside GatewayMiddleware, so a refused Host still gets a request id and is counted.
+    app.add_middleware(TrustedHosts, allowed=allowed_hosts(settings))
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=settings.gateway.max_body_bytes,
@@ -131,6 +134,7 @@ def app_from_environment() -> FastAPI:
     setup_logging("gateway")
     settings = load_settings()
     setup_tracing(settings, "gateway")
+    protocol.configure(settings.gateway)  # this process's connections, from here on
     app = create_app(settings)
     metrics.tune_gc()
     return app
@@ -153,6 +157,8 @@ def serve(settings: Settings) -> None:
         port=settings.gateway.port,
         access_log=False,
         log_config=None,
+        # uvicorn's httptools protocol, refusing request heads past the header limits (431).
+        http=protocol.configure(settings.gateway),
         # Longer than clients' idle pools keep connections, so a reused connection is not
         # closed under a request in flight.
         timeout_keep_alive=75,

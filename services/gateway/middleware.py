@@ -21,13 +21,17 @@ from services.gateway.deps import GatewayState
 from services.gateway.errors import REQUEST_ID_HEADER, BodyTooLarge, error_body
 
 # A caller's own request id is kept when it is short and plain, so it can be correlated.
-_CALLER_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A new message: a new turn, shed here while the stack is at its limit of turns in flight.
-_MESSAGE_PATH = re.compile(r"^/v1/conversations/[^/]+/messages$")
+_MESSAGE_PATH = re.compile(r"/v1/conversations/[^/]+/messages")
+# Sign-in takes only a body declared as JSON: a page of another site can send text or a
+# form without asking first, but application/json only after a CORS preflight the
+# gateway never grants. Its Content-Type is left as sent, for the route to check.
+SIGN_IN_PATH = "/v1/auth/dev-login"
 
 # The browser's rules for everything the gateway serves (docs/ui.md): scripts, styles and
 # connections only from the gateway itself, no inline script, never inside a frame.
@@ -55,15 +59,20 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
-def _is_json(content_type: str | None) -> bool:
+def declares_json(content_type: str | None) -> bool:
+    """Whether a Content-Type header names JSON (``application/json`` or ``…+json``)."""
     if content_type is None:
-        return True
+        return False
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
 
 
+def _is_json(content_type: str | None) -> bool:
+    return content_type is None or declares_json(content_type)
+
+
 def pick_request_id(incoming: str | None) -> str:
-    if incoming and _CALLER_REQUEST_ID.match(incoming):
+    if incoming and _CALLER_REQUEST_ID.fullmatch(incoming):
         return incoming
     return new_id()
 
@@ -145,7 +154,11 @@ class GatewayMiddleware:
         if pending:
             self.pending_writes += 1
 
-        if scope.get("method") in _BODY_METHODS and not _is_json(headers.get("content-type")):
+        if (
+            scope.get("method") in _BODY_METHODS
+            and not _is_json(headers.get("content-type"))
+            and scope.get("path") != SIGN_IN_PATH
+        ):
             # A JSON-only API: a body sent as form or text (``curl -d``) is read as JSON too.
             scope["headers"] = [
                 (name, b"application/json" if name == b"content-type" else value)
@@ -190,7 +203,7 @@ class GatewayMiddleware:
         return getattr(getattr(scope.get("app"), "state", None), "gateway", None)
 
     async def _at_turn_capacity(self, scope: Scope) -> bool:
-        if not _MESSAGE_PATH.match(scope.get("path", "")):
+        if not _MESSAGE_PATH.fullmatch(scope.get("path", "")):
             return False
         gateway = self._gateway(scope)
         return gateway is not None and await gateway.open_turns.at_capacity(self.max_inflight_turns)

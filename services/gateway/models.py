@@ -9,14 +9,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from services.common.auth import USER_ID
-from services.gateway.textcheck import storable_text
+from services.gateway.textcheck import STORABLE_PATTERN, storable_text
 
-# Every text a client sends is stored and forwarded: NUL and lone surrogates are refused.
-Text = Annotated[str, AfterValidator(storable_text)]
-ConversationId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(storable_text)]
-TurnId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(storable_text)]
-RequestId = Annotated[str, Field(max_length=128), AfterValidator(storable_text)]
-Title = Annotated[str, Field(max_length=200), AfterValidator(storable_text)]
+# Every text a client sends is stored and forwarded: NUL and lone surrogates are refused
+# (and the schema says so; the pattern documents, storable_text checks).
+_STORABLE = Field(json_schema_extra={"pattern": STORABLE_PATTERN})
+Text = Annotated[str, _STORABLE, AfterValidator(storable_text)]
+ConversationId = Annotated[str, Field(min_length=1, max_length=128), _STORABLE, AfterValidator(storable_text)]
+TurnId = Annotated[str, Field(min_length=1, max_length=128), _STORABLE, AfterValidator(storable_text)]
+RequestId = Annotated[str, Field(max_length=128), _STORABLE, AfterValidator(storable_text)]
+Title = Annotated[str, Field(max_length=200), _STORABLE, AfterValidator(storable_text)]
 
 
 class TurnPolicy(StrEnum):
@@ -28,7 +30,8 @@ class TurnPolicy(StrEnum):
 
 
 class DevLogin(BaseModel):
-    user: str = Field(min_length=1, max_length=64, pattern=USER_ID.pattern)
+    # Anchored for pydantic's Rust regex, where ``$`` is the end of the text only.
+    user: str = Field(min_length=1, max_length=64, pattern=rf"^{USER_ID.pattern}$")
 
 
 class Token(BaseModel):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from services.common.auth import mint_token
 from services.gateway import handlers
 from services.gateway.deps import CurrentUser, Db, SettingsDep, State
-from services.gateway.errors import NotFound, error_responses
+from services.gateway.errors import NotFound, UnsupportedMediaType, error_responses
+from services.gateway.middleware import declares_json
 from services.gateway.models import (
     CancelAccepted,
     CancelTurn,
@@ -23,6 +24,7 @@ from services.gateway.models import (
     Me,
     MessageAccepted,
     PostMessage,
+    Text,
     Token,
     UpdateConversation,
 )
@@ -30,11 +32,24 @@ from services.gateway.models import (
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/auth/dev-login", responses=error_responses(400, 404, 413, 422))
-async def dev_login(body: DevLogin, settings: SettingsDep) -> Token:
-    """A token for any user name — only where ``A0_GATEWAY_DEV_LOGIN`` is on."""
+async def dev_sign_in(request: Request, settings: SettingsDep) -> None:
+    """Development sign-in is on, and the body is declared ``application/json``: a page of
+    another site cannot send that without a CORS preflight, which the gateway never grants
+    (see ``middleware.SIGN_IN_PATH``)."""
     if not settings.gateway.dev_login:
         raise NotFound("nothing at POST /v1/auth/dev-login")
+    if not declares_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType("sign-in takes a JSON body: send Content-Type: application/json")
+
+
+@router.post(
+    "/auth/dev-login",
+    dependencies=[Depends(dev_sign_in)],
+    responses=error_responses(400, 404, 413, 415, 422),
+)
+async def dev_login(body: DevLogin, settings: SettingsDep) -> Token:
+    """A token for any user name — only where ``A0_GATEWAY_DEV_LOGIN`` is on, for a body
+    sent as ``Content-Type: application/json``."""
     token = mint_token(settings, body.user)
     return Token(token=token, user_id=body.user, expires_in=settings.gateway.token_ttl_s)
 
@@ -61,7 +76,7 @@ async def list_conversations(
     state: State,
     conn: Db,
     q: Annotated[
-        str | None, Query(max_length=200, description="Only conversations whose title contains this text.")
+        Text | None, Query(max_length=200, description="Only conversations whose title contains this text.")
     ] = None,
 ) -> ConversationList:
     """The caller's conversations, most recently active first."""

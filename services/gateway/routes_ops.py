@@ -95,8 +95,20 @@ def _metrics_allowed(request: Request, token: str) -> bool:
     return bool(token) and hmac.compare_digest(offered.encode(), token.encode())
 
 
-@router.get("/metrics", responses=error_responses(403))
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus' text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **error_responses(403),
+    },
+)
 async def prometheus_metrics(request: Request, settings: SettingsDep) -> Response:
+    """The gateway's metrics in Prometheus' text format (not JSON): loopback clients, or
+    ``Authorization: Bearer <A0_GATEWAY_METRICS_TOKEN>``."""
     if not _metrics_allowed(request, settings.gateway.metrics_token.get_secret_value()):
         raise Forbidden(
             "metrics are served to loopback clients, or with Authorization: Bearer <A0_GATEWAY_METRICS_TOKEN>"

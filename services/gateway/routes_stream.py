@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Header, Query, Response, WebSocket, WebSocketDisconnect
 from pydantic import TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
@@ -60,14 +61,23 @@ _COMMAND: TypeAdapter[WsCommand] = TypeAdapter(WsCommand)
 _COMMAND_TYPES = frozenset({"subscribe", "unsubscribe", "message", "cancel"})
 
 
+# An event seq as a client may give it: up to 18 ASCII digits, so within PostgreSQL's
+# bigint. Documented as the Last-Event-ID header's pattern, so the schema says what is
+# accepted (empty: no cursor, as the header absent).
+SEQ_DIGITS = 18
+MAX_SEQ = 10**SEQ_DIGITS - 1
+_SEQ = re.compile(rf"[0-9]{{0,{SEQ_DIGITS}}}")
+
+
 def resume_cursor(last_event_id: str | None, after: int | None) -> int:
     """Where a stream resumes: ``Last-Event-ID`` (sent by a reconnecting EventSource) wins
     over ``?after=``; neither means from the beginning."""
-    if last_event_id is not None and last_event_id.strip():
-        value = last_event_id.strip()
-        if not value.isdigit():
-            raise InvalidRequest("Last-Event-ID: must be a non-negative integer (an event seq)")
-        return int(value)
+    if last_event_id:
+        # Matched whole and ASCII only: str.isdigit() also takes '²', which int() refuses,
+        # and int() refuses more than 4,300 digits.
+        if not _SEQ.fullmatch(last_event_id):
+            raise InvalidRequest(f"Last-Event-ID: must be an event seq, 0 to {SEQ_DIGITS} digits")
+        return int(last_event_id)
     return after or 0
 
 
@@ -107,17 +117,44 @@ class _EventStream(EventSourceResponse):
             self.subscription.close()
 
 
+# Each event of the stream (comment lines, the keep-alive pings, are not events).
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "The event's seq (what Last-Event-ID resumes after)."},
+        "event": {"type": "string", "description": "Its type, e.g. message.delta."},
+        "data": {
+            "type": "string",
+            "description": "The event as JSON: id, type, conversation_id, turn_id, user_id, seq, ts, payload.",
+        },
+    },
+    "required": ["id", "event", "data"],
+}
+
+
 @router.get(
     "/v1/conversations/{conversation_id}/events",
-    response_model=None,
-    responses=error_responses(401, 404, 422),
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The conversation's events as Server-Sent Events, one per seq",
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+        },
+        **error_responses(401, 404, 422),
+    },
 )
 async def conversation_events(
     conversation_id: ConversationId,
     user: StreamUser,
     state: State,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
-    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Resume after this seq.")] = None,
+    last_event_id: Annotated[
+        str,
+        Header(
+            description="Resume after this seq (what a reconnecting EventSource sends); wins over after.",
+            json_schema_extra={"pattern": f"^{_SEQ.pattern}$"},
+        ),
+    ] = "",
 ) -> EventSourceResponse:
     cursor = resume_cursor(last_event_id, after)
     return _EventStream(await handlers.open_stream(state, user, conversation_id, cursor))

@@ -14,6 +14,12 @@ _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
 
 
+# What storable_text admits, as far as a JSON Schema pattern can say it (a lone surrogate
+# cannot be written in JSON Schema's regex): documented on every such field, so a client
+# generating input from /openapi.json knows NUL is refused.
+STORABLE_PATTERN = "^[^\\u0000]*$"
+
+
 def storable_text(value: str) -> str:
     """A pydantic after-validator: refuse NUL and lone surrogates, naming which."""
     found = _UNSTORABLE.search(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -27,6 +28,23 @@ from services.tool_executor.sandbox import SandboxLimits
 from services.tool_executor.tools import Tool, ToolContext, ToolError
 
 log = logging.getLogger(__name__)
+
+# PostgreSQL's text and jsonb cannot hold NUL (\u0000), nor UTF-8 a lone surrogate: a
+# result with either could not be stored, and the call would be dead-lettered.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def storable(result: ToolResult) -> ToolResult:
+    """``result`` with NUL and lone surrogates in its output and error message replaced
+    by U+FFFD, so that it is stored and reaches the turn like any other output."""
+    update: dict[str, object] = {}
+    if result.output is not None and _UNSTORABLE.search(result.output):
+        update["output"] = _UNSTORABLE.sub(REPLACEMENT, result.output)
+    if result.error is not None and _UNSTORABLE.search(result.error.message):
+        message = _UNSTORABLE.sub(REPLACEMENT, result.error.message)
+        update["error"] = result.error.model_copy(update={"message": message})
+    return result.model_copy(update=update) if update else result
 
 
 class ToolExecutor:
@@ -94,7 +112,7 @@ class ToolExecutor:
         }
         with telemetry.span("tool run", attributes) as span:
             started = time.monotonic()
-            payload = await self._execute(envelope, call_id, name, key)
+            payload = storable(await self._execute(envelope, call_id, name, key))
             if payload.error is not None:
                 metrics.TOOL_ERRORS.labels(name, payload.error.code).inc()
             metrics.TOOL_SECONDS.labels(name).observe(time.monotonic() - started)

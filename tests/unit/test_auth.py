@@ -91,6 +91,14 @@ def test_gateway_refuses_to_start_with_dev_login_elsewhere(stack: dict[str, Any]
     assert "A0_GATEWAY_DEV_LOGIN=false" in str(err.value)
 
 
+def test_dev_login_refuses_to_start_when_any_host_name_is_allowed() -> None:
+    # A page rebound to 127.0.0.1 names its own host: '*' would let it sign in.
+    with pytest.raises(ConfigError, match="A0_GATEWAY_ALLOWED_HOSTS lets any Host name in"):
+        create_app(_settings(allowed_hosts=("*",)))
+    create_app(_settings(allowed_hosts=("a0.localhost",)))  # named hosts are answered besides loopback
+    create_app(_settings(allowed_hosts=("*",), dev_login=False))
+
+
 def test_without_dev_login_the_gateway_starts_anywhere_and_answers_404() -> None:
     settings = _settings({"host": "0.0.0.0", "env": "production"}, dev_login=False)
     client = TestClient(create_app(settings), raise_server_exceptions=False)
