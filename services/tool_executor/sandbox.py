@@ -2,9 +2,10 @@
 
 Each run is a fresh bubblewrap sandbox (see :mod:`services.tool_executor.confinement`):
 new user, pid, network, ipc, uts, mount and cgroup namespaces, uid 65534 inside, no
-capabilities, a seccomp filter, read-only binds of only the Python runtime, a tmpfs
-scratch dir holding ``main.py``, its own ``/proc``, and a PATH-only environment (the
-parent's may hold API keys). bwrap is never started as root: an executor running as root
+capabilities, a seccomp filter, a read-only root with read-only binds of only the Python
+runtime, sized ``noexec`` tmpfs mounts (``/tmp``, ``/dev/shm`` and the scratch dir
+holding ``main.py``), its own ``/proc``, and a PATH-only environment (the parent's may
+hold API keys). bwrap is never started as root: an executor running as root
 starts it as the unprivileged tool user (``A0_TOOLS_RUN_AS``). rlimits bound CPU, address
 space, file size and processes, and a wall-clock timeout bounds the run.
 
@@ -267,8 +268,13 @@ async def run_code(
     seccomp_fd = _memfd("a0-seccomp", conf.seccomp_bpf)
     info_read, info_write = os.pipe()
     fds = (code_fd, seccomp_fd, info_write)
-    command = ["-I", "-B", "-u", "-X", "utf8", "-c", _BOOTSTRAP]
-    argv = conf.argv(code_fd=code_fd, seccomp_fd=seccomp_fd, info_fd=info_write, command=command)
+    argv = conf.argv(
+        code_fd=code_fd,
+        seccomp_fd=seccomp_fd,
+        info_fd=info_write,
+        options=["-I", "-B", "-u", "-X", "utf8"],
+        bootstrap=_BOOTSTRAP,
+    )
     loop = asyncio.get_running_loop()
     info = asyncio.StreamReader()
     out = _Output(limits.output_bytes)

@@ -18,22 +18,9 @@ import pytest
 from services.common.settings import Settings
 from tests.conftest import ROOT, TEST_STATE
 from tests.support.gateway import auth, create_conversation, send_and_collect
-from tests.support.sandbox import sandboxed_processes, service_pid, wait_until_no_sandboxed_processes
+from tests.support.sandbox import DISARM, sandboxed_processes, service_pid, wait_until_no_sandboxed_processes
 
 pytestmark = pytest.mark.hostile
-
-DISARM = """\
-import gc
-for _o in gc.get_objects():
-    if getattr(_o, "__name__", "") == "_a0_guard":
-        _o.__code__ = (lambda event, args: None).__code__
-import ctypes, errno, os, socket, subprocess, sys
-_libc = ctypes.CDLL(None, use_errno=True)
-def syscall(nr, *args):
-    ret = _libc.syscall(nr, *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
-    return "ok" if ret >= 0 else errno.errorcode[ctypes.get_errno()]
-print("hook off")
-"""
 
 
 async def run_tool(client: httpx.AsyncClient, settings: Settings, code: str) -> dict[str, Any]:
