@@ -1,5 +1,5 @@
 """What tool code left behind, seen from the host: processes of the tool user that live
-in a pid namespace other than ours (a sandbox's)."""
+in a pid namespace other than ours (a sandbox's); and the code hostile tests start with."""
 
 from __future__ import annotations
 
