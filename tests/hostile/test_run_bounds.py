@@ -5,14 +5,18 @@ per process or per host user, and what a run writes is neither executable nor un
 Every attack is a real turn of ``mallory`` with the audit hook disarmed; while it is under
 way, ``alice`` runs a program of her own through the same stack. What the attack reached
 is watched from the host (its processes' memory and CPU time, the host's shared memory),
-not taken from the attack's own word.
+not taken from the attack's own word. Where no cgroup can bound runs, the tool executor
+must refuse to start and ``a0ctl doctor`` must say so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +27,7 @@ import pytest
 from services.common.settings import Settings, load_settings
 from services.tool_executor.cgroups import prepare
 from services.tool_executor.sandbox import SandboxError, SandboxLimits, run_code
+from tests.conftest import ROOT
 from tests.support.gateway import auth, create_conversation, send_and_collect
 from tests.support.sandbox import DISARM, sandboxed_processes, wait_until_no_sandboxed_processes
 from tests.support.waiting import eventually
@@ -252,3 +257,66 @@ async def test_a_runs_tmpfs_files_count_against_its_memory_limit() -> None:
             parent.rmdir()
     assert failed.value.kind == "memory_limit", failed.value
     assert "/dev/shm full" not in failed.value.output
+
+
+BOUNDS_CHECK = "tool run bounds (a cgroup per run)"
+
+
+def _without_cgroups(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``a0ctl ARGS`` on what looks like a machine without cgroups: in a mount namespace of
+    its own whose ``/sys/fs/cgroup`` is an empty tmpfs."""
+    hide = 'mount -t tmpfs none /sys/fs/cgroup && exec "$@"'
+    return subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            hide,
+            "sh",
+            sys.executable,
+            "-m",
+            "a0ctl",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})},
+    )
+
+
+def _bounds_check(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    report = json.loads(result.stdout)
+    check: dict[str, Any] = next(c for c in report["checks"] if c["name"] == BOUNDS_CHECK)
+    return check
+
+
+def test_doctor_says_when_tool_runs_cannot_be_bounded() -> None:
+    here = subprocess.run(
+        [sys.executable, "-m", "a0ctl", "doctor", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    check = _bounds_check(here)
+    assert check["ok"] and not check["warning"] and "cgroup v" in check["detail"], check
+
+    check = _bounds_check(_without_cgroups("doctor", "--json"))
+    assert not check["ok"] and "refuses to start" in check["detail"], check
+
+    check = _bounds_check(_without_cgroups("doctor", "--json", env={"A0_TOOLS_ALLOW_UNBOUNDED": "true"}))
+    assert check["ok"] and check["warning"] and check["detail"].startswith("UNBOUNDED"), check
+
+
+def test_the_tool_executor_refuses_to_start_where_runs_cannot_be_bounded() -> None:
+    result = _without_cgroups("run", "tool-executor", timeout=60)  # it says so at once
+    assert result.returncode != 0, result.stdout + result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "no cgroup can bound tool runs" in said and "A0_TOOLS_ALLOW_UNBOUNDED" in said, said
