@@ -9,8 +9,8 @@ The executor prepares a parent cgroup while it is still root (:func:`prepare`), 
 to the tool user, and after dropping root makes one child of it per run
 (:meth:`RunCgroups.create`) and moves bwrap's two processes in while bwrap waits to
 start the run's first process (:meth:`RunCgroup.adopt`), so every process of the tool's
-code is born inside. When the run ends, times out or is cancelled, every
-process left in it is killed and the cgroup removed (:meth:`RunCgroup.remove`).
+code is born inside. When the run ends, times out or is cancelled, every process left in
+it is killed and the cgroup removed (:meth:`RunCgroup.remove`).
 
 cgroup v2 is used where its unified hierarchy has the ``memory``, ``pids`` and ``cpu``
 controllers, v1 otherwise (a hierarchy per controller, ``cpuacct`` for the CPU time
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import pwd
 import signal
@@ -33,8 +32,6 @@ from typing import Literal
 from pydantic import BaseModel
 
 from services.common.errors import A0Error
-
-log = logging.getLogger(__name__)
 
 # The controllers a run needs; cpuacct (v1 only) tells the CPU time a run used.
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
@@ -211,15 +208,17 @@ class RunCgroups(BaseModel):
                     directory.mkdir()
                     dirs.append(directory)
                 by_controller[controller] = directory
+            if self.version == 2:
+                usage: Path | None = by_controller["cpu"] / "cpu.stat"
+            else:
+                usage = by_controller["cpuacct"] / "cpuacct.usage" if "cpuacct" in by_controller else None
             run = RunCgroup(
                 version=self.version,
                 dirs=dirs,
                 memory=by_controller["memory"],
                 pids=by_controller["pids"],
                 cpu=by_controller["cpu"],
-                cpu_usage=(by_controller["cpuacct"] / "cpuacct.usage" if "cpuacct" in by_controller else None)
-                if self.version == 1
-                else by_controller["cpu"] / "cpu.stat",
+                cpu_usage=usage,
             )
             _limit(run, bounds)
             _chown([directory / "cgroup.procs" for directory in dirs], self.owner)

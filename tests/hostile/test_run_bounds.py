@@ -19,17 +19,26 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from services.common.settings import Settings, load_settings
-from services.tool_executor.cgroups import prepare
+from services.tool_executor.cgroups import parent_name, prepare
 from services.tool_executor.sandbox import SandboxError, SandboxLimits, run_code
-from tests.conftest import ROOT
-from tests.support.gateway import auth, create_conversation, send_and_collect
-from tests.support.sandbox import DISARM, sandboxed_processes, wait_until_no_sandboxed_processes
+from tests.conftest import ROOT, TEST_STATE
+from tests.support.gateway import (
+    auth,
+    collect_turn,
+    create_conversation,
+    post_message,
+    read_until,
+    send_and_collect,
+    sse_events,
+)
+from tests.support.sandbox import DISARM, sandboxed_processes, service_pid, wait_until_no_sandboxed_processes
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.hostile
@@ -82,6 +91,24 @@ class Watch:
             await asyncio.sleep(0.05)
 
 
+def run_cgroups(settings: Settings) -> list[Path]:
+    """The cgroups of the test stack's tool runs now, found from the executor's own cgroup
+    (v1: the parent is below it in each hierarchy; v2: the executor is in its ``executor``)."""
+    name = parent_name(settings.stack.state_path, settings.tools.metrics_port)
+    with open(f"/proc/{service_pid('tool-executor', TEST_STATE)}/cgroup", encoding="ascii") as f:
+        paths = [line.strip().split(":", 2) for line in f]
+    runs: list[Path] = []
+    for _, controllers, path in paths:
+        unified = Path("/sys/fs/cgroup/unified")
+        hierarchy = Path("/sys/fs/cgroup", controllers.split(",")[0]) if controllers else unified
+        if not controllers and not unified.is_dir():
+            hierarchy = Path("/sys/fs/cgroup")  # cgroup v2 alone
+        for parent in (hierarchy / path.lstrip("/") / name, (hierarchy / path.lstrip("/")).parent):
+            if parent.name == name and parent.is_dir():
+                runs += [child for child in parent.iterdir() if child.name.startswith("run-")]
+    return runs
+
+
 async def turn(client: httpx.AsyncClient, settings: Settings, user: str, code: str) -> dict[str, Any]:
     """``run python: CODE`` as ``user``; the tool.result payload of the turn."""
     headers = auth(settings, user)
@@ -109,6 +136,7 @@ async def attack_while_another_user_runs(
         assert other.get("output") == "42\n", f"another user's run failed meanwhile: {other}"
         result = await attack
         await wait_until_no_sandboxed_processes(tool_user, besides=before)
+        await eventually(lambda: not run_cgroups(settings), 5, "every run's cgroup removed")
     finally:
         sampler.cancel()
     return result, watch
@@ -202,6 +230,33 @@ async def test_a_fork_bomb_does_not_fail_another_users_run(
     result, watch = await attack_while_another_user_runs(client, settings, code, lambda w: w.processes >= 32)
     assert result["error"]["code"] == "timeout", result
     assert watch.processes <= settings.tools.max_processes, watch.processes
+
+
+async def test_a_cancelled_run_leaves_no_process_and_no_cgroup(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    tool_user = settings.tools.run_as
+    before = sandboxed_processes(tool_user)
+    headers = auth(settings, "mallory")
+    conversation_id = await create_conversation(client, headers)
+    events = sse_events(client, headers, conversation_id)
+    code = DISARM + "import time\nfor _ in range(4):\n    os.fork()\ntime.sleep(60)"
+    accepted = await post_message(client, headers, conversation_id, "run python:\n" + code)
+    try:
+        await read_until(events, "tool.call")
+        await eventually(lambda: len(sandboxed_processes(tool_user, before)) >= 16, 20, "the run's forks")
+        assert run_cgroups(settings), "the run has no cgroup of its own"
+        await client.post(
+            f"/v1/conversations/{conversation_id}/cancel",
+            json={"turn_id": accepted["turn_id"]},
+            headers=headers,
+        )
+        rest = await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 20)
+    finally:
+        await events.aclose()
+    assert rest[-1]["type"] == "cancelled", rest[-1]
+    await wait_until_no_sandboxed_processes(tool_user, besides=before)
+    await eventually(lambda: not run_cgroups(settings), 5, "the cancelled run's cgroup removed")
 
 
 async def test_programs_written_by_a_run_cannot_be_executed(
