@@ -229,7 +229,8 @@ async def test_a_fork_bomb_does_not_fail_another_users_run(
         """)
     result, watch = await attack_while_another_user_runs(client, settings, code, lambda w: w.processes >= 32)
     assert result["error"]["code"] == "timeout", result
-    assert watch.processes <= settings.tools.max_processes, watch.processes
+    # Counted from the host with the other user's run (its sandbox's init and interpreter).
+    assert watch.processes <= settings.tools.max_processes + 2, watch.processes
 
 
 async def test_a_cancelled_run_leaves_no_process_and_no_cgroup(
