@@ -361,14 +361,16 @@ async def _run_in(
 ) -> str:
     code_fd = _memfd("a0-code", code.encode("utf-8", errors="surrogateescape"))
     seccomp_fd = _memfd("a0-seccomp", conf.seccomp_bpf)
+    setup_seccomp_fd = _memfd("a0-seccomp-setup", conf.setup_seccomp_bpf)
     info_read, info_write = os.pipe()
     # bwrap waits on this before it starts the run's first process: time to move it into
     # the run's cgroup, off the event loop (a v1 cgroup move can wait for an RCU grace period).
     block_read, block_write = os.pipe()
-    fds = (code_fd, seccomp_fd, info_write, block_read)
+    fds = (code_fd, seccomp_fd, setup_seccomp_fd, info_write, block_read)
     argv = conf.argv(
         code_fd=code_fd,
         seccomp_fd=seccomp_fd,
+        setup_seccomp_fd=setup_seccomp_fd,
         info_fd=info_write,
         block_fd=block_read,
         options=["-I", "-B", "-u", "-X", "utf8"],

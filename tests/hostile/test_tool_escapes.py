@@ -49,6 +49,22 @@ async def test_the_audit_hook_can_be_disarmed_so_the_kernel_boundary_is_what_hol
     assert "65534 65534" in out
 
 
+async def test_every_process_of_the_sandbox_runs_filtered_and_without_capabilities(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    # Its pid 1 is bwrap's init; the code's interpreter set itself up with a capability.
+    code = textwrap.dedent("""\
+        for pid in (1, os.getpid()):
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f.read().splitlines())
+            caps = [status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")]
+            print("pid", "init" if pid == 1 else "code", status["Seccomp"].strip(), status["NoNewPrivs"].strip(), *caps)
+        """)
+    out = output(await run_tool(client, settings, code))
+    no_caps = " ".join(["0000000000000000"] * 4)
+    assert f"pid init 2 1 {no_caps}" in out and f"pid code 2 1 {no_caps}" in out, out
+
+
 async def test_host_files_are_not_there(client: httpx.AsyncClient, settings: Settings) -> None:
     paths = [
         "/etc/shadow",
