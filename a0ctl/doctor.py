@@ -14,6 +14,7 @@ from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, docker_engine_answers
 from services.common.secrets_env import secrets_path
 from services.common.settings import Settings
+from services.tool_executor.cgroups import CgroupError, RunBounds, probe
 from services.tool_executor.confinement import ConfinementError, check
 
 BOOTSTRAP = "run scripts/bootstrap.sh (idempotent), or"
@@ -24,6 +25,8 @@ class DoctorCheck(BaseModel):
     ok: bool
     detail: str
     fix: str = ""
+    # Works, but not as it should outside development (e.g. tool runs without bounds).
+    warning: bool = False
 
 
 class DoctorReport(BaseModel):
@@ -74,7 +77,29 @@ def _tool_sandbox(settings: Settings) -> list[DoctorCheck]:
             detail=f"no user {user!r} (A0_TOOLS_RUN_AS)",
             fix=f"{BOOTSTRAP} useradd --system --no-create-home --shell /usr/sbin/nologin {user}",
         )
-    return [sandbox, tool_user]
+    return [sandbox, tool_user, _run_bounds(settings)]
+
+
+def _run_bounds(settings: Settings) -> DoctorCheck:
+    """A cgroup per tool run: without one the tool executor refuses to start."""
+    name = "tool run bounds (a cgroup per run)"
+    tools = settings.tools
+    bounds = RunBounds(
+        memory_bytes=tools.memory_mb * 2**20, processes=tools.max_processes, cpu_cores=tools.cpu_cores
+    )
+    fix = (
+        "run `a0ctl up` as root on a machine with the memory, pids and cpu cgroup controllers "
+        "(cgroup v2, or v1 hierarchies); A0_TOOLS_ALLOW_UNBOUNDED=true for development only"
+    )
+    try:
+        detail = probe(bounds)
+    except CgroupError as exc:
+        if tools.allow_unbounded:
+            detail = f"UNBOUNDED tool runs (A0_TOOLS_ALLOW_UNBOUNDED=true): {exc}"
+            return DoctorCheck(name=name, ok=True, warning=True, detail=detail, fix=fix)
+        return DoctorCheck(name=name, ok=False, detail=f"{exc}: the tool executor refuses to start", fix=fix)
+    limits = f"{tools.memory_mb} MiB, {tools.max_processes} processes, {tools.cpu_cores:g} cores, {tools.cpu_seconds} CPU-s"
+    return DoctorCheck(name=name, ok=True, detail=f"{limits} per run, {detail}")
 
 
 def run_doctor(settings: Settings) -> DoctorReport:

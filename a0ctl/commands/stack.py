@@ -232,10 +232,10 @@ def doctor(json_out: JsonOption = False) -> None:
         print_json(report)
     else:
         for check in report.checks:
-            mark = "[green]✔[/]" if check.ok else "[red]✘[/]"
+            mark = "[red]✘[/]" if not check.ok else "[yellow]![/]" if check.warning else "[green]✔[/]"
             console.print(f"{mark} {check.name}: ", end="")
             console.print(check.detail, markup=False, highlight=False)
-            if not check.ok and check.fix:
+            if (not check.ok or check.warning) and check.fix:
                 console.print("    [yellow]fix:[/] ", end="")
                 console.print(check.fix, markup=False, highlight=False)
     if not report.ok:

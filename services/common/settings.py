@@ -296,12 +296,29 @@ class ToolSettings(BaseSettings):
     )
     max_inflight: int = 16
     metrics_port: int = Field(default=19102, description="Replica i (from 0) serves metrics on this + 10*i.")
-    cpu_seconds: int = 5
-    memory_mb: int = 256
+    cpu_seconds: int = Field(
+        default=5, ge=1, description="CPU time of one run, all its processes together (and each one)."
+    )
+    memory_mb: int = Field(
+        default=256,
+        ge=32,
+        description="Memory of one run, all its processes and its tmpfs files together (and each "
+        "process's address space).",
+    )
     wall_seconds: float = 10.0
     output_bytes: int = 16_384
-    # Processes of the tool user, all runs together (RLIMIT_NPROC): stops a fork bomb.
-    max_processes: int = 256
+    max_processes: int = Field(
+        default=64, ge=8, description="Processes of one run at once (its cgroup): stops a fork bomb."
+    )
+    cpu_cores: float = Field(default=1.0, gt=0, description="Cores one run may use at once (its cgroup).")
+    tmpfs_mb: int = Field(
+        default=64, ge=1, description="Size of each of a run's noexec tmpfs mounts: /tmp, /scratch, /dev/shm."
+    )
+    allow_unbounded: bool = Field(
+        default=False,
+        description="Development only: start the tool executor where no cgroup can bound runs (each "
+        "process keeps its rlimits; a warning at start and in a0ctl doctor). Otherwise it refuses to start.",
+    )
     # The interpreter tool code runs with; only it and its stdlib are in the sandbox.
     sandbox_python: str = "/usr/bin/python3"
     # The unprivileged user the executor drops to when started as root, and bwrap runs as.

@@ -4,17 +4,20 @@ publishes ``tool.results``."""
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import uvloop
 from prometheus_client import start_http_server
 
 import services.common.schema  # noqa: F401  # alembic, imported before root is dropped (see privileges)
 from services.common.bootstrap import ServiceStack, run_consumer_service
+from services.common.errors import ConfigError
 from services.common.kafka import ConsumerLoop
 from services.common.logging import setup_logging
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
 from services.common.topics import TOOL_REQUESTS, dead_letter_topic
+from services.tool_executor.cgroups import CgroupError, RunCgroups, parent_name, prepare
 from services.tool_executor.confinement import ConfinementError, confinement
 from services.tool_executor.handlers import ToolExecutor
 from services.tool_executor.privileges import drop_root
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 GROUP = "a0-tool-executor"
 
 
-async def open_executor(stack: ServiceStack) -> ConsumerLoop:
+async def open_executor(stack: ServiceStack, cgroups: RunCgroups | None = None) -> ConsumerLoop:
     """Everything the tool executor holds, opened on ``stack``, and its consumer loop."""
     settings = stack.settings
     connections = settings.tools.max_inflight + 2
@@ -35,7 +38,7 @@ async def open_executor(stack: ServiceStack) -> ConsumerLoop:
         producer=await stack.producer("tool-executor"),
         policy=stack.policy(),
         tools=load_tools(),
-        limits=SandboxLimits.from_settings(settings.tools),
+        limits=SandboxLimits.from_settings(settings.tools, cgroups),
     )
     log.info("tools: %s", ", ".join(sorted(executor.tools)))
     return ConsumerLoop(
@@ -49,13 +52,33 @@ async def open_executor(stack: ServiceStack) -> ConsumerLoop:
     )
 
 
+def run_cgroups(settings: Settings) -> RunCgroups | None:
+    """The parent cgroup of every run, made while still root; without one the executor
+    refuses to start, unless unbounded runs are allowed (development), loudly."""
+    name = parent_name(settings.stack.state_path, settings.tools.metrics_port)
+    try:
+        cgroups = prepare(name, settings.tools.run_as)
+    except CgroupError as exc:
+        if not settings.tools.allow_unbounded:
+            raise ConfigError(
+                f"{exc}; tool runs would not be bounded (memory, processes, CPU per run)",
+                hint="run the executor as root on a machine with cgroup memory, pids and cpu "
+                "controllers, or set A0_TOOLS_ALLOW_UNBOUNDED=true for development",
+            ) from None
+        log.warning("UNBOUNDED tool runs (A0_TOOLS_ALLOW_UNBOUNDED=true): %s", exc)
+        return None
+    log.info("each tool run gets its own cgroup under %s", cgroups.describe())
+    return cgroups
+
+
 def serve(settings: Settings) -> None:
     setup_logging("tool-executor")
     setup_tracing(settings, "tool-executor")
+    cgroups = run_cgroups(settings)  # while root; on cgroup v2 the executor moves into the subtree
     start_http_server(settings.tools.metrics_port, addr=settings.stack.host)
     drop_root(settings.tools.run_as)
     try:
         confinement(settings.tools.sandbox_python)  # fail here, not at the first tool call
     except ConfinementError as exc:
         log.error("run_python will fail: %s", exc)
-    uvloop.run(run_consumer_service(settings, open_executor))
+    uvloop.run(run_consumer_service(settings, partial(open_executor, cgroups=cgroups)))

@@ -2,19 +2,25 @@
 
 Each run is a fresh bubblewrap sandbox (see :mod:`services.tool_executor.confinement`):
 new user, pid, network, ipc, uts, mount and cgroup namespaces, uid 65534 inside, no
-capabilities, a seccomp filter, read-only binds of only the Python runtime, a tmpfs
-scratch dir holding ``main.py``, its own ``/proc``, and a PATH-only environment (the
-parent's may hold API keys). bwrap is never started as root: an executor running as root
-starts it as the unprivileged tool user (``A0_TOOLS_RUN_AS``). rlimits bound CPU, address
-space, file size and processes, and a wall-clock timeout bounds the run.
+capabilities, a seccomp filter, a read-only root with read-only binds of only the Python
+runtime, sized ``noexec`` tmpfs mounts (``/tmp``, ``/dev/shm`` and the scratch dir
+holding ``main.py``), its own ``/proc``, and a PATH-only environment (the parent's may
+hold API keys). bwrap is never started as root: an executor running as root starts it as
+the unprivileged tool user (``A0_TOOLS_RUN_AS``).
+
+Each run has its own cgroup (see :mod:`services.tool_executor.cgroups`): memory, tmpfs
+files included, processes and CPU bounded for all its processes together, and its CPU
+time counted: past ``cpu_seconds`` the run is killed. rlimits still bound each process
+(CPU, address space, file size), and a wall-clock timeout bounds the run.
 
 Inside, a bootstrap installs an audit hook refusing sockets and process spawning before
 the user code runs: a first layer that gives clear errors, not the boundary.
 
-The run's whole process tree is its pid namespace: when the run ends, times out or is
-cancelled, the namespace's init is killed, which kills every process in it, and
-:func:`run_code` waits until it is gone. It returns the combined output or raises
-:class:`SandboxError`; callers turn that into a user-facing error.
+The run's whole process tree is its pid namespace and its cgroup: when the run ends,
+times out or is cancelled, the namespace's init is killed, which kills every process in
+it, :func:`run_code` waits until it is gone and removes the cgroup. It returns the
+combined output or raises :class:`SandboxError`; callers turn that into a user-facing
+error.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from services.common.errors import A0Error
-from services.tool_executor.confinement import ConfinementError, confinement
+from services.tool_executor.cgroups import RunBounds, RunCgroup, RunCgroups
+from services.tool_executor.confinement import TMPFS_BYTES, Confinement, ConfinementError, confinement
 
 TRUNCATED_MARKER = "[output truncated]"
 # Files written by the code live in the scratch tmpfs; this bounds one file.
@@ -43,6 +50,8 @@ STDERR_TAIL_BYTES = 2048
 STDERR_TAIL_LINES = 12
 # How long the namespace's processes may take to die once killed.
 REAP_SECONDS = 5.0
+# Processes of the tool user, every run together, where runs have no cgroup (development).
+UNBOUNDED_MAX_PROCESSES = 256
 _SAFE_ENV = {"PATH": "/usr/bin:/bin"}
 
 # Runs in the child before the user code. Audit hooks cannot be removed from Python code
@@ -75,13 +84,17 @@ class SandboxLimits(BaseModel):
     memory_mb: int = Field(default=256, ge=32)
     wall_seconds: float = Field(default=10.0, gt=0)
     output_bytes: int = Field(default=16_384, ge=1)
-    # Counted per host user across all its runs (and the executor's own threads).
-    max_processes: int = Field(default=256, ge=16)
+    # Processes of one run at once (its cgroup's pids.max).
+    max_processes: int = Field(default=64, ge=8)
+    cpu_cores: float = Field(default=1.0, gt=0)
+    tmpfs_mb: int = Field(default=TMPFS_BYTES // 2**20, ge=1)
     python: str = "/usr/bin/python3"
     run_as: str = "a0-tools"
+    # Where each run's cgroup is made; None runs with rlimits only (development, tests).
+    cgroups: RunCgroups | None = None
 
     @classmethod
-    def from_settings(cls, tool_settings: Any) -> SandboxLimits:
+    def from_settings(cls, tool_settings: Any, cgroups: RunCgroups | None = None) -> SandboxLimits:
         """Build from ``services.common.settings.ToolSettings`` (fields of the same names)."""
         return cls(
             cpu_seconds=tool_settings.cpu_seconds,
@@ -89,8 +102,16 @@ class SandboxLimits(BaseModel):
             wall_seconds=tool_settings.wall_seconds,
             output_bytes=tool_settings.output_bytes,
             max_processes=tool_settings.max_processes,
+            cpu_cores=tool_settings.cpu_cores,
+            tmpfs_mb=tool_settings.tmpfs_mb,
             python=tool_settings.sandbox_python,
             run_as=tool_settings.run_as,
+            cgroups=cgroups,
+        )
+
+    def bounds(self) -> RunBounds:
+        return RunBounds(
+            memory_bytes=self.memory_mb * 2**20, processes=self.max_processes, cpu_cores=self.cpu_cores
         )
 
 
@@ -142,7 +163,7 @@ def _set_limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
-def _apply_limits(limits: SandboxLimits) -> None:
+def _apply_limits(limits: SandboxLimits, bounded: bool) -> None:
     """preexec_fn: runs in the forked child just before exec; limits survive exec."""
     # Soft CPU limit sends SIGXCPU; the hard one (1s later) SIGKILLs code that ignores it.
     _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
@@ -151,7 +172,8 @@ def _apply_limits(limits: SandboxLimits) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (min(cpu, hard), hard))
     _set_limit(resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024)
     _set_limit(resource.RLIMIT_FSIZE, FILE_SIZE_BYTES)
-    _set_limit(resource.RLIMIT_NPROC, limits.max_processes)
+    if not bounded:  # no cgroup: only the tool user's processes all together can be bounded
+        _set_limit(resource.RLIMIT_NPROC, UNBOUNDED_MAX_PROCESSES)
     _set_limit(resource.RLIMIT_CORE, 0)  # SIGXCPU would otherwise dump core
 
 
@@ -232,11 +254,9 @@ def _failure(returncode: int, out: _Output, limits: SandboxLimits) -> SandboxErr
         returncode = -(returncode - 128)
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         # We only SIGKILL on timeout/cancel (handled elsewhere), so this is the rlimit.
-        msg = f"exceeded the CPU time limit of {limits.cpu_seconds}s"
-        return SandboxError(msg, kind="cpu_limit", output=text)
+        return _cpu_spent(limits, text)
     if "MemoryError" in tail or "Cannot allocate memory" in tail:
-        msg = f"ran out of memory (limit {limits.memory_mb} MiB)"
-        return SandboxError(msg + (f"\n{tail}" if tail else ""), kind="memory_limit", output=text)
+        return _out_of_memory(limits, text, tail)
     if returncode < 0:
         try:
             how = f"was killed by {signal.Signals(-returncode).name}"
@@ -245,6 +265,59 @@ def _failure(returncode: int, out: _Output, limits: SandboxLimits) -> SandboxErr
     else:
         how = f"exited with code {returncode}"
     return SandboxError(f"process {how}" + (f":\n{tail}" if tail else ""), kind="exit", output=text)
+
+
+def _cpu_spent(limits: SandboxLimits, output: str) -> SandboxError:
+    msg = f"exceeded the CPU time limit of {limits.cpu_seconds}s"
+    return SandboxError(msg, kind="cpu_limit", output=output)
+
+
+def _out_of_memory(limits: SandboxLimits, output: str, tail: str = "") -> SandboxError:
+    msg = f"ran out of memory (limit {limits.memory_mb} MiB, its processes and files together)"
+    return SandboxError(msg + (f"\n{tail}" if tail else ""), kind="memory_limit", output=output)
+
+
+class _CpuBudget:
+    """Ends the run once its processes together used ``cpu_seconds`` of CPU. The run can
+    use at most ``cpu_cores`` at once, so the budget is read only when it could be spent."""
+
+    def __init__(self, cgroup: RunCgroup, limits: SandboxLimits, kill: Callable[[], None]) -> None:
+        self.cgroup = cgroup
+        self.limits = limits
+        self.kill = kill
+        self.spent = False
+
+    async def watch(self) -> None:
+        rate = min(self.limits.cpu_cores, float(os.cpu_count() or 1))
+        while (used := self.cgroup.cpu_seconds()) is not None:
+            left = self.limits.cpu_seconds - used
+            if left <= 0:
+                self.spent = True
+                self.kill()
+                return
+            await asyncio.sleep(max(left / rate, 0.02))
+
+
+async def _start(bwrap_pid: int, sandbox_pid: int | None, cgroup: RunCgroup | None, block_fd: int) -> None:
+    """Put bwrap's processes in the run's cgroup, then let it start the run."""
+    if sandbox_pid is None:
+        return  # bwrap failed before its namespaces existed: its exit and stderr say why
+    if cgroup is not None:
+        try:
+            await asyncio.to_thread(cgroup.adopt, [bwrap_pid, sandbox_pid])
+        except OSError as exc:
+            raise SandboxError(
+                f"tool sandbox unavailable: cannot move the run into its cgroup: {exc}", kind="unavailable"
+            ) from None
+    with contextlib.suppress(BrokenPipeError):  # bwrap died meanwhile: its exit says why
+        os.write(block_fd, b"1")
+
+
+async def _remove(cgroup: RunCgroup) -> None:
+    try:
+        cgroup.remove(wait_s=0)  # its processes are gone by now: no waiting in the loop
+    except OSError:
+        await asyncio.to_thread(cgroup.remove)
 
 
 async def run_code(
@@ -256,19 +329,54 @@ async def run_code(
 
     Raises :class:`SandboxError` on timeout, CPU/memory limit, non-zero exit, or when the
     sandbox cannot be set up here. However the call ends (cancellation included), every
-    process the code started is killed and gone before it returns.
+    process the code started is killed and gone, and its cgroup removed, before it returns.
     """
     identity = _identity(limits.run_as)
     try:
         conf = await asyncio.to_thread(confinement, limits.python)
     except ConfinementError as exc:
         raise SandboxError(f"tool sandbox unavailable: {exc}", kind="unavailable") from None
+    cgroup: RunCgroup | None = None
+    if limits.cgroups is not None:
+        try:
+            cgroup = limits.cgroups.create(limits.bounds())
+        except OSError as exc:
+            raise SandboxError(
+                f"tool sandbox unavailable: no cgroup for the run: {exc}", kind="unavailable"
+            ) from None
+    try:
+        return await _run_in(cgroup, conf, code, limits, identity, on_spawn)
+    finally:
+        if cgroup is not None:
+            await _remove(cgroup)
+
+
+async def _run_in(
+    cgroup: RunCgroup | None,
+    conf: Confinement,
+    code: str,
+    limits: SandboxLimits,
+    identity: dict[str, Any],
+    on_spawn: Callable[[int], None] | None,
+) -> str:
     code_fd = _memfd("a0-code", code.encode("utf-8", errors="surrogateescape"))
     seccomp_fd = _memfd("a0-seccomp", conf.seccomp_bpf)
+    setup_seccomp_fd = _memfd("a0-seccomp-setup", conf.setup_seccomp_bpf)
     info_read, info_write = os.pipe()
-    fds = (code_fd, seccomp_fd, info_write)
-    command = ["-I", "-B", "-u", "-X", "utf8", "-c", _BOOTSTRAP]
-    argv = conf.argv(code_fd=code_fd, seccomp_fd=seccomp_fd, info_fd=info_write, command=command)
+    # bwrap waits on this before it starts the run's first process: time to move it into
+    # the run's cgroup, off the event loop (a v1 cgroup move can wait for an RCU grace period).
+    block_read, block_write = os.pipe()
+    fds = (code_fd, seccomp_fd, setup_seccomp_fd, info_write, block_read)
+    argv = conf.argv(
+        code_fd=code_fd,
+        seccomp_fd=seccomp_fd,
+        setup_seccomp_fd=setup_seccomp_fd,
+        info_fd=info_write,
+        block_fd=block_read,
+        options=["-I", "-B", "-u", "-X", "utf8"],
+        bootstrap=_BOOTSTRAP,
+        tmpfs_bytes=limits.tmpfs_mb * 2**20,
+    )
     loop = asyncio.get_running_loop()
     info = asyncio.StreamReader()
     out = _Output(limits.output_bytes)
@@ -283,20 +391,28 @@ async def run_code(
             env=_SAFE_ENV,
             start_new_session=True,
             pass_fds=fds,
-            preexec_fn=partial(_apply_limits, limits),
+            preexec_fn=partial(_apply_limits, limits, cgroup is not None),
             **identity,
         )
+    except BaseException:
+        os.close(block_write)
+        raise
     finally:
         for fd in fds:
             os.close(fd)
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(info), os.fdopen(info_read, "rb", 0)
     )
+    budget = watcher = None
+    if cgroup is not None:
+        budget = _CpuBudget(cgroup, limits, cgroup.kill)
+        watcher = asyncio.create_task(budget.watch())
     try:
         if on_spawn is not None:
             on_spawn(proc.pid)
         async with asyncio.timeout(limits.wall_seconds):
             sandbox_pid = await _sandbox_pid(info)
+            await _start(proc.pid, sandbox_pid, cgroup, block_write)
             await asyncio.gather(_pump(proc.stdout, out, False), _pump(proc.stderr, out, True), proc.wait())
     except TimeoutError:
         raise SandboxError(
@@ -304,13 +420,23 @@ async def run_code(
         ) from None
     finally:
         transport.close()
+        if watcher is not None:
+            watcher.cancel()
         # Killing the namespace's init kills every process in it (a child in a new
         # session included); bwrap itself goes with it. Then make sure they are gone.
         _kill(sandbox_pid)
         if proc.returncode is None:
             _kill(proc.pid)
         await proc.wait()
+        # Only now: a bwrap still waiting would take the end of this pipe as its go.
+        os.close(block_write)
         await _gone(sandbox_pid)
+    if budget is not None and budget.spent:
+        raise _cpu_spent(limits, out.text())
+    if cgroup is not None and cgroup.memory_kills():
+        # The kernel killed a process of the run at its memory limit: whatever the exit
+        # code says, the run did not get to finish what it was doing.
+        raise _out_of_memory(limits, out.text(), out.stderr_tail())
     if proc.returncode:
         raise _failure(proc.returncode, out, limits)
     return out.text()

@@ -18,22 +18,9 @@ import pytest
 from services.common.settings import Settings
 from tests.conftest import ROOT, TEST_STATE
 from tests.support.gateway import auth, create_conversation, send_and_collect
-from tests.support.sandbox import sandboxed_processes, service_pid, wait_until_no_sandboxed_processes
+from tests.support.sandbox import DISARM, sandboxed_processes, service_pid, wait_until_no_sandboxed_processes
 
 pytestmark = pytest.mark.hostile
-
-DISARM = """\
-import gc
-for _o in gc.get_objects():
-    if getattr(_o, "__name__", "") == "_a0_guard":
-        _o.__code__ = (lambda event, args: None).__code__
-import ctypes, errno, os, socket, subprocess, sys
-_libc = ctypes.CDLL(None, use_errno=True)
-def syscall(nr, *args):
-    ret = _libc.syscall(nr, *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
-    return "ok" if ret >= 0 else errno.errorcode[ctypes.get_errno()]
-print("hook off")
-"""
 
 
 async def run_tool(client: httpx.AsyncClient, settings: Settings, code: str) -> dict[str, Any]:
@@ -60,6 +47,22 @@ async def test_the_audit_hook_can_be_disarmed_so_the_kernel_boundary_is_what_hol
     out = output(await run_tool(client, settings, "print(os.getuid(), os.getgid())"))
     assert out.startswith("hook off\n")
     assert "65534 65534" in out
+
+
+async def test_every_process_of_the_sandbox_runs_filtered_and_without_capabilities(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    # Its pid 1 is bwrap's init; the code's interpreter set itself up with a capability.
+    code = textwrap.dedent("""\
+        for pid in (1, os.getpid()):
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f.read().splitlines())
+            caps = [status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")]
+            print("pid", "init" if pid == 1 else "code", status["Seccomp"].strip(), status["NoNewPrivs"].strip(), *caps)
+        """)
+    out = output(await run_tool(client, settings, code))
+    no_caps = " ".join(["0000000000000000"] * 4)
+    assert f"pid init 2 1 {no_caps}" in out and f"pid code 2 1 {no_caps}" in out, out
 
 
 async def test_host_files_are_not_there(client: httpx.AsyncClient, settings: Settings) -> None:

@@ -1,5 +1,5 @@
 """What tool code left behind, seen from the host: processes of the tool user that live
-in a pid namespace other than ours (a sandbox's)."""
+in a pid namespace other than ours (a sandbox's); and the code hostile tests start with."""
 
 from __future__ import annotations
 
@@ -9,6 +9,22 @@ from collections.abc import Collection
 from pathlib import Path
 
 from tests.support.waiting import eventually
+
+# Tool code that first disarms the sandbox's audit hook (it finds the hook with ``gc`` and
+# swaps its code, as a real attacker would), so that what a test meets is the boundary
+# itself; then it can call the kernel directly with ``syscall(nr, *args)``.
+DISARM = """\
+import gc
+for _o in gc.get_objects():
+    if getattr(_o, "__name__", "") == "_a0_guard":
+        _o.__code__ = (lambda event, args: None).__code__
+import ctypes, errno, os, socket, subprocess, sys
+_libc = ctypes.CDLL(None, use_errno=True)
+def syscall(nr, *args):
+    ret = _libc.syscall(nr, *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+    return "ok" if ret >= 0 else errno.errorcode[ctypes.get_errno()]
+print("hook off")
+"""
 
 
 def _field(status: str, name: str) -> str:
