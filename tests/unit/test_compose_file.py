@@ -169,6 +169,13 @@ def test_app_services_share_one_environment(services: dict[str, dict[str, Any]])
         env = dict(_env(services[name]))
         username = env.pop("A0_KAFKA_SASL_USERNAME", None)
         assert username == (name if name in principals else None), f"{name} signs in to Kafka as {username}"
+        # Only the tool executor runs tools, bounded by its container's limits.
+        unbounded = env.pop("A0_TOOLS_ALLOW_UNBOUNDED", None)
+        assert (unbounded == "true") == (name == "tool-executor"), name
+        if unbounded:
+            assert {"mem_limit", "pids_limit", "cpus"} <= set(services[name]), (
+                "unbounded runs need container limits"
+            )
         envs.append(env)
     assert all(env == envs[0] for env in envs), "app services should share the x-a0-env block"
     env = envs[0]
