@@ -169,7 +169,9 @@ class ConsumerLoop:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=6_000,
-            heartbeat_interval_ms=1_000,
+            # A third of the session timeout, as Kafka advises: a heartbeat a second cost
+            # every idle consumer (and the broker) a request a second for nothing.
+            heartbeat_interval_ms=2_000,
             max_poll_interval_ms=300_000,
             isolation_level="read_committed",
         )
