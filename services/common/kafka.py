@@ -7,8 +7,9 @@ of records in flight, with partitions paused past it; poison records to the serv
 dead-letter topic with the reason; transient errors retried with backoff.
 
 An idle consumer sleeps: its fetches wait at the broker up to ``A0_KAFKA_FETCH_MAX_WAIT_MS``
-(a record arriving answers them at once, so this costs no latency), its loop polls once
-a second, and its commit and lag timers wait for the next record instead of ticking.
+(a record arriving answers them at once, so this costs no latency), its loop and
+aiokafka's fetch routine wake once a second, and its commit and lag timers wait for the
+next record instead of ticking.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
 # briefly, so that backpressure lifts promptly; idle, up to a second.
 POLL_BUSY_MS = 200
 POLL_IDLE_MS = 1000
+CONSUMER_TIMEOUT_MS = 1000
 # The lag gauges: every second while records are handled; idle, when one arrives (or this).
 LAG_IDLE_S = 10.0
 
@@ -174,6 +176,10 @@ class ConsumerLoop:
             heartbeat_interval_ms=2_000,
             max_poll_interval_ms=300_000,
             isolation_level="read_committed",
+            # How often aiokafka's fetch routine wakes with nothing to do (default 0.2 s):
+            # new records, consumption, a rebalance, a resume and a fetch's answer wake it
+            # at once anyway.
+            consumer_timeout_ms=CONSUMER_TIMEOUT_MS,
         )
         self._partitions: dict[TopicPartition, _PartitionState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
