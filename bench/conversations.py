@@ -10,7 +10,10 @@ for each size N:
 
 It prints turns/s and response times of both, their ratio, the mean overhead a0 adds
 per turn, and CPU seconds per turn of every process (read from ``/proc``), so a change
-shows where it saved. With ``--tracing both`` (the default) it measures everything with
+shows where it saved, and the run's account (:mod:`a0ctl.load.account`): per answered
+turn and net of the idle rate measured just before, the CPU of every process tree and of
+the load client, PostgreSQL commits, rows and WAL fsyncs, Kafka records per topic and
+requests per kind, Redis commands, OPA decisions, LLM requests and spans. With ``--tracing both`` (the default) it measures everything with
 tracing off (no exporter: no spans), then restarts a0's services exporting to the
 stack's Jaeger as ``a0ctl up`` does (``A0_OTEL_TRACES_PER_S`` new traces a second per
 process; 0 traces every turn) and measures again, in the same run. The simulator runs with the stack's default pace (first token
@@ -119,8 +122,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_size(settings: Any, runtime: Any, size: int, duration_s: float, prompt: str) -> dict[str, Any]:
+def run_size(
+    settings: Any, runtime: Any, size: int, duration_s: float, prompt: str, idle_s: float
+) -> dict[str, Any]:
     from a0ctl.load import run_load
+    from a0ctl.load.account import AccountProbe
     from bench.baseline import run_baseline
 
     pids = _stack_pids(runtime)
@@ -133,14 +139,38 @@ def run_size(settings: Any, runtime: Any, size: int, duration_s: float, prompt: 
         "llm-sim": round((_cpu_seconds(sim_pid) - sim_before) / max(1, baseline["turns"]) * 1000, 2),
     }
 
-    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-    own_before = _own_cpu()
-    report = asyncio.run(
-        run_load(settings, sessions=size, duration_s=duration_s, think_s=0.0, prompt=prompt, ramp_s=0.5)
-    )
-    after = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    async def a0_run() -> tuple[Any, dict[str, float], dict[str, float], float]:
+        # The account's idle window and settle time lie outside the gross CPU figures.
+        async with AccountProbe(settings, runtime) as probe:
+            own: list[float] = []
+            before: dict[str, float] = {}
+
+            def started() -> None:
+                before.update({name: _cpu_seconds(pid) for name, pid in pids.items()})
+                own.append(_own_cpu())
+
+            def ended() -> None:
+                after.update({name: _cpu_seconds(pid) for name, pid in pids.items()})
+                own.append(_own_cpu())
+
+            after: dict[str, float] = {}
+            report = await run_load(
+                settings,
+                sessions=size,
+                duration_s=duration_s,
+                think_s=0.0,
+                prompt=prompt,
+                ramp_s=0.5,
+                account=probe,
+                idle_s=idle_s,
+                on_start=started,
+                on_end=ended,
+            )
+        return report, before, after, own[1] - own[0]
+
+    report, before, after, own_cpu = asyncio.run(a0_run())
     cpu = _per_turn(before, after, report.completed)
-    cpu["load client (bench process)"] = round((_own_cpu() - own_before) / max(1, report.completed) * 1000, 2)
+    cpu["load client (bench process)"] = round(own_cpu / max(1, report.completed) * 1000, 2)
     a0 = {
         "turns": report.completed,
         "turns_per_s": report.throughput_per_s,
@@ -150,6 +180,7 @@ def run_size(settings: Any, runtime: Any, size: int, duration_s: float, prompt: 
         "duplicate_events": report.duplicate_events,
         "shed": report.shed,  # messages refused with 429 at the turn limit, then retried
         "cpu_ms_per_turn": cpu,
+        "account": report.account.model_dump() if report.account else None,
     }
     ratio = a0["turns_per_s"] / baseline["turns_per_s"] if baseline["turns_per_s"] else 0.0
     overhead = None
@@ -176,6 +207,14 @@ def _print(result: dict[str, Any]) -> None:
         f"failed {a0['failed']} lost {a0['lost']} dup {a0['duplicate_events']} shed {a0['shed']}"
     )
     print("      CPU ms/turn: " + ", ".join(f"{k} {v}" for k, v in a0["cpu_ms_per_turn"].items()))
+    account = a0.get("account")
+    if account:
+        print(
+            f"      account, net of idle ({account['idle_cpu_ms_per_s']} ms/s over {account['idle_s']} s): "
+            f"{account['cpu_ms_per_turn']} CPU ms/turn, whole stack and load client"
+        )
+        for row in account["rows"]:
+            print(f"        {row['group']:>15} {row['name']:<28} {row['per_turn']!s:>9} per turn")
 
 
 def main() -> None:
@@ -191,6 +230,18 @@ def main() -> None:
     parser.add_argument("--sim-tokens-per-s", type=float, default=400.0, help="simulator's pace (0: no wait)")
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running afterwards")
     parser.add_argument(
+        "--idle",
+        type=float,
+        default=15.0,
+        help="seconds of no traffic before each a0 run: the account's idle rate",
+    )
+    parser.add_argument(
+        "--port-offset",
+        type=int,
+        default=PORT_OFFSET,
+        help="the private stack's ports: the test stack's plus this (keep them below 32768)",
+    )
+    parser.add_argument(
         "--tracing",
         choices=("both", "off", "on"),
         default="both",
@@ -198,7 +249,7 @@ def main() -> None:
         "or both, one after the other in the same run (default)",
     )
     args = parser.parse_args()
-    _configure_env(PORT_OFFSET, args.sim_latency_ms, args.sim_tokens_per_s)
+    _configure_env(args.port_offset, args.sim_latency_ms, args.sim_tokens_per_s)
 
     from a0ctl.runtime import get_runtime
     from a0ctl.runtime.stack import bring_up
@@ -227,7 +278,10 @@ def main() -> None:
                 run_load(settings, sessions=5, duration_s=3, think_s=0, prompt=args.prompt)
             )  # warm-up
             for size in (int(s) for s in args.sizes.split(",")):
-                result = {"tracing": mode, **run_size(settings, runtime, size, args.duration, args.prompt)}
+                result = {
+                    "tracing": mode,
+                    **run_size(settings, runtime, size, args.duration, args.prompt, args.idle),
+                }
                 report["runs"].append(result)
                 _print(result)
     finally:

@@ -10,7 +10,10 @@ from rich.table import Table
 
 from a0ctl.console import ExitCode, JsonOption, console, print_json, settings
 from a0ctl.load import SAMPLE_S, HostCpu, LoadReport, run_load
+from a0ctl.load.account import IDLE_S, Account, AccountProbe
+from a0ctl.runtime import get_runtime
 from services.common.metrics import tune_gc
+from services.common.settings import Settings
 
 # Busier than this, a host's processes queue for a core.
 SATURATED = 0.9
@@ -43,6 +46,37 @@ def _timeline(report: LoadReport) -> Table:
     return table
 
 
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def account_table(account: Account) -> Table:
+    """The account: per process and per operation, idle rate, run total and per turn."""
+    table = Table(
+        title=f"what a turn cost: {account.turns} answered turns, net of the idle rate "
+        f"(measured over {account.idle_s:g} s before the run)",
+        title_justify="left",
+    )
+    for column, justify in (
+        ("", "left"),
+        ("idle per s", "right"),
+        ("in the run", "right"),
+        ("per turn", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table.add_row(
+        "CPU ms, whole stack + load client",
+        _figure(account.idle_cpu_ms_per_s),
+        "",
+        _figure(account.cpu_ms_per_turn),
+        style="bold",
+    )
+    for row in account.rows:
+        label = f"  {row.name}" if row.group == "cpu" else f"{row.group}: {row.name}"
+        table.add_row(label, _figure(row.idle_per_s), _figure(row.run_total), _figure(row.per_turn))
+    return table
+
+
 def render(report: LoadReport) -> None:
     cpu = report.host_cpu
     table = Table(title=f"a0 load: {report.sessions} sessions, {report.duration_s} s", title_justify="left")
@@ -55,6 +89,7 @@ def render(report: LoadReport) -> None:
         ("messages shed with 429 (retried after Retry-After)", str(report.shed)),
         ("new conversations shed with 429 (retried)", str(report.shed_sign_ins)),
         ("streams refused with 429/503 (reopened)", str(report.stream_retries)),
+        ("reconnects after a connection error (with backoff)", str(report.reconnects)),
         ("sessions shed to the end (never signed in)", str(report.shed_sessions)),
         ("lost (accepted, never answered)", str(report.lost)),
         ("events shown twice / missing", f"{report.duplicate_events} / {report.missing_events}"),
@@ -84,6 +119,15 @@ def render(report: LoadReport) -> None:
     console.print(table)
     if report.timeline:
         console.print(_timeline(report))
+    if report.account is not None:
+        console.print(account_table(report.account))
+        console.print(
+            f"the account's own readings cost this process {report.account.probe_cpu_ms:g} ms of CPU "
+            "(not in the load client's figure)",
+            highlight=False,
+        )
+        for missing in report.account.unavailable:
+            console.print(f"[yellow]not in the account:[/] {missing}", highlight=False)
     for cause, count in report.causes.items():
         console.print(f"[red]failed {count}x:[/] {cause}", highlight=False)
     for miss in report.sla.misses:
@@ -118,6 +162,16 @@ def load(
     sla_p99: Annotated[
         float | None, typer.Option(help="Fail (exit 1) if the p99 response time is above this (s).")
     ] = None,
+    account: Annotated[
+        bool,
+        typer.Option(
+            help="Measure what each answered turn cost the stack, net of its idle rate (reads it "
+            "over --idle s before the run and again after it)."
+        ),
+    ] = True,
+    idle: Annotated[
+        float, typer.Option(min=1, help="Seconds of no traffic over which the idle rate is measured.")
+    ] = IDLE_S,
     json_out: JsonOption = False,
 ) -> None:
     """Load the running stack through the gateway with many chat sessions, and report.
@@ -126,13 +180,15 @@ def load(
 
     The report also says how busy this host's CPUs were (over the run and in its busiest 2 s): with the stack on the same host, past 90 % its turns were waiting for a core. Its timeline splits the run into windows by when each message was sent (answered, response mean and p99, acceptance, CPU): the first are the ramp, while sessions arrive.
 
+    A session whose connection fails (a gateway restarting) reconnects with backoff (a quarter of a second, doubling up to 5 s) until the run ends; those are counted as reconnects, not failures.
+
+    The account (unless --no-account): before the run the stack is read over --idle s of no traffic, then again 11 s after it; per answered turn, net of the idle rate, it gives the CPU ms of every process of the stack and of the load client, PostgreSQL commits, rows and WAL fsyncs, Kafka records per topic and requests per kind, Redis commands, OPA decisions, LLM requests and spans, and each one's idle rate. docs/runbook.md explains how to read it.
+
     Example: a0ctl load --sessions 500 --duration 60 --think 10 --sla-mean 0.5 --sla-p99 1.5 --json
     """
     tune_gc()  # 500 sessions' worth of objects: no full-heap pauses in the measurement
     report = asyncio.run(
-        run_load(
-            settings(), sessions=sessions, duration_s=duration, think_s=think, prompt=prompt, ramp_s=ramp
-        )
+        _load(settings(), sessions, duration, think, prompt, ramp, account=account, idle_s=idle)
     ).check_sla(sla_mean, sla_p99)
     if json_out:
         print_json(report)
@@ -140,3 +196,34 @@ def load(
         render(report)
     if not report.ok:
         raise typer.Exit(ExitCode.FAILED)
+
+
+async def _load(
+    config: Settings,
+    sessions: int,
+    duration: float,
+    think: float,
+    prompt: str,
+    ramp: float | None,
+    *,
+    account: bool,
+    idle_s: float,
+) -> LoadReport:
+    probe = None
+    if account:
+        runtime = get_runtime(config)
+        probe = await AccountProbe(config, runtime if runtime.name == "local" else None).open()
+    try:
+        return await run_load(
+            config,
+            sessions=sessions,
+            duration_s=duration,
+            think_s=think,
+            prompt=prompt,
+            ramp_s=ramp,
+            account=probe,
+            idle_s=idle_s,
+        )
+    finally:
+        if probe is not None:
+            await probe.close()

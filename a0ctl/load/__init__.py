@@ -16,6 +16,16 @@ worst consumer lag sampled while it ran, in records and seconds, and how busy th
 host's CPUs were meanwhile: with the stack on the same machine, a tail that comes from
 waiting for a core shows there first. Its timeline splits the run into windows by when
 each message was sent, so the ramp's arrivals, a fault or a drift show where they were.
+
+A session whose connection to the gateway fails (a gateway restarting) reconnects as a
+browser would: after a pause that doubles from a quarter of a second up to 5 s, with
+jitter, until the run ends; each attempt is counted as a reconnect, not a failure. Only
+a session that never got through again before the run ended fails.
+
+With an :class:`~a0ctl.load.account.AccountProbe`, the run also carries its account
+(:mod:`a0ctl.load.account`): what each answered turn cost every process of the stack,
+the load client, PostgreSQL, Kafka, Redis, OPA, the LLM and tracing, net of the idle
+rate measured just before.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, Field, computed_field
 
+from a0ctl.load.account import IDLE_S, SETTLE_S, Account, AccountProbe, build_account
 from a0ctl.topics.admin import LagProbe
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
@@ -191,6 +202,7 @@ class LoadReport(BaseModel):
     shed: int  # messages refused with 429
     shed_sign_ins: int = 0  # conversations refused with 429 (a busy gateway), then retried
     stream_retries: int = 0  # streams (re)opened with 429 or 503 (busy or recovering), then retried
+    reconnects: int = 0  # requests and streams tried again after a connection error, with backoff
     shed_sessions: int = 0  # sessions whose every sign-in was shed until the run ended
     completed: int
     failed: int  # turns that ended in an error, or a request answered with another failure
@@ -210,6 +222,7 @@ class LoadReport(BaseModel):
     causes: dict[str, int]  # every failure, by cause
     errors: list[str]
     sla: Sla = Sla()
+    account: Account | None = None  # what each answered turn cost the stack (a0ctl.load.account)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -245,7 +258,7 @@ class _Tally:
         self.response: list[tuple[float, float]] = []
         self.accept: list[tuple[float, float]] = []
         self.sent = self.accepted = self.shed = self.completed = self.failed = self.lost = 0
-        self.shed_sign_ins = self.shed_sessions = self.stream_retries = 0
+        self.shed_sign_ins = self.shed_sessions = self.stream_retries = self.reconnects = 0
         self.failed_sessions = 0
         self.duplicates = self.missing = 0
         self.ttft: list[float] = []
@@ -309,9 +322,22 @@ class _Session:
         # By turn id; events may arrive before the POST's answer names the turn.
         self.turns: dict[str, _Turn] = {}
 
-    async def post(self, path: str, body: dict[str, Any]) -> _Answer:
-        async with self.http.post(self.base_url + path, json=body, headers=self.headers) as response:
-            return _Answer(response.status, response.headers.get("Retry-After"), await response.read())
+    async def post(self, path: str, body: dict[str, Any], until: float) -> _Answer:
+        """POST, reconnecting after a connection error (with backoff) until ``until``; past
+        it, the last error is raised. A request cut while the gateway went away may have
+        been accepted: it is sent again, as a user would when the page says it failed."""
+        backoff = Backoff()
+        while True:
+            try:
+                async with self.http.post(self.base_url + path, json=body, headers=self.headers) as response:
+                    return _Answer(
+                        response.status, response.headers.get("Retry-After"), await response.read()
+                    )
+            except (aiohttp.ClientConnectionError, TimeoutError):
+                if time.monotonic() >= until:
+                    raise
+                self.tally.reconnects += 1
+                await asyncio.sleep(min(backoff.next(), max(0.0, until - time.monotonic())))
 
     def _turn(self, turn_id: str) -> _Turn:
         turn = self.turns.get(turn_id)
@@ -325,10 +351,12 @@ class _Session:
         A busy gateway (429) or one whose backing store is restarting (503) is asked again
         after its ``Retry-After``; any other refusal ends the session."""
         url = f"{self.base_url}/v1/conversations/{conversation_id}/events"
+        backoff = Backoff()
         while True:
             try:
                 headers = {**self.headers, "Last-Event-ID": str(self.last_seq)}
                 async with self.http.get(url, headers=headers, timeout=STREAM_TIMEOUT) as response:
+                    backoff.reset()
                     if response.status != 200:
                         answer = _Answer(
                             response.status, response.headers.get("Retry-After"), await response.read()
@@ -345,7 +373,9 @@ class _Session:
                         if message is not None:
                             self._observe(json.loads(message["data"]))
             except (aiohttp.ClientError, TimeoutError):
-                await asyncio.sleep(0.5)
+                # Dropped (the gateway restarting): reopened from the last seq seen.
+                self.tally.reconnects += 1
+                await asyncio.sleep(backoff.next())
 
     def _observe(self, event: dict[str, Any]) -> None:
         seq = int(event["seq"])
@@ -368,7 +398,7 @@ class _Session:
         tally = self.tally
         reader: asyncio.Task[None] | None = None
         try:
-            created = await self.post("/v1/conversations", {"title": "load"})
+            created = await self.post("/v1/conversations", {"title": "load"}, until)
             # Shed (429), or a backing store restarting (503, "try again"): asked again.
             while created.status in (429, 503) and time.monotonic() < until:
                 if created.status == 429:
@@ -376,7 +406,7 @@ class _Session:
                 else:
                     tally.fail(_http_cause("POST /v1/conversations", created))
                 await asyncio.sleep(_retry_after(created, until))
-                created = await self.post("/v1/conversations", {"title": "load"})
+                created = await self.post("/v1/conversations", {"title": "load"}, until)
             if created.status == 429:  # shed to the end: load refused as it should be, not a failure
                 tally.shed_sessions += 1
                 return
@@ -389,7 +419,13 @@ class _Session:
                     reader.result()  # the stream failed for good: raise why
                 started = time.monotonic()
                 tally.sent += 1
-                posted = await self.post(f"/v1/conversations/{conversation_id}/messages", {"content": prompt})
+                try:
+                    posted = await self.post(
+                        f"/v1/conversations/{conversation_id}/messages", {"content": prompt}, until
+                    )
+                except (aiohttp.ClientConnectionError, TimeoutError):
+                    tally.sent -= 1  # the run ended while the gateway was away: nothing was sent
+                    raise
                 if posted.status == 429:
                     tally.shed += 1
                     await asyncio.sleep(_retry_after(posted, until))
@@ -424,6 +460,7 @@ class _Session:
         except _SessionFailed as exc:
             tally.fail(str(exc), session=True)
         except aiohttp.ClientConnectorError as exc:
+            # Reconnected with backoff until the run ended, and never got through.
             tally.fail(
                 f"cannot connect to the gateway at {self.base_url} ({exc.os_error.strerror})", session=True
             )
@@ -433,6 +470,24 @@ class _Session:
             if reader is not None:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
+
+
+class Backoff:
+    """The pause before each reconnection: from a quarter of a second, doubling up to
+    ``cap_s``, each drawn at random from its upper half — sessions dropped together by a
+    restarting gateway do not all come back in the same instant."""
+
+    def __init__(self, first_s: float = 0.25, cap_s: float = 5.0) -> None:
+        self.first_s, self.cap_s = first_s, cap_s
+        self.attempt = 0
+
+    def next(self) -> float:
+        bound = min(self.cap_s, self.first_s * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(bound / 2, bound)
+
+    def reset(self) -> None:
+        self.attempt = 0
 
 
 def _retry_after(response: _Answer, until: float) -> float:
@@ -523,7 +578,23 @@ async def run_load(
     turn_timeout_s: float = 60.0,
     ramp_s: float | None = None,
     on_answer: AnswerHook | None = None,
+    account: AccountProbe | None = None,
+    idle_s: float = IDLE_S,
+    settle_s: float = SETTLE_S,
+    on_start: Callable[[], None] | None = None,
+    on_end: Callable[[], None] | None = None,
 ) -> LoadReport:
+    """Run the sessions and report. With ``account``, the stack is first read over
+    ``idle_s`` of no traffic, and read again ``settle_s`` after the run (see
+    :mod:`a0ctl.load.account`). ``on_start`` and ``on_end`` are called as the sessions
+    start and once they all ended (before the settle time)."""
+    idle = None
+    if account is not None:
+        first = await account.read()
+        await asyncio.sleep(idle_s)
+        idle = (first, await account.read())
+    if on_start is not None:
+        on_start()
     tally = _Tally()
     started = tally.started
     until = started + duration_s
@@ -550,10 +621,27 @@ async def run_load(
     async with http:
         await asyncio.gather(*(start_session(i) for i in range(sessions)))
     elapsed = time.monotonic() - started
+    if on_end is not None:
+        on_end()
     stop.set()
     max_lag_s, max_lag_records = await lag
     host_cpu = await cpu
     causes = dict(sorted(tally.causes.items(), key=lambda item: -item[1]))
+    cost = None
+    if account is not None and idle is not None:
+        await asyncio.sleep(settle_s)
+        last = await account.read()
+        idle_spans = await account.spans(idle[0].wall, idle[1].wall)
+        run_spans = await account.spans(idle[1].wall, last.wall)
+        cost = build_account(
+            idle,
+            (idle[1], last),
+            tally.completed,
+            idle_spans=idle_spans,
+            run_spans=run_spans,
+            probe_cpu_ms=account.probe_cpu_s * 1000,
+            unavailable=account.unavailable,
+        )
     return LoadReport(
         sessions=sessions,
         duration_s=round(elapsed, 2),
@@ -565,6 +653,7 @@ async def run_load(
         shed=tally.shed,
         shed_sign_ins=tally.shed_sign_ins,
         stream_retries=tally.stream_retries,
+        reconnects=tally.reconnects,
         shed_sessions=tally.shed_sessions,
         completed=tally.completed,
         failed=tally.failed,
@@ -585,4 +674,5 @@ async def run_load(
         ),
         causes=causes,
         errors=[f"{count}x {cause}" for cause, count in list(causes.items())[:10]],
+        account=cost,
     )

@@ -1,16 +1,23 @@
 """The health watchdog: a supervisord event listener next to the services.
 
 supervisord restarts a process that exits; a process that runs but no longer answers
-(a hung broker, a deadlocked worker) needs someone to look. Every ``TICK_5`` event the
-watchdog runs each running service's health check; one that keeps failing for
-``A0_WATCHDOG_UNHEALTHY_S`` seconds is restarted, and the reason logged to
-``logs/watchdog.log``. A check fails when it gets no answer within ``PROBE_TIMEOUT_S``
-(10 s): a busy service's late answer still counts as alive.
+(a hung broker, a deadlocked worker) needs someone to look. Every
+``A0_WATCHDOG_PROBE_S`` seconds (at supervisord's ``TICK_5`` events) the watchdog runs
+each running service's health check, and at every tick those of the services whose
+last check failed; one that keeps failing for ``A0_WATCHDOG_UNHEALTHY_S`` seconds is
+restarted, and the reason logged to ``logs/watchdog.log``. A check fails when it gets
+no answer within ``PROBE_TIMEOUT_S`` (10 s): a busy service's late answer still counts
+as alive.
+
+An idle stack should sleep, and the watchdog is most of what wakes it: the checks run
+on one event loop kept for the watchdog's life, over connections kept from one check to
+the next (:func:`health.kept_connections`); a check whose kept connection fails tries
+a new one before it counts as failed.
 
 From ``PROCESS_STATE`` events it also counts how often each service was started
-(``run/restarts.json``), which ``a0ctl status`` shows as restarts, and at each tick it
-refreshes each running service's ``run/NAME.pid``, by which ``up`` stops what a killed
-supervisord left running.
+(``run/restarts.json``), which ``a0ctl status`` shows as restarts, and at each round of
+checks it refreshes each running service's ``run/NAME.pid`` (as it does whenever a
+service enters RUNNING), by which ``up`` stops what a killed supervisord left running.
 
 Run by supervisord as ``python -m a0ctl.runtime.watchdog``; stdout is supervisord's
 event protocol, the log goes to stderr.
@@ -48,9 +55,13 @@ class Watchdog:
         self.settings = settings
         self.runtime = LocalRuntime(settings)
         self.limit_s = settings.stack.watchdog_unhealthy_s
+        self.probe_s = settings.stack.watchdog_probe_s
         self.starts = self.runtime.starts()
         # Per service: (pid, when its health check started failing).
         self.failing: dict[str, tuple[int, float]] = {}
+        self.last_round = 0.0  # time.monotonic() of the last check of every service
+        self.loop = asyncio.Runner()  # one loop for every check: the kept connections live on it
+        self.kept = health.KeptConnections()
 
     def handle(self, event: str, payload: str) -> None:
         if event == "TICK_5":
@@ -77,9 +88,13 @@ class Watchdog:
             log.error("%s given up: it exited too quickly, too many times", name)
 
     def tick(self) -> None:
+        due = time.monotonic() - self.last_round >= self.probe_s - 1  # ticks come every 5 s, give or take
+        if not due and not self.failing:
+            return
         processes = self.runtime.supervisor.processes()
         self.runtime.record_pids(processes)
         if self.limit_s <= 0:
+            self.last_round = time.monotonic()
             return
         # Replicas added with `a0ctl scale` since the watchdog started.
         self.runtime.services = self.runtime.services | LocalRuntime(self.settings).services
@@ -90,21 +105,26 @@ class Watchdog:
             if info.statename == "RUNNING"
             and name in self.runtime.services
             and now - info.start >= self.runtime.services[name].start_s
+            # Between rounds, only the services whose last check failed.
+            and (due or name in self.failing)
         }
+        if due:
+            self.last_round = time.monotonic()
 
         async def probe_all() -> list[tuple[bool, str]]:
-            return list(
-                await asyncio.gather(
-                    *(
-                        health.check(
-                            self.runtime.services[name].probe, self.settings, timeout=PROBE_TIMEOUT_S
+            async with health.kept_connections(self.kept):
+                return list(
+                    await asyncio.gather(
+                        *(
+                            health.check(
+                                self.runtime.services[name].probe, self.settings, timeout=PROBE_TIMEOUT_S
+                            )
+                            for name in candidates
                         )
-                        for name in candidates
                     )
                 )
-            )
 
-        results = asyncio.run(probe_all())
+        results = self.loop.run(probe_all())
         for (name, info), (ok, detail) in zip(candidates.items(), results, strict=True):
             if ok:
                 self.failing.pop(name, None)
@@ -125,10 +145,25 @@ class Watchdog:
                 self.runtime.supervisor.stop(name)
                 self.runtime.supervisor.start(name)
 
+    def close(self) -> None:
+        self.loop.run(self.kept.aclose())
+        self.loop.close()
+
 
 def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
     watchdog = Watchdog(load_settings())
-    log.info("watching; a service unhealthy for %.0f s is restarted", watchdog.limit_s)
+    log.info(
+        "watching; services checked every %.0f s, one unhealthy for %.0f s is restarted",
+        watchdog.probe_s,
+        watchdog.limit_s,
+    )
+    try:
+        _serve(watchdog, stdin, stdout)
+    finally:
+        watchdog.close()
+
+
+def _serve(watchdog: Watchdog, stdin: TextIO, stdout: TextIO) -> None:
     while True:
         stdout.write("READY\n")
         stdout.flush()

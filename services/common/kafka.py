@@ -5,6 +5,11 @@ strictly ordered. Consumers: manual commits, only past records whose handler fin
 (so a crash redelivers, and idempotent handlers make that invisible); a bounded number
 of records in flight, with partitions paused past it; poison records to the service's
 dead-letter topic with the reason; transient errors retried with backoff.
+
+An idle consumer sleeps: its fetches wait at the broker up to ``A0_KAFKA_FETCH_MAX_WAIT_MS``
+(a record arriving answers them at once, so this costs no latency), its loop and
+aiokafka's fetch routine wake once a second, and its commit and lag timers wait for the
+next record instead of ticking.
 """
 
 from __future__ import annotations
@@ -53,6 +58,21 @@ def client_options(settings: Settings) -> dict[str, Any]:
             sasl_plain_password=password,
         )
     return options
+
+
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """:func:`client_options` and how long a fetch waits at the broker for records: a
+    record arriving answers it at once, and an idle consumer sends one per wait."""
+    return {**client_options(settings), "fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms}
+
+
+# How long the consumer loop waits for records: while it has some in flight or is paused,
+# briefly, so that backpressure lifts promptly; idle, up to a second.
+POLL_BUSY_MS = 200
+POLL_IDLE_MS = 1000
+CONSUMER_TIMEOUT_MS = 1000
+# The lag gauges: every second while records are handled; idle, when one arrives (or this).
+LAG_IDLE_S = 10.0
 
 
 def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
@@ -167,20 +187,28 @@ class ConsumerLoop:
         self.retries = retries
         self.principal = settings.kafka.sasl_username
         self.consumer = AIOKafkaConsumer(
-            **client_options(settings),
+            **consumer_options(settings),
             group_id=group_id,
             client_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=6_000,
-            heartbeat_interval_ms=1_000,
+            # A third of the session timeout, as Kafka advises: a heartbeat a second cost
+            # every idle consumer (and the broker) a request a second for nothing.
+            heartbeat_interval_ms=2_000,
             max_poll_interval_ms=300_000,
             isolation_level="read_committed",
+            # How often aiokafka's fetch routine wakes with nothing to do (default 0.2 s):
+            # new records, consumption, a rebalance, a resume and a fetch's answer wake it
+            # at once anyway.
+            consumer_timeout_ms=CONSUMER_TIMEOUT_MS,
         )
         self._partitions: dict[TopicPartition, _PartitionState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._paused = False
         self._stopping = asyncio.Event()
+        # Set by each record dispatched: they wake the commit and lag timers of an idle loop.
+        self._wake_commit, self._wake_lag = asyncio.Event(), asyncio.Event()
 
     @property
     def in_flight(self) -> int:
@@ -239,7 +267,10 @@ class ConsumerLoop:
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure()
-                batches = await self.consumer.getmany(timeout_ms=200, max_records=200)
+                idle = not self._tasks and not self._paused
+                batches = await self.consumer.getmany(
+                    timeout_ms=POLL_IDLE_MS if idle else POLL_BUSY_MS, max_records=200
+                )
                 for tp, records in batches.items():
                     for record in records:
                         self._dispatch(tp, record)
@@ -267,6 +298,18 @@ class ConsumerLoop:
         task = asyncio.create_task(self._handle(tp, record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._wake_commit.set()
+        self._wake_lag.set()
+
+    async def _until_active(self, wake: asyncio.Event, timeout_s: float | None = None) -> None:
+        """Wait, when nothing is in flight, for the next record (at most ``timeout_s``)."""
+        if self._tasks:
+            return
+        wake.clear()
+        try:
+            await asyncio.wait_for(wake.wait(), timeout_s)
+        except TimeoutError:
+            pass
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
@@ -353,6 +396,7 @@ class ConsumerLoop:
         """Per assigned partition: records past what this group has handled."""
         while True:
             await asyncio.sleep(1.0)
+            await self._until_active(self._wake_lag, LAG_IDLE_S)
             for tp in list(self.consumer.assignment()):
                 highwater = self.consumer.highwater(tp)
                 if highwater is None:
@@ -371,6 +415,14 @@ class ConsumerLoop:
         while True:
             await asyncio.sleep(0.2)
             await self._commit()
+            if not self._tasks and not self._uncommitted():
+                await self._until_active(self._wake_commit)
+
+    def _uncommitted(self) -> bool:
+        return any(
+            (offset := state.committable()) is not None and offset != state.committed
+            for state in self._partitions.values()
+        )
 
     def _revoke(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:

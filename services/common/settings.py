@@ -57,6 +57,12 @@ class StackSettings(BaseSettings):
         ge=0,
         description="A running service failing its health check this long is restarted (0: never).",
     )
+    watchdog_probe_s: float = Field(
+        default=10.0,
+        ge=5,
+        description="How often the watchdog checks each service's health (one whose check failed: "
+        "every 5 s until it passes).",
+    )
     log_max_bytes: int = Field(
         default=10 * 1024 * 1024, ge=0, description="A service log is rotated at this size."
     )
@@ -106,6 +112,13 @@ class KafkaSettings(BaseSettings):
         "broker enforces the ACLs of topics.yaml; PLAINTEXT: no authentication, no ACLs.",
     )
     sasl_mechanism: str = "SCRAM-SHA-512"
+    fetch_max_wait_ms: int = Field(
+        default=3000,
+        ge=100,
+        le=30_000,
+        description="How long a consumer's fetch waits at the broker for records; one arriving "
+        "answers it at once, so longer only means fewer requests from an idle consumer.",
+    )
     sasl_username: str = Field(
         default=KAFKA_ADMIN,
         description="The principal this process connects as: a0ctl's own (a super user) unless a "
@@ -406,7 +419,12 @@ class PrometheusSettings(BaseSettings):
 
     enabled: bool = Field(default=True, description="The local runtime runs Prometheus.")
     port: int = 19090
-    scrape_interval_s: int = Field(default=2, ge=1, le=60, description="How often every service is scraped.")
+    scrape_interval_s: int = Field(
+        default=10,
+        ge=1,
+        le=60,
+        description="How often every service is scraped (a0ctl top rates over 30 s: three scrapes).",
+    )
     retention: str = Field(default="2d", description="How long samples are kept.")
     url: str | None = Field(default=None, description="Prometheus's HTTP API (default: the local one).")
 

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.errors import PoisonRecord, TransientError
-from services.common.kafka import client_options, dead_letter
+from services.common.kafka import consumer_options, dead_letter
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class PartitionTail:
 
     async def _run_once(self) -> None:
         consumer = AIOKafkaConsumer(
-            **client_options(self.settings),
+            **consumer_options(self.settings),
             client_id=self.client_id,
             group_id=None,
             enable_auto_commit=False,

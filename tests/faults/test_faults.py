@@ -39,6 +39,17 @@ async def test_broker_sigkilled_under_load(settings: Settings, stack: LocalRunti
     await under_load(settings, stack, "SIGKILL broker", "kafka", sigkill(stack, "kafka"))
 
 
+async def test_gateway_sigkilled_under_load_leaves_every_session_alive(
+    settings: Settings, stack: LocalRuntime
+) -> None:
+    """Every session's stream and requests were cut: each reconnected with backoff, as a
+    browser would, and went on; nothing was lost or shown twice."""
+    report = await under_load(settings, stack, "SIGKILL gateway", "gateway", sigkill(stack, "gateway"))
+    assert report.failed_sessions == 0, report.causes
+    # At least every session's stream reconnected once.
+    assert report.reconnects >= report.sessions, report.reconnects
+
+
 async def test_redis_restarted_under_load(settings: Settings, stack: LocalRuntime) -> None:
     await under_load(settings, stack, "restart Redis", "redis", restart(stack, "redis"))
 

@@ -58,6 +58,32 @@ def test_a_hung_service_is_restarted_by_the_watchdog_with_the_reason(
     print(f"watchdog: hung llm-sim running again after {took:.1f} s (limit {limit} s)")
 
 
+def test_the_watchdog_checks_postgres_over_one_connection_it_keeps(
+    settings: Settings, stack: LocalRuntime
+) -> None:
+    """An idle stack sleeps: the watchdog's PostgreSQL check (on the maintenance
+    database) reuses one backend from check to check, where each used to be a new
+    backend and a SCRAM handshake."""
+
+    def watchdog_backends() -> set[tuple[int, str]]:
+        with psycopg.connect(settings.postgres_dsn) as conn:
+            rows = conn.execute(
+                "SELECT pid, backend_start::text FROM pg_stat_activity"
+                " WHERE datname = 'postgres' AND pid <> pg_backend_pid()"
+            ).fetchall()
+        return {(int(pid), str(started)) for pid, started in rows}
+
+    # Some check has run and kept its connection (one every A0_WATCHDOG_PROBE_S).
+    wait_until(watchdog_backends, 60, "the watchdog's PostgreSQL connection")
+    first = watchdog_backends()
+    # Through at least two more checks, the same backend serves them.
+    holds_for(
+        lambda: first & watchdog_backends(),
+        2 * load_settings().stack.watchdog_probe_s + 5,
+        "the watchdog's PostgreSQL backend kept from check to check",
+    )
+
+
 def test_a_service_that_keeps_exiting_is_given_up_then_restarted(stack: LocalRuntime) -> None:
     settings = load_settings()
     stack.stop_service("opa")

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 
-from a0ctl.load import run_load
+from a0ctl.load import LoadReport, run_load
 from a0ctl.runtime.local import LocalRuntime
 from services.common.settings import Settings
 from tests.conftest import ROOT
@@ -69,7 +69,7 @@ async def under_load(
     fault_name: str,
     service: str | None,
     fault: Callable[[], Awaitable[None]],
-) -> None:
+) -> LoadReport:
     answers: list[tuple[float, float]] = []  # (sent at, response time)
     load = asyncio.create_task(
         run_load(
@@ -119,6 +119,7 @@ async def under_load(
         # Requests refused while a service was down (503 "nothing was accepted, try again").
         "refused": report.failed,
         "failed_sessions": report.failed_sessions,
+        "reconnects": report.reconnects,
         "affected": sum(1 for sent, took in answers if took > AFFECTED_S and sent + took >= struck),
         "lost": report.lost,
         "duplicated": report.duplicate_events,
@@ -130,6 +131,7 @@ async def under_load(
     assert report.lost == 0 and report.duplicate_events == 0 and report.missing_events == 0, result
     # Every accepted message answered, none with an error; every session went on.
     assert report.completed == report.accepted and report.failed_sessions == 0, result
+    return report
 
 
 def sigkill(stack: LocalRuntime, service: str) -> Callable[[], Awaitable[None]]:

@@ -1,7 +1,14 @@
-"""``a0ctl load``'s reading of this host's CPU, and what its report says of it."""
+"""``a0ctl load``'s reading of this host's CPU, its account of what a turn costs, its
+reconnections, and what its report says of them."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +16,7 @@ import pytest
 from a0ctl.commands.load import render
 from a0ctl.load import (
     PROC_STAT,
+    Backoff,
     HostCpu,
     LoadReport,
     Percentiles,
@@ -17,6 +25,9 @@ from a0ctl.load import (
     cpu_times,
     timeline,
 )
+from a0ctl.load.account import Reading, build_account
+from a0ctl.load.kafka_requests import read_request_counts
+from a0ctl.load.processes import CLOCK_TICKS, children_of, own_ticks, read_trees, tree_cpu_s
 
 pytestmark = pytest.mark.unit
 
@@ -126,3 +137,134 @@ def test_the_timeline_is_shown_with_the_ramp_marked(capsys: pytest.CaptureFixtur
     ramp = next(line for line in out.splitlines() if "0–10 (ramp)" in line)
     assert "1.234" in ramp and "0.500" in ramp
     assert any("30–40" in line and "0.250" in line and "ramp" not in line for line in out.splitlines())
+
+
+# --- the account ---------------------------------------------------------------------
+
+
+def reading(at: float, cpu: dict[str, float], counters: dict[str, float], client: float = 0.0) -> Reading:
+    return Reading(at=at, wall=1_800_000_000 + at, cpu_s=cpu, counters=counters, client_cpu_s=client)
+
+
+def test_the_account_gives_each_cost_per_answered_turn_net_of_the_idle_rate() -> None:
+    # Idle over 10 s: Kafka 20 ms/s, the worker 5 ms/s, one PostgreSQL commit a second.
+    idle = (
+        reading(0.0, {"kafka": 10.0, "conversation-worker": 4.0}, {"postgres:commits": 100.0}, client=1.0),
+        reading(10.0, {"kafka": 10.2, "conversation-worker": 4.05}, {"postgres:commits": 110.0}, client=1.0),
+    )
+    # The run: 100 turns in 50 s. Kafka 1.4 s (1.0 s of it idle), the worker 2.25 s (0.25 s idle).
+    run = (
+        idle[1],
+        reading(
+            60.0,
+            {"kafka": 11.6, "conversation-worker": 6.3},
+            {"postgres:commits": 960.0, "kafka records:conversation.outbound": 600.0},
+            client=1.3,
+        ),
+    )
+    run[0].counters["kafka records:conversation.outbound"] = 0.0
+    account = build_account(
+        idle,
+        run,
+        100,
+        idle_spans=(0, 0),
+        run_spans=(75, 2400),
+        unavailable={"kafka requests": "no JDK"},
+    )
+    rows = {(row.group, row.name): row for row in account.rows}
+    assert rows["cpu", "kafka"].idle_per_s == 20.0 and rows["cpu", "kafka"].per_turn == 4.0
+    assert rows["cpu", "conversation-worker"].per_turn == 20.0
+    assert rows["cpu", "load client"].per_turn == 3.0  # the load client's whole run is its cost
+    assert account.idle_cpu_ms_per_s == 25.0
+    assert account.cpu_ms_per_turn == 27.0  # 4 + 20 + 3
+    # 850 commits in the run, 50 of them the idle rate's.
+    assert rows["postgres", "commits"].per_turn == 8.0 and rows["postgres", "commits"].idle_per_s == 1.0
+    assert rows["kafka records", "conversation.outbound"].per_turn == 6.0
+    assert rows["tracing", "traces"].per_turn == 0.75 and rows["tracing", "spans"].per_turn == 24.0
+    assert account.unavailable == ["kafka requests: no JDK"]
+
+
+def test_the_account_is_one_table_in_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    idle = (
+        reading(0.0, {"kafka": 1.0}, {"redis:commands": 0.0}),
+        reading(10.0, {"kafka": 1.1}, {"redis:commands": 5.0}),
+    )
+    run = (idle[1], reading(20.0, {"kafka": 2.1}, {"redis:commands": 75.0}, client=0.2))
+    full = report(HostCpu(cores=2)).model_copy(update={"account": build_account(idle, run, 10)})
+    render(full)
+    out = capsys.readouterr().out
+    assert "what a turn cost: 10 answered turns" in out
+    whole = next(line for line in out.splitlines() if "whole stack + load client" in line)
+    assert "10" in whole and "110" in whole  # idle 10 ms/s; (1000 - 100) / 10 + 20 per turn
+    assert any("redis: commands" in line and "0.5" in line and "6.5" in line for line in out.splitlines())
+    assert '"account"' in full.model_dump_json()
+
+
+def test_a_process_tree_counts_children_that_exited_and_descendants_still_running() -> None:
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            f"subprocess.run([sys.executable, '-c', {burn!r}])\n"  # exits, reaped: cutime
+            f"subprocess.Popen([sys.executable, '-c', {burn!r} + 'time.sleep(60)'])\n"  # lives on
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        while (total := tree_cpu_s(parent.pid, children_of())) is not None and total < 0.6:
+            assert time.monotonic() < deadline, f"the tree counted {total} s of CPU"
+            time.sleep(0.1)
+        own = own_ticks(parent.pid)
+        assert own is not None and own / CLOCK_TICKS < 0.6 <= (total or 0)
+        named = read_trees({"parent": parent.pid})
+        assert named.cpu_s["parent"] >= 0.6
+    finally:
+        for child in children_of().get(parent.pid, []):
+            os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.communicate()
+
+
+def test_a_gone_process_has_no_figure() -> None:
+    assert tree_cpu_s(2**22 + 7, {}) is None
+
+
+def test_sessions_reconnect_after_a_quarter_second_doubling_to_five_with_jitter() -> None:
+    backoff = Backoff()
+    pauses = [backoff.next() for _ in range(8)]
+    bounds = [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert all(bound / 2 <= pause <= bound for pause, bound in zip(pauses, bounds, strict=True))
+    backoff.reset()
+    assert backoff.next() <= 0.25
+
+
+def test_reconnects_are_reported_apart_from_failures(capsys: pytest.CaptureFixture[str]) -> None:
+    render(report(HostCpu(cores=2)).model_copy(update={"reconnects": 37}))
+    out = capsys.readouterr().out
+    assert any("reconnects after a connection error" in line and "37" in line for line in out.splitlines())
+    assert "[red]" not in out and "not ok" in out  # nothing sent in this report: not a pass
+
+
+def test_the_broker_request_counts_are_read_in_a_running_jvm_without_a_port(tmp_path: Path) -> None:
+    source = tmp_path / "Idle.java"
+    source.write_text(
+        "public class Idle { public static void main(String[] a) throws Exception {"
+        ' System.out.println("ready"); Thread.sleep(120_000); } }'
+    )
+    jvm = subprocess.Popen(["java", str(source)], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert jvm.stdout is not None and jvm.stdout.readline().strip() == "ready"
+        # No broker inside: no request kinds, but the agent ran and answered.
+        assert read_request_counts(jvm.pid, tmp_path / "run") == {}
+        assert (tmp_path / "run" / "agents" / "a0-kafka-request-counts.jar").exists()
+        assert not any(tmp_path.glob(".attach_pid*"))
+    finally:
+        jvm.kill()
+        jvm.communicate()
