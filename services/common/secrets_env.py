@@ -121,26 +121,28 @@ def ensure_kafka_passwords(conf_dir: Path, principals: list[str]) -> None:
         write_generated_secrets(conf_dir, missing)
 
 
+# Each generated secret a0's processes read, and the setting it fills: (key, group, field).
+FILLED = (
+    ("A0_GATEWAY_JWT_SECRET", "gateway", "jwt_secret"),
+    ("A0_LLM_SIM_API_KEY", "llm_sim", "api_key"),
+    ("A0_POSTGRES_PASSWORD", "postgres", "password"),
+    ("A0_POSTGRES_ADMIN_PASSWORD", "postgres", "admin_password"),
+    ("A0_REDIS_PASSWORD", "redis", "password"),
+    ("A0_OPA_TOKEN", "opa", "token"),
+    ("A0_OPA_ADMIN_TOKEN", "opa", "admin_token"),
+)
+
+
 def apply_generated_secrets(settings: Settings) -> Settings:
     """Fill secrets left empty by the environment from ``conf/env/secrets.env``."""
     values = _read(secrets_path(settings.stack.conf_path))
     kafka_key = kafka_password_key(settings.kafka.sasl_username)
     if not settings.kafka.sasl_password.get_secret_value() and values.get(kafka_key):
         settings.kafka.sasl_password = SecretStr(values[kafka_key])
-    if not settings.gateway.jwt_secret.get_secret_value() and values.get("A0_GATEWAY_JWT_SECRET"):
-        settings.gateway.jwt_secret = SecretStr(values["A0_GATEWAY_JWT_SECRET"])
-    if not settings.llm_sim.api_key.get_secret_value() and values.get("A0_LLM_SIM_API_KEY"):
-        settings.llm_sim.api_key = SecretStr(values["A0_LLM_SIM_API_KEY"])
-    if not settings.postgres.password.get_secret_value() and values.get("A0_POSTGRES_PASSWORD"):
-        settings.postgres.password = SecretStr(values["A0_POSTGRES_PASSWORD"])
-    if not settings.postgres.admin_password.get_secret_value() and values.get("A0_POSTGRES_ADMIN_PASSWORD"):
-        settings.postgres.admin_password = SecretStr(values["A0_POSTGRES_ADMIN_PASSWORD"])
-    if not settings.redis.password.get_secret_value() and values.get("A0_REDIS_PASSWORD"):
-        settings.redis.password = SecretStr(values["A0_REDIS_PASSWORD"])
-    if not settings.opa.token.get_secret_value() and values.get("A0_OPA_TOKEN"):
-        settings.opa.token = SecretStr(values["A0_OPA_TOKEN"])
-    if not settings.opa.admin_token.get_secret_value() and values.get("A0_OPA_ADMIN_TOKEN"):
-        settings.opa.admin_token = SecretStr(values["A0_OPA_ADMIN_TOKEN"])
+    for key, group, name in FILLED:
+        target = getattr(settings, group)
+        if not getattr(target, name).get_secret_value() and values.get(key):
+            setattr(target, name, SecretStr(values[key]))
     # The DSNs are derived from the passwords: drop values cached before they were known.
     settings.__dict__.pop("postgres_dsn", None)
     settings.__dict__.pop("redis_url", None)
