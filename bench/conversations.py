@@ -45,7 +45,8 @@ PORT_OFFSET = 2000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _configure_env(offset: int, latency_ms: int, tokens_per_s: float) -> None:
+def configure_env(offset: int, latency_ms: int, tokens_per_s: float) -> None:
+    """Point every setting at the private bench stack of ``offset`` (ports, state dir)."""
     state = ROOT / f".a0-bench-{offset}"
     os.environ.update({key: str(port) for key, port in stack_ports(offset).items()})
     os.environ.update(
@@ -249,7 +250,7 @@ def main() -> None:
         "or both, one after the other in the same run (default)",
     )
     args = parser.parse_args()
-    _configure_env(args.port_offset, args.sim_latency_ms, args.sim_tokens_per_s)
+    configure_env(args.port_offset, args.sim_latency_ms, args.sim_tokens_per_s)
 
     from a0ctl.runtime import get_runtime
     from a0ctl.runtime.stack import bring_up
