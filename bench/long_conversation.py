@@ -125,7 +125,13 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"long-conversation-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    report = {"turns": args.turns, "machine": machine(), "summary": summary, "responses_s": responses}
+    report = {
+        "turns": args.turns,
+        "transcript_cache_mb": load_settings().worker.transcript_cache_mb,
+        "machine": machine(),
+        "summary": summary,
+        "responses_s": responses,
+    }
     path.write_text(json.dumps(report, indent=2))
     print(f"written: {path}")
 
