@@ -20,7 +20,7 @@ from services.common.settings import Settings
 from tests.conftest import REPLAY_PORT
 from tests.support.gateway import answer_text, auth, create_conversation, send_and_collect
 from tests.support.metrics import scrape, value
-from tests.support.recorded_streams import AFTER_TOOLS_TEXT, CASES, Case, Replay, serving
+from tests.support.recorded_streams import AFTER_TOOLS_TEXT, CASES, DROP, Case, Replay, serving
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,13 @@ async def test_recorded_stream_through_the_stack(
         assert last["type"] == "error", last
         assert last["payload"]["code"] == case.error, last
         assert last["payload"].get("finish_reason") == case.finish_reason
-        assert answer_text(events) == case.text
+        shown = answer_text(events)
+        if any(DROP in answer.body for answer in case.answers):
+            # A cut connection can take the text in flight with it (the socket's end may
+            # be read before the data that came with it), but never adds another answer.
+            assert case.text.startswith(shown), (shown, case.text)
+        else:
+            assert shown == case.text
         assert [role for role, _ in stored] == ["user"]  # nothing stored as an answer
         return
     assert last["type"] == "message.completed", json.dumps(last)

@@ -14,7 +14,7 @@ from services.common.credentials import LLMConfig
 from services.common.settings import Settings, load_settings
 from services.common.tools import tool_catalog
 from services.conversation_worker.llm import LLMClients, LLMError
-from tests.support.recorded_streams import CASES, Case, Replay, serving
+from tests.support.recorded_streams import CASES, DROP, Case, Replay, serving
 
 pytestmark = pytest.mark.unit
 
@@ -67,7 +67,12 @@ async def test_recorded_stream(case: Case, replay: tuple[Replay, str], limits: S
         assert isinstance(outcome, LLMError), outcome
         assert (outcome.code, outcome.retriable) == (case.error, False)
         assert outcome.finish_reason == case.finish_reason
-        assert shown == case.text
+        if any(DROP in answer.body for answer in case.answers):
+            # A cut connection can take the text in flight with it (the socket's end may
+            # be read before the data that came with it), but never adds another answer.
+            assert case.text.startswith(shown), (shown, case.text)
+        else:
+            assert shown == case.text
         return
     assert not isinstance(outcome, LLMError), (outcome.code, outcome.message)
     assert [
