@@ -14,6 +14,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from a0ctl.errors import StackError
+from services.common.panels import TARGETS, TOP_FIGURES, grouped, promql
 from services.common.settings import Settings
 
 # --- traces --------------------------------------------------------------------------
@@ -104,28 +105,10 @@ def span_children(
 
 # --- metrics ---------------------------------------------------------------------------
 
-# What `a0ctl top` shows: one PromQL expression per figure, over the last RATE_WINDOW.
+# What `a0ctl top` shows: the dashboard's own queries (services.common.panels), over the
+# last RATE_WINDOW.
 RATE_WINDOW = "30s"
-TOP_QUERIES: dict[str, str] = {
-    "turns_per_s": f"sum(rate(a0_turns_total[{RATE_WINDOW}]))",
-    "messages_in_per_s": f"sum by (topic) (rate(a0_messages_consumed_total[{RATE_WINDOW}]))",
-    "messages_out_per_s": f"sum by (topic) (rate(a0_messages_produced_total[{RATE_WINDOW}]))",
-    "requests_per_s": f"sum(rate(a0_gateway_requests_total[{RATE_WINDOW}]))",
-    "turn_p50_s": f"histogram_quantile(0.5, sum by (le) (rate(a0_turn_seconds_bucket[{RATE_WINDOW}])))",
-    "turn_p95_s": f"histogram_quantile(0.95, sum by (le) (rate(a0_turn_seconds_bucket[{RATE_WINDOW}])))",
-    "turn_p99_s": f"histogram_quantile(0.99, sum by (le) (rate(a0_turn_seconds_bucket[{RATE_WINDOW}])))",
-    "ttft_p50_s": f"histogram_quantile(0.5, sum by (le) (rate(a0_llm_ttft_seconds_bucket[{RATE_WINDOW}])))",
-    "ttft_p95_s": f"histogram_quantile(0.95, sum by (le) (rate(a0_llm_ttft_seconds_bucket[{RATE_WINDOW}])))",
-    # `or vector(0)`: a counter with no error yet has no series, and none is a zero.
-    "error_rate": f'(sum(rate(a0_turns_total{{outcome="failed"}}[{RATE_WINDOW}])) or vector(0)) '
-    f"/ sum(rate(a0_turns_total[{RATE_WINDOW}]))",
-    "http_5xx_per_s": f'sum(rate(a0_gateway_requests_total{{status=~"5.."}}[{RATE_WINDOW}])) or vector(0)',
-    "shed_per_s": f"sum(rate(a0_gateway_shed_total[{RATE_WINDOW}])) or vector(0)",
-    "tool_errors_per_s": f"sum by (tool) (rate(a0_tool_errors_total[{RATE_WINDOW}])) or vector(0)",
-    "dead_letters_per_s": f"sum by (group) (rate(a0_dead_letters_total[{RATE_WINDOW}])) or vector(0)",
-    "turns_in_flight": "sum(a0_turns_inflight)",
-    "lag_records": "sum by (group, topic, partition) (a0_consumer_lag_records)",
-}
+TOP_QUERIES: dict[str, str] = {key: promql(TARGETS[key].expr, RATE_WINDOW) for key in TOP_FIGURES}
 
 
 def prometheus_query(
@@ -175,7 +158,7 @@ def top_snapshot(settings: Settings) -> dict[str, Any]:
     with httpx.Client() as client:
         for name, expr in TOP_QUERIES.items():
             result = prometheus_query(settings, expr, client)
-            if " by (" in expr.replace("by (le)", ""):  # grouped by a label, not a quantile
+            if grouped(expr):
                 snapshot[name] = {
                     "/".join(item["metric"].values()) or "all": _number(item["value"][1]) for item in result
                 }

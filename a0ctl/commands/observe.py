@@ -150,8 +150,8 @@ def top_view(snapshot: dict[str, Any]) -> Group:
     details.add_row("messages out /s", _by_label(snapshot["messages_out_per_s"]))
     details.add_row("consumer lag (records)", _by_label(snapshot["lag_records"], digits=0))
     details.add_row(
-        "shed /s · HTTP 5xx /s",
-        f"{_figure(snapshot['shed_per_s'], digits=2)} · {_figure(snapshot['http_5xx_per_s'], digits=2)}",
+        "shed /s · HTTP 5xx",
+        f"{_by_label(snapshot['shed_per_s'], digits=2)} · {_figure(snapshot['http_5xx_share'], ' %', 100, 1)}",
     )
     details.add_row("tool errors /s", _by_label(snapshot["tool_errors_per_s"], digits=2))
     details.add_row("dead letters /s", _by_label(snapshot["dead_letters_per_s"], digits=2))
