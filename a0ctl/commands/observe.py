@@ -14,7 +14,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from a0ctl.console import ExitCode, console, errors_to_exit, fail, print_json, settings
-from a0ctl.observe import TopSnapshot, TracesOutput, query_traces, span_children, top_snapshot
+from a0ctl.observe import TopSnapshot, TracesOutput, query_traces, top_snapshot
+from services.common.traces import span_children
 
 # Attributes worth a glance in the tree (all of them are in --json).
 SHOWN = (

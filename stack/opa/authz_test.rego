@@ -354,3 +354,17 @@ test_egress_without_url_or_addresses_denied if {
 	not decide(req("credentials.egress", alice, {})).allow
 	not egress("https", "nowhere.example", 443, []).allow
 }
+
+# --- The ops page --------------------------------------------------------------------
+
+test_ops_admin_allowed if {
+	every a in {"ops.read", "ops.act"} {
+		decide(req(a, root, {})) == {"allow": true, "reason": "allowed: admin"}
+	}
+}
+
+test_ops_user_denied if {
+	every a in {"ops.read", "ops.act"} {
+		decide(req(a, alice, {})) == {"allow": false, "reason": sprintf("denied: %v is for admins", [a])}
+	}
+}
