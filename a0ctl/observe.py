@@ -24,7 +24,7 @@ def query_traces(
 ) -> list[dict[str, Any]]:
     """Every trace of a conversation (or of one turn) in Jaeger, spans ordered by start."""
     base = settings.telemetry.query_url(settings.stack.host)
-    params = trace_query(conversation_id)
+    params = trace_query(conversation_id=conversation_id)
     try:
         response = httpx.get(f"{base}{TRACES_PATH}", params=params, timeout=10)
     except httpx.HTTPError as exc:

@@ -93,3 +93,24 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, A0Error):
         return exc.retriable
     return isinstance(exc, transient_types())
+
+
+class DeadLetterError(A0Error):
+    """A dead letter that cannot be replayed or discarded as asked (services.common.dlq)."""
+
+    code = "dead_letter_error"
+    status = 409
+
+
+class DeadLetterNotFound(DeadLetterError):
+    """No dead letter by that id, or no such dead-letter topic."""
+
+    code = "not_found"
+    status = 404
+
+
+class KafkaUnavailable(TransientError):
+    """The broker does not answer a client that needs it now."""
+
+    def __init__(self, message: str, *, hint: str | None = "is the stack up? run `a0ctl up`") -> None:
+        super().__init__(message, hint=hint)

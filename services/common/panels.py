@@ -12,6 +12,7 @@ Queries are written as Grafana takes them, with ``$__rate_interval``;
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,12 @@ class Panel:
 def promql(expr: str, window: str) -> str:
     """``expr`` with its rate interval made concrete (``30s``, ``1m``)."""
     return expr.replace(RATE_INTERVAL, window)
+
+
+def legend(target: Target, labels: dict[str, str]) -> str:
+    """A series' name as Grafana writes it: the legend format with each ``{{label}}``
+    replaced by the series' value of it (empty when it has none)."""
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), target.legend).strip()
 
 
 PANELS: tuple[Panel, ...] = (

@@ -13,13 +13,18 @@ TRACES_PATH = "/api/traces"
 LOOKBACK_S = 7 * 24 * 3600  # Jaeger keeps traces in memory; a week back covers them
 
 
-def trace_query(conversation_id: str, *, now_s: float | None = None) -> dict[str, str]:
+def trace_query(
+    *, conversation_id: str | None = None, turn_id: str | None = None, now_s: float | None = None
+) -> dict[str, str]:
     """The query parameters of ``GET /api/traces``: every trace the gateway recorded for
-    a conversation (its spans carry ``a0.conversation_id``)."""
+    a conversation, or for a turn (its spans carry ``a0.conversation_id`` and ``a0.turn_id``)."""
+    tags = {"a0.conversation_id": conversation_id} if conversation_id else {"a0.turn_id": turn_id}
+    if not conversation_id and not turn_id:
+        raise ValueError("a conversation id or a turn id is needed")
     now_us = int((time.time() if now_s is None else now_s) * 1e6)
     return {
         "service": "gateway",
-        "tags": json.dumps({"a0.conversation_id": conversation_id}),
+        "tags": json.dumps(tags),
         "start": str(now_us - LOOKBACK_S * 10**6),
         "end": str(now_us),
         "limit": "1000",

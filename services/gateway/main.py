@@ -26,7 +26,15 @@ from services.common.db import migrate
 from services.common.logging import register_secret, setup_logging
 from services.common.settings import Settings, load_settings
 from services.common.telemetry import setup_tracing
-from services.gateway import protocol, routes_conversations, routes_credentials, routes_ops, routes_stream
+from services.gateway import (
+    protocol,
+    routes_console,
+    routes_conversations,
+    routes_credentials,
+    routes_ops,
+    routes_stream,
+)
+from services.gateway.console import Console
 from services.gateway.deps import GatewayState
 from services.gateway.errors import NotFound, install_error_handlers
 from services.gateway.fanout import Hub, outbound_tail, table_loader
@@ -63,6 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         outbound = outbound_tail(settings, hub, producer)
         await stack.started(outbound.start, outbound.stop)
         stack.background(open_turns.reconcile(redis, pool), name="open-turns")
+        app.state.console = stack.closing(Console(settings))
         app.state.gateway = GatewayState(
             settings=settings,
             pool=pool,
@@ -80,6 +89,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
         finally:
             app.state.gateway = None
+            app.state.console = None
 
 
 def _untraced_path(scope: Any) -> bool:
@@ -103,6 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.gateway = None
+    app.state.console = None
     install_error_handlers(app)
     # Inside GatewayMiddleware, so a refused Host still gets a request id and is counted.
     app.add_middleware(TrustedHosts, allowed=allowed_hosts(settings))
@@ -116,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_conversations.router)
     app.include_router(routes_stream.router)
     app.include_router(routes_credentials.router)
+    app.include_router(routes_console.router)
 
     # The chat UI: checked per request, so the files may appear after the app is built.
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
