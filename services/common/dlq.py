@@ -17,13 +17,15 @@ which the gateway uses for an admin of the ops page.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
 
@@ -32,8 +34,10 @@ from services.common.errors import DeadLetterError, DeadLetterNotFound, KafkaUna
 from services.common.kafka import (
     DEAD_LETTER_HEADER_PREFIX,
     REPLAY_COUNT_HEADER,
+    MissingTopics,
     client_options,
     make_producer,
+    topic_partitions,
 )
 from services.common.logging import redact
 from services.common.settings import Settings
@@ -138,6 +142,7 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 async def _read_all(settings: Settings, topics: Iterable[str]) -> dict[str, list[Record]]:
     """Every record now on ``topics``, from the beginning to the end offsets read first."""
     wanted = list(topics)
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
     consumer = AIOKafkaConsumer(
         **client_options(settings),
         enable_auto_commit=False,
@@ -145,19 +150,16 @@ async def _read_all(settings: Settings, topics: Iterable[str]) -> dict[str, list
         auto_offset_reset="earliest",
     )
     try:
+        await admin.start()
+        tps = await topic_partitions(admin, wanted)
         await consumer.start()
-        known = await consumer.topics()
+    except MissingTopics as exc:
+        await asyncio.gather(admin.close(), consumer.stop())
+        raise DeadLetterError(str(exc), hint="run `a0ctl topics apply`") from None
     except KafkaError as exc:
-        await consumer.stop()
+        await asyncio.gather(admin.close(), consumer.stop(), return_exceptions=True)
         raise KafkaUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    missing = sorted(set(wanted) - known)
-    if missing:
-        await consumer.stop()
-        raise DeadLetterError(
-            f"topic {', '.join(missing)} does not exist on the cluster (or this principal may not read it)",
-            hint="run `a0ctl topics apply`",
-        )
-    tps = [TopicPartition(t, p) for t in wanted for p in sorted(consumer.partitions_for_topic(t) or ())]
+    await admin.close()
     try:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
 
 from services.common import metrics, telemetry
@@ -58,6 +59,26 @@ def client_options(settings: Settings) -> dict[str, Any]:
             sasl_plain_password=password,
         )
     return options
+
+
+async def topic_partitions(admin: AIOKafkaAdminClient, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of ``topics``, as the broker describes them to this principal;
+    ``MissingTopics`` names those it does not know (or may not describe)."""
+    missing = sorted(set(topics) - set(await admin.list_topics()))
+    if missing:
+        raise MissingTopics(missing)
+    described = await admin.describe_topics(topics)
+    return [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        for partition in sorted(topic["partitions"], key=lambda p: int(p["partition"]))
+    ]
+
+
+class MissingTopics(Exception):
+    def __init__(self, topics: list[str]) -> None:
+        super().__init__(f"topic {', '.join(topics)} does not exist on the cluster")
+        self.topics = topics
 
 
 def consumer_options(settings: Settings) -> dict[str, Any]:

@@ -20,13 +20,13 @@ import time
 from typing import Any, Literal
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from services.common import dlq
 from services.common.http import LazySession
-from services.common.kafka import client_options
+from services.common.kafka import MissingTopics, client_options, topic_partitions
 from services.common.panels import PANELS, legend, promql
 from services.common.settings import Settings
 from services.common.topics import CONSUMER_GROUPS, TURN_TOPICS
@@ -97,7 +97,7 @@ class Console:
     async def charts(self, range_name: str, *, now_s: float | None = None) -> dict[str, Any]:
         """Every ops panel's series over the range, on one time axis (Unix seconds)."""
         length_s, step_s = RANGES[range_name]
-        end = int(now_s if now_s is not None else time.time()) // step_s * step_s
+        end = int(now_s if now_s is not None else time.time())
         start = end - length_s
         window = rate_window(step_s, self.settings.prometheus.scrape_interval_s)
         panels = [panel for panel in PANELS if panel.ops]
@@ -212,16 +212,13 @@ class Console:
             async with asyncio.timeout(TIMEOUT_S):
                 await consumer.start()
                 await admin.start()
-                await consumer.topics()
-                tps = [
-                    TopicPartition(topic, partition)
-                    for topic in TURN_TOPICS
-                    for partition in sorted(consumer.partitions_for_topic(topic) or ())
-                ]
+                tps = await topic_partitions(admin, list(TURN_TOPICS))
                 ends = await consumer.end_offsets(tps)
                 committed = {
                     group: await admin.list_consumer_group_offsets(group) for group in CONSUMER_GROUPS
                 }
+        except MissingTopics as exc:
+            raise UpstreamUnavailable(f"{exc} (run `a0ctl topics apply`)") from None
         except (TimeoutError, KafkaError) as exc:
             raise UpstreamUnavailable(
                 f"Kafka does not answer the ops principal at {self.settings.kafka_bootstrap}: "

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse
 from services.common import dlq
 from services.common.auth import Principal
 from services.common.errors import DeadLetterError, DeadLetterNotFound
-from services.gateway.console import RANGES, Console
+from services.gateway.console import RANGES, Console, UpstreamUnavailable
 from services.gateway.deps import CurrentUser, State
 from services.gateway.errors import Conflict, InvalidRequest, NotFound, error_responses
 from services.gateway.routes_ops import dependency_checks
@@ -121,7 +121,7 @@ async def traces(
     return {"traces": await console.traces(conversation_id, turn_id)}
 
 
-@api.get("/dead-letters")
+@api.get("/dead-letters", responses=error_responses(502))
 async def dead_letters(
     _: Reader,
     console: ConsoleDep,
@@ -129,7 +129,10 @@ async def dead_letters(
 ) -> dlq.DeadLetters:
     """The dead letters still pending (with ``all=true``, also those replayed or
     discarded), oldest first: as ``a0ctl dlq list --json``."""
-    return dlq.DeadLetters(entries=await console.dead_letters(handled))
+    try:
+        return dlq.DeadLetters(entries=await console.dead_letters(handled))
+    except DeadLetterError as exc:  # a topic missing, or a broker too slow to read it
+        raise UpstreamUnavailable(exc.message) from None
 
 
 async def _act(

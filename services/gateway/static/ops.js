@@ -73,6 +73,7 @@ function drawChart(panel, timestamps) {
   if (chart && chart.signature === signature) {
     chart.plot.setData(data);
     chart.box.dataset.points = String(countPoints(panel));
+    chart.box.dataset.max = String(largest(panel));
     return;
   }
   let box = chart ? chart.box : null;
@@ -106,6 +107,7 @@ function drawChart(panel, timestamps) {
   );
   if (!panel.series.length) box.append(el("p", { class: "chart-empty muted small", text: "No series yet." }));
   box.dataset.points = String(countPoints(panel));
+  box.dataset.max = String(largest(panel));
   state.charts.set(panel.key, { plot, signature, box });
 }
 
@@ -115,10 +117,17 @@ function countPoints(panel) {
   return points;
 }
 
+function largest(panel) {
+  let top = 0;
+  for (const series of panel.series) for (const v of series.values) if (v !== null && v > top) top = v;
+  return top;
+}
+
 async function refreshCharts() {
   try {
     const answer = await api("GET", `/v1/ops/charts?range=${encodeURIComponent(state.range)}`);
     for (const panel of answer.panels) drawChart(panel, answer.timestamps);
+    $("chart-grid").dataset.range = answer.range;
     $("charts-updated").textContent = `rates over ${answer.rate_window} · updated ${new Date().toLocaleTimeString()}`;
     showError("charts-error", null);
   } catch (error) {
