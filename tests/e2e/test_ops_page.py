@@ -242,6 +242,7 @@ def test_the_ops_page_has_no_serious_accessibility_violation(axe_page: Page) -> 
     axe_page.goto("/ops")
     expect(axe_page.get_by_test_id("service-row").first).to_be_visible(timeout=WAIT_MS)
     expect(axe_page.get_by_test_id("chart").first).to_be_visible(timeout=WAIT_MS)
+    expect(axe_page.get_by_test_id("topic-row").first).to_be_visible(timeout=WAIT_MS)
     check(axe_page, "ops", {})
 
 

@@ -99,7 +99,7 @@ function drawChart(panel, timestamps) {
         })),
       ],
       axes: [{}, { values: (_, ticks) => ticks.map((v) => formatValue(panel.unit, v)), size: 70 }],
-      scales: { x: { time: true } },
+      scales: { x: { time: true }, y: { range: (_, min, max) => yRange(panel.unit, max) } },
       legend: { live: true },
     },
     data,
@@ -109,6 +109,13 @@ function drawChart(panel, timestamps) {
   box.dataset.points = String(countPoints(panel));
   box.dataset.max = String(largest(panel));
   state.charts.set(panel.key, { plot, signature, box });
+}
+
+// From zero, to a little above the largest value (a share never above 100 %); a panel
+// with nothing but zeros yet keeps a small scale instead of uPlot's 0..100.
+function yRange(unit, max) {
+  const top = Number.isFinite(max) && max > 0 ? max * 1.1 : unit === "percentunit" ? 0.01 : 1;
+  return [0, unit === "percentunit" ? Math.min(top, 1) : top];
 }
 
 function countPoints(panel) {
