@@ -2,7 +2,8 @@
 
 Idempotent by call id: a result is stored in PostgreSQL before it is published, and a
 redelivered request is answered from there, never run twice. ``tool.cancel`` kills a
-running call (its process group, for the code runner).
+running call (its process group, for the code runner; for an MCP server's tool, MCP's
+``notifications/cancelled`` to the server).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import re
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from psycopg.types.json import Jsonb
@@ -24,6 +26,7 @@ from services.common.kafka import publish
 from services.common.policy import PolicyClient
 from services.common.tools import ToolResult
 from services.common.topics import TOOL_RESULTS
+from services.tool_executor.mcp_client import McpTool
 from services.tool_executor.sandbox import SandboxLimits
 from services.tool_executor.tools import Tool, ToolContext, ToolError
 
@@ -170,7 +173,11 @@ class ToolExecutor:
             conversation_id=envelope.conversation_id,
             limits=self.limits,
         )
-        task = asyncio.create_task(tool.run(arguments, ctx))
+        images: list[dict[str, str]] = []
+        if isinstance(tool, McpTool):
+            task = asyncio.create_task(self._call_mcp(tool, arguments, images))
+        else:
+            task = asyncio.create_task(tool.run(arguments, ctx))
         self.running[key] = task
         started = time.monotonic()
         try:
@@ -191,6 +198,14 @@ class ToolExecutor:
             self.running.pop(key, None)
             self.cancelled.discard(key)
         metrics.TOOL_CALLS.labels(name, "ok").inc()
-        return ToolResult(
+        result = ToolResult(
             call_id=call_id, name=name, output=output, seconds=round(time.monotonic() - started, 3)
         )
+        if images:  # shown by the chat UI; the model reads the output's note of them
+            result = result.model_copy(update={"images": images})
+        return result
+
+    async def _call_mcp(self, tool: McpTool, arguments: dict[str, Any], images: list[dict[str, str]]) -> str:
+        output, shown = await tool.call(arguments)
+        images.extend(shown)
+        return output
