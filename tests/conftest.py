@@ -32,6 +32,8 @@ TEST_ENV = {
     "A0_LLM_SIM_LATENCY_MS": "20",
     # Every turn traced: the tests read each one back.
     "A0_OTEL_TRACES_PER_S": "0",
+    # The reference MCP servers, with the allow-lists the tests need.
+    "A0_TOOLS_MCP_FILE": "tests/support/mcp.yaml",
     # Short enough for the fault tier to see the watchdog act.
     "A0_WATCHDOG_UNHEALTHY_S": "15",
 }

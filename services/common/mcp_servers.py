@@ -70,7 +70,8 @@ class Access(_Strict):
 
 
 class Bind(_Strict):
-    """A host path the server's sandbox sees, at the same place; read-only unless writable."""
+    """A host path the server's sandbox sees, at the same place; read-only unless writable.
+    A directory under the state directory that does not exist is made (empty) at start."""
 
     path: str
     writable: bool = False
@@ -242,7 +243,7 @@ def local_problems(config: McpConfig, settings: Settings) -> list[str]:
             path = Path(expand(bind.path, settings))
             if not path.is_absolute():
                 problems.append(f"{where}.binds: {bind.path!r} must be an absolute path")
-            elif not path.exists() and not bind.writable:
+            elif not path.exists() and not path.is_relative_to(settings.stack.state_path):
                 problems.append(f"{where}.binds: {path} does not exist")
         for name, source in spec.env.items():
             if source not in os.environ:

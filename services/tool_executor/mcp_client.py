@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 
 MAX_DESCRIPTION_CHARS = 1024
 MAX_OUTPUT_CHARS = 16_384
-MAX_IMAGE_BYTES = 512 * 1024
-MAX_IMAGES = 4
+# Images travel base64 in the tool.result event (Kafka records are at most 1 MiB).
+MAX_IMAGE_BYTES = 256 * 1024
+MAX_IMAGES_BASE64_CHARS = 600_000
 # How long a server may take to start and answer its first listing.
 START_TIMEOUT_S = 30.0
 PING_EVERY_S = 5.0
@@ -111,7 +112,7 @@ def sandbox_argv(spec: StdioServer, settings: Settings) -> list[str]:
 
 
 def prepare_binds(config: McpConfig, settings: Settings) -> None:
-    """Make the writable bound directories that do not exist yet, owned by the tools user
+    """Make the bound directories that do not exist yet (empty), owned by the tools user
     (run while the executor is still root: the tools user cannot make them in the state
     directory)."""
     for spec in config.servers.values():
@@ -119,7 +120,7 @@ def prepare_binds(config: McpConfig, settings: Settings) -> None:
             continue
         for bind in spec.binds:
             path = Path(expand(bind.path, settings))
-            if bind.writable and not path.exists():
+            if not path.exists():
                 path.mkdir(parents=True)
                 if os.geteuid() == 0:
                     entry = pwd.getpwnam(settings.tools.run_as)
@@ -149,7 +150,8 @@ def to_output(result: types.CallToolResult) -> tuple[str, list[dict[str, str]]]:
             parts.append(block.text)
         elif isinstance(block, types.ImageContent):
             size = len(block.data) * 3 // 4
-            if size <= MAX_IMAGE_BYTES and len(images) < MAX_IMAGES:
+            shown = sum(len(image["data"]) for image in images)
+            if size <= MAX_IMAGE_BYTES and shown + len(block.data) <= MAX_IMAGES_BASE64_CHARS:
                 images.append({"mime_type": block.mime_type, "data": block.data})
                 parts.append(f"[image {block.mime_type}, {size} bytes, shown to the user]")
             else:
