@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 
 from a0ctl.errors import StackError
+from a0ctl.topics.admin import admin_client
 from services.common import mcp_servers
 from services.common.egress import check_base_url
 from services.common.envelope import Envelope, EventType, new_id, tool_call_key
@@ -173,15 +174,19 @@ async def call(
         payload={"call_id": call_id, "name": name, "arguments": arguments},
     )
     expected = f"result-{tool_call_key(turn_id, call_id)}"
+    try:
+        async with admin_client(settings) as admin:
+            described = await admin.describe_topics([TOOL_RESULTS])
+    except KafkaError as exc:
+        raise StackError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}", service="kafka"
+        ) from None
+    partitions = [TopicPartition(TOOL_RESULTS, p["partition"]) for t in described for p in t["partitions"]]
+    if not partitions:
+        raise StackError(f"topic {TOOL_RESULTS} does not exist", hint="run `a0ctl topics apply`")
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     try:
         await consumer.start()
-        await consumer.topics()  # the cluster's metadata, partitions included
-        partitions = [
-            TopicPartition(TOOL_RESULTS, p) for p in consumer.partitions_for_topic(TOOL_RESULTS) or ()
-        ]
-        if not partitions:
-            raise StackError(f"topic {TOOL_RESULTS} does not exist", hint="run `a0ctl topics apply`")
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for tp in partitions:  # pin the end offsets before the request is sent

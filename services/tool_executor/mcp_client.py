@@ -31,6 +31,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+# What the SDK imports only at a call (validating a structured result), imported now: the
+# executor drops root at start and may not read the interpreter's files afterwards.
+import jsonschema
+import jsonschema.exceptions
+import jsonschema.protocols
 import mcp.types as types
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -51,6 +56,7 @@ from services.common.tools import ToolSpec
 from services.tool_executor.tools import ToolContext, ToolError
 
 log = logging.getLogger(__name__)
+_IMPORTED_FOR_CALLS = (jsonschema.exceptions, jsonschema.protocols)
 
 MAX_DESCRIPTION_CHARS = 1024
 MAX_OUTPUT_CHARS = 16_384
