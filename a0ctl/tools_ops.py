@@ -55,15 +55,18 @@ async def _url_problems(server: str, url: str, settings: Settings) -> tuple[list
         async with PolicyClient(settings) as policy:
             await check_base_url(policy, CHECKED_AS, ["admin"], url)
     except CredentialError as exc:
-        return [f"{where}: {exc.message.replace('base URL', 'URL')}"], []
-    except PolicyUnavailable:
-        return [], [f"{where}: the egress policy was not asked (OPA is not reachable: is the stack up?)"]
+        if not isinstance(exc.__cause__, PolicyUnavailable):
+            return [f"{where}: {exc.message.replace('base URL', 'URL')}"], []
+        warning = f"{where}: the egress policy was not asked (OPA is not reachable: is the stack up?)"
+    else:
+        warning = ""
     try:
         async with httpx.AsyncClient(timeout=URL_TIMEOUT_S) as client:
             await client.get(url)
     except httpx.HTTPError as exc:
-        return [f"{where}: {url} is unreachable ({type(exc).__name__}: {exc or 'no answer'})"], []
-    return [], []
+        found = [f"{where}: {url} is unreachable ({type(exc).__name__}: {exc or 'no answer'})"]
+        return found, [warning] if warning else []
+    return [], [warning] if warning else []
 
 
 async def check(settings: Settings, *, text: str | None = None) -> CheckReport:

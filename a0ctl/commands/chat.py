@@ -72,6 +72,13 @@ class TurnPrinter:
             title = Text(f"tool call · {printable(str(payload.get('name', '?')))}")
             body = Text(printable(_pretty(payload.get("arguments", ""))))
             self.out.print(Panel(body, title=title, title_align="left", style="dim", expand=False))
+        elif kind == "tool.progress":
+            self._end_line()
+            done, total = payload.get("progress"), payload.get("total")
+            share = f"{done}/{total}" if total else f"{done}"
+            message = printable(str(payload.get("message") or ""))
+            line = f"  … {printable(str(payload.get('name', '?')))}: {share}" + (f" · {message}" if message else "")
+            self.out.print(Text(line, style="dim"))
         elif kind == "tool.result":
             self._end_line()
             error = payload.get("error")

@@ -55,7 +55,7 @@ class ToolRounds:
                 continue
             key = tool_call_key(turn_id, call_id)
             try:
-                result = await asyncio.wait_for(asyncio.shield(waiting[call_id]), self.timeout_s)
+                result = await self._result(envelope, key, waiting[call_id])
             except TimeoutError:
                 result = ToolResult.failed(
                     call_id, name, "timeout", f"no result within {self.timeout_s:.0f}s"
@@ -69,6 +69,31 @@ class ToolRounds:
                 messages=[(f"tool:{key}", body)],
             )
             transcript.add(f"tool:{key}", body)
+
+    async def _result(self, envelope: Envelope, key: str, future: asyncio.Future[ToolResult]) -> ToolResult:
+        """The call's result, within the timeout; meanwhile each progress record the
+        executor sends becomes a ``tool.progress`` event of the turn."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        progress = self.results.progress_of(key)
+        while not future.done():
+            getter: asyncio.Future[Any] = asyncio.ensure_future(progress.get())
+            try:
+                await asyncio.wait(
+                    {future, getter}, timeout=deadline - loop.time(), return_when="FIRST_COMPLETED"
+                )
+            finally:
+                getter.cancel()
+            if future.done():
+                break
+            if not getter.done() or getter.cancelled():
+                raise TimeoutError
+            update = getter.result()
+            step = f"{update.get('progress')}/{update.get('total')}"
+            await self.events.emit_batch(
+                envelope, [Draft(EventType.TOOL_PROGRESS, update, f"toolprogress:{key}:{step}")]
+            )
+        return future.result()
 
     async def cancel(self, source: Envelope, turn_id: str) -> None:
         """Ask the executor to stop the turn's calls still running."""

@@ -196,6 +196,25 @@ def _server_pids(needle: str) -> list[int]:
     return pids
 
 
+async def test_progress_of_a_long_running_tool_streams_before_its_result(
+    settings: Settings, client, mcp_ready: None
+) -> None:
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    prompt = 'call everything__trigger-long-running-operation {"duration": 3, "steps": 3}'
+    events = await send_and_collect(client, headers, conversation_id, prompt)
+    types = [e["type"] for e in events]
+    progress = [e["payload"] for e in events if e["type"] == "tool.progress"]
+    assert len(progress) >= 2, types
+    assert types.index("tool.call") < types.index("tool.progress") < types.index("tool.result")
+    assert [p["progress"] for p in progress] == sorted(p["progress"] for p in progress)
+    assert progress[-1] == {**progress[-1], "total": 3, "progress": 3}
+    assert "error" not in _tool_result(events) and events[-1]["type"] == "message.completed"
+    # Stored like every event: a client that comes back later reads the same progress.
+    history = (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).json()["events"]
+    assert [e["payload"] for e in history if e["type"] == "tool.progress"] == progress
+
+
 async def test_cancel_mid_run_ends_the_turn_cancelled_and_the_server_still_answers(
     settings: Settings, client, mcp_ready: None
 ) -> None:
@@ -208,8 +227,9 @@ async def test_cancel_mid_run_ends_the_turn_cancelled_and_the_server_still_answe
         conversation_id,
         'call everything__trigger-long-running-operation {"duration": 30, "steps": 30}',
     )
-    await read_until(events, "tool.call")
-    await asyncio.sleep(1.5)  # the server is running it
+    seen = await read_until(events, "tool.progress")  # the server is running it
+    progress = seen[-1]["payload"]
+    assert progress["name"] == "everything__trigger-long-running-operation" and progress["total"] == 30
     response = await client.post(
         f"/v1/conversations/{conversation_id}/cancel", json={"turn_id": accepted["turn_id"]}, headers=headers
     )
@@ -236,8 +256,7 @@ async def test_a_server_killed_mid_call_restarts_and_the_turn_ends_with_a_clear_
         conversation_id,
         'call everything__trigger-long-running-operation {"duration": 20, "steps": 20}',
     )
-    await read_until(events, "tool.call")
-    await asyncio.sleep(1.5)
+    await read_until(events, "tool.progress")
     pids = _server_pids(needle)
     assert pids, "the server's process is running"
     for pid in pids:
@@ -261,6 +280,18 @@ async def test_a_server_killed_mid_call_restarts_and_the_turn_ends_with_a_clear_
     history = (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).json()["events"]
     killed_turn = [e for e in history if e["turn_id"] == accepted["turn_id"] and e["type"] == "tool.result"]
     assert len(killed_turn) == 1
+
+
+def test_a0ctl_tools_check_asks_the_egress_policy(stack: LocalRuntime, tmp_path: Path) -> None:
+    declared = tmp_path / "mcp.yaml"
+    declared.write_text(
+        "version: 1\nservers:\n  inward:\n    transport: http\n    url: https://127.0.0.1:9/mcp\n"
+        "    tools: {x: }\n    allow: {roles: [user]}\n"
+    )
+    result = a0ctl("tools", "check", env={"A0_TOOLS_MCP_FILE": str(declared)})
+    assert result.returncode == 1
+    assert "servers.inward.url: this URL is not allowed" in result.stderr
+    assert "loopback, private or reserved" in result.stderr
 
 
 def test_a0ctl_tools_list_and_call_through_the_executor(stack: LocalRuntime, mcp_ready: None) -> None:

@@ -120,7 +120,7 @@ function resultImages(images) {
 }
 
 /** Progress reported by a running tool, shown in its call's block until the result. */
-export function toolProgressLine(payload) {
+function toolProgressLine(payload) {
   const progress = Number(payload.progress);
   const total = Number(payload.total);
   const share = Number.isFinite(total) && total > 0 ? ` ${Math.round((100 * progress) / total)}%` : "";
@@ -132,6 +132,18 @@ export function toolProgressLine(payload) {
     role: "status",
     text: `Progress${share} (${counts})${message}`,
   });
+}
+
+/** Show ``payload`` (a tool.progress event) in the block of its call, replacing the last. */
+export function showToolProgress(container, payload) {
+  const calls = [...container.querySelectorAll('[data-testid="tool-call"]')];
+  const call = calls.find((node) => node.dataset.callId === payload.call_id) || calls.at(-1);
+  if (!call) return;
+  call.open = true;
+  const line = toolProgressLine(payload);
+  const previous = call.querySelector('[data-testid="tool-progress"]');
+  if (previous) previous.replaceWith(line);
+  else call.append(line);
 }
 
 export function toolResultBlock(payload) {
