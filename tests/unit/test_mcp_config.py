@@ -150,20 +150,29 @@ def test_policy_data_names_who_may_call_each_tool() -> None:
     }
 
 
+def _stdio(config: mcp_servers.McpConfig, name: str) -> mcp_servers.StdioServer:
+    spec = config.servers[name]
+    assert isinstance(spec, mcp_servers.StdioServer)
+    return spec
+
+
 def test_the_sandbox_has_no_network_unless_granted_and_only_the_bound_paths(settings: Settings) -> None:
     config = mcp_servers.parse((ROOT / "tests/support/mcp.yaml").read_text())
-    argv = sandbox_argv(config.servers["files"], settings)
+    argv = sandbox_argv(_stdio(config, "files"), settings)
     assert "--unshare-all" in argv and "--share-net" not in argv
     files = str(settings.stack.state_path / "mcp-files")
     assert argv[argv.index(files) - 1] == "--ro-bind"
-    assert str(ROOT) not in argv[: argv.index("--")] or all(
-        arg.startswith(str(ROOT / "stack/mcp-servers"))
-        or arg.startswith(str(ROOT / ".a0"))
-        or arg.startswith(files)
+    installs = [str(p.resolve()) for p in (ROOT / "stack/mcp-servers").glob("*") if p.is_symlink()]
+    allowed = (files, "/usr", "/etc/", str(ROOT / "stack/mcp-servers"), *installs)
+    bound = [
+        arg
         for arg in argv[: argv.index("--")]
-        if arg.startswith(str(ROOT))
-    )
-    writable = sandbox_argv(config.servers["files-write"], settings)
+        if arg.startswith("/") and not arg.startswith(("/proc", "/dev", "/tmp"))
+    ]
+    assert bound and all(
+        arg.startswith(allowed) or arg in ("/bin", "/lib", "/lib64", "/sbin") for arg in bound
+    ), bound
+    writable = sandbox_argv(_stdio(config, "files-write"), settings)
     assert writable[writable.index(files) - 1] == "--bind"
 
 
