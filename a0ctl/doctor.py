@@ -12,6 +12,7 @@ from pydantic import BaseModel, computed_field
 from a0ctl import subprocesses
 from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, docker_engine_answers
+from services.common import mcp_servers
 from services.common.secrets_env import secrets_path
 from services.common.settings import Settings
 from services.tool_executor.cgroups import CgroupError, RunBounds, probe
@@ -102,6 +103,23 @@ def _run_bounds(settings: Settings) -> DoctorCheck:
     return DoctorCheck(name=name, ok=True, detail=f"{limits} per run, {detail}")
 
 
+def _mcp_servers(settings: Settings) -> DoctorCheck:
+    """mcp.yaml valid and its stdio servers installed (URLs are `a0ctl tools check`'s)."""
+    name = "MCP servers (mcp.yaml)"
+    fix = f"{BOOTSTRAP} fix mcp.yaml; `a0ctl tools check` names each problem"
+    try:
+        config = mcp_servers.load(settings)
+    except mcp_servers.McpConfigError as exc:
+        return DoctorCheck(name=name, ok=False, detail=exc.message.splitlines()[0], fix=fix)
+    problems = mcp_servers.local_problems(config, settings)
+    if problems:
+        return DoctorCheck(name=name, ok=False, detail="; ".join(problems[:2]), fix=fix)
+    detail = (
+        f"{len(config.servers)} servers, {len(config.tools())} tools: {', '.join(config.servers) or 'none'}"
+    )
+    return DoctorCheck(name=name, ok=True, detail=detail)
+
+
 def run_doctor(settings: Settings) -> DoctorReport:
     checks = [
         DoctorCheck(
@@ -171,6 +189,7 @@ def run_doctor(settings: Settings) -> DoctorReport:
         )
     )
     checks += _tool_sandbox(settings)
+    checks.append(_mcp_servers(settings))
     chromium = shutil.which("chromium")
     checks.append(
         DoctorCheck(

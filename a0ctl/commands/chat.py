@@ -77,7 +77,9 @@ class TurnPrinter:
             done, total = payload.get("progress"), payload.get("total")
             share = f"{done}/{total}" if total else f"{done}"
             message = printable(str(payload.get("message") or ""))
-            line = f"  … {printable(str(payload.get('name', '?')))}: {share}" + (f" · {message}" if message else "")
+            line = f"  … {printable(str(payload.get('name', '?')))}: {share}" + (
+                f" · {message}" if message else ""
+            )
             self.out.print(Text(line, style="dim"))
         elif kind == "tool.result":
             self._end_line()
