@@ -72,7 +72,9 @@ class ToolRounds:
 
     async def _result(self, envelope: Envelope, key: str, future: asyncio.Future[ToolResult]) -> ToolResult:
         """The call's result, within the timeout; meanwhile each progress record the
-        executor sends becomes a ``tool.progress`` event of the turn."""
+        executor sends becomes a ``tool.progress`` event of the turn. The executor sends
+        a call's progress before its result, on the same partition: every update is in
+        the queue by the time the result is, and is stored before it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         progress = self.results.progress_of(key)
@@ -84,16 +86,19 @@ class ToolRounds:
                 )
             finally:
                 getter.cancel()
-            if future.done():
-                break
-            if not getter.done() or getter.cancelled():
+            if getter.done() and not getter.cancelled():
+                await self._progress(envelope, key, getter.result())
+            elif not future.done():
                 raise TimeoutError
-            update = getter.result()
-            step = f"{update.get('progress')}/{update.get('total')}"
-            await self.events.emit_batch(
-                envelope, [Draft(EventType.TOOL_PROGRESS, update, f"toolprogress:{key}:{step}")]
-            )
+        while not progress.empty():
+            await self._progress(envelope, key, progress.get_nowait())
         return future.result()
+
+    async def _progress(self, envelope: Envelope, key: str, update: dict[str, Any]) -> None:
+        step = f"{update.get('progress')}/{update.get('total')}"
+        await self.events.emit_batch(
+            envelope, [Draft(EventType.TOOL_PROGRESS, update, f"toolprogress:{key}:{step}")]
+        )
 
     async def cancel(self, source: Envelope, turn_id: str) -> None:
         """Ask the executor to stop the turn's calls still running."""
