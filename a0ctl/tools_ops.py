@@ -122,6 +122,29 @@ async def _catalog(settings: Settings) -> tuple[set[str], list[dict[str, Any]]] 
     return {spec.name for spec in specs}, servers
 
 
+async def mcp_status_line(settings: Settings) -> str:
+    """One line on the MCP servers of mcp.yaml, as the executor last listed them ("" when
+    there are none, or Redis does not answer)."""
+    if not mcp_servers.config_path(settings).exists():
+        return ""
+    try:
+        declared = mcp_servers.load(settings).servers
+    except mcp_servers.McpConfigError:
+        return "MCP servers: mcp.yaml is not valid (a0ctl tools check)"
+    catalog = await _catalog(settings)
+    if not declared or catalog is None:
+        return ""
+    states = {str(s.get("name")): s for s in catalog[1]}
+    parts = []
+    for name in declared:
+        status = states.get(name)
+        if status is None:
+            parts.append(f"{name} down")
+        else:
+            parts.append(f"{name} {status.get('state')} ({status.get('detail') or '-'})")
+    return "MCP servers: " + ", ".join(parts)
+
+
 async def list_tools(settings: Settings, user: str) -> ToolList:
     config = mcp_servers.load(settings)
     catalog = await _catalog(settings)

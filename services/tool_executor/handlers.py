@@ -157,6 +157,9 @@ class ToolExecutor:
             "a0.conversation_id": envelope.conversation_id,
             "a0.turn_id": envelope.turn_id,
         }
+        tool = self.tools.get(name)
+        if isinstance(tool, McpTool):  # which server answered, in the trace
+            attributes["a0.mcp.server"] = tool.server.name
         with telemetry.span("tool run", attributes) as span:
             started = time.monotonic()
             payload = storable(await self._execute(envelope, call_id, name, key))
