@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from a0ctl import tools_ops
 from a0ctl.console import (
@@ -72,7 +73,8 @@ def list_command(
         table.add_column(column, overflow="fold")
     for row in listing.tools:
         colour = "green" if row.state == "ready" else "yellow"
-        table.add_row(row.name, row.source, f"[{colour}]{row.state}[/]", row.policy)
+        # Text, never markup: a reason may hold brackets, a server's names anything.
+        table.add_row(Text(row.name), Text(row.source), Text(row.state, style=colour), Text(row.policy))
     console.print(table)
 
 

@@ -41,6 +41,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 
+from services.common.logging import redact, register_secret
 from services.common.mcp_servers import (
     SEPARATOR,
     SERVERS_DIR,
@@ -68,6 +69,7 @@ START_TIMEOUT_S = 30.0
 PING_EVERY_S = 5.0
 PING_TIMEOUT_S = 10.0
 RESTART_FIRST_S = 0.5
+MAX_STDERR_BYTES = 1024 * 1024
 
 Progress = ProgressFnT
 
@@ -140,6 +142,7 @@ def sandbox_env(spec: StdioServer) -> dict[str, str]:
     for name, source in spec.env.items():
         if source in os.environ:
             env[name] = os.environ[source]
+            register_secret(env[name])  # a token, likely: never in a log line or a state
     return env
 
 
@@ -230,6 +233,7 @@ class McpServer:
         self.session: ClientSession | None = None
         self.pid: int | None = None
         self._errlog: Any = None
+        self._last_stderr = ""
         self._broken = asyncio.Event()
         self._relist = asyncio.Event()
 
@@ -238,12 +242,23 @@ class McpServer:
         if errlog is None:
             return ""
         with contextlib.suppress(OSError, ValueError):
-            errlog.flush()
-            errlog.seek(0)
-            lines = [line.strip() for line in errlog.read()[-4000:].splitlines() if line.strip()]
+            size = os.fstat(errlog.fileno()).st_size
+            with open(errlog.fileno(), "rb", closefd=False) as raw:
+                raw.seek(max(0, size - 4000))
+                text = raw.read().decode("utf-8", errors="replace").replace("\0", "")
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
             if lines:
-                return "; stderr: " + _clip(" | ".join(lines[-3:]), 500)
+                return "; stderr: " + _clip(redact(" | ".join(lines[-6:])), 600)
         return ""
+
+    def _bound_stderr(self) -> None:
+        """Keep a chatty server's stderr file small: past the bound it starts over (the
+        server writes on at its offset, into a sparse file)."""
+        errlog = self._errlog
+        if errlog is not None:
+            with contextlib.suppress(OSError, ValueError):
+                if os.fstat(errlog.fileno()).st_size > MAX_STDERR_BYTES:
+                    os.ftruncate(errlog.fileno(), 0)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -256,15 +271,16 @@ class McpServer:
         }
 
     def _set(self, state: str, detail: str = "") -> None:
-        self.state, self.detail = state, detail
+        self.state, self.detail = state, redact(detail)
         self.on_change()
 
     @asynccontextmanager
     async def _transport(self) -> AsyncIterator[Any]:
         if isinstance(self.spec, StdioServer):
+            argv = sandbox_argv(self.spec, self.settings)
             params = StdioServerParameters(
-                command=sandbox_argv(self.spec, self.settings)[0],
-                args=sandbox_argv(self.spec, self.settings)[1:],
+                command=argv[0],
+                args=argv[1:],
                 env=sandbox_env(self.spec),
                 cwd="/",
             )
@@ -275,6 +291,7 @@ class McpServer:
                     async with stdio_client(params, errlog=errlog) as streams:
                         yield streams
                 finally:
+                    self._last_stderr = self._stderr_tail()
                     self._errlog = None
         else:
             async with streamable_http_client(self.spec.url) as streams:
@@ -318,7 +335,7 @@ class McpServer:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001  # anyio groups: any failure means restart
-                detail = _reason(exc) + self._stderr_tail()
+                detail = _reason(exc) + self._last_stderr
                 log.warning("MCP server %s stopped: %s; restarting in %.1fs", self.name, detail, delay)
                 self.session = None
                 self._set("restarting", detail)
@@ -336,7 +353,7 @@ class McpServer:
                     await session.initialize()
                     await self._list(session)
                 self.session = session
-                self._set("ready", f"{len(self.tools)} tools")
+                self._set("ready", f"tools: {len(self.tools)}")
                 while True:
                     waits = [asyncio.ensure_future(e.wait()) for e in (self._broken, self._relist)]
                     done, pending = await asyncio.wait(
@@ -349,10 +366,11 @@ class McpServer:
                     if self._relist.is_set():
                         self._relist.clear()
                         await self._list(session)
-                        self._set("ready", f"{len(self.tools)} tools (list changed)")
+                        self._set("ready", f"tools: {len(self.tools)}, list changed")
                         continue
                     async with asyncio.timeout(PING_TIMEOUT_S):
                         await session.send_ping()
+                    self._bound_stderr()
 
     async def call(
         self, name: str, arguments: dict[str, Any], timeout_s: float, progress: Progress | None
