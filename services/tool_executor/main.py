@@ -37,13 +37,14 @@ async def open_executor(stack: ServiceStack, cgroups: RunCgroups | None = None) 
     connections = settings.tools.max_inflight + 2
     tools = load_tools()
     redis = stack.redis()
-    servers = McpServers(mcp_servers.load(settings), settings, tools, partial(publish_catalog, redis))
+    policy = stack.policy()
+    servers = McpServers(mcp_servers.load(settings), settings, tools, partial(publish_catalog, redis), policy)
     await stack.started(servers.start, servers.stop)
     executor = ToolExecutor(
         # Opened at full size, as the worker's: one per tool call in flight, and two more.
         pool=await stack.pool("tool-executor", min_size=connections, max_size=connections),
         producer=await stack.producer("tool-executor"),
-        policy=stack.policy(),
+        policy=policy,
         tools=tools,
         limits=SandboxLimits.from_settings(settings.tools, cgroups),
     )

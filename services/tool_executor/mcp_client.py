@@ -41,6 +41,8 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 
+from services.common.egress import check_base_url
+from services.common.errors import CredentialError
 from services.common.logging import redact, register_secret
 from services.common.mcp_servers import (
     SEPARATOR,
@@ -52,6 +54,7 @@ from services.common.mcp_servers import (
     expand,
     resolve_command,
 )
+from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.common.tools import ToolSpec
 from services.tool_executor.tools import ToolContext, ToolError
@@ -69,6 +72,8 @@ START_TIMEOUT_S = 30.0
 PING_EVERY_S = 5.0
 PING_TIMEOUT_S = 10.0
 RESTART_FIRST_S = 0.5
+# Who asks the egress policy about an HTTP server's URL.
+EGRESS_SUBJECT = "a0-tool-executor"
 MAX_STDERR_BYTES = 1024 * 1024
 
 Progress = ProgressFnT
@@ -216,13 +221,34 @@ class McpTool:
         return output, images
 
 
+class McpPending:
+    """A tool of a server that is not ready: not offered to the model; a call answers
+    ``unavailable`` with the server's state."""
+
+    def __init__(self, server: McpServer, name: str) -> None:
+        self.server = server
+        self.spec = ToolSpec(name=name, description="unavailable", parameters={"type": "object"})
+
+    async def run(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        server = self.server
+        raise McpUnavailable(
+            f"MCP server {server.name} is {server.state}" + (f" ({server.detail})" if server.detail else "")
+        )
+
+
 class McpServer:
     """One server of mcp.yaml: its connection, kept up by :meth:`supervise`."""
 
     def __init__(
-        self, name: str, spec: StdioServer | HttpServer, settings: Settings, on_change: Callable[[], None]
+        self,
+        name: str,
+        spec: StdioServer | HttpServer,
+        settings: Settings,
+        on_change: Callable[[], None],
+        policy: PolicyClient | None = None,
     ) -> None:
         self.name = name
+        self.policy = policy
         self.spec = spec
         self.settings = settings
         self.on_change = on_change
@@ -294,6 +320,13 @@ class McpServer:
                     self._last_stderr = self._stderr_tail()
                     self._errlog = None
         else:
+            if self.policy is not None:
+                # The egress policy of a credential's base URL, asked before every connection:
+                # a server's URL is a request the executor makes from inside the network.
+                try:
+                    await check_base_url(self.policy, EGRESS_SUBJECT, ["admin"], self.spec.url)
+                except CredentialError as exc:
+                    raise ConnectionRefusedError(exc.message.replace("base URL", "URL")) from None
             async with streamable_http_client(self.spec.url) as streams:
                 yield streams
 
@@ -421,11 +454,13 @@ class McpServers:
         settings: Settings,
         registry: dict[str, Any],
         on_catalog: Callable[[list[ToolSpec], list[dict[str, Any]]], Awaitable[None]] | None = None,
+        policy: PolicyClient | None = None,
     ) -> None:
         self.registry = registry
         self.on_catalog = on_catalog
         self.servers = {
-            name: McpServer(name, spec, settings, self._changed) for name, spec in config.servers.items()
+            name: McpServer(name, spec, settings, self._changed, policy)
+            for name, spec in config.servers.items()
         }
         self.tasks: list[asyncio.Task[None]] = []
         self._dirty = asyncio.Event()
@@ -433,10 +468,17 @@ class McpServers:
     def _changed(self) -> None:
         for server in self.servers.values():
             for name in list(self.registry):
-                if isinstance(self.registry[name], McpTool) and self.registry[name].server is server:
+                if (
+                    isinstance(self.registry[name], McpTool | McpPending)
+                    and self.registry[name].server is server
+                ):
                     del self.registry[name]
             if server.state == "ready":
                 self.registry.update(server.tools)
+            else:  # not offered, but a call (a model's, a0ctl's) learns why
+                for name in server.spec.tools:
+                    full = f"{server.name}{SEPARATOR}{name}"
+                    self.registry[full] = McpPending(server, full)
         self._dirty.set()
 
     def catalog(self) -> list[ToolSpec]:

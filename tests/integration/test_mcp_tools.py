@@ -42,11 +42,12 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def mcp_ready(stack: LocalRuntime, settings: Settings) -> None:
-    """Every server of the test file listed by the executor (it starts them at its start)."""
+    """Every server of the test file listed by the executor (it starts them at its start),
+    but `inward`, which the egress policy keeps out."""
 
     async def offered() -> bool:
         listing = await tools_ops.list_tools(settings, "alice")
-        return all(row.state == "ready" for row in listing.tools)
+        return all(row.state == "ready" for row in listing.tools if row.source != "MCP server inward")
 
     await eventually(offered, 60, "every MCP server's tools are offered", poll_s=1)
 
@@ -280,6 +281,26 @@ async def test_a_server_killed_mid_call_restarts_and_the_turn_ends_with_a_clear_
     history = (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).json()["events"]
     killed_turn = [e for e in history if e["turn_id"] == accepted["turn_id"] and e["type"] == "tool.result"]
     assert len(killed_turn) == 1
+
+
+async def test_an_http_server_the_egress_policy_refuses_is_never_connected(
+    settings: Settings, client, mcp_ready: None
+) -> None:
+    async def refused() -> dict[str, object] | None:
+        listing = await tools_ops.list_tools(settings, "alice")
+        inward = next((s for s in listing.servers if s.get("name") == "inward"), None)
+        return inward if inward and "not allowed" in str(inward.get("detail")) else None
+
+    await eventually(refused, 30, "the executor reports the refusal", poll_s=0.5)
+    inward = await refused()
+    assert inward is not None and inward["state"] == "restarting"
+    assert "loopback, private or reserved" in str(inward["detail"])
+    headers = auth(settings, "alice")
+    events = await send_and_collect(
+        client, headers, await create_conversation(client, headers), "call inward__echo"
+    )
+    error = _tool_result(events)["error"]
+    assert error["code"] == "unavailable" and "inward" in error["message"]
 
 
 def test_a0ctl_tools_check_asks_the_egress_policy(stack: LocalRuntime, tmp_path: Path) -> None:
