@@ -139,7 +139,7 @@ def test_a0ctl_tools_check_exits_1_with_the_errors(tmp_path: Path) -> None:
     result = a0ctl("tools", "check", env={"A0_TOOLS_MCP_FILE": str(bad)})
     assert result.returncode == 1
     assert "servers.x.command: 'no-such-mcp-server' not found" in result.stderr
-    good = a0ctl("tools", "check")
+    good = a0ctl("tools", "check", env={"A0_TOOLS_MCP_FILE": "mcp.yaml"})  # the repository's
     assert good.returncode == 0 and "servers" in good.stdout, good.stderr
 
 
