@@ -22,6 +22,7 @@ import httpx
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
 from services.common.errors import A0Error
+from services.common.retry import backoff
 from services.common.settings import Settings
 from services.common.sse import SseParser
 
@@ -155,7 +156,7 @@ class GatewayClient:
                     raise GatewayError(
                         f"the event stream of {conversation_id} keeps failing: {exc!r}"
                     ) from exc
-            await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+            await asyncio.sleep(backoff(failures, base=0.2, cap=5.0))
 
     @asynccontextmanager
     async def turn(

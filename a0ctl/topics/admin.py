@@ -4,6 +4,7 @@ plan out, describe topics and consumer-group lag."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,6 +20,7 @@ from a0ctl.errors import StackError, TopicPlanError
 from a0ctl.topics.model import CONFIG_RULES, DesiredTopic
 from a0ctl.topics.plan import LiveTopic, TopicPlan
 from services.common.kafka import client_options
+from services.common.retry import WaitTimeout, wait_until_async
 from services.common.settings import Settings
 
 
@@ -210,16 +212,22 @@ async def _oldest_unconsumed_age(
     try:
         for tp, offset in positions.items():
             consumer.seek(tp, offset)
-        deadline = time.monotonic() + 3.0
-        # A fetch answers with the partitions that have data ready; ask until each has
-        # shown its first record (or the deadline passes).
-        while len(ages) < len(positions) and time.monotonic() < deadline:
+
+        async def all_seen() -> bool:
             waiting = [tp for tp in positions if tp not in ages]
             batches = await consumer.getmany(*waiting, timeout_ms=500, max_records=len(waiting) * 20)
             for tp, records in batches.items():
                 if records and tp not in ages:
                     ages[tp] = max(0.0, (as_of_ms - records[0].timestamp) / 1000)
                     consumer.pause(tp)
+            return len(ages) == len(positions)
+
+        # A fetch answers with the partitions that have data ready; ask until each has
+        # shown its first record. A partition that shows none in time has no age.
+        with contextlib.suppress(WaitTimeout):
+            await wait_until_async(
+                all_seen, timeout=3.0, interval=0, describe="the oldest unconsumed records"
+            )
     finally:
         # Nothing is fetched until the next reading assigns partitions again.
         consumer.pause(*consumer.assignment())
