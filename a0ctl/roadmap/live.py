@@ -17,8 +17,8 @@ import httpx
 from prometheus_client import REGISTRY
 
 import services.common.metrics  # noqa: F401  (registers every metric a0's services export)
+from a0ctl.checks import Check, timed
 from a0ctl.observe import prometheus_query, query_traces
-from a0ctl.release.gate import GateCheck, timed
 from services.common.settings import Settings
 
 TRACE_SERVICES = ("gateway", "conversation-worker", "tool-executor")
@@ -63,7 +63,7 @@ def judge_trace(traces: list[dict[str, Any]]) -> tuple[bool, str]:
     return True, detail
 
 
-def turn_trace_check(settings: Settings, turn: TurnRunner | None = None, wait_s: float = WAIT_S) -> GateCheck:
+def turn_trace_check(settings: Settings, turn: TurnRunner | None = None, wait_s: float = WAIT_S) -> Check:
     def run() -> tuple[bool, str]:
         conversation_id, turn_id = (turn or (lambda: real_turn(settings)))()
         deadline = time.monotonic() + wait_s
@@ -139,7 +139,7 @@ def judge_answers(answers: list[tuple[str, str, list[dict[str, Any]]]]) -> tuple
 
 def dashboard_check(
     settings: Settings, home: Path, turn: TurnRunner | None = None, turns: int = 3, wait_s: float = WAIT_S
-) -> GateCheck:
+) -> Check:
     def run() -> tuple[bool, str]:
         queries = panel_queries(home)
         if not queries:
