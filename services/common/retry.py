@@ -2,7 +2,7 @@
 
 :func:`backoff` is capped exponential backoff with full jitter (a random delay up to
 ``base * 2**attempt``, at most ``cap``), so clients that failed together do not retry
-together. :func:`wait_until` and :func:`wait_until_async` ask a predicate until it
+together; :class:`Backoff` keeps the attempt count for a loop. :func:`wait_until` and :func:`wait_until_async` ask a predicate until it
 holds or the time is up, then raise :class:`WaitTimeout` naming what was waited for.
 Whether a failure is worth retrying is :func:`services.common.errors.is_transient`'s
 call, not this module's.
@@ -33,6 +33,23 @@ def backoff(attempt: int, *, base: float, cap: float) -> float:
     ``[0, min(cap, base * 2**attempt)]``."""
     ceiling = cap if attempt >= 64 else min(cap, base * 2**attempt)
     return random.uniform(0, ceiling)
+
+
+class Backoff:
+    """:func:`backoff` for a loop that counts its own failures: each :meth:`next` is the
+    next attempt's delay; :meth:`reset` after a success starts the schedule over."""
+
+    def __init__(self, *, base: float, cap: float) -> None:
+        self.base, self.cap = base, cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = backoff(self.attempt, base=self.base, cap=self.cap)
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
 
 
 def wait_until(predicate: Callable[[], T], *, timeout: float, interval: float = 0.1, describe: str) -> T:

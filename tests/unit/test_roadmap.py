@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from a0ctl.load import LoadReport, Percentiles
+from a0ctl.load.report import LoadReport, Percentiles
 from a0ctl.release.gate import LoadLimits, judge_load
 from a0ctl.roadmap import junit_check, milestones
 from a0ctl.roadmap.live import (
