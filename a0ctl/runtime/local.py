@@ -19,7 +19,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -283,15 +283,22 @@ class LocalRuntime:
             await self._raise_if_given_up(service, "gave up before it could be set up")
             return False
 
+        await self._wait(service, deadline, set_up, lambda: f"could not be set up in time ({last_error})")
+
+    async def _wait(
+        self,
+        service: LocalService,
+        deadline: float,
+        ready: Callable[[], Awaitable[bool]],
+        why: Callable[[], str],
+    ) -> None:
+        """Ask ``ready`` until it holds or ``deadline`` passes; then fail with ``why()``."""
         try:
             await wait_until_async(
-                set_up,
-                timeout=deadline - time.monotonic(),
-                interval=0.25,
-                describe=f"{service.name}'s set-up",
+                ready, timeout=deadline - time.monotonic(), interval=0.25, describe=f"{service.name} to start"
             )
         except WaitTimeout:
-            raise self._fail(service, f"could not be set up in time ({last_error})") from None
+            raise self._fail(service, why()) from None
 
     async def _raise_if_given_up(self, service: LocalService, reason: str) -> None:
         info = await asyncio.to_thread(self.supervisor.process, service.name)
@@ -312,15 +319,7 @@ class LocalRuntime:
                 await self._raise_if_given_up(service, f"gave up: exited too quickly, {retries + 1} times")
             return ok
 
-        try:
-            await wait_until_async(
-                healthy,
-                timeout=deadline - time.monotonic(),
-                interval=0.25,
-                describe=f"{service.name} to be healthy",
-            )
-        except WaitTimeout:
-            raise self._fail(service, f"did not become healthy in time ({detail})") from None
+        await self._wait(service, deadline, healthy, lambda: f"did not become healthy in time ({detail})")
         if progress:
             progress(service.name, "healthy")
 

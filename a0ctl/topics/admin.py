@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -23,24 +23,35 @@ from services.common.kafka import client_options
 from services.common.retry import WaitTimeout, wait_until_async
 from services.common.settings import Settings
 
+Client = TypeVar("Client", AIOKafkaAdminClient, AIOKafkaConsumer)
+
+
+def kafka_unreachable(settings: Settings, exc: Exception) -> StackError:
+    return StackError(
+        f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}",
+        service="kafka",
+        hint="is the stack up? run `a0ctl up`",
+    )
+
 
 @asynccontextmanager
-async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    bootstrap = settings.kafka_bootstrap
-    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
+async def started(client: Client, settings: Settings) -> AsyncIterator[Client]:
+    """``client`` started, and closed when the block is left; a broker that cannot be
+    reached is a :class:`StackError` that says so."""
+    close = client.close if isinstance(client, AIOKafkaAdminClient) else client.stop
     try:
-        await admin.start()
+        await client.start()
     except KafkaError as exc:
-        await admin.close()
-        raise StackError(
-            f"cannot reach Kafka at {bootstrap}: {exc}",
-            service="kafka",
-            hint="is the stack up? run `a0ctl up`",
-        ) from exc
+        await close()
+        raise kafka_unreachable(settings, exc) from exc
     try:
-        yield admin
+        yield client
     finally:
-        await admin.close()
+        await close()
+
+
+def admin_client(settings: Settings) -> AbstractAsyncContextManager[AIOKafkaAdminClient]:
+    return started(AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000), settings)
 
 
 def _check(response: Any, what: str) -> None:
