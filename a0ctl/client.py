@@ -1,4 +1,7 @@
-"""``GatewayClient``: the gateway's REST + SSE API for ``a0ctl smoke`` and ``a0ctl chat``.
+"""The one client of the gateway's REST + SSE API: its paths, its bearer header, its
+error body and its event stream (used as they are by ``a0ctl load``'s sessions, which
+drive them over aiohttp, and by the tests' helpers), and ``GatewayClient`` on top of them
+for ``a0ctl smoke``, ``a0ctl chat`` and the roadmap.
 
 It speaks only the public contract (bearer token, ``/v1`` JSON, SSE with seq cursors),
 so it works against any replica of a running stack::
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,6 +31,37 @@ from services.common.sse import SseParser
 
 TERMINAL_TYPES = frozenset(str(event_type) for event_type in TERMINAL_EVENTS)
 STREAM_RETRIES = 5
+CONVERSATIONS = "/v1/conversations"
+
+
+# --- the API's wire: shared by every client of the gateway ---------------------------------
+def conversation_path(conversation_id: str, *rest: str) -> str:
+    """``/v1/conversations/<id>`` and below (``"messages"``, ``"events"``, ``"cancel"``)."""
+    return "/".join((CONVERSATIONS, conversation_id, *rest))
+
+
+def bearer(settings: Settings, user_id: str) -> dict[str, str]:
+    """The Authorization header of ``user_id``, with a token signed by the stack's key."""
+    return {"Authorization": f"Bearer {mint_token(settings, user_id)}"}
+
+
+def error_of(body: bytes) -> tuple[str, str, str | None] | None:
+    """(code, message, request id) of the gateway's error body; None for any other body."""
+    try:
+        error = json.loads(body)["error"]
+        return str(error["code"]), str(error["message"]), error.get("request_id")
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def read_events(lines: AsyncIterable[str]) -> AsyncIterator[tuple[dict[str, Any], dict[str, str]]]:
+    """The events of an SSE stream's lines: each event's JSON with the SSE message
+    (``id``, ``event``) it came in."""
+    parser = SseParser()
+    async for line in lines:
+        message = parser.feed(line)
+        if message is not None:
+            yield json.loads(message["data"]), message
 
 
 class GatewayError(A0Error):
@@ -51,11 +85,11 @@ class GatewayError(A0Error):
 def _raise_for_error(response: httpx.Response) -> None:
     if response.is_success:
         return
-    try:
-        error = response.json()["error"]
-        code, message, request_id = str(error["code"]), str(error["message"]), error.get("request_id")
-    except (ValueError, KeyError, TypeError):
-        code, message, request_id = "http_error", f"HTTP {response.status_code}", None
+    code, message, request_id = error_of(response.content) or (
+        "http_error",
+        f"HTTP {response.status_code}",
+        None,
+    )
     hint = f"retry after {response.headers['Retry-After']} s" if "Retry-After" in response.headers else None
     raise GatewayError(
         f"{code}: {message}", code=code, status=response.status_code, request_id=request_id, hint=hint
@@ -98,24 +132,24 @@ class GatewayClient:
 
     async def create_conversation(self, title: str | None = None, policy: str | None = None) -> str:
         body = {key: value for key, value in {"title": title, "policy": policy}.items() if value is not None}
-        created = await self._request("POST", "/v1/conversations", json=body)
+        created = await self._request("POST", CONVERSATIONS, json=body)
         return str(created["id"])
 
     async def get_conversation(self, conversation_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("GET", f"/v1/conversations/{conversation_id}")
+        result: dict[str, Any] = await self._request("GET", conversation_path(conversation_id))
         return result
 
     async def send(self, conversation_id: str, content: str) -> dict[str, Any]:
         """Post a message; returns the 202 body ``{conversation_id, message_id, turn_id}``."""
         result: dict[str, Any] = await self._request(
-            "POST", f"/v1/conversations/{conversation_id}/messages", json={"content": content}
+            "POST", conversation_path(conversation_id, "messages"), json={"content": content}
         )
         return result
 
     async def cancel(self, conversation_id: str, turn_id: str | None = None) -> dict[str, Any]:
         body = {"turn_id": turn_id} if turn_id else {}
         result: dict[str, Any] = await self._request(
-            "POST", f"/v1/conversations/{conversation_id}/cancel", json=body
+            "POST", conversation_path(conversation_id, "cancel"), json=body
         )
         return result
 
@@ -131,7 +165,7 @@ class GatewayClient:
             try:
                 async with self._http.stream(
                     "GET",
-                    f"/v1/conversations/{conversation_id}/events",
+                    conversation_path(conversation_id, "events"),
                     params={"after": last},
                     headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)},
                     timeout=httpx.Timeout(30.0, read=60.0),
@@ -139,12 +173,7 @@ class GatewayClient:
                     if not response.is_success:
                         await response.aread()
                         _raise_for_error(response)
-                    parser = SseParser()
-                    async for line in response.aiter_lines():
-                        message = parser.feed(line)
-                        if message is None:
-                            continue
-                        event: dict[str, Any] = json.loads(message["data"])
+                    async for event, _ in read_events(response.aiter_lines()):
                         seq = int(event.get("seq", 0))
                         if seq <= last:
                             continue

@@ -15,12 +15,11 @@ from typing import Any
 
 import aiohttp
 
-from services.common.auth import mint_token
+from a0ctl.client import CONVERSATIONS, bearer, conversation_path, error_of, read_events
 from services.common.envelope import TERMINAL_EVENTS
 from services.common.errors import A0Error
 from services.common.retry import Backoff
 from services.common.settings import Settings
-from services.common.sse import SseParser
 
 TERMINAL = frozenset(str(t) for t in TERMINAL_EVENTS)
 # Called for each answered turn with when it was sent (time.monotonic()) and how long it took.
@@ -68,10 +67,8 @@ class Answer:
 
 
 def http_cause(what: str, response: Answer) -> str:
-    try:
-        code = response.json()["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        code = response.body[:80].decode(errors="replace")
+    error = error_of(response.body)
+    code = error[0] if error else response.body[:80].decode(errors="replace")
     return f"{what} answered {response.status} ({code})"
 
 
@@ -98,7 +95,7 @@ class Session:
         self.tally = tally
         self.on_answer = on_answer
         self.base_url = settings.gateway_url
-        self.headers = {"Authorization": f"Bearer {mint_token(settings, f'load-{index}')}"}
+        self.headers = bearer(settings, f"load-{index}")
         self.http = http
         self.last_seq = 0
         # By turn id; events may arrive before the POST's answer names the turn.
@@ -130,7 +127,7 @@ class Session:
 
         A busy gateway (429) or one whose backing store is restarting (503) is asked again
         after its ``Retry-After``; any other refusal ends the session."""
-        url = f"{self.base_url}/v1/conversations/{conversation_id}/events"
+        url = self.base_url + conversation_path(conversation_id, "events")
         backoff = Backoff(base=RECONNECT_FIRST_S, cap=RECONNECT_CAP_S)
         while True:
             try:
@@ -147,11 +144,9 @@ class Session:
                         # At least half a second: past the run's end the turn in flight is still awaited.
                         await asyncio.sleep(max(0.5, retry_after(answer, until)))
                         continue
-                    parser = SseParser()
-                    async for line in response.content:
-                        message = parser.feed(line.decode().rstrip("\r\n"))
-                        if message is not None:
-                            self._observe(json.loads(message["data"]))
+                    lines = (line.decode().rstrip("\r\n") async for line in response.content)
+                    async for event, _ in read_events(lines):
+                        self._observe(event)
             except (aiohttp.ClientError, TimeoutError):
                 # Dropped (the gateway restarting): reopened from the last seq seen.
                 self.tally.reconnects += 1
@@ -178,7 +173,7 @@ class Session:
         tally = self.tally
         reader: asyncio.Task[None] | None = None
         try:
-            created = await self.post("/v1/conversations", {"title": "load"}, until)
+            created = await self.post(CONVERSATIONS, {"title": "load"}, until)
             # Shed (429), or a backing store restarting (503, "try again"): asked again.
             while created.status in (429, 503) and time.monotonic() < until:
                 if created.status == 429:
@@ -186,7 +181,7 @@ class Session:
                 else:
                     tally.fail(http_cause("POST /v1/conversations", created))
                 await asyncio.sleep(retry_after(created, until))
-                created = await self.post("/v1/conversations", {"title": "load"}, until)
+                created = await self.post(CONVERSATIONS, {"title": "load"}, until)
             if created.status == 429:  # shed to the end: load refused as it should be, not a failure
                 tally.shed_sessions += 1
                 return
@@ -201,7 +196,7 @@ class Session:
                 tally.sent += 1
                 try:
                     posted = await self.post(
-                        f"/v1/conversations/{conversation_id}/messages", {"content": prompt}, until
+                        conversation_path(conversation_id, "messages"), {"content": prompt}, until
                     )
                 except (aiohttp.ClientConnectionError, TimeoutError):
                     tally.sent -= 1  # the run ended while the gateway was away: nothing was sent
