@@ -1,31 +1,10 @@
 """``a0ctl load``: many concurrent chat sessions against a running stack, through the
-gateway, as browsers would drive it — and what a user would have noticed.
+gateway, as browsers would drive them, and what a user would have noticed.
 
-Each session signs in as its own user, opens its conversation's SSE stream, then sends
-a message, waits for the answer, thinks, and sends again until the time is up. Sessions
-arrive evenly over the ramp, one think time by default (at least 2 s), as users do: the
-run is in its steady state from the start rather than opening with every session's
-first message in the same instant. A 429
-is shed load: the session waits as ``Retry-After`` says and tries again (one whose
-sign-in is still shed when the run ends is a shed session). The report counts what was
-sent, answered, shed, failed (with each cause: a 5xx, a connection error, an error
-event), lost (accepted but never answered) and shown twice (an event seq seen again,
-or a gap); every session counts, and one that cannot go on is a failed session. With
-response-time, time-to-first-token and acceptance-time percentiles, delivery times, the
-worst consumer lag sampled while it ran, in records and seconds, and how busy this
-host's CPUs were meanwhile: with the stack on the same machine, a tail that comes from
-waiting for a core shows there first. Its timeline splits the run into windows by when
-each message was sent, so the ramp's arrivals, a fault or a drift show where they were.
-
-A session whose connection to the gateway fails (a gateway restarting) reconnects as a
-browser would: after a pause up to a quarter of a second, its bound doubling up to 5 s
-(full jitter), until the run ends; each attempt is counted as a reconnect, not a failure. Only
-a session that never got through again before the run ended fails.
-
-With an :class:`~a0ctl.load.account.AccountProbe`, the run also carries its account
-(:mod:`a0ctl.load.account`): what each answered turn cost every process of the stack,
-the load client, PostgreSQL, Kafka, Redis, OPA, the LLM and tracing, net of the idle
-rate measured just before.
+:func:`run_load` starts the sessions (:mod:`.session`) evenly over the ramp, samples lag
+and CPU while they run (:mod:`.sampling`), and returns the :mod:`.report`, with the
+run's cost to the stack when given an :class:`~a0ctl.load.account.AccountProbe`. What the
+report counts and why: docs/runbook.md, "Load runs".
 """
 
 from __future__ import annotations
