@@ -1,10 +1,6 @@
-"""The one client of the gateway's REST + SSE API: its paths, its bearer header, its
-error body and its event stream (used as they are by ``a0ctl load``'s sessions, which
-drive them over aiohttp, and by the tests' helpers), and ``GatewayClient`` on top of them
-for ``a0ctl smoke``, ``a0ctl chat`` and the roadmap.
-
-It speaks only the public contract (bearer token, ``/v1`` JSON, SSE with seq cursors),
-so it works against any replica of a running stack::
+"""The one client of the gateway's public REST + SSE API: its paths, bearer header, error
+body and event stream (used as they are by ``a0ctl load``'s aiohttp sessions and the
+tests' helpers), and ``GatewayClient`` on them for ``a0ctl smoke``, ``chat``, ``roadmap``::
 
     async with GatewayClient.for_user(settings, "alice") as client:
         conversation_id = await client.create_conversation("hello")

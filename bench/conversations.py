@@ -1,24 +1,11 @@
 """Benchmark: a0 against the same turn done in one process, in one run.
 
-Brings up a private stack (same code as ``a0ctl up``, its own ports and state dir) and,
-for each size N:
-
-1. the in-process baseline (:mod:`bench.baseline`): N closed-loop conversations
-   against the stack's upstream simulator, no Kafka, PostgreSQL or gateway;
-2. a0: the same N conversations through the gateway with ``a0ctl load``'s code
-   (``--think 0``): gateway → Kafka → worker ⇄ tool executor → Kafka → gateway → SSE.
-
-It prints turns/s and response times of both, their ratio, the mean overhead a0 adds
-per turn, and CPU seconds per turn of every process (read from ``/proc``), so a change
-shows where it saved, and the run's account (:mod:`a0ctl.load.account`): per answered
-turn and net of the idle rate measured just before, the CPU of every process tree and of
-the load client, PostgreSQL commits, rows and WAL fsyncs, Kafka records per topic and
-requests per kind, Redis commands, OPA decisions, LLM requests and spans. With ``--tracing both`` (the default) it measures everything with
-tracing off (no exporter: no spans), then restarts a0's services exporting to the
-stack's Jaeger as ``a0ctl up`` does (``A0_OTEL_TRACES_PER_S`` new traces a second per
-process; 0 traces every turn) and measures again, in the same run. The simulator runs with the stack's default pace (first token
-after 20 ms, 400 tokens/s) unless told otherwise. Results go to ``bench/results/``
-with the machine described.
+Brings up a private stack and, for each size N, runs N closed-loop conversations twice:
+in-process with no messaging (:mod:`bench.baseline`), then through the gateway with
+``a0ctl load``'s code; with tracing off, then on (``--tracing both``). It prints both
+runs' turns/s, response times, a0's overhead per turn, CPU per turn of every process
+and the run's account (:mod:`a0ctl.load.account`), and writes JSON to
+``bench/results/``. What it measures: README.md, "Benchmark".
 
     .venv/bin/python -m bench.conversations --sizes 1,50 --duration 20
 """
