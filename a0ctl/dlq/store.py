@@ -12,13 +12,11 @@ from __future__ import annotations
 import getpass
 import json
 import socket
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from a0ctl.dlq.model import (
@@ -31,8 +29,8 @@ from a0ctl.dlq.model import (
     parse_entry_id,
     topic_filter,
 )
-from a0ctl.errors import DeadLetterError, StackError
-from a0ctl.topics.admin import admin_client
+from a0ctl.errors import DeadLetterError
+from a0ctl.topics.admin import admin_client, started
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.kafka import (
     DEAD_LETTER_HEADER_PREFIX,
@@ -41,6 +39,7 @@ from services.common.kafka import (
     make_producer,
 )
 from services.common.logging import redact
+from services.common.retry import WaitTimeout, wait_until_async
 from services.common.settings import Settings
 
 READ_TIMEOUT_S = 20.0
@@ -72,37 +71,32 @@ async def _read_all(settings: Settings, topics: Iterable[str]) -> dict[str, list
         isolation_level="read_committed",
         auto_offset_reset="earliest",
     )
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise StackError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}",
-            service="kafka",
-            hint="is the stack up? run `a0ctl up`",
-        ) from exc
-    try:
+    async with started(consumer, settings):
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         for tp, offset in (await consumer.beginning_offsets(tps)).items():
             consumer.seek(tp, offset)
         records: dict[str, list[Record]] = {topic: [] for topic in wanted}
         remaining = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while remaining:
-            if time.monotonic() > deadline:
-                raise DeadLetterError(
-                    f"reading {', '.join(sorted({tp.topic for tp in remaining}))} took over "
-                    f"{READ_TIMEOUT_S:g} s",
-                    hint="is the broker healthy? see `a0ctl status`",
-                )
+
+        async def read_to_the_ends() -> bool:
+            nonlocal remaining
+            if not remaining:
+                return True
             batches = await consumer.getmany(*remaining, timeout_ms=500)
             for tp, batch in batches.items():
                 records[tp.topic] += [r for r in batch if r.offset < ends[tp]]
             remaining = [tp for tp in remaining if await consumer.position(tp) < ends[tp]]
+            return not remaining
+
+        try:
+            await wait_until_async(read_to_the_ends, timeout=READ_TIMEOUT_S, interval=0, describe="the ends")
+        except WaitTimeout:
+            raise DeadLetterError(
+                f"reading {', '.join(sorted({tp.topic for tp in remaining}))} took over {READ_TIMEOUT_S:g} s",
+                hint="is the broker healthy? see `a0ctl status`",
+            ) from None
         return records
-    finally:
-        await consumer.stop()
 
 
 def _header(record: Record, name: str) -> str | None:
