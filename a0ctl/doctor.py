@@ -95,21 +95,21 @@ def _run_bounds(settings: Settings) -> Check:
     return Check(name=name, ok=True, detail=f"{limits} per run, {detail}")
 
 
-def _mcp_servers(settings: Settings) -> DoctorCheck:
+def _mcp_servers(settings: Settings) -> Check:
     """mcp.yaml valid and its stdio servers installed (URLs are `a0ctl tools check`'s)."""
     name = "MCP servers (mcp.yaml)"
     fix = f"{BOOTSTRAP} fix mcp.yaml; `a0ctl tools check` names each problem"
     try:
         config = mcp_servers.load(settings)
     except mcp_servers.McpConfigError as exc:
-        return DoctorCheck(name=name, ok=False, detail=exc.message.splitlines()[0], fix=fix)
+        return Check(name=name, ok=False, detail=exc.message.splitlines()[0], fix=fix)
     problems = mcp_servers.local_problems(config, settings)
     if problems:
-        return DoctorCheck(name=name, ok=False, detail="; ".join(problems[:2]), fix=fix)
+        return Check(name=name, ok=False, detail="; ".join(problems[:2]), fix=fix)
     detail = (
         f"{len(config.servers)} servers, {len(config.tools())} tools: {', '.join(config.servers) or 'none'}"
     )
-    return DoctorCheck(name=name, ok=True, detail=detail)
+    return Check(name=name, ok=True, detail=detail)
 
 
 def run_doctor(settings: Settings) -> DoctorReport:
