@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
@@ -40,6 +39,7 @@ from services.common.kafka import (
     topic_partitions,
 )
 from services.common.logging import redact
+from services.common.retry import WaitTimeout, wait_until_async
 from services.common.settings import Settings
 from services.common.topics import CONSUMING_SERVICES, dead_letter_topic
 
@@ -167,18 +167,24 @@ async def _read_all(settings: Settings, topics: Iterable[str]) -> dict[str, list
             consumer.seek(tp, offset)
         records: dict[str, list[Record]] = {topic: [] for topic in wanted}
         remaining = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while remaining:
-            if time.monotonic() > deadline:
-                raise DeadLetterError(
-                    f"reading {', '.join(sorted({tp.topic for tp in remaining}))} took over "
-                    f"{READ_TIMEOUT_S:g} s",
-                    hint="is the broker healthy?",
-                )
+
+        async def read_to_the_ends() -> bool:
+            nonlocal remaining
+            if not remaining:
+                return True
             batches = await consumer.getmany(*remaining, timeout_ms=500)
             for tp, batch in batches.items():
                 records[tp.topic] += [r for r in batch if r.offset < ends[tp]]
             remaining = [tp for tp in remaining if await consumer.position(tp) < ends[tp]]
+            return not remaining
+
+        try:
+            await wait_until_async(read_to_the_ends, timeout=READ_TIMEOUT_S, interval=0, describe="the ends")
+        except WaitTimeout:
+            raise DeadLetterError(
+                f"reading {', '.join(sorted({tp.topic for tp in remaining}))} took over {READ_TIMEOUT_S:g} s",
+                hint="is the broker healthy?",
+            ) from None
         return records
     finally:
         await consumer.stop()

@@ -88,6 +88,16 @@ def transient_types() -> tuple[type[Exception], ...]:
     )
 
 
+@functools.cache
+def http_call_failures() -> tuple[type[Exception], ...]:
+    """What an HTTP call raises when its server could not be asked or gave no usable
+    answer (refused, reset, timed out, an error status raised): the caller's own
+    error, usually a transient one, says which dependency it was."""
+    import aiohttp
+
+    return (OSError, aiohttp.ClientError)  # OSError includes TimeoutError
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when the work that raised ``exc`` is worth doing again after a backoff."""
     if isinstance(exc, A0Error):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -34,6 +33,7 @@ from services.common.db import recheck_if_lost
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.errors import ConfigError, PoisonRecord, is_transient
 from services.common.logging import register_secret
+from services.common.retry import backoff
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,7 @@ class ConsumerLoop:
                 if attempt == self.retries:
                     await self._dead_letter(record, f"gave up after {attempt + 1} attempts: {exc}")
                     return
-                delay = min(10.0, 0.2 * 2**attempt) * (0.5 + random.random())
+                delay = backoff(attempt, base=0.2, cap=10.0)
                 log.warning(
                     "transient error handling %s (attempt %d), retrying in %.1fs: %s",
                     envelope.id,

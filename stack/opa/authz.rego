@@ -23,7 +23,9 @@
 # Data (data.json): data.a0.tools.allowed, data.a0.tools.restricted[tool] (roles
 # of which the subject needs one), data.a0.credentials.providers,
 # data.a0.credentials.egress.{private_allowed, reserved_ranges}; and, written by the
-# local runtime for its own simulator, data.a0_local.egress_allowed.
+# local runtime for its own simulator, data.a0_local.egress_allowed; and, rendered from
+# mcp.yaml (services/common/mcp_servers.py), data.a0_mcp.tools[tool] = {"server",
+# "users", "roles"}: who may call each MCP server's tool.
 package a0.authz
 
 conversation_actions := {
@@ -149,12 +151,23 @@ tool_required_roles := {r | some r in data.a0.tools.restricted[tool]}
 
 tool_decision := refuse("resource.tool missing") if {
 	tool == ""
+} else := mcp_tool_decision if {
+	data.a0_mcp.tools[tool]
 } else := refuse(sprintf("tool %v is not allowed", [tool])) if {
 	not tool in data.a0.tools.allowed
 } else := refuse(sprintf("tool %v requires one of roles %v", [tool, concat(", ", sort(tool_required_roles))])) if {
 	data.a0.tools.restricted[tool]
 	count(tool_required_roles & roles) == 0
 } else := permit(sprintf("tool %v", [tool]))
+
+# MCP servers' tools: mcp.yaml names the users and roles that may call them.
+mcp_tool := data.a0_mcp.tools[tool]
+
+mcp_tool_decision := permit(sprintf("%v is offered to user %v", [tool, user_id])) if {
+	user_id in mcp_tool.users
+} else := permit(sprintf("%v is offered to role %v", [tool, concat(", ", sort(roles & {r | some r in mcp_tool.roles}))])) if {
+	count(roles & {r | some r in mcp_tool.roles}) > 0
+} else := refuse(sprintf("user %v may not call %v (MCP server %v: mcp.yaml offers it to users [%v] and roles [%v])", [user_id, tool, mcp_tool.server, concat(", ", mcp_tool.users), concat(", ", mcp_tool.roles)]))
 
 # --- Credentials -------------------------------------------------------------
 

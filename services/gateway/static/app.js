@@ -18,7 +18,7 @@
 // history or from the live stream; events are deduplicated by their sequence number.
 
 import { markdownView } from "./markdown.js";
-import { toolCallBlock, toolResultBlock } from "./tools.js";
+import { showToolProgress, toolCallBlock, toolResultBlock } from "./tools.js";
 import { el, show } from "./dom.js";
 import { initConversationList } from "./conversations.js";
 import { initSettings } from "./settings.js";
@@ -605,6 +605,11 @@ function applyEvent(event) {
       if (turn.ended) return;
       finishAnswer(turn, "complete");
       turn.el.append(toolCallBlock(payload.call_id, payload.name, payload.arguments));
+      return;
+    }
+    case "tool.progress": {
+      turn = turn || turnFor(turnId);
+      if (!turn.ended) showToolProgress(turn.el, payload);
       return;
     }
     case "tool.result": {
