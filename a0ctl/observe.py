@@ -45,7 +45,7 @@ def query_traces(
 
 # What `a0ctl top` shows: the dashboard's own queries (services.common.panels), over the
 # last RATE_WINDOW.
-RATE_WINDOW = "30s"
+RATE_WINDOW = "1m"
 TOP_QUERIES: dict[str, str] = {key: promql(TARGETS[key].expr, RATE_WINDOW) for key in TOP_FIGURES}
 
 

@@ -156,7 +156,7 @@ def top_view(snapshot: dict[str, Any]) -> Group:
     )
     details.add_row("tool errors /s", _by_label(snapshot["tool_errors_per_s"], digits=2))
     details.add_row("dead letters /s", _by_label(snapshot["dead_letters_per_s"], digits=2))
-    stamp = Text(f"rates over the last 30 s · {snapshot['at']} · ctrl-c to stop", style="dim")
+    stamp = Text(f"rates over the last minute · {snapshot['at']} · ctrl-c to stop", style="dim")
     return Group(summary, details, stamp)
 
 
