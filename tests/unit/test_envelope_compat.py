@@ -6,6 +6,8 @@ one the model exports."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -77,4 +79,21 @@ def test_the_published_json_schema_is_the_models() -> None:
     published = json.loads((ROOT / "docs" / "envelope.schema.json").read_text())
     assert published == export_schema(), (
         "regenerate: python -m services.common.envelope > docs/envelope.schema.json"
+    )
+
+
+def test_the_ui_event_names_are_the_schemas() -> None:
+    # The chat UI names event types from services/gateway/static/events.js, generated from
+    # EventType: one list of names for the model, the published schema and the browser.
+    published = json.loads((ROOT / "docs" / "envelope.schema.json").read_text())
+    assert published["$defs"]["EventType"]["enum"] == [member.value for member in EventType]
+    rendered = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "events_js.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    generated = (ROOT / "services" / "gateway" / "static" / "events.js").read_text()
+    assert generated == rendered, (
+        "regenerate: .venv/bin/python scripts/events_js.py > services/gateway/static/events.js"
     )

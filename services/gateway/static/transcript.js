@@ -6,6 +6,7 @@
 import { markdownView } from "./markdown.js";
 import { showToolProgress, toolCallBlock, toolResultBlock } from "./tools.js";
 import { $, el, show } from "./dom.js";
+import { EventType } from "./events.js";
 import { SETTINGS_CODES, friendlyError } from "./errors.js";
 import { showBanner } from "./shell.js";
 import { state } from "./state.js";
@@ -191,13 +192,13 @@ export function applyEvent(event) {
   const payload = event.payload || {};
   const turnId = event.turn_id;
   if (!turnId) {
-    if (event.type === "error") showBanner(friendlyError(payload.code, payload.message));
+    if (event.type === EventType.ERROR) showBanner(friendlyError(payload.code, payload.message));
     return;
   }
   let turn = state.turns.get(turnId);
 
   switch (event.type) {
-    case "message.accepted": {
+    case EventType.ACCEPTED: {
       if (turn && turn.userMessageId) return;
       turn = turn || adoptPending(turnId, payload.message_id, payload.content) || turnFor(turnId);
       if (!turn.el.querySelector("[data-testid=user-message]")) {
@@ -206,31 +207,31 @@ export function applyEvent(event) {
       turn.userMessageId = payload.message_id || true;
       return;
     }
-    case "message.delta": {
+    case EventType.DELTA: {
       turn = turn || turnFor(turnId);
       if (turn.ended || typeof payload.text !== "string") return;
       appendAnswerText(turn, payload.text);
       return;
     }
-    case "tool.call": {
+    case EventType.TOOL_CALL: {
       turn = turn || turnFor(turnId);
       if (turn.ended) return;
       finishAnswer(turn, "complete");
       turn.el.append(toolCallBlock(payload.call_id, payload.name, payload.arguments));
       return;
     }
-    case "tool.progress": {
+    case EventType.TOOL_PROGRESS: {
       turn = turn || turnFor(turnId);
       if (!turn.ended) showToolProgress(turn.el, payload);
       return;
     }
-    case "tool.result": {
+    case EventType.TOOL_RESULT: {
       turn = turn || turnFor(turnId);
       if (turn.ended) return;
       turn.el.append(toolResultBlock(payload));
       return;
     }
-    case "message.completed": {
+    case EventType.COMPLETED: {
       turn = turn || turnFor(turnId);
       if (turn.ended) return;
       const content = typeof payload.content === "string" ? payload.content : "";
@@ -251,7 +252,7 @@ export function applyEvent(event) {
       endTurn(turn, "completed");
       return;
     }
-    case "error": {
+    case EventType.ERROR: {
       turn = turn || turnFor(turnId);
       if (turn.ended) return;
       finishAnswer(turn, "interrupted");
@@ -259,7 +260,7 @@ export function applyEvent(event) {
       endTurn(turn, "error");
       return;
     }
-    case "cancelled": {
+    case EventType.CANCELLED: {
       turn = turn || turnFor(turnId);
       if (turn.ended) return;
       finishAnswer(turn, "cancelled");
