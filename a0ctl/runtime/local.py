@@ -16,10 +16,8 @@ import json
 import os
 import shutil
 import signal
-import socket
-import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +25,15 @@ from a0ctl.errors import StackError
 from a0ctl.runtime import health
 from a0ctl.runtime.base import ProgressFn, ServiceStatus
 from a0ctl.runtime.local_services import SCALABLE, build_services, python
-from a0ctl.runtime.service import LocalService, allow_traversal
+from a0ctl.runtime.processes import (
+    make_private,
+    port_free,
+    private_files,
+    process_alive,
+    process_start_time,
+    supervised_by,
+)
+from a0ctl.runtime.service import LocalService
 from a0ctl.runtime.supervisor import (
     ACTIVE_STATES,
     WATCHDOG,
@@ -46,82 +52,6 @@ from services.common.settings import Settings
 LOG_TAIL_LINES = 20
 RESTARTS_FILE = "restarts.json"
 SCALE_FILE = "scale.json"
-
-
-def process_start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Fields after the command name (which may hold spaces) in parentheses: state is
-    # field 3, starttime field 22. A zombie has exited: it only awaits its parent's wait().
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]
-
-
-def process_alive(pid: int) -> bool:
-    return process_start_time(pid) is not None
-
-
-@contextlib.contextmanager
-def private_files() -> Iterator[None]:
-    """What this process creates in the block is its user's alone (umask 077): the
-    generated configs hold passwords and tokens."""
-    previous = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(previous)
-
-
-def make_private(state: Path, services: Iterable[LocalService]) -> None:
-    """Close the state directory to other local users: every file 0600 and directory 0700
-    at most (a stack made before is repaired; new files are private by supervisord's
-    umask). A server that runs as its own user (PostgreSQL, Redis) is then given search
-    permission (o+x: no listing, no reading) on the ancestors of its own directories."""
-    for path in (state, *state.rglob("*")):
-        try:
-            mode = path.lstat()
-        except FileNotFoundError:
-            continue  # removed while we walked (a rotated log, a finished segment)
-        if stat.S_ISLNK(mode.st_mode) or stat.S_ISSOCK(mode.st_mode):
-            continue
-        current = stat.S_IMODE(mode.st_mode)
-        if current & 0o077:
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(path, current & ~0o077)
-    for service in services:
-        for path in service.reaches:
-            if path.exists():
-                allow_traversal(path, service.user, service.name)
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def supervised_by(socket_path: Path) -> dict[str, int]:
-    """Process-group leaders started by the supervisord of ``socket_path``, by name, also
-    after that supervisord died: it puts its URL and the program's name in each child's
-    environment."""
-    marker = f"SUPERVISOR_SERVER_URL=unix://{socket_path}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            if os.getpgid(pid) != pid:
-                continue
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile, or another user's
-            continue
-        if marker in environ:
-            name = next((e[24:].decode() for e in environ if e.startswith(b"SUPERVISOR_PROCESS_NAME=")), "")
-            found[name] = pid
-    return found
 
 
 def _timestamp(seconds: int) -> datetime | None:
@@ -559,10 +489,6 @@ class LocalRuntime:
                     time.sleep(0.2)
         finally:
             handle.close()
-
-
-def port_free(host: str, port: int) -> bool:
-    return not port_in_use(host, port)
 
 
 def _stop_group(pid: int, signum: int, grace_s: float) -> None:

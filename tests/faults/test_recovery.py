@@ -19,7 +19,8 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from a0ctl.errors import StackError
-from a0ctl.runtime.local import LocalRuntime, port_in_use, process_alive
+from a0ctl.runtime.local import LocalRuntime
+from a0ctl.runtime.processes import port_in_use, process_alive
 from a0ctl.runtime.stack import bring_up
 from a0ctl.runtime.supervisor import daemon_pid
 from services.common.kafka import client_options

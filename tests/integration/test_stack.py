@@ -15,7 +15,8 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from a0ctl.runtime.base import INFRA
-from a0ctl.runtime.local import LocalRuntime, port_in_use, process_alive, process_start_time
+from a0ctl.runtime.local import LocalRuntime
+from a0ctl.runtime.processes import port_in_use, process_alive, process_start_time
 from a0ctl.runtime.stack import bring_up
 from services.common.kafka import client_options
 from services.common.policy import PolicyClient

@@ -1,0 +1,94 @@
+"""What the local runtime asks of this machine: whether a process is alive (and since
+when), whether a port is taken, which processes a supervisord started, and keeping the
+state directory private to its user."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from a0ctl.runtime.service import LocalService, allow_traversal
+
+
+def process_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces) in parentheses: state is
+    # field 3, starttime field 22. A zombie has exited: it only awaits its parent's wait().
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
+def process_alive(pid: int) -> bool:
+    return process_start_time(pid) is not None
+
+
+@contextlib.contextmanager
+def private_files() -> Iterator[None]:
+    """What this process creates in the block is its user's alone (umask 077): the
+    generated configs hold passwords and tokens."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def make_private(state: Path, services: Iterable[LocalService]) -> None:
+    """Close the state directory to other local users: every file 0600 and directory 0700
+    at most (a stack made before is repaired; new files are private by supervisord's
+    umask). A server that runs as its own user (PostgreSQL, Redis) is then given search
+    permission (o+x: no listing, no reading) on the ancestors of its own directories."""
+    for path in (state, *state.rglob("*")):
+        try:
+            mode = path.lstat()
+        except FileNotFoundError:
+            continue  # removed while we walked (a rotated log, a finished segment)
+        if stat.S_ISLNK(mode.st_mode) or stat.S_ISSOCK(mode.st_mode):
+            continue
+        current = stat.S_IMODE(mode.st_mode)
+        if current & 0o077:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path, current & ~0o077)
+    for service in services:
+        for path in service.reaches:
+            if path.exists():
+                allow_traversal(path, service.user, service.name)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def supervised_by(socket_path: Path) -> dict[str, int]:
+    """Process-group leaders started by the supervisord of ``socket_path``, by name, also
+    after that supervisord died: it puts its URL and the program's name in each child's
+    environment."""
+    marker = f"SUPERVISOR_SERVER_URL=unix://{socket_path}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getpgid(pid) != pid:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if marker in environ:
+            name = next((e[24:].decode() for e in environ if e.startswith(b"SUPERVISOR_PROCESS_NAME=")), "")
+            found[name] = pid
+    return found
+
+
+def port_free(host: str, port: int) -> bool:
+    return not port_in_use(host, port)
