@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import aiohttp
 
-from a0ctl.load.account import IDLE_S, SETTLE_S, AccountProbe, build_account
-from a0ctl.load.report import LoadReport, Percentiles, timeline
+from a0ctl.load.account import IDLE_S, SETTLE_S, Account, AccountProbe, Reading, build_account
+from a0ctl.load.report import HostCpu, LoadReport, Percentiles, timeline
 from a0ctl.load.sampling import SAMPLE_S, sample_cpu, sample_lag
 from a0ctl.load.session import AnswerHook, Session, Tally
 from services.common.settings import Settings
@@ -80,28 +80,62 @@ async def run_load(
     if on_end is not None:
         on_end()
     stop.set()
-    max_lag_s, max_lag_records = await lag
-    host_cpu = await cpu
-    causes = dict(sorted(tally.causes.items(), key=lambda item: -item[1]))
     cost = None
     if account is not None and idle is not None:
-        await asyncio.sleep(settle_s)
-        last = await account.read()
-        idle_spans = await account.spans(idle[0].wall, idle[1].wall)
-        run_spans = await account.spans(idle[1].wall, last.wall)
-        cost = build_account(
-            idle,
-            (idle[1], last),
-            tally.completed,
-            idle_spans=idle_spans,
-            run_spans=run_spans,
-            probe_cpu_ms=account.probe_cpu_s * 1000,
-            unavailable=account.unavailable,
-        )
+        cost = await account_after(account, idle, settle_s, tally.completed)
+    return load_report(
+        tally,
+        sessions=sessions,
+        duration_s=duration_s,
+        elapsed=elapsed,
+        ramp_s=ramp,
+        prompt=prompt,
+        lag=await lag,
+        host_cpu=await cpu,
+        cpu_readings=[(at - started, times) for at, times in readings],
+        cost=cost,
+    )
+
+
+async def account_after(
+    account: AccountProbe, idle: tuple[Reading, Reading], settle_s: float, completed: int
+) -> Account:
+    """The stack's cost: read again ``settle_s`` after the run, against the idle reading."""
+    await asyncio.sleep(settle_s)
+    last = await account.read()
+    idle_spans = await account.spans(idle[0].wall, idle[1].wall)
+    run_spans = await account.spans(idle[1].wall, last.wall)
+    return build_account(
+        idle,
+        (idle[1], last),
+        completed,
+        idle_spans=idle_spans,
+        run_spans=run_spans,
+        probe_cpu_ms=account.probe_cpu_s * 1000,
+        unavailable=account.unavailable,
+    )
+
+
+def load_report(
+    tally: Tally,
+    *,
+    sessions: int,
+    duration_s: float,
+    elapsed: float,
+    ramp_s: float,
+    prompt: str,
+    lag: tuple[float, int],
+    host_cpu: HostCpu,
+    cpu_readings: list[tuple[float, tuple[int, int]]],
+    cost: Account | None,
+) -> LoadReport:
+    """The report of a run from its tally."""
+    max_lag_s, max_lag_records = lag
+    causes = dict(sorted(tally.causes.items(), key=lambda item: -item[1]))
     return LoadReport(
         sessions=sessions,
         duration_s=round(elapsed, 2),
-        ramp_s=ramp,
+        ramp_s=ramp_s,
         prompt=prompt,
         sent=tally.sent,
         accepted=tally.accepted,
@@ -125,9 +159,7 @@ async def run_load(
         max_consumer_lag_s=round(max_lag_s, 3),
         max_consumer_lag_records=max_lag_records,
         host_cpu=host_cpu,
-        timeline=timeline(
-            duration_s, tally.response, tally.accept, [(at - started, times) for at, times in readings]
-        ),
+        timeline=timeline(duration_s, tally.response, tally.accept, cpu_readings),
         causes=causes,
         errors=[f"{count}x {cause}" for cause, count in list(causes.items())[:10]],
         account=cost,

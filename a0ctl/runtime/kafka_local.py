@@ -87,95 +87,103 @@ def listener_lines(settings: Settings, port: int, controller_port: int, admin_pa
     ]
 
 
-def kafka_services(settings: Settings, state: Path) -> list[LocalService]:
-    """One service per KRaft node, in node order."""
+def admin_password_for(settings: Settings, name: str, data_dir: Path) -> str:
+    """The Kafka admin principal's generated password ("" without SASL), refusing data
+    formatted without SASL when SASL is on: it has no admin principal."""
+    sasl = settings.kafka.security_protocol == "SASL_PLAINTEXT"
+    admin_password = read_generated_secret(settings.stack.conf_path, kafka_password_key(KAFKA_ADMIN)) or ""
+    if sasl and not admin_password:
+        raise StackError(
+            "no generated password for Kafka's admin principal", service=name, hint="run `a0ctl up`"
+        )
+    formatted = (data_dir / "meta.properties").exists()
+    if sasl and formatted and not (data_dir / SASL_MARKER).exists():
+        raise StackError(
+            f"the Kafka data in {data_dir} was made without SASL, so it has no admin principal",
+            service=name,
+            hint="keep it with A0_KAFKA_SECURITY_PROTOCOL=PLAINTEXT, or start afresh with `a0ctl down --purge` "
+            "(deletes the stack's data)",
+        )
+    return admin_password
+
+
+def server_properties(
+    settings: Settings, node_id: int, port: int, controller_port: int, data_dir: Path, admin_password: str
+) -> list[str]:
+    """One KRaft node's server.properties lines."""
     nodes = settings.kafka_nodes
     host = settings.stack.host
-    voters = ",".join(f"{node_id}@{host}:{controller}" for node_id, _, controller in nodes)
+    voters = ",".join(f"{node}@{host}:{controller}" for node, _, controller in nodes)
     # Internal topics as replicated as the cluster allows; writes need two in sync on three nodes.
     replication = min(3, len(nodes))
     min_isr = 2 if len(nodes) >= 3 else 1
+    return [
+        "process.roles=broker,controller",
+        f"node.id={node_id}",
+        f"controller.quorum.voters={voters}",
+        *listener_lines(settings, port, controller_port, admin_password),
+        "controller.listener.names=CONTROLLER",
+        f"log.dirs={data_dir}",
+        "auto.create.topics.enable=false",
+        "num.partitions=1",
+        f"min.insync.replicas={min_isr}",
+        f"offsets.topic.replication.factor={replication}",
+        "offsets.topic.num.partitions=6",
+        f"transaction.state.log.replication.factor={replication}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"share.coordinator.state.topic.replication.factor={replication}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        "group.initial.rebalance.delay.ms=0",
+        # The active controller appends a no-op record to the metadata log whenever it
+        # has written nothing for this long (default 500 ms: a write and its follow-up
+        # work twice a second on an idle stack); metadata changes are written at once.
+        "metadata.max.idle.interval.ms=5000",
+        # Request handler threads: each wakes about three times a second when idle (0.5 ms
+        # of CPU a second each), and on a small host more of them than twice its cores
+        # only take turns on the same cores. Kafka's default, 8, from four cores up.
+        f"num.io.threads={io_threads()}",
+        "",
+    ]
 
-    def prepare(node_id: int, port: int, controller_port: int) -> None:
-        name = node_name(node_id)
-        data_dir = state / "data" / name
-        props = state / "run" / f"{name}-server.properties"
-        if dir_is_corrupt(data_dir, "meta.properties"):
-            raise corrupt_data_error(name, data_dir, "meta.properties")
-        artifacts.ensure_kafka(settings)
-        k = settings.kafka
-        sasl = k.security_protocol == "SASL_PLAINTEXT"
-        admin_password = (
-            read_generated_secret(settings.stack.conf_path, kafka_password_key(KAFKA_ADMIN)) or ""
-        )
-        if sasl and not admin_password:
-            raise StackError(
-                "no generated password for Kafka's admin principal", service=name, hint="run `a0ctl up`"
-            )
-        formatted = (data_dir / "meta.properties").exists()
-        if sasl and formatted and not (data_dir / SASL_MARKER).exists():
-            raise StackError(
-                f"the Kafka data in {data_dir} was made without SASL, so it has no admin principal",
-                service=name,
-                hint="keep it with A0_KAFKA_SECURITY_PROTOCOL=PLAINTEXT, or start afresh with `a0ctl down --purge` "
-                "(deletes the stack's data)",
-            )
-        lines = [
-            "process.roles=broker,controller",
-            f"node.id={node_id}",
-            f"controller.quorum.voters={voters}",
-            *listener_lines(settings, port, controller_port, admin_password),
-            "controller.listener.names=CONTROLLER",
-            f"log.dirs={data_dir}",
-            "auto.create.topics.enable=false",
-            "num.partitions=1",
-            f"min.insync.replicas={min_isr}",
-            f"offsets.topic.replication.factor={replication}",
-            "offsets.topic.num.partitions=6",
-            f"transaction.state.log.replication.factor={replication}",
-            f"transaction.state.log.min.isr={min_isr}",
-            f"share.coordinator.state.topic.replication.factor={replication}",
-            f"share.coordinator.state.topic.min.isr={min_isr}",
-            "group.initial.rebalance.delay.ms=0",
-            # The active controller appends a no-op record to the metadata log whenever it
-            # has written nothing for this long (default 500 ms: a write and its follow-up
-            # work twice a second on an idle stack); metadata changes are written at once.
-            "metadata.max.idle.interval.ms=5000",
-            # Request handler threads: each wakes about three times a second when idle (0.5 ms
-            # of CPU a second each), and on a small host more of them than twice its cores
-            # only take turns on the same cores. Kafka's default, 8, from four cores up.
-            f"num.io.threads={io_threads()}",
-            "",
-        ]
-        # Mode 0600: it holds the admin's password.
-        write_owned(props, "\n".join(lines), None)
-        if formatted:
-            return
-        data_dir.mkdir(parents=True, exist_ok=True)
-        # The admin's SCRAM credential is written with the cluster's first metadata; the
-        # services' own are added by `a0ctl up` once the brokers run.
-        scram = (
-            ["--add-scram", f"{k.sasl_mechanism}=[name={KAFKA_ADMIN},password={admin_password}]"]
-            if sasl
-            else []
-        )
-        run_checked(
-            [
-                *kafka_java(settings),
-                "kafka.tools.StorageTool",
-                "format",
-                "--ignore-formatted",
-                "-t",
-                k.cluster_id,
-                "-c",
-                str(props),
-                *scram,
-            ],
-            name,
-            "formatting Kafka storage",
-        )
-        if sasl:
-            (data_dir / SASL_MARKER).write_text("")
+
+def format_storage(settings: Settings, name: str, data_dir: Path, props: Path, admin_password: str) -> None:
+    """Format a new node's storage; with SASL, the admin's SCRAM credential is written with
+    the cluster's first metadata (the services' own are added by `a0ctl up` once the
+    brokers run)."""
+    k = settings.kafka
+    sasl = k.security_protocol == "SASL_PLAINTEXT"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    scram = (
+        ["--add-scram", f"{k.sasl_mechanism}=[name={KAFKA_ADMIN},password={admin_password}]"] if sasl else []
+    )
+    run_checked(
+        [*kafka_java(settings), "kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", k.cluster_id]
+        + ["-c", str(props), *scram],
+        name,
+        "formatting Kafka storage",
+    )
+    if sasl:
+        (data_dir / SASL_MARKER).write_text("")
+
+
+def prepare_node(settings: Settings, state: Path, node_id: int, port: int, controller_port: int) -> None:
+    name = node_name(node_id)
+    data_dir = state / "data" / name
+    props = state / "run" / f"{name}-server.properties"
+    if dir_is_corrupt(data_dir, "meta.properties"):
+        raise corrupt_data_error(name, data_dir, "meta.properties")
+    artifacts.ensure_kafka(settings)
+    admin_password = admin_password_for(settings, name, data_dir)
+    lines = server_properties(settings, node_id, port, controller_port, data_dir, admin_password)
+    # Mode 0600: it holds the admin's password.
+    write_owned(props, "\n".join(lines), None)
+    if not (data_dir / "meta.properties").exists():
+        format_storage(settings, name, data_dir, props, admin_password)
+
+
+def kafka_services(settings: Settings, state: Path) -> list[LocalService]:
+    """One service per KRaft node, in node order."""
+    nodes = settings.kafka_nodes
 
     return [
         LocalService(
@@ -183,7 +191,7 @@ def kafka_services(settings: Settings, state: Path) -> list[LocalService]:
             port=port,
             extra_ports=(controller_port,),
             probe=health.kafka_probe if len(nodes) == 1 else partial(health.kafka_node_probe, port=port),
-            prepare=partial(prepare, node_id, port, controller_port),
+            prepare=partial(prepare_node, settings, state, node_id, port, controller_port),
             command=partial(
                 lambda name: [
                     *kafka_java(settings),

@@ -61,86 +61,98 @@ def compute_plan(
     changes: list[TopicChange] = []
     unchanged: list[str] = []
     for topic in desired:
-        current = live.get(topic.name)
-        if topic.deleted:
-            if current is not None:
-                changes.append(
-                    TopicChange(
-                        topic=topic.name,
-                        action="delete" if allow_delete else "refused",
-                        detail="delete topic and all its records"
-                        + ("" if allow_delete else ": refused without --allow-delete"),
-                        requires_flag="--allow-delete",
-                    )
-                )
-            continue
-        if current is None:
-            changes.append(
-                TopicChange(
-                    topic=topic.name,
-                    action="create",
-                    detail=f"create with {topic.partitions} partitions, replication {topic.replication_factor}",
-                    partitions=topic.partitions,
-                    replication_factor=topic.replication_factor,
-                    configs={key: {"old": None, "new": value} for key, value in topic.configs.items()},
-                )
-            )
-            continue
-        changed = False
-        if topic.replication_factor != current.replication_factor:
-            changed = True
-            changes.append(
-                TopicChange(
-                    topic=topic.name,
-                    action="refused",
-                    detail=f"replication factor {current.replication_factor} → {topic.replication_factor}: "
-                    "Kafka cannot change it in place (reassign partitions instead)",
-                )
-            )
-        if topic.partitions < current.partitions:
-            changed = True
-            changes.append(
-                TopicChange(
-                    topic=topic.name,
-                    action="refused",
-                    detail=f"partitions {current.partitions} → {topic.partitions}: Kafka cannot decrease "
-                    "partitions (create a new topic and migrate)",
-                )
-            )
-        elif topic.partitions > current.partitions:
-            changed = True
-            why = (
-                "moves conversation keys to other partitions and breaks per-conversation ordering "
-                "while old records drain"
-            )
-            allowed = allow_repartition or not topic.keyed
-            changes.append(
-                TopicChange(
-                    topic=topic.name,
-                    action="increase_partitions" if allowed else "refused",
-                    detail=f"partitions {current.partitions} → {topic.partitions}"
-                    + ("" if allowed else f": {why}; refused without --allow-repartition"),
-                    partitions=topic.partitions,
-                    requires_flag="--allow-repartition" if topic.keyed else None,
-                )
-            )
-        diff = {
-            key: {"old": current.configs.get(key), "new": value}
-            for key, value in topic.configs.items()
-            if current.configs.get(key) != value
-        }
-        if diff:
-            changed = True
-            changes.append(
-                TopicChange(
-                    topic=topic.name,
-                    action="alter_config",
-                    detail=", ".join(f"{k}: {v['old']} → {v['new']}" for k, v in diff.items()),
-                    configs=diff,
-                )
-            )
-        if not changed:
+        found = topic_changes(
+            topic, live.get(topic.name), allow_delete=allow_delete, allow_repartition=allow_repartition
+        )
+        if found:
+            changes.extend(found)
+        elif not topic.deleted:
             unchanged.append(topic.name)
     declared = {topic.name for topic in desired}
     unmanaged = sorted(name for name in live if name not in declared and not name.startswith("__"))
     return TopicPlan(env=env, changes=changes, unchanged=unchanged, unmanaged=unmanaged)
+
+
+def topic_changes(
+    topic: DesiredTopic, current: LiveTopic | None, *, allow_delete: bool, allow_repartition: bool
+) -> list[TopicChange]:
+    """What one declared topic needs: deleted, created, or its shape and configs changed."""
+    if topic.deleted:
+        if current is None:
+            return []
+        return [
+            TopicChange(
+                topic=topic.name,
+                action="delete" if allow_delete else "refused",
+                detail="delete topic and all its records"
+                + ("" if allow_delete else ": refused without --allow-delete"),
+                requires_flag="--allow-delete",
+            )
+        ]
+    if current is None:
+        return [
+            TopicChange(
+                topic=topic.name,
+                action="create",
+                detail=f"create with {topic.partitions} partitions, replication {topic.replication_factor}",
+                partitions=topic.partitions,
+                replication_factor=topic.replication_factor,
+                configs={key: {"old": None, "new": value} for key, value in topic.configs.items()},
+            )
+        ]
+    changes = shape_changes(topic, current, allow_repartition=allow_repartition)
+    diff = {
+        key: {"old": current.configs.get(key), "new": value}
+        for key, value in topic.configs.items()
+        if current.configs.get(key) != value
+    }
+    if diff:
+        changes.append(
+            TopicChange(
+                topic=topic.name,
+                action="alter_config",
+                detail=", ".join(f"{k}: {v['old']} → {v['new']}" for k, v in diff.items()),
+                configs=diff,
+            )
+        )
+    return changes
+
+
+def shape_changes(topic: DesiredTopic, current: LiveTopic, *, allow_repartition: bool) -> list[TopicChange]:
+    """Replication factor and partition count: what Kafka can change in place, and what not."""
+    changes: list[TopicChange] = []
+    if topic.replication_factor != current.replication_factor:
+        changes.append(
+            TopicChange(
+                topic=topic.name,
+                action="refused",
+                detail=f"replication factor {current.replication_factor} → {topic.replication_factor}: "
+                "Kafka cannot change it in place (reassign partitions instead)",
+            )
+        )
+    if topic.partitions < current.partitions:
+        changes.append(
+            TopicChange(
+                topic=topic.name,
+                action="refused",
+                detail=f"partitions {current.partitions} → {topic.partitions}: Kafka cannot decrease "
+                "partitions (create a new topic and migrate)",
+            )
+        )
+    elif topic.partitions > current.partitions:
+        why = (
+            "moves conversation keys to other partitions and breaks per-conversation ordering "
+            "while old records drain"
+        )
+        allowed = allow_repartition or not topic.keyed
+        changes.append(
+            TopicChange(
+                topic=topic.name,
+                action="increase_partitions" if allowed else "refused",
+                detail=f"partitions {current.partitions} → {topic.partitions}"
+                + ("" if allowed else f": {why}; refused without --allow-repartition"),
+                partitions=topic.partitions,
+                requires_flag="--allow-repartition" if topic.keyed else None,
+            )
+        )
+    return changes
