@@ -114,6 +114,18 @@ def _mcp_servers(settings: Settings) -> Check:
 
 def run_doctor(settings: Settings) -> DoctorReport:
     checks = [
+        *_toolchain(),
+        *_stack_artifacts(settings),
+        *_tool_sandbox(settings),
+        _mcp_servers(settings),
+        *_optional(),
+    ]
+    return DoctorReport(checks=checks)
+
+
+def _toolchain() -> list[Check]:
+    """The interpreters and servers a0 runs on, from the system's packages."""
+    checks = [
         Check(
             name="python",
             ok=sys.version_info >= (3, 11),
@@ -133,6 +145,12 @@ def run_doctor(settings: Settings) -> DoctorReport:
         checks.append(
             Check(name="postgresql", ok=False, detail=str(exc), fix=f"{BOOTSTRAP} apt-get install postgresql")
         )
+    return checks
+
+
+def _stack_artifacts(settings: Settings) -> list[Check]:
+    """What `a0ctl up` resolves, builds or generates on first start, and what building needs."""
+    checks = []
     libs = artifacts.kafka_libs(settings)
     kafka_ok = (libs.parent / ".complete").exists()
     checks.append(
@@ -178,23 +196,23 @@ def run_doctor(settings: Settings) -> DoctorReport:
             fix="`a0ctl up` generates them on first start (mode 0600)",
         )
     )
-    checks += _tool_sandbox(settings)
-    checks.append(_mcp_servers(settings))
+    return checks
+
+
+def _optional() -> list[Check]:
+    """What only the browser tests and the compose runtime need."""
     chromium = shutil.which("chromium")
-    checks.append(
+    engine = docker_engine_answers()
+    return [
         Check(
             name="chromium (browser tests)",
             ok=chromium is not None,
             detail=chromium or "not found",
             fix=f"{BOOTSTRAP} apt-get install chromium",
-        )
-    )
-    engine = docker_engine_answers()
-    checks.append(
+        ),
         Check(
             name="docker engine (compose runtime, optional)",
             ok=True,
             detail="answers" if engine else "none: the local runtime is used",
-        )
-    )
-    return DoctorReport(checks=checks)
+        ),
+    ]

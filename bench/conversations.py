@@ -88,6 +88,7 @@ def machine() -> dict[str, Any]:
     }
 
 
+# Long on purpose: one linear script per size (the baseline run, the a0 run, the comparison).
 def run_size(
     settings: Any, runtime: Any, size: int, duration_s: float, prompt: str, idle_s: float
 ) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def _print(result: dict[str, Any]) -> None:
             print(f"        {row['group']:>15} {row['name']:<28} {row['per_turn']!s:>9} per turn")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -217,7 +218,11 @@ def main() -> None:
         help="measure with tracing off (no exporter: no spans), on (as a0ctl up runs it, to the stack's Jaeger), "
         "or both, one after the other in the same run (default)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     configure_env(args.port_offset, args.sim_latency_ms, args.sim_tokens_per_s)
 
     from a0ctl.runtime import get_runtime

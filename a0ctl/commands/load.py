@@ -78,6 +78,7 @@ def account_table(account: Account) -> Table:
     return table
 
 
+# Long on purpose: a flat table of the report's rows, in the order the terminal shows them.
 def render(report: LoadReport) -> None:
     cpu = report.host_cpu
     table = Table(title=f"a0 load: {report.sessions} sessions, {report.duration_s} s", title_justify="left")

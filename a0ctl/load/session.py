@@ -173,65 +173,14 @@ class Session:
         tally = self.tally
         reader: asyncio.Task[None] | None = None
         try:
-            created = await self.post(CONVERSATIONS, {"title": "load"}, until)
-            # Shed (429), or a backing store restarting (503, "try again"): asked again.
-            while created.status in (429, 503) and time.monotonic() < until:
-                if created.status == 429:
-                    tally.shed_sign_ins += 1
-                else:
-                    tally.fail(http_cause("POST /v1/conversations", created))
-                await asyncio.sleep(retry_after(created, until))
-                created = await self.post(CONVERSATIONS, {"title": "load"}, until)
-            if created.status == 429:  # shed to the end: load refused as it should be, not a failure
-                tally.shed_sessions += 1
+            conversation_id = await self.open_conversation(until)
+            if conversation_id is None:
                 return
-            if created.status != 201:
-                raise SessionFailed(http_cause("POST /v1/conversations", created))
-            conversation_id = created.json()["id"]
             reader = asyncio.create_task(self.follow(conversation_id, until))
             while time.monotonic() < until:
                 if reader.done():
                     reader.result()  # the stream failed for good: raise why
-                started = time.monotonic()
-                tally.sent += 1
-                try:
-                    posted = await self.post(
-                        conversation_path(conversation_id, "messages"), {"content": prompt}, until
-                    )
-                except (aiohttp.ClientConnectionError, TimeoutError):
-                    tally.sent -= 1  # the run ended while the gateway was away: nothing was sent
-                    raise
-                if posted.status == 429:
-                    tally.shed += 1
-                    await asyncio.sleep(retry_after(posted, until))
-                    continue
-                if posted.status != 202:
-                    tally.fail(http_cause("POST message", posted))
-                    await asyncio.sleep(min(1.0, think_s))
-                    continue
-                tally.accepted += 1
-                tally.accept.append((started - tally.started, time.monotonic() - started))
-                turn = self._turn(posted.json()["turn_id"])
-                turn.started = started
-                waits: list[asyncio.Future[Any]] = [turn.outcome, reader]
-                await asyncio.wait(waits, timeout=turn_timeout_s, return_when=FIRST_COMPLETED)
-                if not turn.outcome.done():
-                    if reader.done():
-                        reader.result()  # the stream failed for good: raise why
-                    tally.lost += 1
-                    continue
-                outcome, payload = turn.outcome.result()
-                if outcome == "message.completed":
-                    tally.completed += 1
-                    tally.response.append((started - tally.started, time.monotonic() - started))
-                    tally.ttft.append((turn.first_text or time.monotonic()) - started)
-                    if self.on_answer:
-                        self.on_answer(started, time.monotonic() - started)
-                else:
-                    tally.fail(
-                        f"turn ended with {outcome} ({payload.get('code', payload.get('reason', ''))})"
-                    )
-                await asyncio.sleep(think_s * random.uniform(0.5, 1.5))
+                await self.turn(conversation_id, reader, prompt, until, think_s, turn_timeout_s)
         except SessionFailed as exc:
             tally.fail(str(exc), session=True)
         except aiohttp.ClientConnectorError as exc:
@@ -245,6 +194,75 @@ class Session:
             if reader is not None:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
+
+    async def open_conversation(self, until: float) -> str | None:
+        """The session's conversation, or None when sign-ins were shed to the end of the run."""
+        tally = self.tally
+        created = await self.post(CONVERSATIONS, {"title": "load"}, until)
+        # Shed (429), or a backing store restarting (503, "try again"): asked again.
+        while created.status in (429, 503) and time.monotonic() < until:
+            if created.status == 429:
+                tally.shed_sign_ins += 1
+            else:
+                tally.fail(http_cause("POST /v1/conversations", created))
+            await asyncio.sleep(retry_after(created, until))
+            created = await self.post(CONVERSATIONS, {"title": "load"}, until)
+        if created.status == 429:  # shed to the end: load refused as it should be, not a failure
+            tally.shed_sessions += 1
+            return None
+        if created.status != 201:
+            raise SessionFailed(http_cause("POST /v1/conversations", created))
+        return str(created.json()["id"])
+
+    async def turn(
+        self,
+        conversation_id: str,
+        reader: asyncio.Task[None],
+        prompt: str,
+        until: float,
+        think_s: float,
+        turn_timeout_s: float,
+    ) -> None:
+        """One message sent and its turn awaited on the stream, then the think time."""
+        tally = self.tally
+        started = time.monotonic()
+        tally.sent += 1
+        try:
+            posted = await self.post(
+                conversation_path(conversation_id, "messages"), {"content": prompt}, until
+            )
+        except (aiohttp.ClientConnectionError, TimeoutError):
+            tally.sent -= 1  # the run ended while the gateway was away: nothing was sent
+            raise
+        if posted.status == 429:
+            tally.shed += 1
+            await asyncio.sleep(retry_after(posted, until))
+            return
+        if posted.status != 202:
+            tally.fail(http_cause("POST message", posted))
+            await asyncio.sleep(min(1.0, think_s))
+            return
+        tally.accepted += 1
+        tally.accept.append((started - tally.started, time.monotonic() - started))
+        turn = self._turn(posted.json()["turn_id"])
+        turn.started = started
+        waits: list[asyncio.Future[Any]] = [turn.outcome, reader]
+        await asyncio.wait(waits, timeout=turn_timeout_s, return_when=FIRST_COMPLETED)
+        if not turn.outcome.done():
+            if reader.done():
+                reader.result()  # the stream failed for good: raise why
+            tally.lost += 1
+            return
+        outcome, payload = turn.outcome.result()
+        if outcome == "message.completed":
+            tally.completed += 1
+            tally.response.append((started - tally.started, time.monotonic() - started))
+            tally.ttft.append((turn.first_text or time.monotonic()) - started)
+            if self.on_answer:
+                self.on_answer(started, time.monotonic() - started)
+        else:
+            tally.fail(f"turn ended with {outcome} ({payload.get('code', payload.get('reason', ''))})")
+        await asyncio.sleep(think_s * random.uniform(0.5, 1.5))
 
 
 def retry_after(response: Answer, until: float) -> float:

@@ -141,6 +141,7 @@ def rc_tag_check(home: Path) -> Check:
     return timed("release candidate tagged", run)
 
 
+# Long on purpose: the roadmap's milestones table, one entry per milestone with its checks.
 def milestones(
     settings: Settings, limits: LoadLimits | None = None
 ) -> list[tuple[str, str, str, list[Callable[[], Check]]]]:

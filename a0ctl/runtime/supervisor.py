@@ -92,6 +92,7 @@ def _environment(env: dict[str, str]) -> str:
     return ",".join(f'{key}="{_value(value)}"' for key, value in sorted(env.items()))
 
 
+# Long on purpose: a flat template of supervisord's config, read best top to bottom as the file it writes.
 def render_config(
     programs: list[Program],
     paths: SupervisorPaths,

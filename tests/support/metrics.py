@@ -9,7 +9,7 @@ import httpx
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from a0ctl.runtime.local_services import scrape_targets
+from a0ctl.runtime.telemetry_services import scrape_targets
 from services.common.settings import Settings
 
 

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from a0ctl.commands.observe import trace_tree
-from a0ctl.runtime.local_services import (
+from a0ctl.runtime.telemetry_services import (
     jaeger_config_text,
     prometheus_config_text,
     prometheus_targets_text,
