@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from a0ctl.runtime.opa_data import write_egress_data
 from a0ctl.runtime.postgres import HBA, UPGRADE_HBA, hba_trusts, initdb_argv, pg_bin, provision, write_owned
 from a0ctl.runtime.service import (
     LocalService,
+    StackDirs,
     allow_traversal,
     chown,
     chown_tree,
@@ -26,7 +26,10 @@ from a0ctl.runtime.service import (
     dir_is_corrupt,
     run_checked,
     service_user,
+    tools_metrics_port,
+    worker_metrics_port,
 )
+from a0ctl.runtime.telemetry_services import jaeger_service, prometheus_service
 from services.common.settings import Settings
 
 START_ORDER = (
@@ -60,26 +63,6 @@ def python() -> str:
         return sys.executable
 
 
-def worker_metrics_port(settings: Settings, replica: int) -> int:
-    return settings.worker.metrics_port + 10 * replica
-
-
-def tools_metrics_port(settings: Settings, replica: int) -> int:
-    return settings.tools.metrics_port + 10 * replica
-
-
-@dataclass(frozen=True)
-class StackDirs:
-    """Where a local stack keeps its data and its run files (generated configs, sockets)."""
-
-    data: Path
-    run: Path
-
-    @classmethod
-    def under(cls, state: Path) -> StackDirs:
-        return cls(data=state / "data", run=state / "run")
-
-
 def build_services(
     settings: Settings, state: Path, replicas: dict[str, int] | None = None
 ) -> dict[str, LocalService]:
@@ -95,7 +78,6 @@ def build_services(
     endpoint = settings.telemetry.endpoint(settings.stack.host)
     traced = {"A0_OTEL_EXPORTER_OTLP_ENDPOINT": endpoint} if endpoint else {}
     from a0ctl.runtime.kafka_local import kafka_services
-    from a0ctl.runtime.telemetry_services import jaeger_service, prometheus_service
 
     services = [
         *kafka_services(settings, state),

@@ -16,6 +16,7 @@ from typing import Any
 from a0ctl import subprocesses
 from a0ctl.errors import StackError
 from a0ctl.runtime import health
+from services.common.settings import Settings
 
 
 @dataclass
@@ -42,6 +43,26 @@ class LocalService:
     after_start: Callable[[], Awaitable[None]] | None = None
     # Directories ``user`` must reach under the private state directory (see allow_traversal).
     reaches: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class StackDirs:
+    """Where a local stack keeps its data and its run files (generated configs, sockets)."""
+
+    data: Path
+    run: Path
+
+    @classmethod
+    def under(cls, state: Path) -> StackDirs:
+        return cls(data=state / "data", run=state / "run")
+
+
+def worker_metrics_port(settings: Settings, replica: int) -> int:
+    return settings.worker.metrics_port + 10 * replica
+
+
+def tools_metrics_port(settings: Settings, replica: int) -> int:
+    return settings.tools.metrics_port + 10 * replica
 
 
 def run_checked(argv: list[str], service: str, what: str, user: str | None = None) -> None:

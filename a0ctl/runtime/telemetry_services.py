@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from a0ctl.runtime import artifacts, health
-from a0ctl.runtime.local_services import StackDirs, tools_metrics_port, worker_metrics_port
-from a0ctl.runtime.service import LocalService
+from a0ctl.runtime.service import LocalService, StackDirs, tools_metrics_port, worker_metrics_port
 from services.common.settings import Settings
 
 
