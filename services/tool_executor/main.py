@@ -41,7 +41,7 @@ async def open_executor(stack: ServiceStack, cgroups: RunCgroups | None = None) 
         limits=SandboxLimits.from_settings(settings.tools, cgroups),
     )
     log.info("tools: %s", ", ".join(sorted(executor.tools)))
-    return ConsumerLoop(
+    loop = ConsumerLoop(
         settings,
         topics=[TOOL_REQUESTS],
         group_id=GROUP,
@@ -50,6 +50,8 @@ async def open_executor(stack: ServiceStack, cgroups: RunCgroups | None = None) 
         producer=executor.producer,
         max_in_flight=settings.tools.max_inflight,
     )
+    executor.seen_before = loop.may_have_been_handled
+    return loop
 
 
 def run_cgroups(settings: Settings) -> RunCgroups | None:
