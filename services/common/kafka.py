@@ -471,6 +471,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             self.loop._partitions.setdefault(tp, _PartitionState())
+        if not assigned:
+            return
         try:
             ends = await self.loop.consumer.end_offsets(list(assigned))
         except KafkaError as exc:  # every record of these partitions counts as maybe seen

@@ -47,7 +47,11 @@ async def test_a_call_asked_again_or_replayed_is_answered_from_the_store_without
     await consumer.start()
     await producer.start()
     try:
-        partitions = [TopicPartition(TOOL_RESULTS, p) for p in consumer.partitions_for_topic(TOOL_RESULTS) or ()]
+        await consumer.topics()  # the cluster's metadata, with every topic's partitions
+        partitions = [
+            TopicPartition(TOOL_RESULTS, p) for p in consumer.partitions_for_topic(TOOL_RESULTS) or ()
+        ]
+        assert partitions, "tool.results has no partitions"
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
 
