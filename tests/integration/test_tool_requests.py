@@ -47,13 +47,11 @@ async def test_a_call_asked_again_or_replayed_is_answered_from_the_store_without
     await consumer.start()
     await producer.start()
     try:
-        await consumer.topics()  # the cluster's metadata, with every topic's partitions
-        partitions = [
-            TopicPartition(TOOL_RESULTS, p) for p in consumer.partitions_for_topic(TOOL_RESULTS) or ()
-        ]
-        assert partitions, "tool.results has no partitions"
+        partitions = [TopicPartition(TOOL_RESULTS, p) for p in await producer.partitions_for(TOOL_RESULTS)]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
+        for tp in partitions:  # resolved now: every result published from here on is read
+            await consumer.position(tp)
 
         async def answer(value: bytes, headers: list[tuple[str, bytes]] | None = None) -> Envelope:
             await producer.send_and_wait(TOOL_REQUESTS, value, key=turn_id.encode(), headers=headers)
