@@ -20,6 +20,7 @@ from a0ctl.commands import (
     smoke,
     stack,
     token,
+    tools,
     topics,
 )
 from a0ctl.console import exit_codes_help, setup_logging
@@ -54,6 +55,7 @@ app.add_typer(deploy.app, name="deploy")
 app.add_typer(db.app, name="db")
 app.add_typer(release.app, name="release")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(tools.app, name="tools")
 app.command()(smoke.smoke)
 app.command()(run.run)
 app.command()(token.token)

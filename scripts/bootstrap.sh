@@ -7,6 +7,7 @@
 #   - the Python environment in .venv, exactly as pinned in uv.lock (scripts/uv.sh runs the
 #     pinned uv, installed once from PyPI)
 #   - the chat UI's browser packages, pinned and integrity-checked (scripts/vendor-js.sh)
+#   - the reference MCP servers of mcp.yaml, pinned (scripts/vendor-mcp.sh)
 # Kafka's jars (Maven Central), the opa binary (go install) and the jaeger binary (go build)
 # are fetched into ~/.cache/a0 by `a0ctl up` itself, once.
 set -euo pipefail
@@ -55,4 +56,5 @@ fi
 PY=${PYTHON:-python3}
 ./scripts/uv.sh sync --locked --extra dev --python "$PY" --quiet
 ./scripts/vendor-js.sh
+./scripts/vendor-mcp.sh
 echo "bootstrap: ok"

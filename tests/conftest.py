@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.support.ports import stack_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +34,8 @@ TEST_ENV = {
     "A0_LLM_SIM_LATENCY_MS": "20",
     # Every turn traced: the tests read each one back.
     "A0_OTEL_TRACES_PER_S": "0",
+    # The reference MCP servers, with the allow-lists the tests need.
+    "A0_TOOLS_MCP_FILE": "tests/support/mcp.yaml",
     # Short enough for the fault tier to see the watchdog act.
     "A0_WATCHDOG_UNHEALTHY_S": "15",
 }
@@ -53,3 +57,11 @@ for key in (
     "A0_PROMETHEUS_URL",
 ):
     os.environ.pop(key, None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked ``@pytest.mark.milestone("M3")`` proves that milestone of
+    docs/roadmap.md: its JUnit case carries the property, which ``a0ctl roadmap`` reads."""
+    for item in items:
+        for mark in item.iter_markers("milestone"):
+            item.user_properties.append(("milestone", mark.args[0]))

@@ -32,6 +32,13 @@ def printable(text: str) -> str:
     return _CONTROL.sub("", text)
 
 
+def _number(value: Any) -> str:
+    """2.0 as 2, anything else as it is."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return printable(str(value)) if value is not None else ""
+
+
 def _pretty(value: Any) -> str:
     if isinstance(value, str):
         try:
@@ -72,6 +79,15 @@ class TurnPrinter:
             title = Text(f"tool call · {printable(str(payload.get('name', '?')))}")
             body = Text(printable(_pretty(payload.get("arguments", ""))))
             self.out.print(Panel(body, title=title, title_align="left", style="dim", expand=False))
+        elif kind == "tool.progress":
+            self._end_line()
+            done, total = _number(payload.get("progress")), _number(payload.get("total"))
+            share = f"{done}/{total}" if total else f"{done}"
+            message = printable(str(payload.get("message") or ""))
+            line = f"  … {printable(str(payload.get('name', '?')))}: {share}" + (
+                f" · {message}" if message else ""
+            )
+            self.out.print(Text(line, style="dim"))
         elif kind == "tool.result":
             self._end_line()
             error = payload.get("error")

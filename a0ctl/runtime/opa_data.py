@@ -1,5 +1,6 @@
 """This stack's own policy data for OPA: the loopback and private ``host:port`` names a
-credential's base URL may use (``data.a0_local.egress_allowed`` in stack/opa/authz.rego).
+credential's base URL may use (``data.a0_local.egress_allowed`` in stack/opa/authz.rego),
+and who may call each MCP server's tool, from mcp.yaml (``data.a0_mcp.tools``).
 
 They are the operator's ``A0_EGRESS_ALLOW`` (a local model server: Ollama, vLLM ...) and,
 on the local runtime, the stack's own simulator; never a user's choice. ``a0ctl up``
@@ -14,13 +15,15 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from services.common import mcp_servers
 from services.common.settings import Settings, load_settings
 
 
 def egress_data(settings: Settings, also: Iterable[str] = ()) -> dict[str, object]:
-    """The document OPA loads: ``A0_EGRESS_ALLOW``'s names plus ``also``, lower-cased."""
+    """The document OPA loads: ``A0_EGRESS_ALLOW``'s names plus ``also``, lower-cased, and
+    the MCP tools' users and roles (an invalid mcp.yaml stops here, with its problems)."""
     names = {*settings.egress.allowed, *(name.lower() for name in also)}
-    return {"a0_local": {"egress_allowed": sorted(names)}}
+    return {"a0_local": {"egress_allowed": sorted(names)}, **mcp_servers.load(settings).opa_data()}
 
 
 def write_egress_data(settings: Settings, path: Path, also: Iterable[str] = ()) -> Path:

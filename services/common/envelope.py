@@ -31,6 +31,8 @@ class EventType(StrEnum):
     DELTA = "message.delta"
     TOOL_CALL = "tool.call"
     TOOL_RESULT = "tool.result"
+    # and on tool.results, from the executor: how far a running call is (MCP progress)
+    TOOL_PROGRESS = "tool.progress"
     COMPLETED = "message.completed"
     ERROR = "error"
     CANCELLED = "cancelled"
@@ -46,6 +48,7 @@ CLIENT_EVENTS = frozenset(
         EventType.DELTA,
         EventType.TOOL_CALL,
         EventType.TOOL_RESULT,
+        EventType.TOOL_PROGRESS,
         EventType.COMPLETED,
         EventType.ERROR,
         EventType.CANCELLED,

@@ -127,6 +127,14 @@ class KafkaSettings(BaseSettings):
     sasl_password: SecretStr = Field(
         default=SecretStr(""), description="Generated in conf/env for each principal when unset."
     )
+    ops_username: str = Field(
+        default="ops",
+        description="The principal the gateway acts as for an admin of its ops page (topics.yaml's "
+        "ops: describes topics and groups, reads and replays dead letters).",
+    )
+    ops_password: SecretStr = Field(
+        default=SecretStr(""), description="The ops principal's password; generated in conf/env when unset."
+    )
 
 
 class RedisSettings(BaseSettings):
@@ -336,6 +344,13 @@ class ToolSettings(BaseSettings):
     sandbox_python: str = "/usr/bin/python3"
     # The unprivileged user the executor drops to when started as root, and bwrap runs as.
     run_as: str = "a0-tools"
+    mcp_file: Path = Field(
+        default=Path("mcp.yaml"),
+        description="The MCP servers whose tools are offered (relative to A0_HOME); see docs/tools.md.",
+    )
+    mcp_restart_max_s: float = Field(
+        default=30.0, gt=0, description="The longest wait before restarting a crashed MCP server."
+    )
 
 
 class LLMSettings(BaseSettings):

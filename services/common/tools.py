@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import time
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -37,6 +38,27 @@ class ToolSpec(BaseModel):
             "type": "function",
             "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
         }
+
+
+# The MCP servers' tools the executor offers (services/tool_executor/mcp_client.py), for
+# the workers and a0ctl: written on every change and every few seconds, expiring when no
+# executor refreshes it.
+CATALOG_KEY = "a0:tools:mcp-catalog"
+CATALOG_TTL_S = 30
+
+
+async def publish_catalog(redis: Any, specs: list[ToolSpec], servers: list[dict[str, Any]]) -> None:
+    document = {"tools": [spec.model_dump() for spec in specs], "servers": servers, "at": time.time()}
+    await redis.set(CATALOG_KEY, json.dumps(document), ex=CATALOG_TTL_S)
+
+
+async def read_catalog(redis: Any) -> tuple[list[ToolSpec], list[dict[str, Any]]]:
+    """The MCP tools offered now and their servers' states; none when no executor says."""
+    raw = await redis.get(CATALOG_KEY)
+    if not raw:
+        return [], []
+    document = json.loads(raw)
+    return [ToolSpec.model_validate(t) for t in document.get("tools", [])], list(document.get("servers", []))
 
 
 class ToolFailure(BaseModel):

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import uvloop
 from prometheus_client import start_http_server
@@ -15,7 +17,7 @@ from services.common.kafka import ConsumerLoop
 from services.common.logging import setup_logging
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
-from services.common.tools import tool_catalog
+from services.common.tools import read_catalog, tool_catalog
 from services.common.topics import INBOUND, dead_letter_topic
 from services.conversation_worker.events import EventLog
 from services.conversation_worker.handlers import TurnRunner
@@ -27,15 +29,15 @@ log = logging.getLogger(__name__)
 GROUP = "a0-conversation-worker"
 # PostgreSQL connections of one worker process.
 POOL_CONNECTIONS = 32
+# How often the MCP servers' tools are read again (services/common/tools.py's catalog).
+CATALOG_REFRESH_S = 2.0
 
 
 async def open_worker(stack: ServiceStack) -> ConsumerLoop:
     """Everything the worker holds, opened on ``stack``, and its consumer loop."""
     settings = stack.settings
-    # Opened at full size: a pool grows one connection at a time, each a new backend and
-    # a SCRAM exchange, too slowly for a burst. Measured right after `a0ctl up`, 500
-    # sessions signing in over 10 s with 4 growing to 40: turns waited 13 s in all for a
-    # connection while the pool grew to 29, and conversation.inbound lagged by up to 1.8 s.
+    # Opened at full size: a pool grows too slowly for a burst (figures: docs/runbook.md,
+    # "Why the pools are opened at full size").
     pool = await stack.pool("conversation-worker", min_size=POOL_CONNECTIONS, max_size=POOL_CONNECTIONS)
     redis = stack.redis()
     policy = stack.policy()
@@ -56,6 +58,7 @@ async def open_worker(stack: ServiceStack) -> ConsumerLoop:
         llm=llm,
         tool_specs=[spec.openai_tool() for spec in tool_catalog()],
     )
+    stack.background(follow_mcp_catalog(runner, redis), "mcp-catalog")
     return ConsumerLoop(
         settings,
         topics=[INBOUND],
@@ -66,6 +69,21 @@ async def open_worker(stack: ServiceStack) -> ConsumerLoop:
         max_in_flight=settings.worker.max_inflight,
         on_revoked=lambda _: transcripts.clear(),
     )
+
+
+async def follow_mcp_catalog(runner: TurnRunner, redis: Any) -> None:
+    """Offer the built-in and plug-in tools plus the MCP servers' tools the executor lists
+    now (its catalog in Redis): a server that starts, stops or changes its tools is
+    followed within a refresh, without a restart."""
+    local = [spec.openai_tool() for spec in tool_catalog()]
+    while True:
+        try:
+            mcp_specs, _ = await read_catalog(redis)
+        except Exception as exc:  # Redis away: keep what is offered, ask again
+            log.warning("could not read the MCP tool catalog: %s", exc)
+        else:
+            runner.tool_specs = local + [spec.openai_tool() for spec in mcp_specs]
+        await asyncio.sleep(CATALOG_REFRESH_S)
 
 
 def serve(settings: Settings) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
@@ -25,11 +26,14 @@ from services.common.topics import TOOL_RESULTS, dead_letter_topic
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
+PROGRESS_QUEUE = 64
 
 
 class ToolResults:
     def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
         self.pending: dict[str, asyncio.Future[ToolResult]] = {}
+        # Progress of the calls awaited here (tool.progress records), by call key.
+        self.progress: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self.tail = PartitionTail(
             settings,
             topic=TOOL_RESULTS,
@@ -62,8 +66,18 @@ class ToolResults:
 
     def forget(self, key: str) -> None:
         self.pending.pop(key, None)
+        self.progress.pop(key, None)
+
+    def progress_of(self, key: str) -> asyncio.Queue[dict[str, Any]]:
+        """The progress payloads of an awaited call, as they arrive."""
+        return self.progress.setdefault(key, asyncio.Queue(maxsize=PROGRESS_QUEUE))
 
     def _resolve(self, envelope: Envelope) -> None:
+        if envelope.type == EventType.TOOL_PROGRESS:
+            queue = self.progress.get(tool_call_key(envelope.turn_id, str(envelope.payload.get("call_id"))))
+            if queue is not None and not queue.full():  # a slow turn skips progress, never blocks
+                queue.put_nowait(dict(envelope.payload))
+            return
         if envelope.type != EventType.TOOL_RESPONSE:
             return
         future = self.pending.get(tool_call_key(envelope.turn_id, str(envelope.payload.get("call_id"))))

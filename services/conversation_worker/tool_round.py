@@ -61,7 +61,7 @@ class ToolRounds:
                 continue
             key = tool_call_key(turn_id, call_id)
             try:
-                result = await asyncio.wait_for(asyncio.shield(waiting[call_id]), self.timeout_s)
+                result = await self._result(envelope, key, waiting[call_id])
             except TimeoutError:
                 result = ToolResult.failed(
                     call_id, name, "timeout", f"no result within {self.timeout_s:.0f}s"
@@ -75,6 +75,36 @@ class ToolRounds:
                 messages=[(f"tool:{key}", body)],
             )
             transcript.add(f"tool:{key}", body)
+
+    async def _result(self, envelope: Envelope, key: str, future: asyncio.Future[ToolResult]) -> ToolResult:
+        """The call's result, within the timeout; meanwhile each progress record the
+        executor sends becomes a ``tool.progress`` event of the turn. The executor sends
+        a call's progress before its result, on the same partition: every update is in
+        the queue by the time the result is, and is stored before it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        progress = self.results.progress_of(key)
+        while not future.done():
+            getter: asyncio.Future[Any] = asyncio.ensure_future(progress.get())
+            try:
+                await asyncio.wait(
+                    {future, getter}, timeout=deadline - loop.time(), return_when="FIRST_COMPLETED"
+                )
+            finally:
+                getter.cancel()
+            if getter.done() and not getter.cancelled():
+                await self._progress(envelope, key, getter.result())
+            elif not future.done():
+                raise TimeoutError
+        while not progress.empty():
+            await self._progress(envelope, key, progress.get_nowait())
+        return future.result()
+
+    async def _progress(self, envelope: Envelope, key: str, update: dict[str, Any]) -> None:
+        step = f"{update.get('progress')}/{update.get('total')}"
+        await self.events.emit_batch(
+            envelope, [Draft(EventType.TOOL_PROGRESS, update, f"toolprogress:{key}:{step}")]
+        )
 
     async def cancel(self, source: Envelope, turn_id: str) -> None:
         """Ask the executor to stop the turn's calls still running."""

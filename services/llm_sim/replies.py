@@ -8,6 +8,10 @@ tool call ids. The rules, first match wins:
 1. last message is a tool result  → a short final answer using the tool output;
 2. "reply verbatim:" and a new line → exactly the text after that line (markdown,
    hostile HTML ...: whatever a test needs the model to say);
+2b. "call TOOL {json}" (the whole message; the JSON object optional) → a call of the
+   tool named TOOL with those arguments, offered or not (any tool, MCP servers' too:
+   ``call time__get_current_time {"timezone": "Europe/Paris"}``); arguments that are not
+   a JSON object get a text saying so;
 3. "compute/calculate/what is <expr>" and ``calculator`` offered → ``calculator`` call;
 4. "what time is it" / "current time" and ``current_time`` offered → ``current_time`` call;
 5. "run python: <code>" and ``run_python`` offered → ``run_python`` call;
@@ -41,6 +45,7 @@ _FENCE = re.compile(r"^```[\w-]*\n?(.*?)\n?```$", re.DOTALL)
 _SHELL = re.compile(r"\buse the shell\b", re.IGNORECASE)
 _RECALL = re.compile(r"\bwhat did i (?:ask|tell) you to remember\b", re.IGNORECASE)
 _REMEMBER = re.compile(r"\bremember\s+(?:that\s+)?([^\s.,;:!?]+)", re.IGNORECASE)
+_CALL_TOOL = re.compile(r"^\s*call\s+([A-Za-z0-9_-]{1,64})(?:\s+(.*?))?\s*$", re.DOTALL)
 _LONG = re.compile(r"\blong answer\b", re.IGNORECASE)
 _VERBATIM = re.compile(r"^\s*reply verbatim:[ \t]*\r?\n", re.IGNORECASE)
 # A "token" is a word plus the whitespace after it; the alternatives make the pieces
@@ -102,6 +107,14 @@ def decide(messages: Sequence[Message], tools: Iterable[str]) -> Reply:
     def call(name: str, arguments: dict[str, Any]) -> Reply:
         return Reply(tool_calls=(ToolCall(tool_call_id(messages, 0), name, json.dumps(arguments)),))
 
+    if match := _CALL_TOOL.match(text):
+        try:
+            arguments = json.loads(match.group(2)) if match.group(2) else {}
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            return Reply(content=f"I cannot call {match.group(1)}: its arguments must be a JSON object.")
+        return call(match.group(1), arguments)
     if "calculator" in offered and (expression := _expression(text)):
         return call("calculator", {"expression": expression})
     if "current_time" in offered and _TIME.search(text):

@@ -5,7 +5,8 @@ redelivered request is answered from there, never run twice. Only a request that
 have been answered before is looked up: the worker marks the calls of a turn it runs
 again (``asked_before``), and the consumer loop knows the records an earlier owner of
 their partition, a retry or a dead-letter replay may have handled. ``tool.cancel`` kills a
-running call (its process group, for the code runner).
+running call (its process group, for the code runner; for an MCP server's tool, MCP's
+``notifications/cancelled`` to the server).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from psycopg.types.json import Jsonb
@@ -28,6 +30,7 @@ from services.common.kafka import publish
 from services.common.policy import PolicyClient
 from services.common.tools import ToolResult
 from services.common.topics import TOOL_RESULTS
+from services.tool_executor.mcp_client import McpTool
 from services.tool_executor.sandbox import SandboxLimits
 from services.tool_executor.tools import Tool, ToolContext, ToolError
 
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 # result with either could not be stored, and the call would be dead-lettered.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
+PROGRESS_EVERY_S = 0.5
+MAX_PROGRESS_MESSAGE = 200
 
 
 def storable(result: ToolResult) -> ToolResult:
@@ -49,6 +54,48 @@ def storable(result: ToolResult) -> ToolResult:
         message = _UNSTORABLE.sub(REPLACEMENT, result.error.message)
         update["error"] = result.error.model_copy(update={"message": message})
     return result.model_copy(update=update) if update else result
+
+
+class ProgressReporter:
+    """An MCP server's progress notifications of one call, as ``tool.progress`` records on
+    ``tool.results`` (the worker makes them client events): at most one every
+    :data:`PROGRESS_EVERY_S`, the last one always, message text size-limited."""
+
+    def __init__(
+        self, producer: AIOKafkaProducer, request: Envelope, key: str, call_id: str, name: str
+    ) -> None:
+        self.producer = producer
+        self.request = request
+        self.key = key
+        self.call_id = call_id
+        self.name = name
+        self.sent = 0
+        self.last_at = 0.0
+
+    async def report(self, progress: float, total: float | None, message: str | None) -> None:
+        now = time.monotonic()
+        final = total is not None and progress >= total
+        if not final and now - self.last_at < PROGRESS_EVERY_S:
+            return
+        self.last_at = now
+        self.sent += 1
+        payload: dict[str, Any] = {"call_id": self.call_id, "name": self.name, "progress": progress}
+        if total is not None:
+            payload["total"] = total
+        if message:
+            payload["message"] = message[:MAX_PROGRESS_MESSAGE]
+        record = Envelope(
+            id=f"progress-{self.key}-{self.sent}",
+            type=EventType.TOOL_PROGRESS,
+            conversation_id=self.request.conversation_id,
+            turn_id=self.request.turn_id,
+            user_id=self.request.user_id,
+            payload=payload,
+        )
+        try:
+            await publish(self.producer, TOOL_RESULTS, record)  # queued; not awaited: best effort
+        except Exception as exc:  # progress is a courtesy: never fail the call for it
+            log.warning("could not publish progress of %s: %s", self.key, exc)
 
 
 class ToolExecutor:
@@ -120,6 +167,9 @@ class ToolExecutor:
             "a0.conversation_id": envelope.conversation_id,
             "a0.turn_id": envelope.turn_id,
         }
+        tool = self.tools.get(name)
+        if isinstance(tool, McpTool):  # which server answered, in the trace
+            attributes["a0.mcp.server"] = tool.server.name
         with telemetry.span("tool run", attributes) as span:
             started = time.monotonic()
             payload = storable(await self._execute(envelope, call_id, name, key))
@@ -180,7 +230,12 @@ class ToolExecutor:
             conversation_id=envelope.conversation_id,
             limits=self.limits,
         )
-        task = asyncio.create_task(tool.run(arguments, ctx))
+        images: list[dict[str, str]] = []
+        if isinstance(tool, McpTool):
+            progress = ProgressReporter(self.producer, envelope, key, call_id, name)
+            task = asyncio.create_task(self._call_mcp(tool, arguments, images, progress))
+        else:
+            task = asyncio.create_task(tool.run(arguments, ctx))
         self.running[key] = task
         started = time.monotonic()
         try:
@@ -201,6 +256,20 @@ class ToolExecutor:
             self.running.pop(key, None)
             self.cancelled.discard(key)
         metrics.TOOL_CALLS.labels(name, "ok").inc()
-        return ToolResult(
+        result = ToolResult(
             call_id=call_id, name=name, output=output, seconds=round(time.monotonic() - started, 3)
         )
+        if images:  # shown by the chat UI; the model reads the output's note of them
+            result = result.model_copy(update={"images": images})
+        return result
+
+    async def _call_mcp(
+        self,
+        tool: McpTool,
+        arguments: dict[str, Any],
+        images: list[dict[str, str]],
+        progress: ProgressReporter,
+    ) -> str:
+        output, shown = await tool.call(arguments, progress.report)
+        images.extend(shown)
+        return output

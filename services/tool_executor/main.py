@@ -10,16 +10,19 @@ import uvloop
 from prometheus_client import start_http_server
 
 import services.common.schema  # noqa: F401  # alembic, imported before root is dropped (see privileges)
+from services.common import mcp_servers
 from services.common.bootstrap import ServiceStack, run_consumer_service
 from services.common.errors import ConfigError
 from services.common.kafka import ConsumerLoop
 from services.common.logging import setup_logging
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
+from services.common.tools import publish_catalog
 from services.common.topics import TOOL_REQUESTS, dead_letter_topic
 from services.tool_executor.cgroups import CgroupError, RunCgroups, parent_name, prepare
 from services.tool_executor.confinement import ConfinementError, confinement
 from services.tool_executor.handlers import ToolExecutor
+from services.tool_executor.mcp_client import McpServers, prepare_binds
 from services.tool_executor.privileges import drop_root
 from services.tool_executor.sandbox import SandboxLimits
 from services.tool_executor.tools import load_tools
@@ -32,15 +35,22 @@ async def open_executor(stack: ServiceStack, cgroups: RunCgroups | None = None) 
     """Everything the tool executor holds, opened on ``stack``, and its consumer loop."""
     settings = stack.settings
     connections = settings.tools.max_inflight + 2
+    tools = load_tools()
+    redis = stack.redis()
+    policy = stack.policy()
+    servers = McpServers(mcp_servers.load(settings), settings, tools, partial(publish_catalog, redis), policy)
+    await stack.started(servers.start, servers.stop)
     executor = ToolExecutor(
         # Opened at full size, as the worker's: one per tool call in flight, and two more.
         pool=await stack.pool("tool-executor", min_size=connections, max_size=connections),
         producer=await stack.producer("tool-executor"),
-        policy=stack.policy(),
-        tools=load_tools(),
+        policy=policy,
+        tools=tools,
         limits=SandboxLimits.from_settings(settings.tools, cgroups),
     )
-    log.info("tools: %s", ", ".join(sorted(executor.tools)))
+    log.info(
+        "tools: %s; MCP servers: %s", ", ".join(sorted(executor.tools)), ", ".join(servers.servers) or "none"
+    )
     loop = ConsumerLoop(
         settings,
         topics=[TOOL_REQUESTS],
@@ -78,6 +88,7 @@ def serve(settings: Settings) -> None:
     setup_tracing(settings, "tool-executor")
     cgroups = run_cgroups(settings)  # while root; on cgroup v2 the executor moves into the subtree
     start_http_server(settings.tools.metrics_port, addr=settings.stack.host)
+    prepare_binds(mcp_servers.load(settings), settings)
     drop_root(settings.tools.run_as)
     try:
         confinement(settings.tools.sandbox_python)  # fail here, not at the first tool call

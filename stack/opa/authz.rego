@@ -10,7 +10,8 @@
 #             | "conversation.write" | "conversation.cancel" | "conversation.delete"
 #             | "tool.call"
 #             | "credentials.read" | "credentials.set" | "credentials.delete"
-#             | "credentials.use" | "credentials.egress",
+#             | "credentials.use" | "credentials.egress"
+#             | "ops.read" | "ops.act",
 #     "subject": {"user_id": "alice", "roles": ["user"]},
 #     "resource": {"owner_id": "alice", "conversation_id": "c1",
 #                  "tool": "calculator", "provider": "openai",
@@ -22,7 +23,9 @@
 # Data (data.json): data.a0.tools.allowed, data.a0.tools.restricted[tool] (roles
 # of which the subject needs one), data.a0.credentials.providers,
 # data.a0.credentials.egress.{private_allowed, reserved_ranges}; and, written by the
-# local runtime for its own simulator, data.a0_local.egress_allowed.
+# local runtime for its own simulator, data.a0_local.egress_allowed; and, rendered from
+# mcp.yaml (services/common/mcp_servers.py), data.a0_mcp.tools[tool] = {"server",
+# "users", "roles"}: who may call each MCP server's tool.
 package a0.authz
 
 conversation_actions := {
@@ -49,7 +52,11 @@ credential_actions := {
 # Where a credential's base URL may point (asked before a key is verified or stored).
 egress_actions := {"credentials.egress"}
 
-known_actions := ((conversation_actions | tool_actions) | credential_actions) | egress_actions
+# The ops page: reading the stack's figures, services, topics, traces and dead letters,
+# and acting on dead letters. Admins only.
+ops_actions := {"ops.read", "ops.act"}
+
+known_actions := (((conversation_actions | tool_actions) | credential_actions) | egress_actions) | ops_actions
 
 # --- The decision ------------------------------------------------------------
 
@@ -69,6 +76,8 @@ decision := refuse("missing action") if {
 	action in credential_actions
 } else := egress_decision if {
 	action in egress_actions
+} else := ops_decision if {
+	action in ops_actions
 }
 
 # Convenience views of the decision.
@@ -142,12 +151,23 @@ tool_required_roles := {r | some r in data.a0.tools.restricted[tool]}
 
 tool_decision := refuse("resource.tool missing") if {
 	tool == ""
+} else := mcp_tool_decision if {
+	data.a0_mcp.tools[tool]
 } else := refuse(sprintf("tool %v is not allowed", [tool])) if {
 	not tool in data.a0.tools.allowed
 } else := refuse(sprintf("tool %v requires one of roles %v", [tool, concat(", ", sort(tool_required_roles))])) if {
 	data.a0.tools.restricted[tool]
 	count(tool_required_roles & roles) == 0
 } else := permit(sprintf("tool %v", [tool]))
+
+# MCP servers' tools: mcp.yaml names the users and roles that may call them.
+mcp_tool := data.a0_mcp.tools[tool]
+
+mcp_tool_decision := permit(sprintf("%v is offered to user %v", [tool, user_id])) if {
+	user_id in mcp_tool.users
+} else := permit(sprintf("%v is offered to role %v", [tool, concat(", ", sort(roles & {r | some r in mcp_tool.roles}))])) if {
+	count(roles & {r | some r in mcp_tool.roles}) > 0
+} else := refuse(sprintf("user %v may not call %v (MCP server %v: mcp.yaml offers it to users [%v] and roles [%v])", [user_id, tool, mcp_tool.server, concat(", ", mcp_tool.users), concat(", ", mcp_tool.roles)]))
 
 # --- Credentials -------------------------------------------------------------
 
@@ -211,3 +231,9 @@ egress_decision := refuse("resource.url missing") if {
 	some address in egress_addresses
 	egress_reserved(address)
 } else := permit("public https")
+
+# --- The ops page --------------------------------------------------------------------
+
+ops_decision := permit("admin") if {
+	is_admin
+} else := refuse(sprintf("%v is for admins", [action]))

@@ -354,3 +354,44 @@ test_egress_without_url_or_addresses_denied if {
 	not decide(req("credentials.egress", alice, {})).allow
 	not egress("https", "nowhere.example", 443, []).allow
 }
+
+# --- MCP servers' tools (data.a0_mcp, rendered from mcp.yaml) ------------------
+
+mcp_data := {"tools": {
+	"time__get_current_time": {"server": "time", "users": [], "roles": ["user"]},
+	"files__read_text_file": {"server": "files", "users": ["bob"], "roles": ["admin"]},
+}}
+
+test_mcp_tool_allowed_by_role if {
+	d := decide(req("tool.call", alice, {"tool": "time__get_current_time"})) with data.a0_mcp as mcp_data
+	d.allow
+	d.reason == "allowed: time__get_current_time is offered to role user"
+}
+
+test_mcp_tool_allowed_by_user if {
+	decide(req("tool.call", {"user_id": "bob", "roles": ["user"]}, {"tool": "files__read_text_file"})).allow with data.a0_mcp as mcp_data
+}
+
+test_mcp_tool_refused_with_a_reason if {
+	d := decide(req("tool.call", alice, {"tool": "files__read_text_file"})) with data.a0_mcp as mcp_data
+	not d.allow
+	d.reason == "denied: user alice may not call files__read_text_file (MCP server files: mcp.yaml offers it to users [bob] and roles [admin])"
+}
+
+test_mcp_tool_unknown_without_data if {
+	not decide(req("tool.call", alice, {"tool": "time__get_current_time"})).allow
+}
+
+# --- The ops page --------------------------------------------------------------------
+
+test_ops_admin_allowed if {
+	every a in {"ops.read", "ops.act"} {
+		decide(req(a, root, {})) == {"allow": true, "reason": "allowed: admin"}
+	}
+}
+
+test_ops_user_denied if {
+	every a in {"ops.read", "ops.act"} {
+		decide(req(a, alice, {})) == {"allow": false, "reason": sprintf("denied: %v is for admins", [a])}
+	}
+}

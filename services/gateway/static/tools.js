@@ -92,6 +92,60 @@ export function toolCallBlock(callId, name, args) {
   );
 }
 
+// Images of a result (an MCP server's), shown inline: raster types only, base64 checked,
+// as a data: URL the page's Content-Security-Policy allows for images and nothing else.
+const IMAGE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
+const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
+const MAX_IMAGE_CHARS = 400000;
+
+function resultImages(images) {
+  if (!Array.isArray(images)) return [];
+  return images
+    .filter(
+      (image) =>
+        image &&
+        IMAGE_TYPES.has(image.mime_type) &&
+        typeof image.data === "string" &&
+        image.data.length <= MAX_IMAGE_CHARS &&
+        BASE64.test(image.data),
+    )
+    .map((image, index) =>
+      el("img", {
+        class: "tool-image",
+        "data-testid": "tool-image",
+        src: `data:${image.mime_type};base64,${image.data}`,
+        alt: `image ${index + 1} of the tool's result (${image.mime_type})`,
+      }),
+    );
+}
+
+/** Progress reported by a running tool, shown in its call's block until the result. */
+function toolProgressLine(payload) {
+  const progress = Number(payload.progress);
+  const total = Number(payload.total);
+  const share = Number.isFinite(total) && total > 0 ? ` ${Math.round((100 * progress) / total)}%` : "";
+  const counts = Number.isFinite(total) && total > 0 ? `${progress}/${total}` : `${progress}`;
+  const message = typeof payload.message === "string" ? ` · ${payload.message.slice(0, 200)}` : "";
+  return el("p", {
+    class: "tool-progress muted",
+    "data-testid": "tool-progress",
+    role: "status",
+    text: `Progress${share} (${counts})${message}`,
+  });
+}
+
+/** Show ``payload`` (a tool.progress event) in the block of its call, replacing the last. */
+export function showToolProgress(container, payload) {
+  const calls = [...container.querySelectorAll('[data-testid="tool-call"]')];
+  const call = calls.find((node) => node.dataset.callId === payload.call_id) || calls.at(-1);
+  if (!call) return;
+  call.open = true;
+  const line = toolProgressLine(payload);
+  const previous = call.querySelector('[data-testid="tool-progress"]');
+  if (previous) previous.replaceWith(line);
+  else call.append(line);
+}
+
 export function toolResultBlock(payload) {
   const failed = Boolean(payload.error);
   let text;
@@ -118,6 +172,6 @@ export function toolResultBlock(payload) {
       el("span", { class: "tool-label", text: `${failed ? "Tool error" : "Result"} · ${payload.name || "tool"}` }),
       el("span", { class: "tool-size muted", text: lines > 1 ? `${lines} lines` : "" }),
     ),
-    el("div", { class: "tool-body" }, outputBody(text, "tool-output")),
+    el("div", { class: "tool-body" }, outputBody(text, "tool-output"), ...resultImages(payload.images)),
   );
 }
