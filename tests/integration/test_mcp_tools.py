@@ -132,6 +132,10 @@ async def test_images_structured_content_and_resources_are_mapped(
         )
     )
     assert "[resource demo://resource/" in resource["output"]
+    # The history the chat UI draws on a reload keeps the image (the same renderer shows it).
+    history = (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).json()["events"]
+    stored = next(e for e in history if e["type"] == "tool.result" and e["payload"].get("images"))
+    assert stored["payload"]["images"] == image["images"]
 
 
 async def test_the_filesystem_server_reads_inside_its_binding_and_refuses_outside(
