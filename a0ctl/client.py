@@ -1,7 +1,6 @@
-"""``GatewayClient``: the gateway's REST + SSE API for ``a0ctl smoke`` and ``a0ctl chat``.
-
-It speaks only the public contract (bearer token, ``/v1`` JSON, SSE with seq cursors),
-so it works against any replica of a running stack::
+"""The one client of the gateway's public REST + SSE API: its paths, bearer header, error
+body and event stream (used as they are by ``a0ctl load``'s aiohttp sessions and the
+tests' helpers), and ``GatewayClient`` on them for ``a0ctl smoke``, ``chat``, ``roadmap``::
 
     async with GatewayClient.for_user(settings, "alice") as client:
         conversation_id = await client.create_conversation("hello")
@@ -13,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,11 +21,43 @@ import httpx
 from services.common.auth import mint_token
 from services.common.envelope import TERMINAL_EVENTS
 from services.common.errors import A0Error
+from services.common.retry import backoff
 from services.common.settings import Settings
 from services.common.sse import SseParser
 
 TERMINAL_TYPES = frozenset(str(event_type) for event_type in TERMINAL_EVENTS)
 STREAM_RETRIES = 5
+CONVERSATIONS = "/v1/conversations"
+
+
+# --- the API's wire: shared by every client of the gateway ---------------------------------
+def conversation_path(conversation_id: str, *rest: str) -> str:
+    """``/v1/conversations/<id>`` and below (``"messages"``, ``"events"``, ``"cancel"``)."""
+    return "/".join((CONVERSATIONS, conversation_id, *rest))
+
+
+def bearer(settings: Settings, user_id: str) -> dict[str, str]:
+    """The Authorization header of ``user_id``, with a token signed by the stack's key."""
+    return {"Authorization": f"Bearer {mint_token(settings, user_id)}"}
+
+
+def error_of(body: bytes) -> tuple[str, str, str | None] | None:
+    """(code, message, request id) of the gateway's error body; None for any other body."""
+    try:
+        error = json.loads(body)["error"]
+        return str(error["code"]), str(error["message"]), error.get("request_id")
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def read_events(lines: AsyncIterable[str]) -> AsyncIterator[tuple[dict[str, Any], dict[str, str]]]:
+    """The events of an SSE stream's lines: each event's JSON with the SSE message
+    (``id``, ``event``) it came in."""
+    parser = SseParser()
+    async for line in lines:
+        message = parser.feed(line)
+        if message is not None:
+            yield json.loads(message["data"]), message
 
 
 class GatewayError(A0Error):
@@ -50,11 +81,11 @@ class GatewayError(A0Error):
 def _raise_for_error(response: httpx.Response) -> None:
     if response.is_success:
         return
-    try:
-        error = response.json()["error"]
-        code, message, request_id = str(error["code"]), str(error["message"]), error.get("request_id")
-    except (ValueError, KeyError, TypeError):
-        code, message, request_id = "http_error", f"HTTP {response.status_code}", None
+    code, message, request_id = error_of(response.content) or (
+        "http_error",
+        f"HTTP {response.status_code}",
+        None,
+    )
     hint = f"retry after {response.headers['Retry-After']} s" if "Retry-After" in response.headers else None
     raise GatewayError(
         f"{code}: {message}", code=code, status=response.status_code, request_id=request_id, hint=hint
@@ -97,24 +128,24 @@ class GatewayClient:
 
     async def create_conversation(self, title: str | None = None, policy: str | None = None) -> str:
         body = {key: value for key, value in {"title": title, "policy": policy}.items() if value is not None}
-        created = await self._request("POST", "/v1/conversations", json=body)
+        created = await self._request("POST", CONVERSATIONS, json=body)
         return str(created["id"])
 
     async def get_conversation(self, conversation_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("GET", f"/v1/conversations/{conversation_id}")
+        result: dict[str, Any] = await self._request("GET", conversation_path(conversation_id))
         return result
 
     async def send(self, conversation_id: str, content: str) -> dict[str, Any]:
         """Post a message; returns the 202 body ``{conversation_id, message_id, turn_id}``."""
         result: dict[str, Any] = await self._request(
-            "POST", f"/v1/conversations/{conversation_id}/messages", json={"content": content}
+            "POST", conversation_path(conversation_id, "messages"), json={"content": content}
         )
         return result
 
     async def cancel(self, conversation_id: str, turn_id: str | None = None) -> dict[str, Any]:
         body = {"turn_id": turn_id} if turn_id else {}
         result: dict[str, Any] = await self._request(
-            "POST", f"/v1/conversations/{conversation_id}/cancel", json=body
+            "POST", conversation_path(conversation_id, "cancel"), json=body
         )
         return result
 
@@ -130,7 +161,7 @@ class GatewayClient:
             try:
                 async with self._http.stream(
                     "GET",
-                    f"/v1/conversations/{conversation_id}/events",
+                    conversation_path(conversation_id, "events"),
                     params={"after": last},
                     headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)},
                     timeout=httpx.Timeout(30.0, read=60.0),
@@ -138,12 +169,7 @@ class GatewayClient:
                     if not response.is_success:
                         await response.aread()
                         _raise_for_error(response)
-                    parser = SseParser()
-                    async for line in response.aiter_lines():
-                        message = parser.feed(line)
-                        if message is None:
-                            continue
-                        event: dict[str, Any] = json.loads(message["data"])
+                    async for event, _ in read_events(response.aiter_lines()):
                         seq = int(event.get("seq", 0))
                         if seq <= last:
                             continue
@@ -155,7 +181,7 @@ class GatewayClient:
                     raise GatewayError(
                         f"the event stream of {conversation_id} keeps failing: {exc!r}"
                     ) from exc
-            await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+            await asyncio.sleep(backoff(failures, base=0.2, cap=5.0))
 
     @asynccontextmanager
     async def turn(

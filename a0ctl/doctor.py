@@ -10,6 +10,7 @@ import sys
 from pydantic import BaseModel, computed_field
 
 from a0ctl import subprocesses
+from a0ctl.checks import Check
 from a0ctl.errors import StackError
 from a0ctl.runtime import artifacts, docker_engine_answers
 from services.common import mcp_servers
@@ -21,19 +22,10 @@ from services.tool_executor.confinement import ConfinementError, check
 BOOTSTRAP = "run scripts/bootstrap.sh (idempotent), or"
 
 
-class DoctorCheck(BaseModel):
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    # Works, but not as it should outside development (e.g. tool runs without bounds).
-    warning: bool = False
-
-
 class DoctorReport(BaseModel):
     """What ``a0ctl doctor --json`` prints."""
 
-    checks: list[DoctorCheck]
+    checks: list[Check]
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -41,38 +33,38 @@ class DoctorReport(BaseModel):
         return all(check.ok for check in self.checks)
 
 
-def _binary(name: str, fix: str, version_args: tuple[str, ...] = ("--version",)) -> DoctorCheck:
+def _binary(name: str, fix: str, version_args: tuple[str, ...] = ("--version",)) -> Check:
     path = shutil.which(name)
     if not path:
-        return DoctorCheck(name=name, ok=False, detail="not found on PATH", fix=fix)
+        return Check(name=name, ok=False, detail="not found on PATH", fix=fix)
     try:
         out = subprocesses.run(
             [path, *version_args], what=f"{name} {' '.join(version_args)}", check=False, timeout=20
         )
     except subprocesses.CommandError as exc:
-        return DoctorCheck(name=name, ok=False, detail=f"{path} does not run: {exc.message}", fix=fix)
+        return Check(name=name, ok=False, detail=f"{path} does not run: {exc.message}", fix=fix)
     lines = (out.stdout or out.stderr).strip().splitlines()
     first = lines[0].strip() if lines else path
-    return DoctorCheck(name=name, ok=True, detail=first)
+    return Check(name=name, ok=True, detail=first)
 
 
-def _tool_sandbox(settings: Settings) -> list[DoctorCheck]:
+def _tool_sandbox(settings: Settings) -> list[Check]:
     """bwrap, the seccomp generator and the tool user: without them run_python fails."""
     fix = f"{BOOTSTRAP} apt-get install bubblewrap python3-seccomp"
     try:
         detail = check(settings.tools.sandbox_python, settings.tools.run_as)
         detail += f" as {settings.tools.run_as}" if os.geteuid() == 0 else ""
-        sandbox = DoctorCheck(name="tool sandbox (bubblewrap + seccomp)", ok=True, detail=detail)
+        sandbox = Check(name="tool sandbox (bubblewrap + seccomp)", ok=True, detail=detail)
     except ConfinementError as exc:
-        sandbox = DoctorCheck(name="tool sandbox (bubblewrap + seccomp)", ok=False, detail=str(exc), fix=fix)
+        sandbox = Check(name="tool sandbox (bubblewrap + seccomp)", ok=False, detail=str(exc), fix=fix)
     user = settings.tools.run_as
     try:
         uid = pwd.getpwnam(user).pw_uid
-        tool_user = DoctorCheck(
+        tool_user = Check(
             name="tool user", ok=uid != 0, detail=f"{user} (uid {uid})", fix="name a non-root user"
         )
     except KeyError:
-        tool_user = DoctorCheck(
+        tool_user = Check(
             name="tool user",
             ok=False,
             detail=f"no user {user!r} (A0_TOOLS_RUN_AS)",
@@ -81,7 +73,7 @@ def _tool_sandbox(settings: Settings) -> list[DoctorCheck]:
     return [sandbox, tool_user, _run_bounds(settings)]
 
 
-def _run_bounds(settings: Settings) -> DoctorCheck:
+def _run_bounds(settings: Settings) -> Check:
     """A cgroup per tool run: without one the tool executor refuses to start."""
     name = "tool run bounds (a cgroup per run)"
     tools = settings.tools
@@ -97,32 +89,32 @@ def _run_bounds(settings: Settings) -> DoctorCheck:
     except CgroupError as exc:
         if tools.allow_unbounded:
             detail = f"UNBOUNDED tool runs (A0_TOOLS_ALLOW_UNBOUNDED=true): {exc}"
-            return DoctorCheck(name=name, ok=True, warning=True, detail=detail, fix=fix)
-        return DoctorCheck(name=name, ok=False, detail=f"{exc}: the tool executor refuses to start", fix=fix)
+            return Check(name=name, ok=True, warning=True, detail=detail, fix=fix)
+        return Check(name=name, ok=False, detail=f"{exc}: the tool executor refuses to start", fix=fix)
     limits = f"{tools.memory_mb} MiB, {tools.max_processes} processes, {tools.cpu_cores:g} cores, {tools.cpu_seconds} CPU-s"
-    return DoctorCheck(name=name, ok=True, detail=f"{limits} per run, {detail}")
+    return Check(name=name, ok=True, detail=f"{limits} per run, {detail}")
 
 
-def _mcp_servers(settings: Settings) -> DoctorCheck:
+def _mcp_servers(settings: Settings) -> Check:
     """mcp.yaml valid and its stdio servers installed (URLs are `a0ctl tools check`'s)."""
     name = "MCP servers (mcp.yaml)"
     fix = f"{BOOTSTRAP} fix mcp.yaml; `a0ctl tools check` names each problem"
     try:
         config = mcp_servers.load(settings)
     except mcp_servers.McpConfigError as exc:
-        return DoctorCheck(name=name, ok=False, detail=exc.message.splitlines()[0], fix=fix)
+        return Check(name=name, ok=False, detail=exc.message.splitlines()[0], fix=fix)
     problems = mcp_servers.local_problems(config, settings)
     if problems:
-        return DoctorCheck(name=name, ok=False, detail="; ".join(problems[:2]), fix=fix)
+        return Check(name=name, ok=False, detail="; ".join(problems[:2]), fix=fix)
     detail = (
         f"{len(config.servers)} servers, {len(config.tools())} tools: {', '.join(config.servers) or 'none'}"
     )
-    return DoctorCheck(name=name, ok=True, detail=detail)
+    return Check(name=name, ok=True, detail=detail)
 
 
 def run_doctor(settings: Settings) -> DoctorReport:
     checks = [
-        DoctorCheck(
+        Check(
             name="python",
             ok=sys.version_info >= (3, 11),
             detail=sys.version.split()[0],
@@ -136,17 +128,15 @@ def run_doctor(settings: Settings) -> DoctorReport:
         from a0ctl.runtime.postgres import pg_bin
 
         pg = pg_bin("postgres")
-        checks.append(DoctorCheck(name="postgresql", ok=True, detail=pg))
+        checks.append(Check(name="postgresql", ok=True, detail=pg))
     except StackError as exc:
         checks.append(
-            DoctorCheck(
-                name="postgresql", ok=False, detail=str(exc), fix=f"{BOOTSTRAP} apt-get install postgresql"
-            )
+            Check(name="postgresql", ok=False, detail=str(exc), fix=f"{BOOTSTRAP} apt-get install postgresql")
         )
     libs = artifacts.kafka_libs(settings)
     kafka_ok = (libs.parent / ".complete").exists()
     checks.append(
-        DoctorCheck(
+        Check(
             name="kafka broker jars",
             ok=kafka_ok,
             detail=str(libs) if kafka_ok else f"Apache Kafka {settings.kafka.version} not resolved yet",
@@ -156,7 +146,7 @@ def run_doctor(settings: Settings) -> DoctorReport:
     opa = artifacts.opa_path(settings)
     opa_ok = opa.exists() or shutil.which("opa") is not None
     checks.append(
-        DoctorCheck(
+        Check(
             name="opa",
             ok=opa_ok,
             detail=str(opa) if opa.exists() else (shutil.which("opa") or "not built yet"),
@@ -166,7 +156,7 @@ def run_doctor(settings: Settings) -> DoctorReport:
     jaeger = artifacts.jaeger_path(settings)
     if settings.telemetry.jaeger:
         checks.append(
-            DoctorCheck(
+            Check(
                 name="jaeger (traces)",
                 ok=jaeger.exists(),
                 detail=str(jaeger) if jaeger.exists() else "not built yet",
@@ -181,7 +171,7 @@ def run_doctor(settings: Settings) -> DoctorReport:
     if not opa_ok or (settings.telemetry.jaeger and not jaeger.exists()):
         checks.append(_binary("go", f"{BOOTSTRAP} apt-get install golang", ("version",)))
     checks.append(
-        DoctorCheck(
+        Check(
             name="generated secrets",
             ok=secrets_path(settings.stack.conf_path).exists(),
             detail=str(secrets_path(settings.stack.conf_path)),
@@ -192,7 +182,7 @@ def run_doctor(settings: Settings) -> DoctorReport:
     checks.append(_mcp_servers(settings))
     chromium = shutil.which("chromium")
     checks.append(
-        DoctorCheck(
+        Check(
             name="chromium (browser tests)",
             ok=chromium is not None,
             detail=chromium or "not found",
@@ -201,7 +191,7 @@ def run_doctor(settings: Settings) -> DoctorReport:
     )
     engine = docker_engine_answers()
     checks.append(
-        DoctorCheck(
+        Check(
             name="docker engine (compose runtime, optional)",
             ok=True,
             detail="answers" if engine else "none: the local runtime is used",

@@ -23,9 +23,3 @@ class TopicPlanError(A0Error):
 
 class TopicsFileError(A0Error):
     code = "topics_file_error"
-
-
-class DeadLetterError(A0Error):
-    """A dead letter that does not exist, or cannot be replayed or discarded as asked."""
-
-    code = "dead_letter_error"

@@ -4,9 +4,7 @@ data out (the commands render it)."""
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,38 +12,11 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from a0ctl.errors import StackError
+from services.common.panels import TARGETS, TOP_FIGURES, grouped, promql
 from services.common.settings import Settings
+from services.common.traces import TRACES_PATH, parse_traces, trace_query
 
 # --- traces --------------------------------------------------------------------------
-
-
-def _tag_value(tag: dict[str, Any]) -> Any:
-    return tag.get("value")
-
-
-def _span(raw: dict[str, Any], processes: dict[str, Any]) -> dict[str, Any]:
-    parent = next(
-        (ref["spanID"] for ref in raw.get("references") or () if ref.get("refType") == "CHILD_OF"), None
-    )
-    events = [
-        {
-            "at_ms": round((log["timestamp"] - raw["startTime"]) / 1000, 3),
-            **{field["key"]: _tag_value(field) for field in log.get("fields") or ()},
-        }
-        for log in raw.get("logs") or ()
-    ]
-    span = {
-        "span_id": raw["spanID"],
-        "parent_id": parent,
-        "service": processes.get(raw.get("processID", ""), {}).get("serviceName", "?"),
-        "name": raw["operationName"],
-        "start": datetime.fromtimestamp(raw["startTime"] / 1e6, UTC).isoformat(),
-        "duration_ms": round(raw["duration"] / 1000, 3),
-        "attributes": {tag["key"]: _tag_value(tag) for tag in raw.get("tags") or ()},
-    }
-    if events:
-        span["events"] = events
-    return span
 
 
 def query_traces(
@@ -53,16 +24,9 @@ def query_traces(
 ) -> list[dict[str, Any]]:
     """Every trace of a conversation (or of one turn) in Jaeger, spans ordered by start."""
     base = settings.telemetry.query_url(settings.stack.host)
-    now_us = int(time.time() * 1e6)
-    params = {
-        "service": "gateway",
-        "tags": json.dumps({"a0.conversation_id": conversation_id}),
-        "start": str(now_us - 7 * 24 * 3600 * 10**6),
-        "end": str(now_us),
-        "limit": "1000",
-    }
+    params = trace_query(conversation_id=conversation_id)
     try:
-        response = httpx.get(f"{base}/api/traces", params=params, timeout=10)
+        response = httpx.get(f"{base}{TRACES_PATH}", params=params, timeout=10)
     except httpx.HTTPError as exc:
         raise StackError(
             f"Jaeger does not answer at {base}: {type(exc).__name__}",
@@ -72,60 +36,17 @@ def query_traces(
         ) from None
     if response.status_code != 200:
         raise StackError(
-            f"Jaeger answered HTTP {response.status_code} at {base}/api/traces", service="jaeger"
+            f"Jaeger answered HTTP {response.status_code} at {base}{TRACES_PATH}", service="jaeger"
         )
-    traces = []
-    for raw in response.json().get("data") or ():
-        spans = sorted(
-            (_span(span, raw.get("processes") or {}) for span in raw.get("spans") or ()),
-            key=lambda s: s["start"],
-        )
-        if turn_id is not None and not any(s["attributes"].get("a0.turn_id") == turn_id for s in spans):
-            continue
-        traces.append({"trace_id": raw["traceID"], "spans": spans})
-    traces.sort(key=lambda t: t["spans"][0]["start"] if t["spans"] else "")
-    return traces
-
-
-def span_children(
-    spans: list[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Roots (no parent in the trace) and each span's children, in start order."""
-    ids = {span["span_id"] for span in spans}
-    children: dict[str, list[dict[str, Any]]] = {}
-    roots = []
-    for span in spans:
-        if span["parent_id"] in ids:
-            children.setdefault(span["parent_id"], []).append(span)
-        else:
-            roots.append(span)
-    return roots, children
+    return parse_traces(response.json(), turn_id)
 
 
 # --- metrics ---------------------------------------------------------------------------
 
-# What `a0ctl top` shows: one PromQL expression per figure, over the last RATE_WINDOW.
-RATE_WINDOW = "30s"
-TOP_QUERIES: dict[str, str] = {
-    "turns_per_s": f"sum(rate(a0_turns_total[{RATE_WINDOW}]))",
-    "messages_in_per_s": f"sum by (topic) (rate(a0_messages_consumed_total[{RATE_WINDOW}]))",
-    "messages_out_per_s": f"sum by (topic) (rate(a0_messages_produced_total[{RATE_WINDOW}]))",
-    "requests_per_s": f"sum(rate(a0_gateway_requests_total[{RATE_WINDOW}]))",
-    "turn_p50_s": f"histogram_quantile(0.5, sum by (le) (rate(a0_turn_seconds_bucket[{RATE_WINDOW}])))",
-    "turn_p95_s": f"histogram_quantile(0.95, sum by (le) (rate(a0_turn_seconds_bucket[{RATE_WINDOW}])))",
-    "turn_p99_s": f"histogram_quantile(0.99, sum by (le) (rate(a0_turn_seconds_bucket[{RATE_WINDOW}])))",
-    "ttft_p50_s": f"histogram_quantile(0.5, sum by (le) (rate(a0_llm_ttft_seconds_bucket[{RATE_WINDOW}])))",
-    "ttft_p95_s": f"histogram_quantile(0.95, sum by (le) (rate(a0_llm_ttft_seconds_bucket[{RATE_WINDOW}])))",
-    # `or vector(0)`: a counter with no error yet has no series, and none is a zero.
-    "error_rate": f'(sum(rate(a0_turns_total{{outcome="failed"}}[{RATE_WINDOW}])) or vector(0)) '
-    f"/ sum(rate(a0_turns_total[{RATE_WINDOW}]))",
-    "http_5xx_per_s": f'sum(rate(a0_gateway_requests_total{{status=~"5.."}}[{RATE_WINDOW}])) or vector(0)',
-    "shed_per_s": f"sum(rate(a0_gateway_shed_total[{RATE_WINDOW}])) or vector(0)",
-    "tool_errors_per_s": f"sum by (tool) (rate(a0_tool_errors_total[{RATE_WINDOW}])) or vector(0)",
-    "dead_letters_per_s": f"sum by (group) (rate(a0_dead_letters_total[{RATE_WINDOW}])) or vector(0)",
-    "turns_in_flight": "sum(a0_turns_inflight)",
-    "lag_records": "sum by (group, topic, partition) (a0_consumer_lag_records)",
-}
+# What `a0ctl top` shows: the dashboard's own queries (services.common.panels), over the
+# last RATE_WINDOW.
+RATE_WINDOW = "1m"
+TOP_QUERIES: dict[str, str] = {key: promql(TARGETS[key].expr, RATE_WINDOW) for key in TOP_FIGURES}
 
 
 def prometheus_query(
@@ -175,7 +96,7 @@ def top_snapshot(settings: Settings) -> dict[str, Any]:
     with httpx.Client() as client:
         for name, expr in TOP_QUERIES.items():
             result = prometheus_query(settings, expr, client)
-            if " by (" in expr.replace("by (le)", ""):  # grouped by a label, not a quantile
+            if grouped(expr):
                 snapshot[name] = {
                     "/".join(item["metric"].values()) or "all": _number(item["value"][1]) for item in result
                 }

@@ -91,7 +91,7 @@ async def run_baseline(
     finally:
         await llm.aclose()
     elapsed = time.monotonic() - started
-    from a0ctl.load import Percentiles
+    from a0ctl.load.report import Percentiles
 
     return {
         "sessions": sessions,

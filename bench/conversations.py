@@ -1,24 +1,11 @@
 """Benchmark: a0 against the same turn done in one process, in one run.
 
-Brings up a private stack (same code as ``a0ctl up``, its own ports and state dir) and,
-for each size N:
-
-1. the in-process baseline (:mod:`bench.baseline`): N closed-loop conversations
-   against the stack's upstream simulator, no Kafka, PostgreSQL or gateway;
-2. a0: the same N conversations through the gateway with ``a0ctl load``'s code
-   (``--think 0``): gateway → Kafka → worker ⇄ tool executor → Kafka → gateway → SSE.
-
-It prints turns/s and response times of both, their ratio, the mean overhead a0 adds
-per turn, and CPU seconds per turn of every process (read from ``/proc``), so a change
-shows where it saved, and the run's account (:mod:`a0ctl.load.account`): per answered
-turn and net of the idle rate measured just before, the CPU of every process tree and of
-the load client, PostgreSQL commits, rows and WAL fsyncs, Kafka records per topic and
-requests per kind, Redis commands, OPA decisions, LLM requests and spans. With ``--tracing both`` (the default) it measures everything with
-tracing off (no exporter: no spans), then restarts a0's services exporting to the
-stack's Jaeger as ``a0ctl up`` does (``A0_OTEL_TRACES_PER_S`` new traces a second per
-process; 0 traces every turn) and measures again, in the same run. The simulator runs with the stack's default pace (first token
-after 20 ms, 400 tokens/s) unless told otherwise. Results go to ``bench/results/``
-with the machine described.
+Brings up a private stack and, for each size N, runs N closed-loop conversations twice:
+in-process with no messaging (:mod:`bench.baseline`), then through the gateway with
+``a0ctl load``'s code; with tracing off, then on (``--tracing both``). It prints both
+runs' turns/s, response times, a0's overhead per turn, CPU per turn of every process
+and the run's account (:mod:`a0ctl.load.account`), and writes JSON to
+``bench/results/``. What it measures: README.md, "Benchmark".
 
     .venv/bin/python -m bench.conversations --sizes 1,50 --duration 20
 """
@@ -30,7 +17,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # test stack and below Linux's ephemeral range (32768-60999), where any outgoing
 # connection (thousands in a load run) may hold the port a service is about to bind.
 PORT_OFFSET = 2000
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def configure_env(offset: int, latency_ms: int, tokens_per_s: float) -> None:
@@ -64,32 +49,12 @@ def configure_env(offset: int, latency_ms: int, tokens_per_s: float) -> None:
         os.environ.pop(key, None)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and all its descendants (reaped or alive)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # utime, stime, cutime, cstime (fields 14-17 of stat, here offset by the 2 cut)
-        total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
-        todo.extend(children.get(current, []))
-    return total
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each process and all its descendants (reaped or alive)."""
+    from a0ctl.load.processes import children_of, tree_cpu_s
 
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    children = children_of()
+    return {name: tree_cpu_s(pid, children) or 0.0 for name, pid in pids.items()}
 
 
 def _stack_pids(runtime: Any) -> dict[str, int]:
@@ -128,16 +93,19 @@ def run_size(
 ) -> dict[str, Any]:
     from a0ctl.load import run_load
     from a0ctl.load.account import AccountProbe
+    from a0ctl.load.processes import own_cpu_s
     from bench.baseline import run_baseline
 
     pids = _stack_pids(runtime)
     sim_pid = pids["llm-sim"]
 
-    own_before, sim_before = _own_cpu(), _cpu_seconds(sim_pid)
+    own_before, sim_before = own_cpu_s(), _cpu_seconds({"llm-sim": sim_pid})["llm-sim"]
     baseline = asyncio.run(run_baseline(settings, sessions=size, duration_s=duration_s, prompt=prompt))
     baseline["cpu_ms_per_turn"] = {
-        "bench process": round((_own_cpu() - own_before) / max(1, baseline["turns"]) * 1000, 2),
-        "llm-sim": round((_cpu_seconds(sim_pid) - sim_before) / max(1, baseline["turns"]) * 1000, 2),
+        "bench process": round((own_cpu_s() - own_before) / max(1, baseline["turns"]) * 1000, 2),
+        "llm-sim": round(
+            (_cpu_seconds({"llm-sim": sim_pid})["llm-sim"] - sim_before) / max(1, baseline["turns"]) * 1000, 2
+        ),
     }
 
     async def a0_run() -> tuple[Any, dict[str, float], dict[str, float], float]:
@@ -147,12 +115,12 @@ def run_size(
             before: dict[str, float] = {}
 
             def started() -> None:
-                before.update({name: _cpu_seconds(pid) for name, pid in pids.items()})
-                own.append(_own_cpu())
+                before.update(_cpu_seconds(pids))
+                own.append(own_cpu_s())
 
             def ended() -> None:
-                after.update({name: _cpu_seconds(pid) for name, pid in pids.items()})
-                own.append(_own_cpu())
+                after.update(_cpu_seconds(pids))
+                own.append(own_cpu_s())
 
             after: dict[str, float] = {}
             report = await run_load(

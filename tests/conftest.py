@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.support.ports import stack_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +57,11 @@ for key in (
     "A0_PROMETHEUS_URL",
 ):
     os.environ.pop(key, None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked ``@pytest.mark.milestone("M3")`` proves that milestone of
+    docs/roadmap.md: its JUnit case carries the property, which ``a0ctl roadmap`` reads."""
+    for item in items:
+        for mark in item.iter_markers("milestone"):
+            item.user_properties.append(("milestone", mark.args[0]))

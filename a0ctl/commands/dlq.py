@@ -10,10 +10,9 @@ import typer
 from rich.table import Table
 
 from a0ctl.console import ExitCode, JsonOption, console, errors_to_exit, fail, print_json, settings
-from a0ctl.dlq.model import ActionResult, DeadLetter, DeadLetters
-from a0ctl.dlq.store import discard as discard_entries
-from a0ctl.dlq.store import list_dead_letters, show_dead_letter
-from a0ctl.dlq.store import replay as replay_entries
+from a0ctl.dlq import discard as discard_entries
+from a0ctl.dlq import replay as replay_entries
+from services.common.dlq import ActionResult, DeadLetter, DeadLetters, list_dead_letters, show_dead_letter
 
 app = typer.Typer(
     help="Dead letters: list, explain, replay once or discard what the services could not handle.",

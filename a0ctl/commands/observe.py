@@ -14,7 +14,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from a0ctl.console import ExitCode, console, errors_to_exit, fail, print_json, settings
-from a0ctl.observe import TopSnapshot, TracesOutput, query_traces, span_children, top_snapshot
+from a0ctl.observe import TopSnapshot, TracesOutput, query_traces, top_snapshot
+from services.common.traces import span_children
 
 # Attributes worth a glance in the tree (all of them are in --json).
 SHOWN = (
@@ -150,12 +151,12 @@ def top_view(snapshot: dict[str, Any]) -> Group:
     details.add_row("messages out /s", _by_label(snapshot["messages_out_per_s"]))
     details.add_row("consumer lag (records)", _by_label(snapshot["lag_records"], digits=0))
     details.add_row(
-        "shed /s · HTTP 5xx /s",
-        f"{_figure(snapshot['shed_per_s'], digits=2)} · {_figure(snapshot['http_5xx_per_s'], digits=2)}",
+        "shed /s · HTTP 5xx",
+        f"{_by_label(snapshot['shed_per_s'], digits=2)} · {_figure(snapshot['http_5xx_share'], ' %', 100, 1)}",
     )
     details.add_row("tool errors /s", _by_label(snapshot["tool_errors_per_s"], digits=2))
     details.add_row("dead letters /s", _by_label(snapshot["dead_letters_per_s"], digits=2))
-    stamp = Text(f"rates over the last 30 s · {snapshot['at']} · ctrl-c to stop", style="dim")
+    stamp = Text(f"rates over the last minute · {snapshot['at']} · ctrl-c to stop", style="dim")
     return Group(summary, details, stamp)
 
 

@@ -7,15 +7,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from a0ctl.checks import Check
 from a0ctl.console import ExitCode, console, errors_to_exit, print_json, settings
 from a0ctl.release.evidence import ReleaseEvidence, run_check, tag_release
-from a0ctl.release.gate import GateCheck, LoadLimits
+from a0ctl.release.gate import LoadLimits
 
 app = typer.Typer(help="The release gate and release tags.", no_args_is_help=True)
 DEFAULTS = LoadLimits()
 
 
-def check_table(title: str, checks: list[GateCheck]) -> Table:
+def check_table(title: str, checks: list[Check]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("check", "result", "seconds", "detail"):
         table.add_column(column)

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from rich.live import Live
 from rich.table import Table
 
-from a0ctl import tools_ops
+from a0ctl import tools
 from a0ctl.console import (
     ExitCode,
     JsonOption,
@@ -159,7 +159,7 @@ def status(
     with errors_to_exit():
         statuses = get_runtime(settings(), runtime).status()
     if not json_out:
-        line = asyncio.run(tools_ops.mcp_status_line(settings()))
+        line = asyncio.run(tools.mcp_status_line(settings()))
         if line:
             console.print(line, markup=False, highlight=False)
     print_statuses(statuses, json_out)

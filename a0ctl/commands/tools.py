@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from a0ctl import tools_ops
+from a0ctl import tools
 from a0ctl.console import (
     ExitCode,
     JsonOption,
@@ -36,7 +36,7 @@ def check(json_out: JsonOption = False) -> None:
     Example: a0ctl tools check
     """
     with errors_to_exit():
-        report = asyncio.run(tools_ops.check(settings()))
+        report = asyncio.run(tools.check(settings()))
     if json_out:
         print_json(report)
     else:
@@ -64,7 +64,7 @@ def list_command(
     Example: a0ctl tools list --user alice --json
     """
     with errors_to_exit():
-        listing = asyncio.run(tools_ops.list_tools(settings(), user))
+        listing = asyncio.run(tools.list_tools(settings(), user))
     if json_out:
         print_json(listing)
         return
@@ -97,11 +97,11 @@ def call(
     Example: a0ctl tools call time__get_current_time --user alice --args '{"timezone": "Europe/Paris"}'
     """
     try:
-        arguments = tools_ops.parse_arguments(args)
+        arguments = tools.parse_arguments(args)
     except ValueError as exc:
         fail(ExitCode.CHANGES_PENDING, str(exc))
     with errors_to_exit():
-        result = asyncio.run(tools_ops.call(settings(), name, user, arguments, timeout))
+        result = asyncio.run(tools.call(settings(), name, user, arguments, timeout))
     if json_out:
         print_json(result)
     elif result.error is None:

@@ -16,12 +16,12 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
+from a0ctl import subprocesses
 from services.common.errors import A0Error
+from services.common.retry import WaitTimeout, wait_until
 
 AGENT_CLASS = "A0KafkaRequestCounts"
 AGENT_SOURCE = """\
@@ -82,11 +82,10 @@ def build_agent(directory: Path) -> Path:
             [javac, "--release", "11", "-d", work, str(source)],
             [jar_tool, "--create", "--file", f"{jar}.tmp", "--manifest", str(manifest), "-C", work, "."],
         ):
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise KafkaRequestsUnavailable(
-                    f"building the request-count agent: {done.stderr.strip()[-300:]}"
-                )
+            try:
+                subprocesses.run(argv, what="building the request-count agent")
+            except subprocesses.CommandError as exc:
+                raise KafkaRequestsUnavailable(exc.message[-400:]) from None
         Path(f"{jar}.tmp").replace(jar)
     return jar
 
@@ -101,11 +100,9 @@ def _attach_socket(pid: int) -> socket.socket:
         trigger.touch()
         try:
             os.kill(pid, signal.SIGQUIT)
-            deadline = time.monotonic() + ATTACH_WAIT_S
-            while not path.exists():
-                if time.monotonic() > deadline:
-                    raise KafkaRequestsUnavailable(f"the broker (pid {pid}) did not open its attach socket")
-                time.sleep(0.05)
+            wait_until(path.exists, timeout=ATTACH_WAIT_S, interval=0.05, describe="the attach socket")
+        except WaitTimeout:
+            raise KafkaRequestsUnavailable(f"the broker (pid {pid}) did not open its attach socket") from None
         finally:
             trigger.unlink(missing_ok=True)
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

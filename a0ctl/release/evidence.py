@@ -6,14 +6,14 @@ another commit (or of uncommitted changes): no tag."""
 from __future__ import annotations
 
 import re
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from a0ctl import subprocesses
+from a0ctl.checks import Check
 from a0ctl.release.gate import (
-    GateCheck,
     LoadLimits,
     doctor_check,
     load_check,
@@ -42,7 +42,7 @@ class ReleaseEvidence(BaseModel):
     at: datetime
     git: GitState
     load: LoadLimits
-    checks: list[GateCheck]
+    checks: list[Check]
 
 
 class TagResult(BaseModel):
@@ -54,9 +54,9 @@ class TagResult(BaseModel):
 def git(home: Path, *args: str) -> str:
     """Run git in the project; its failure is an a0 error with git's own words."""
     try:
-        result = subprocess.run(["git", "-C", str(home), *args], capture_output=True, text=True, timeout=60)
-    except OSError as exc:
-        raise ReleaseRefused(f"git does not run: {exc}", hint="install git") from None
+        result = subprocesses.run(["git", "-C", str(home), *args], what="git", check=False, timeout=60)
+    except subprocesses.CommandError as exc:
+        raise ReleaseRefused(f"git does not run: {exc.message}", hint="install git") from None
     if result.returncode != 0:
         raise ReleaseRefused(
             f"git {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-400:]}"
@@ -82,7 +82,7 @@ def run_check(settings: Settings, limits: LoadLimits) -> ReleaseEvidence:
     if smoke.ok:
         checks.append(load_check(settings, limits)[0])
     else:
-        checks.append(GateCheck(name="load with SLA", ok=False, detail="not run: smoke failed"))
+        checks.append(Check(name="load with SLA", ok=False, detail="not run: smoke failed"))
     evidence = ReleaseEvidence(
         ok=all(c.ok for c in checks),
         at=datetime.now(UTC),

@@ -1,29 +1,20 @@
 """The checks of the release gate. Each calls the code of its own command (doctor,
 ``db status``, ``topics plan``, smoke, ``load`` with SLA limits) and returns a
-:class:`GateCheck`; none raises. ``a0ctl roadmap`` runs the same functions."""
+:class:`Check`; none raises. ``a0ctl roadmap`` runs the same functions."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import NamedTuple
 
 from pydantic import BaseModel, computed_field
 
+from a0ctl.checks import Check, timed
 from a0ctl.doctor import run_doctor
 from a0ctl.load import SAMPLE_S, LoadReport, run_load
 from a0ctl.smoke.checks import run_smoke
 from a0ctl.topics.apply import plan_topics
-from services.common.errors import A0Error
 from services.common.settings import Settings
-
-
-class GateCheck(BaseModel):
-    name: str
-    ok: bool
-    detail: str
-    seconds: float = 0.0
 
 
 class LoadLimits(BaseModel):
@@ -69,19 +60,7 @@ class _Seed(NamedTuple):
 SEED = _Seed(sessions=500, think_s=10.0, duration_s=60.0)
 
 
-def timed(name: str, run: Callable[[], tuple[bool, str]]) -> GateCheck:
-    """Run one check; an a0 error (or any failure) is a failed line, not a crash."""
-    started = time.monotonic()
-    try:
-        ok, detail = run()
-    except A0Error as exc:
-        ok, detail = False, str(exc)
-    except Exception as exc:  # a failed check is a report line
-        ok, detail = False, f"{type(exc).__name__}: {exc}"
-    return GateCheck(name=name, ok=ok, detail=detail[:600], seconds=round(time.monotonic() - started, 2))
-
-
-def doctor_check(settings: Settings) -> GateCheck:
+def doctor_check(settings: Settings) -> Check:
     def run() -> tuple[bool, str]:
         checks = run_doctor(settings).checks
         failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
@@ -90,7 +69,7 @@ def doctor_check(settings: Settings) -> GateCheck:
     return timed("doctor", run)
 
 
-def migrations_check(settings: Settings) -> GateCheck:
+def migrations_check(settings: Settings) -> Check:
     def run() -> tuple[bool, str]:
         from services.common.schema import schema_status  # alembic only when it runs
 
@@ -106,7 +85,7 @@ def migrations_check(settings: Settings) -> GateCheck:
     return timed("migrations at head", run)
 
 
-def topics_check(settings: Settings) -> GateCheck:
+def topics_check(settings: Settings) -> Check:
     def run() -> tuple[bool, str]:
         plan = asyncio.run(plan_topics(settings))
         if plan.has_changes:
@@ -117,7 +96,7 @@ def topics_check(settings: Settings) -> GateCheck:
     return timed("topics plan", run)
 
 
-def smoke_check(settings: Settings) -> GateCheck:
+def smoke_check(settings: Settings) -> Check:
     def run() -> tuple[bool, str]:
         report = asyncio.run(run_smoke(settings))
         failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok]
@@ -160,7 +139,7 @@ def judge_load(report: LoadReport, limits: LoadLimits) -> tuple[bool, str]:
     return judged.ok, f"{limits.describe()}; {load_summary(judged)}"
 
 
-def load_check(settings: Settings, limits: LoadLimits) -> tuple[GateCheck, LoadReport | None]:
+def load_check(settings: Settings, limits: LoadLimits) -> tuple[Check, LoadReport | None]:
     reports: list[LoadReport] = []
 
     def run() -> tuple[bool, str]:

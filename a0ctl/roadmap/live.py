@@ -6,9 +6,9 @@ missing a service, a panel naming a metric no service exports, a panel with no a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,9 @@ import httpx
 from prometheus_client import REGISTRY
 
 import services.common.metrics  # noqa: F401  (registers every metric a0's services export)
+from a0ctl.checks import Check, timed
 from a0ctl.observe import prometheus_query, query_traces
-from a0ctl.release.gate import GateCheck, timed
+from services.common.retry import WaitTimeout, wait_until
 from services.common.settings import Settings
 
 TRACE_SERVICES = ("gateway", "conversation-worker", "tool-executor")
@@ -63,15 +64,20 @@ def judge_trace(traces: list[dict[str, Any]]) -> tuple[bool, str]:
     return True, detail
 
 
-def turn_trace_check(settings: Settings, turn: TurnRunner | None = None, wait_s: float = WAIT_S) -> GateCheck:
+def turn_trace_check(settings: Settings, turn: TurnRunner | None = None, wait_s: float = WAIT_S) -> Check:
     def run() -> tuple[bool, str]:
         conversation_id, turn_id = (turn or (lambda: real_turn(settings)))()
-        deadline = time.monotonic() + wait_s
-        while True:  # spans are exported in batches: wait for the last service's
-            ok, detail = judge_trace(query_traces(settings, conversation_id, turn_id))
-            if ok or time.monotonic() > deadline:
-                return ok, f"turn {turn_id}: {detail}"
-            time.sleep(1.0)
+        verdict = (False, "")
+
+        def judged() -> bool:
+            nonlocal verdict
+            verdict = judge_trace(query_traces(settings, conversation_id, turn_id))
+            return verdict[0]
+
+        # Spans are exported in batches: wait for the last service's.
+        with contextlib.suppress(WaitTimeout):
+            wait_until(judged, timeout=wait_s, interval=1.0, describe="the turn's whole trace")
+        return verdict[0], f"turn {turn_id}: {verdict[1]}"
 
     return timed("a0ctl trace shows a turn's trace", run)
 
@@ -139,7 +145,7 @@ def judge_answers(answers: list[tuple[str, str, list[dict[str, Any]]]]) -> tuple
 
 def dashboard_check(
     settings: Settings, home: Path, turn: TurnRunner | None = None, turns: int = 3, wait_s: float = WAIT_S
-) -> GateCheck:
+) -> Check:
     def run() -> tuple[bool, str]:
         queries = panel_queries(home)
         if not queries:
@@ -157,13 +163,18 @@ def dashboard_check(
             return False, "metrics no a0 service exports: " + "; ".join(unknown)
         for _ in range(turns):
             (turn or (lambda: real_turn(settings)))()
-        deadline = time.monotonic() + wait_s
+        verdict = (False, "")
         with httpx.Client() as client:
-            while True:  # the turns show once Prometheus has scraped them twice
+
+            def judged() -> bool:
+                nonlocal verdict
                 answers = [(title, expr, prometheus_query(settings, expr, client)) for title, expr in queries]
-                ok, detail = judge_answers(answers)
-                if ok or time.monotonic() > deadline:
-                    return ok, detail
-                time.sleep(2.0)
+                verdict = judge_answers(answers)
+                return verdict[0]
+
+            # The turns show once Prometheus has scraped them twice.
+            with contextlib.suppress(WaitTimeout):
+                wait_until(judged, timeout=wait_s, interval=2.0, describe="the panels' answers")
+        return verdict
 
     return timed("dashboard panels for throughput and error rate", run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from a0ctl.runtime.supervisor import (
     signal_name,
     start_daemon,
 )
+from services.common.retry import WaitTimeout, wait_until, wait_until_async
 from services.common.settings import Settings
 from services.tool_executor.cgroups import remove_stack_parents
 
@@ -239,16 +241,17 @@ class LocalRuntime:
         host = self.settings.stack.host
         for port in (service.port, *service.extra_ports):
             # A process that was just stopped may hold its port a moment longer.
-            deadline = time.monotonic() + 5
-            while port_in_use(host, port) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if port_in_use(host, port):
+            try:
+                wait_until(
+                    functools.partial(port_free, host, port), timeout=5, describe=f"port {port} to be free"
+                )
+            except WaitTimeout:
                 raise StackError(
                     f"port {port} needed by {service.name} is already in use by another process",
                     service=service.name,
                     hint=f"stop that process (`ss -ltnp 'sport = :{port}'` shows it) or choose another port "
                     "in .env",
-                )
+                ) from None
 
     def _fail(self, service: LocalService, reason: str) -> StackError:
         log = self.log_path(service.name)
@@ -265,39 +268,61 @@ class LocalRuntime:
         """The service's own set-up step, retried while it does not accept connections yet."""
         import psycopg
 
-        if service.after_start is None:
+        after_start = service.after_start
+        if after_start is None:
             return
-        while True:
+        last_error: Exception | None = None
+
+        async def set_up() -> bool:
+            nonlocal last_error
             try:
-                await service.after_start()
-                return
+                await after_start()
+                return True
             except (psycopg.OperationalError, OSError) as exc:
                 # Not up yet, or restarted by supervisord: only its giving up is final.
-                info = await asyncio.to_thread(self.supervisor.process, service.name)
-                if info.statename == "FATAL":
-                    raise self._fail(service, "gave up before it could be set up") from None
-                if time.monotonic() > deadline:
-                    raise self._fail(service, f"could not be set up in time ({exc})") from None
-                await asyncio.sleep(0.25)
+                last_error = exc
+            await self._raise_if_given_up(service, "gave up before it could be set up")
+            return False
+
+        await self._wait(service, deadline, set_up, lambda: f"could not be set up in time ({last_error})")
+
+    async def _wait(
+        self,
+        service: LocalService,
+        deadline: float,
+        ready: Callable[[], Awaitable[bool]],
+        why: Callable[[], str],
+    ) -> None:
+        """Ask ``ready`` until it holds or ``deadline`` passes; then fail with ``why()``."""
+        try:
+            await wait_until_async(
+                ready, timeout=deadline - time.monotonic(), interval=0.25, describe=f"{service.name} to start"
+            )
+        except WaitTimeout:
+            raise self._fail(service, why()) from None
+
+    async def _raise_if_given_up(self, service: LocalService, reason: str) -> None:
+        info = await asyncio.to_thread(self.supervisor.process, service.name)
+        if info.statename == "FATAL":
+            raise self._fail(service, reason)
 
     async def _wait_healthy(
         self, service: LocalService, deadline: float, progress: ProgressFn | None
     ) -> None:
         await self._after_start(service, deadline)
-        while True:
+        detail = ""
+
+        async def healthy() -> bool:
+            nonlocal detail
             ok, detail = await health.check(service.probe, self.settings, timeout=3)
-            if ok:
-                if progress:
-                    progress(service.name, "healthy")
-                return
-            info = await asyncio.to_thread(self.supervisor.process, service.name)
-            if info.statename == "FATAL":
-                raise self._fail(
-                    service, f"gave up: exited too quickly, {self.settings.stack.restart_retries + 1} times"
-                )
-            if time.monotonic() > deadline:
-                raise self._fail(service, f"did not become healthy in time ({detail})")
-            await asyncio.sleep(0.25)
+            if not ok:
+                retries = self.settings.stack.restart_retries
+                await self._raise_if_given_up(service, f"gave up: exited too quickly, {retries + 1} times")
+            return ok
+
+        await self._wait(service, deadline, healthy, lambda: f"did not become healthy in time ({detail})")
+        if progress:
+            progress(service.name, "healthy")
 
     def _wait_all(self, names: list[str], progress: ProgressFn | None) -> None:
         deadline = time.monotonic() + self.settings.stack.startup_timeout_s
@@ -431,9 +456,9 @@ class LocalRuntime:
             self.supervisor.stop(WATCHDOG)
             self.supervisor.shutdown()
             grace = sum(s.stop_wait_s for s in self.services.values()) + 30
-            deadline = time.monotonic() + grace
-            while pid is not None and process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            if pid is not None:  # what still runs after the grace period is stopped below
+                with contextlib.suppress(WaitTimeout):
+                    wait_until(lambda: not process_alive(pid), timeout=grace, describe="supervisord to exit")
         stopped += [n for n in self._stop_unsupervised() if n not in stopped]
         stopped.sort(key=self._priority)
         self._run_file(SCALE_FILE).unlink(missing_ok=True)
@@ -460,9 +485,10 @@ class LocalRuntime:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            deadline = time.monotonic() + 10
-            while process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            with contextlib.suppress(WaitTimeout):  # supervisord restarts it either way
+                wait_until(
+                    lambda: not process_alive(pid), timeout=10, interval=0.05, describe=f"{pid} to die"
+                )
         return pid
 
     def status(self) -> list[ServiceStatus]:
@@ -539,16 +565,23 @@ class LocalRuntime:
             handle.close()
 
 
+def port_free(host: str, port: int) -> bool:
+    return not port_in_use(host, port)
+
+
 def _stop_group(pid: int, signum: int, grace_s: float) -> None:
     """Send ``signum`` to a process group, then SIGKILL after ``grace_s`` seconds."""
     try:
         os.killpg(pid, signum)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and process_alive(pid):
+
+    def gone() -> bool:
         _reap(pid)
-        time.sleep(0.1)
+        return not process_alive(pid)
+
+    with contextlib.suppress(WaitTimeout):  # killed below
+        wait_until(gone, timeout=grace_s, describe=f"process group {pid} to exit")
     if process_alive(pid):
         try:
             os.killpg(pid, signal.SIGKILL)

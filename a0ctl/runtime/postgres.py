@@ -1,21 +1,9 @@
 """PostgreSQL of the local runtime: SCRAM passwords everywhere, ``trust`` nowhere, and a0's
-services on a least-privilege role.
-
-Two roles, both with passwords generated into ``conf/env/secrets.env``:
-
-- the admin (``A0_POSTGRES_ADMIN_USER``, superuser), which only ``a0ctl`` uses, to
-  create and maintain the other;
-- the app role (``A0_POSTGRES_USER``): can log in, owns a0's database, its ``public``
-  schema and every table in it, and nothing else (no superuser, createdb, createrole,
-  replication or RLS bypass).
-
-A new data dir is made with ``initdb --auth=scram-sha-256`` for the admin. A data dir made
-by an older a0ctl (``--auth=trust``, the app role as its bootstrap superuser) is upgraded
-in place by :func:`provision`, no purge: with trust kept on the Unix socket only, the
-admin is created, the old superuser renamed out of the way (a bootstrap superuser cannot
-be demoted) and locked, the app role created and given ownership, then ``pg_hba.conf``
-is rewritten and reloaded. Passwords are hashed client-side (SCRAM verifiers): the
-plain text never reaches the server or its logs.
+services on a least-privilege role (the app role), kept by a superuser only ``a0ctl``
+uses. :func:`provision` also upgrades in place a data dir made by an older a0ctl.
+Passwords are hashed client-side (SCRAM verifiers), so the plain text never reaches the
+server or its logs. The roles and the upgrade: docs/runbook.md, "PostgreSQL passwords
+and roles".
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import shlex
 import signal
 import sys
 import tempfile
-import time
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from a0ctl import subprocesses
 from a0ctl.errors import StackError
+from services.common.retry import WaitTimeout, wait_until
 
 # supervisord's states in which a process is running or about to (it refuses to start those).
 ACTIVE_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF"})
@@ -270,15 +270,14 @@ def start_daemon(paths: SupervisorPaths, timeout: float = 30.0) -> None:
     # It detaches: what it prints before that goes to its own log, not to a pipe it would keep.
     subprocesses.run(argv, what="starting supervisord", hint=hint, output_file=paths.log)
     client = SupervisorClient(paths)
-    deadline = time.monotonic() + timeout
-    while not client.answers():
-        if time.monotonic() > deadline:
-            raise StackError(
-                f"supervisord ({shlex.join(argv)}) did not answer within {timeout:g} s:\n"
-                + subprocesses.tail(paths.log.read_text(errors="replace"), 10),
-                hint=hint,
-            )
-        time.sleep(0.1)
+    try:
+        wait_until(client.answers, timeout=timeout, describe="supervisord to answer")
+    except WaitTimeout:
+        raise StackError(
+            f"supervisord ({shlex.join(argv)}) did not answer within {timeout:g} s:\n"
+            + subprocesses.tail(paths.log.read_text(errors="replace"), 10),
+            hint=hint,
+        ) from None
 
 
 def daemon_pid(paths: SupervisorPaths) -> int | None:

@@ -1,26 +1,10 @@
-"""The health watchdog: a supervisord event listener next to the services.
-
-supervisord restarts a process that exits; a process that runs but no longer answers
-(a hung broker, a deadlocked worker) needs someone to look. Every
-``A0_WATCHDOG_PROBE_S`` seconds (at supervisord's ``TICK_5`` events) the watchdog runs
-each running service's health check, and at every tick those of the services whose
-last check failed; one that keeps failing for ``A0_WATCHDOG_UNHEALTHY_S`` seconds is
-restarted, and the reason logged to ``logs/watchdog.log``. A check fails when it gets
-no answer within ``PROBE_TIMEOUT_S`` (10 s): a busy service's late answer still counts
-as alive.
-
-An idle stack should sleep, and the watchdog is most of what wakes it: the checks run
-on one event loop kept for the watchdog's life, over connections kept from one check to
-the next (:func:`health.kept_connections`); a check whose kept connection fails tries
-a new one before it counts as failed.
-
-From ``PROCESS_STATE`` events it also counts how often each service was started
-(``run/restarts.json``), which ``a0ctl status`` shows as restarts, and at each round of
-checks it refreshes each running service's ``run/NAME.pid`` (as it does whenever a
-service enters RUNNING), by which ``up`` stops what a killed supervisord left running.
-
-Run by supervisord as ``python -m a0ctl.runtime.watchdog``; stdout is supervisord's
-event protocol, the log goes to stderr.
+"""The health watchdog: a supervisord event listener that restarts a service which runs
+but has stopped answering its health check for ``A0_WATCHDOG_UNHEALTHY_S``, counts each
+service's starts (``run/restarts.json``, shown by ``a0ctl status``) and keeps the
+``run/NAME.pid`` files current. Its checks share one event loop and kept connections,
+so an idle stack stays asleep. Behaviour and settings: docs/runbook.md, "Supervision".
+Run by supervisord as ``python -m a0ctl.runtime.watchdog`` (stdout is supervisord's
+event protocol; the log goes to stderr).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The smoke checks. Each returns a :class:`SmokeCheck`; none raises."""
+"""The smoke checks. Each returns a :class:`Check`; none raises."""
 
 from __future__ import annotations
 
@@ -9,22 +9,16 @@ from collections.abc import Awaitable, Callable
 import httpx
 from pydantic import BaseModel
 
+from a0ctl.checks import Check
 from a0ctl.runtime import health
 from a0ctl.topics.admin import consumer_lag
 from a0ctl.topics.apply import plan_topics
 from services.common.settings import Settings
 
 
-class SmokeCheck(BaseModel):
-    name: str
-    ok: bool
-    detail: str
-    seconds: float = 0.0
-
-
 class SmokeReport(BaseModel):
     ok: bool
-    checks: list[SmokeCheck]
+    checks: list[Check]
 
 
 async def _topics(settings: Settings) -> str:
@@ -109,7 +103,5 @@ async def run_smoke(
             ok = True
         except Exception as exc:  # a failed check is a report line, not a crash
             ok, detail = False, f"{type(exc).__name__}: {exc}"[:500]
-        results.append(
-            SmokeCheck(name=name, ok=ok, detail=detail, seconds=round(time.monotonic() - started, 3))
-        )
+        results.append(Check(name=name, ok=ok, detail=detail, seconds=round(time.monotonic() - started, 3)))
     return SmokeReport(ok=all(r.ok for r in results), checks=results)

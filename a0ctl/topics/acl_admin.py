@@ -25,6 +25,7 @@ from kafka.errors import KafkaError
 
 from a0ctl.errors import StackError, TopicPlanError
 from a0ctl.topics.acls import AclChange, AclEntry, Operation
+from a0ctl.topics.admin import kafka_unreachable
 from services.common.kafka import client_options
 from services.common.settings import Settings
 
@@ -39,11 +40,7 @@ def acl_admin(settings: Settings) -> Iterator[KafkaAdminClient]:
             **client_options(settings), request_timeout_ms=10_000, client_id="a0ctl-acls"
         )
     except KafkaError as exc:
-        raise StackError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}",
-            service="kafka",
-            hint="is the stack up?",
-        ) from exc
+        raise kafka_unreachable(settings, exc) from exc
     try:
         yield admin
     finally:

@@ -17,6 +17,7 @@ Operation = Literal["Read", "Write", "Describe"]
 PRODUCE: tuple[Operation, ...] = ("Write", "Describe")
 CONSUME: tuple[Operation, ...] = ("Read", "Describe")
 JOIN_GROUP: tuple[Operation, ...] = ("Read", "Describe")
+DESCRIBE: tuple[Operation, ...] = ("Describe",)
 
 
 class AclEntry(BaseModel):
@@ -42,6 +43,8 @@ def desired_acls(spec: TopicsFile) -> list[AclEntry]:
             ("topic", decl.produce, PRODUCE),
             ("topic", decl.consume, CONSUME),
             ("group", decl.groups, JOIN_GROUP),
+            ("topic", decl.describe, DESCRIBE),
+            ("group", decl.describe_groups, DESCRIBE),
         ]
         for resource_type, names, operations in grants:
             for name in names:

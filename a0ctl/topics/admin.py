@@ -4,10 +4,11 @@ plan out, describe topics and consumer-group lag."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -19,26 +20,38 @@ from a0ctl.errors import StackError, TopicPlanError
 from a0ctl.topics.model import CONFIG_RULES, DesiredTopic
 from a0ctl.topics.plan import LiveTopic, TopicPlan
 from services.common.kafka import client_options
+from services.common.retry import WaitTimeout, wait_until_async
 from services.common.settings import Settings
+
+Client = TypeVar("Client", AIOKafkaAdminClient, AIOKafkaConsumer)
+
+
+def kafka_unreachable(settings: Settings, exc: Exception) -> StackError:
+    return StackError(
+        f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}",
+        service="kafka",
+        hint="is the stack up? run `a0ctl up`",
+    )
 
 
 @asynccontextmanager
-async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    bootstrap = settings.kafka_bootstrap
-    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
+async def started(client: Client, settings: Settings) -> AsyncIterator[Client]:
+    """``client`` started, and closed when the block is left; a broker that cannot be
+    reached is a :class:`StackError` that says so."""
+    close = client.close if isinstance(client, AIOKafkaAdminClient) else client.stop
     try:
-        await admin.start()
+        await client.start()
     except KafkaError as exc:
-        await admin.close()
-        raise StackError(
-            f"cannot reach Kafka at {bootstrap}: {exc}",
-            service="kafka",
-            hint="is the stack up? run `a0ctl up`",
-        ) from exc
+        await close()
+        raise kafka_unreachable(settings, exc) from exc
     try:
-        yield admin
+        yield client
     finally:
-        await admin.close()
+        await close()
+
+
+def admin_client(settings: Settings) -> AbstractAsyncContextManager[AIOKafkaAdminClient]:
+    return started(AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000), settings)
 
 
 def _check(response: Any, what: str) -> None:
@@ -210,16 +223,22 @@ async def _oldest_unconsumed_age(
     try:
         for tp, offset in positions.items():
             consumer.seek(tp, offset)
-        deadline = time.monotonic() + 3.0
-        # A fetch answers with the partitions that have data ready; ask until each has
-        # shown its first record (or the deadline passes).
-        while len(ages) < len(positions) and time.monotonic() < deadline:
+
+        async def all_seen() -> bool:
             waiting = [tp for tp in positions if tp not in ages]
             batches = await consumer.getmany(*waiting, timeout_ms=500, max_records=len(waiting) * 20)
             for tp, records in batches.items():
                 if records and tp not in ages:
                     ages[tp] = max(0.0, (as_of_ms - records[0].timestamp) / 1000)
                     consumer.pause(tp)
+            return len(ages) == len(positions)
+
+        # A fetch answers with the partitions that have data ready; ask until each has
+        # shown its first record. A partition that shows none in time has no age.
+        with contextlib.suppress(WaitTimeout):
+            await wait_until_async(
+                all_seen, timeout=3.0, interval=0, describe="the oldest unconsumed records"
+            )
     finally:
         # Nothing is fetched until the next reading assigns partitions again.
         consumer.pause(*consumer.assignment())

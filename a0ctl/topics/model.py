@@ -85,14 +85,17 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"
 
 
 class PrincipalDecl(Strict):
-    """What one service may do: the topics it writes and reads, the groups it joins."""
+    """What one service may do: the topics it writes and reads, the groups it joins, and
+    the topics and groups it may only describe (partitions, offsets, committed offsets)."""
 
     description: str = ""
     produce: list[str] = Field(default_factory=list)
     consume: list[str] = Field(default_factory=list)
     groups: list[str] = Field(default_factory=list)
+    describe: list[str] = Field(default_factory=list)
+    describe_groups: list[str] = Field(default_factory=list)
 
-    @field_validator("groups")
+    @field_validator("groups", "describe_groups")
     @classmethod
     def _groups(cls, value: list[str]) -> list[str]:
         for group in value:
@@ -113,7 +116,7 @@ class TopicsFile(Strict):
         for name, principal in self.principals.items():
             if not re.match(NAME_PATTERN, name):
                 raise ValueError(f"principal {name!r} must match {NAME_PATTERN}")
-            for topic in (*principal.produce, *principal.consume):
+            for topic in (*principal.produce, *principal.consume, *principal.describe):
                 if topic not in self.topics or self.topics[topic].deleted:
                     raise ValueError(
                         f"principal {name} names topic {topic!r}, which the file does not declare"

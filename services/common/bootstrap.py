@@ -26,6 +26,7 @@ from services.common.db import migrate, open_pool
 from services.common.kafka import ConsumerLoop, make_producer
 from services.common.logging import register_secret
 from services.common.policy import PolicyClient
+from services.common.retry import backoff
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class ServiceStack(AsyncExitStack):
 
     async def producer(self, client_id: str, *, attempts: int = 1) -> AIOKafkaProducer:
         """A started producer. With ``attempts`` > 1 it waits for a broker that is still
-        coming up, a second between attempts, then gives up loudly."""
+        coming up, backing off between attempts, then gives up loudly."""
         for attempt in range(1, attempts + 1):
             producer = make_producer(self.settings, client_id)
             try:
@@ -85,7 +86,7 @@ class ServiceStack(AsyncExitStack):
                 log.warning(
                     "Kafka at %s not reachable yet (%s); retrying", self.settings.kafka_bootstrap, exc
                 )
-                await asyncio.sleep(1)
+                await asyncio.sleep(backoff(attempt, base=0.5, cap=2.0))
             else:
                 self.push_async_callback(producer.stop)
                 return producer

@@ -1,16 +1,8 @@
-"""The credential store: LLM provider keys, encrypted at rest in PostgreSQL.
-
-- AES-256-GCM (cryptography) under a key-encryption key (KEK) from ``conf/env/``
-  (``A0_CREDENTIALS_KEK``, generated on first ``a0ctl up``, mode 0600, never committed);
-  a fresh 96-bit nonce per secret; the owner and provider are bound to the ciphertext as
-  associated data, so a row copied to another user or provider does not decrypt.
-- Keys are returned only masked; saving verifies the key against the provider's
-  ``/models`` first. Who may set, read, use or remove a key is an OPA decision, and each
-  set, use and removal is written to ``credential_audit`` (never the key).
-- A change is announced on Redis (``a0:credentials:changed``); workers drop their
-  cached entry and use the new key on their next upstream call, without a restart. The
-  cache holds the most recently used ``CACHE_ENTRIES`` (user, provider) pairs; when the
-  notices were interrupted (Redis restarted), a worker forgets all of it on listening again.
+"""The credential store: LLM provider keys, encrypted at rest in PostgreSQL (AES-256-GCM
+under the KEK of ``conf/env/``, owner and provider bound as associated data), shown only
+masked, verified against the provider before they are saved, each use decided by OPA and
+audited in ``credential_audit``; a change is announced on Redis so workers use the new
+key without a restart. The whole contract: docs/credentials.md.
 """
 
 from __future__ import annotations

@@ -88,8 +88,39 @@ def transient_types() -> tuple[type[Exception], ...]:
     )
 
 
+@functools.cache
+def http_call_failures() -> tuple[type[Exception], ...]:
+    """What an HTTP call raises when its server could not be asked or gave no usable
+    answer (refused, reset, timed out, an error status raised): the caller's own
+    error, usually a transient one, says which dependency it was."""
+    import aiohttp
+
+    return (OSError, aiohttp.ClientError)  # OSError includes TimeoutError
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when the work that raised ``exc`` is worth doing again after a backoff."""
     if isinstance(exc, A0Error):
         return exc.retriable
     return isinstance(exc, transient_types())
+
+
+class DeadLetterError(A0Error):
+    """A dead letter that cannot be replayed or discarded as asked (services.common.dlq)."""
+
+    code = "dead_letter_error"
+    status = 409
+
+
+class DeadLetterNotFound(DeadLetterError):
+    """No dead letter by that id, or no such dead-letter topic."""
+
+    code = "not_found"
+    status = 404
+
+
+class KafkaUnavailable(TransientError):
+    """The broker does not answer a client that needs it now."""
+
+    def __init__(self, message: str, *, hint: str | None = "is the stack up? run `a0ctl up`") -> None:
+        super().__init__(message, hint=hint)

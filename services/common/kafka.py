@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
 
 from services.common import metrics, telemetry
@@ -33,6 +33,7 @@ from services.common.db import recheck_if_lost
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.errors import ConfigError, PoisonRecord, is_transient
 from services.common.logging import register_secret
+from services.common.retry import backoff
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,26 @@ def client_options(settings: Settings) -> dict[str, Any]:
             sasl_plain_password=password,
         )
     return options
+
+
+async def topic_partitions(admin: AIOKafkaAdminClient, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of ``topics``, as the broker describes them to this principal;
+    ``MissingTopics`` names those it does not know (or may not describe)."""
+    missing = sorted(set(topics) - set(await admin.list_topics()))
+    if missing:
+        raise MissingTopics(missing)
+    described = await admin.describe_topics(topics)
+    return [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        for partition in sorted(topic["partitions"], key=lambda p: int(p["partition"]))
+    ]
+
+
+class MissingTopics(Exception):
+    def __init__(self, topics: list[str]) -> None:
+        super().__init__(f"topic {', '.join(topics)} does not exist on the cluster")
+        self.topics = topics
 
 
 def consumer_options(settings: Settings) -> dict[str, Any]:
@@ -360,7 +381,7 @@ class ConsumerLoop:
                 if attempt == self.retries:
                     await self._dead_letter(record, f"gave up after {attempt + 1} attempts: {exc}")
                     return
-                delay = min(10.0, 0.2 * 2**attempt) * (0.5 + random.random())
+                delay = backoff(attempt, base=0.2, cap=10.0)
                 log.warning(
                     "transient error handling %s (attempt %d), retrying in %.1fs: %s",
                     envelope.id,

@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 from pydantic import BaseModel
 
-from services.common.errors import PolicyUnavailable
+from services.common.errors import PolicyUnavailable, http_call_failures
 from services.common.http import LazySession
 from services.common.logging import register_secret
 from services.common.settings import Settings
@@ -100,7 +100,9 @@ class PolicyClient:
             async with self._http.get().post(self._url, data=content, headers=self._headers) as response:
                 response.raise_for_status()
                 result = orjson.loads(await response.read()).get("result")
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        except http_call_failures() as exc:
+            raise PolicyUnavailable(f"OPA at {self._url} did not decide: {type(exc).__name__}") from exc
+        except ValueError as exc:  # not JSON
             raise PolicyUnavailable(f"OPA at {self._url} did not decide: {type(exc).__name__}") from exc
         if not isinstance(result, dict):
             raise PolicyUnavailable("OPA returned no decision; is stack/opa loaded?")

@@ -130,6 +130,8 @@ FILLED = (
     ("A0_REDIS_PASSWORD", "redis", "password"),
     ("A0_OPA_TOKEN", "opa", "token"),
     ("A0_OPA_ADMIN_TOKEN", "opa", "admin_token"),
+    # The gateway's ops page acts as the ops principal of topics.yaml.
+    (kafka_password_key("ops"), "kafka", "ops_password"),
 )
 
 

@@ -127,6 +127,14 @@ class KafkaSettings(BaseSettings):
     sasl_password: SecretStr = Field(
         default=SecretStr(""), description="Generated in conf/env for each principal when unset."
     )
+    ops_username: str = Field(
+        default="ops",
+        description="The principal the gateway acts as for an admin of its ops page (topics.yaml's "
+        "ops: describes topics and groups, reads and replays dead letters).",
+    )
+    ops_password: SecretStr = Field(
+        default=SecretStr(""), description="The ops principal's password; generated in conf/env when unset."
+    )
 
 
 class RedisSettings(BaseSettings):

@@ -22,6 +22,7 @@ from services.common import metrics, telemetry
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.errors import PoisonRecord, TransientError
 from services.common.kafka import consumer_options, dead_letter
+from services.common.retry import backoff
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class PartitionTail:
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting with backoff when Kafka is unreachable."""
-        delay = 0.5
+        attempt = 0
         while True:
             try:
                 await self._run_once()
@@ -106,7 +107,9 @@ class PartitionTail:
             except Exception as exc:  # any failure: log, back off, start over
                 self.last_error = f"{type(exc).__name__}: {exc}"
             if self.connected_once:  # it was following: back off from the start again
-                delay, self.connected_once = 0.5, False
+                attempt, self.connected_once = 0, False
+            delay = backoff(attempt, base=0.5, cap=MAX_BACKOFF_S)
+            attempt += 1
             log.warning(
                 "%s stopped following %s (%s); retrying in %.1fs",
                 self.client_id,
@@ -115,7 +118,6 @@ class PartitionTail:
                 delay,
             )
             await asyncio.sleep(delay)
-            delay = min(MAX_BACKOFF_S, delay * 2)
 
     async def _run_once(self) -> None:
         consumer = AIOKafkaConsumer(

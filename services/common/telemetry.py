@@ -1,32 +1,10 @@
 """OpenTelemetry: one trace per turn across gateway → Kafka → worker → tool executor.
 
-Trace context travels in Kafka headers (W3C ``traceparent``/``tracestate``). Spans are
-recorded and exported over OTLP/HTTP when ``A0_OTEL_EXPORTER_OTLP_ENDPOINT`` is set
-(``a0ctl up`` sets it to the local Jaeger when that runs). Then the maintained
-instrumentations trace the clients: aiokafka (a span per record sent, whose context
-goes into the record's headers), psycopg, redis and aiohttp; FastAPI traces requests
-itself (its native telemetry); the services add hand spans for what those do not see
-(consuming a record with its handler, the LLM call with its time to first token, a tool
-run, a delivery to clients). Without the endpoint nothing is instrumented and no span
-is recorded (OpenTelemetry's no-op provider): no SDK work per request, and a context
-that arrives in a request or a record is still passed on.
-
-New traces are rate limited per process (``A0_OTEL_TRACES_PER_S``, a token bucket): a
-quiet stack traces every turn, a busy one a steady sample of them, so tracing on by
-default does not cost a loaded stack a third of its throughput. A trace, once started,
-is followed across every hop (parent-based). Work that is not sampled pays next to
-nothing: the request or record it serves runs under :func:`follow_sampling`, which turns
-the client instrumentations off for it (OpenTelemetry's suppression flag; the aiokafka
-one is gated here, as it does not read the flag), and the unsampled trace context is
-still passed on in the records it sends, so downstream hops drop it too. A client call
-with no span around it (a background query) never starts a trace of its own.
-
-Streamed answer text is never traced piece by piece: the code that sends it runs under
-:func:`untraced`, whose spans (and those of every hop downstream of them, through the
-sampled flag in ``traceparent``) are dropped by the sampler.
-
-No span leaves the process unredacted (:mod:`services.common.span_redaction`): no query
-string, no credential header, no token in any attribute.
+Trace context travels in Kafka headers (W3C ``traceparent``). With
+``A0_OTEL_EXPORTER_OTLP_ENDPOINT`` set the clients are instrumented and spans exported;
+without it nothing is recorded. New traces are rate limited per process (a token
+bucket); unsampled work runs under :func:`follow_sampling`, streamed text under
+:func:`untraced`. What is traced, what it costs and why: docs/observability.md.
 """
 
 from __future__ import annotations

@@ -22,3 +22,9 @@ CONSUMING_SERVICES: tuple[ConsumingService, ...] = ("conversation-worker", "tool
 
 def dead_letter_topic(service: ConsumingService) -> str:
     return f"dlq.{service}"
+
+
+# The topics a turn travels, and the consumer groups that read them (each service names
+# its own group; the ops page reads their committed offsets).
+TURN_TOPICS = (INBOUND, OUTBOUND, TOOL_REQUESTS, TOOL_RESULTS)
+CONSUMER_GROUPS = ("a0-conversation-worker", "a0-tool-executor")

@@ -37,9 +37,10 @@ import orjson
 from services.common import metrics, telemetry
 from services.common.credentials import LLMConfig
 from services.common.egress import pinned
-from services.common.errors import A0Error, CredentialError, PolicyDenied
+from services.common.errors import A0Error, CredentialError, PolicyDenied, http_call_failures
 from services.common.http import LazySession
 from services.common.logging import register_secret
+from services.common.retry import backoff
 from services.common.settings import Settings
 from services.common.sse import SseParser
 from services.conversation_worker.stream import (
@@ -200,7 +201,11 @@ class LLMClients:
                         "The connection to the LLM provider broke off in the middle of the answer, "
                         "so it is incomplete. Try again.",
                     )
-                delay = error.retry_after_s if error.retry_after_s is not None else 0.5 * 2**attempt
+                delay = (
+                    error.retry_after_s
+                    if error.retry_after_s is not None
+                    else backoff(attempt, base=0.5, cap=30.0)
+                )
                 delay = min(delay, 30.0)
                 if not error.retriable or attempt == ATTEMPTS - 1 or loop.time() + delay >= round_deadline:
                     telemetry.set_outcome(span, error.code, error=True)
@@ -266,7 +271,7 @@ class LLMClients:
                     await _read_events(response, call)
         except (LLMError, _SinkFailed):
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError):
+        except http_call_failures():
             raise LLMError(
                 "llm_unavailable", "The LLM provider could not be reached.", retriable=True
             ) from None

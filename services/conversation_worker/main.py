@@ -36,10 +36,8 @@ CATALOG_REFRESH_S = 2.0
 async def open_worker(stack: ServiceStack) -> ConsumerLoop:
     """Everything the worker holds, opened on ``stack``, and its consumer loop."""
     settings = stack.settings
-    # Opened at full size: a pool grows one connection at a time, each a new backend and
-    # a SCRAM exchange, too slowly for a burst. Measured right after `a0ctl up`, 500
-    # sessions signing in over 10 s with 4 growing to 40: turns waited 13 s in all for a
-    # connection while the pool grew to 29, and conversation.inbound lagged by up to 1.8 s.
+    # Opened at full size: a pool grows too slowly for a burst (figures: docs/runbook.md,
+    # "Why the pools are opened at full size").
     pool = await stack.pool("conversation-worker", min_size=POOL_CONNECTIONS, max_size=POOL_CONNECTIONS)
     redis = stack.redis()
     policy = stack.policy()

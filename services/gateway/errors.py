@@ -119,6 +119,8 @@ _ERROR_STATUS: dict[int, str] = {
     415: "the body is not declared as JSON (``Content-Type: application/json``; ``unsupported_media_type``)",
     422: "a field is invalid, e.g. text with NUL (``invalid_request``)",
     429: "rate limit or load shedding; see Retry-After (``rate_limited``, ``overloaded``)",
+    502: "a service the gateway reads for the ops page (Prometheus, Jaeger, Kafka) does not answer "
+    "(``upstream_unavailable``)",
 }
 
 

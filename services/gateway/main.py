@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from starlette.middleware import Middleware
 from starlette.staticfiles import StaticFiles
 
 from services.common import metrics, open_turns
@@ -26,12 +27,20 @@ from services.common.db import migrate
 from services.common.logging import register_secret, setup_logging
 from services.common.settings import Settings, load_settings
 from services.common.telemetry import setup_tracing
-from services.gateway import protocol, routes_conversations, routes_credentials, routes_ops, routes_stream
+from services.gateway import (
+    protocol,
+    routes_console,
+    routes_conversations,
+    routes_credentials,
+    routes_ops,
+    routes_stream,
+)
+from services.gateway.console import Console
 from services.gateway.deps import GatewayState
 from services.gateway.errors import NotFound, install_error_handlers
 from services.gateway.fanout import Hub, outbound_tail, table_loader
 from services.gateway.hosts import TrustedHosts, allowed_hosts
-from services.gateway.middleware import GatewayMiddleware
+from services.gateway.middleware import middleware
 from services.gateway.ratelimit import OpenTurns
 
 log = logging.getLogger("a0.gateway")
@@ -48,12 +57,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     register_secret(settings.gateway.jwt_secret.get_secret_value())
     await migrate(settings)
     async with ServiceStack(settings) as stack:
-        # Opened at full size: a pool grows one connection at a time, too slowly for a
-        # burst. Measured on a freshly started gateway with 16 growing to 60, 500 sessions
-        # signing in over 10 s: requests waited 0.58 s on average for a connection
-        # (a0_db_pool_wait_seconds) and the turns of the burst took 2.6 s; with 40 open,
-        # 0.8 s. Not more: with 60 open from the start, 2000 sessions had the gateway take
-        # on more at once than two cores serve, and stream deliveries stalled for up to 30 s.
+        # Opened at full size, and no larger: a pool grows too slowly for a burst, and
+        # more connections let the gateway take on more than its cores serve (figures:
+        # docs/runbook.md, "Why the pools are opened at full size").
         size = max(8, POOL_CONNECTIONS // settings.gateway.workers)
         pool = await stack.pool("gateway", min_size=size, max_size=size)
         redis = stack.redis(socket_connect_timeout=3, socket_timeout=5)
@@ -63,6 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         outbound = outbound_tail(settings, hub, producer)
         await stack.started(outbound.start, outbound.stop)
         stack.background(open_turns.reconcile(redis, pool), name="open-turns")
+        app.state.console = stack.closing(Console(settings))
         app.state.gateway = GatewayState(
             settings=settings,
             pool=pool,
@@ -80,6 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
         finally:
             app.state.gateway = None
+            app.state.console = None
 
 
 def _untraced_path(scope: Any) -> bool:
@@ -103,19 +111,16 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.gateway = None
+    app.state.console = None
     install_error_handlers(app)
-    # Inside GatewayMiddleware, so a refused Host still gets a request id and is counted.
-    app.add_middleware(TrustedHosts, allowed=allowed_hosts(settings))
-    app.add_middleware(
-        GatewayMiddleware,
-        max_body_bytes=settings.gateway.max_body_bytes,
-        max_pending_writes=settings.gateway.max_pending_writes,
-        max_inflight_turns=settings.gateway.max_inflight_turns,
-    )
+    # One middleware per concern; the Host check inside them, so a refused Host still
+    # gets a request id and is counted.
+    app.user_middleware[:0] = middleware(settings, Middleware(TrustedHosts, allowed=allowed_hosts(settings)))
     app.include_router(routes_ops.router)
     app.include_router(routes_conversations.router)
     app.include_router(routes_stream.router)
     app.include_router(routes_credentials.router)
+    app.include_router(routes_console.router)
 
     # The chat UI: checked per request, so the files may appear after the app is built.
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -162,9 +167,8 @@ def serve(settings: Settings) -> None:
         # Longer than clients' idle pools keep connections, so a reused connection is not
         # closed under a request in flight.
         timeout_keep_alive=75,
-        # Not uvloop: it accepts one connection per turn of its loop, so while the loop is
-        # busy a crowd signing in waits seconds for its connections to be taken (measured
-        # at 2000 sessions; docs/messaging.md). asyncio's loop takes all that are waiting.
+        # Not uvloop: it accepts one connection per turn of its busy loop; asyncio's takes
+        # all that are waiting (docs/messaging.md).
         loop="asyncio",
         backlog=4096,
         # Past the body limit the handler answers with a clear error and keeps the socket;

@@ -1,21 +1,25 @@
-"""One pure-ASGI middleware for every request: a request id (``X-Request-ID``), the body
-size limit (Content-Length checked up front, streamed bodies counted as they arrive),
-shedding of writes past the process's limit of pending ones and of new messages while
-the stack is at its limit of turns in flight, the security headers of the chat UI, and
-the request metrics. Pure ASGI, not ``BaseHTTPMiddleware``, so SSE streams
-pass through untouched."""
+"""The gateway's middleware, one pure-ASGI class per concern, in the order
+:func:`middleware` lists them (outermost first): the request id (``X-Request-ID``), the
+request metrics, the chat UI's security headers, the body size limit (Content-Length
+checked up front, streamed bodies counted as they arrive), shedding (writes past the
+process's limit of pending ones or while the database pool is congested, new messages
+while the stack is at its limit of turns in flight), JSON bodies, trace sampling. Pure
+ASGI, not ``BaseHTTPMiddleware``, so SSE streams pass through untouched."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
+from collections.abc import Callable
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common import metrics, telemetry
 from services.common.envelope import new_id
+from services.common.settings import Settings
 from services.gateway import ratelimit
 from services.gateway.deps import GatewayState
 from services.gateway.errors import REQUEST_ID_HEADER, BodyTooLarge, error_body
@@ -85,86 +89,109 @@ def route_label(scope: Scope) -> str:
     return path if isinstance(path, str) and path else "unmatched"
 
 
-class GatewayMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, max_pending_writes: int, max_inflight_turns: int
-    ) -> None:
+def request_id_of(scope: Scope) -> str:
+    return str(scope.get("state", {}).get("request_id", ""))
+
+
+def on_response_start(send: Send, start: Callable[[Message], None]) -> Send:
+    """``send``, calling ``start`` with the response's start message before it goes out."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            start(message)
+        await send(message)
+
+    return sending
+
+
+class RequestIds:
+    """Every request gets an id (the caller's own when plain, else a new one), in
+    ``scope["state"]`` for the handlers and in the answer's ``X-Request-ID``."""
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.max_inflight_turns = max_inflight_turns
-        # Writes admitted and not yet answered in this process. Past the limit the process
-        # is behind (a burst of sign-ins, say): a new write is refused at once, which
-        # costs far less than queueing it behind the others.
-        self.max_pending_writes = max_pending_writes
-        self.pending_writes = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        request_id = pick_request_id(headers.get(REQUEST_ID_HEADER))
+        request_id = pick_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
         scope.setdefault("state", {})["request_id"] = request_id
         if scope["type"] == "websocket":
-            with telemetry.follow_sampling():
-                await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
             return
 
+        def add_id(message: Message) -> None:
+            MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+
+        await self.app(scope, receive, on_response_start(send, add_id))
+
+
+class RequestMetrics:
+    """Requests by method, route and status; latency of every answer but a stream's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        status = 500
-        streaming = False
-        limit = self.max_body_bytes
+        status, streaming = 500, False
 
-        declared = headers.get("content-length")
+        def record(message: Message) -> None:
+            nonlocal status, streaming
+            status = message["status"]
+            streaming = (
+                Headers(raw=message["headers"]).get("content-type", "").startswith("text/event-stream")
+            )
+
+        try:
+            await self.app(scope, receive, on_response_start(send, record))
+        finally:
+            route = route_label(scope)
+            metrics.REQUESTS.labels(scope.get("method", "GET"), route, str(status)).inc()
+            if not streaming:  # an SSE stream's duration is a session length, not a latency
+                metrics.REQUEST_LATENCY.labels(route).observe(time.perf_counter() - started)
+
+
+class SecurityHeaders:
+    """The browser's rules (:data:`SECURITY_HEADERS`) on every HTTP answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        def add_headers(message: Message) -> None:
+            message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
+
+        await self.app(scope, receive, on_response_start(send, add_headers))
+
+
+class BodyLimit:
+    """A body over ``max_body_bytes`` is refused: at once (413) when its Content-Length
+    says so, else while it is read (:class:`BodyTooLarge`, answered 413 by the app)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit
+        declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._reject(
-                send, request_id, 413, "payload_too_large", f"the request body is larger than {limit} bytes"
+            await reject(
+                scope, send, 413, "payload_too_large", f"the request body is larger than {limit} bytes"
             )
-            self._observe(scope, 413, started, streaming=False)
             return
-
-        write = scope.get("method") in _WRITE_METHODS and scope.get("path", "").startswith("/v1/")
-        busy = None
-        if write and self.pending_writes >= self.max_pending_writes:
-            busy = "pending", "the gateway is busy with other requests"
-        elif write and self._database_congested(scope):
-            # Writes queued for a connection hold the streams' reads back behind them.
-            busy = "database", "the gateway is waiting for database connections"
-        if busy is not None:
-            reason, why = busy
-            metrics.SHED.labels(reason).inc()
-            await self._reject(
-                send,
-                request_id,
-                429,
-                "overloaded",
-                f"{why}; try again shortly",
-                retry_after=ratelimit.PACER.retry_after(ratelimit.PENDING_RETRY_AFTER_S),
-            )
-            self._observe(scope, 429, started, streaming=False)
-            return
-        if write and scope.get("method") == "POST" and await self._at_turn_capacity(scope):
-            # Before sign-in, routing and the body: a crowd retrying after 429s must cost
-            # less than the turns it waits for. The handler checks again, exactly.
-            shed = ratelimit.overloaded()
-            await self._reject(send, request_id, 429, shed.code, str(shed), retry_after=shed.retry_after)
-            self._observe(scope, 429, started, streaming=False)
-            return
-        pending = write
-        if pending:
-            self.pending_writes += 1
-
-        if (
-            scope.get("method") in _BODY_METHODS
-            and not _is_json(headers.get("content-type"))
-            and scope.get("path") != SIGN_IN_PATH
-        ):
-            # A JSON-only API: a body sent as form or text (``curl -d``) is read as JSON too.
-            scope["headers"] = [
-                (name, b"application/json" if name == b"content-type" else value)
-                for name, value in scope["headers"]
-            ]
-
         received = 0
 
         async def receive_capped() -> Message:
@@ -176,26 +203,64 @@ class GatewayMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, streaming, pending
-            if message["type"] == "http.response.start":
-                if pending:
-                    pending = False
-                    self.pending_writes -= 1
-                status = message["status"]
-                response_headers = MutableHeaders(scope=message)
-                response_headers[REQUEST_ID_HEADER] = request_id
-                message["headers"].extend(SECURITY_HEADERS)  # the list MutableHeaders wraps
-                streaming = response_headers.get("content-type", "").startswith("text/event-stream")
-            await send(message)
+        await self.app(scope, receive_capped, send)
+
+
+class Shedding:
+    """Load the gateway refuses with 429 + Retry-After before sign-in, routing and the
+    body, so a crowd retrying costs less than the turns it waits for: a write past the
+    process's limit of pending ones, a write while a pool's worth of requests waits for
+    PostgreSQL, a new message while the stack is at its limit of turns in flight."""
+
+    def __init__(self, app: ASGIApp, *, max_pending_writes: int, max_inflight_turns: int) -> None:
+        self.app = app
+        self.max_inflight_turns = max_inflight_turns
+        # Writes admitted and not yet answered in this process. Past the limit the process
+        # is behind (a burst of sign-ins, say): a new write is refused at once, which
+        # costs far less than queueing it behind the others.
+        self.max_pending_writes = max_pending_writes
+        self.pending_writes = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        write = (
+            scope["type"] == "http"
+            and scope.get("method") in _WRITE_METHODS
+            and scope.get("path", "").startswith("/v1/")
+        )
+        if not write:
+            await self.app(scope, receive, send)
+            return
+        busy = None
+        if self.pending_writes >= self.max_pending_writes:
+            busy = "pending", "the gateway is busy with other requests"
+        elif self._database_congested(scope):
+            # Writes queued for a connection hold the streams' reads back behind them.
+            busy = "database", "the gateway is waiting for database connections"
+        if busy is not None:
+            reason, why = busy
+            metrics.SHED.labels(reason).inc()
+            retry_after = ratelimit.PACER.retry_after(ratelimit.PENDING_RETRY_AFTER_S)
+            await reject(scope, send, 429, "overloaded", f"{why}; try again shortly", retry_after=retry_after)
+            return
+        if scope.get("method") == "POST" and await self._at_turn_capacity(scope):
+            # The handler checks again, exactly.
+            shed = ratelimit.overloaded()
+            await reject(scope, send, 429, shed.code, str(shed), retry_after=shed.retry_after)
+            return
+        pending = True
+        self.pending_writes += 1
+
+        def answered(_: Message) -> None:
+            nonlocal pending
+            if pending:
+                pending = False
+                self.pending_writes -= 1
 
         try:
-            with telemetry.follow_sampling():  # an unsampled request costs no client spans
-                await self.app(scope, receive_capped, send_with_id)
+            await self.app(scope, receive, on_response_start(send, answered))
         finally:
             if pending:
                 self.pending_writes -= 1
-            self._observe(scope, status, started, streaming=streaming)
 
     @staticmethod
     def _gateway(scope: Scope) -> GatewayState | None:
@@ -217,27 +282,71 @@ class GatewayMiddleware:
         stats = gateway.pool.get_stats()
         return bool(stats["requests_waiting"] >= stats["pool_max"])
 
-    @staticmethod
-    async def _reject(
-        send: Send, request_id: str, status: int, code: str, message: str, *, retry_after: int | None = None
-    ) -> None:
-        body = json.dumps(error_body(code, message, request_id), separators=(",", ":")).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
-            *SECURITY_HEADERS,
-        ]
-        if retry_after is None:
-            headers.append((b"connection", b"close"))  # the unread body stays unread
-        else:
-            headers.append((b"retry-after", str(retry_after).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
-    @staticmethod
-    def _observe(scope: Scope, status: int, started: float, *, streaming: bool) -> None:
-        route = route_label(scope)
-        metrics.REQUESTS.labels(scope.get("method", "GET"), route, str(status)).inc()
-        if not streaming:  # an SSE stream's duration is a session length, not a latency
-            metrics.REQUEST_LATENCY.labels(route).observe(time.perf_counter() - started)
+class JsonBodies:
+    """A JSON-only API: a body sent as form or text (``curl -d``) is read as JSON too,
+    except sign-in's (see :data:`SIGN_IN_PATH`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope.get("method") in _BODY_METHODS
+            and not _is_json(Headers(scope=scope).get("content-type"))
+            and scope.get("path") != SIGN_IN_PATH
+        ):
+            scope["headers"] = [
+                (name, b"application/json" if name == b"content-type" else value)
+                for name, value in scope["headers"]
+            ]
+        await self.app(scope, receive, send)
+
+
+class FollowSampling:
+    """Client spans only within a sampled request: an unsampled one costs none."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        with telemetry.follow_sampling():
+            await self.app(scope, receive, send)
+
+
+def middleware(settings: Settings, *inner: Middleware) -> list[Middleware]:
+    """The gateway's middleware, outermost first, with ``inner`` (the Host check) inside
+    shedding, so a refused Host still gets a request id, headers and a count."""
+    gateway = settings.gateway
+    return [
+        Middleware(RequestIds),
+        Middleware(RequestMetrics),
+        Middleware(SecurityHeaders),
+        Middleware(BodyLimit, max_body_bytes=gateway.max_body_bytes),
+        Middleware(
+            Shedding,
+            max_pending_writes=gateway.max_pending_writes,
+            max_inflight_turns=gateway.max_inflight_turns,
+        ),
+        Middleware(JsonBodies),
+        *inner,
+        Middleware(FollowSampling),
+    ]
+
+
+async def reject(
+    scope: Scope, send: Send, status: int, code: str, message: str, *, retry_after: int | None = None
+) -> None:
+    """Answer in the one error shape without calling the app (the body stays unread)."""
+    body = json.dumps(error_body(code, message, request_id_of(scope)), separators=(",", ":")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is None:
+        headers.append((b"connection", b"close"))  # the unread body stays unread
+    else:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

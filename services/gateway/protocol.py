@@ -1,14 +1,10 @@
 """The gateway's HTTP/1.1 protocol: uvicorn's httptools one, with the request head bounded.
 
-httptools itself sets no limit: a client could send megabytes of headers, or tens of
-thousands of them, and the server held them all before the app saw the request (8 MB of
-headers held 85 MiB). Here a head larger than ``A0_GATEWAY_MAX_HEADER_BYTES`` (request
-line and headers together) or with more than ``A0_GATEWAY_MAX_HEADERS`` fields is
-answered 431 in the one error shape as soon as the limit is passed, and the connection
-closed: the parser is never given more than the limit of one head.
-
-The limits are class attributes, set by :func:`configure` in each gateway process before
-it serves (uvicorn builds a protocol per connection from the class alone).
+httptools sets no limit of its own. Here a head past ``A0_GATEWAY_MAX_HEADER_BYTES`` or
+``A0_GATEWAY_MAX_HEADERS`` is answered 431 as soon as the limit is passed and the
+connection closed (docs/messaging.md). The limits are class attributes, set by
+:func:`configure` in each gateway process before it serves (uvicorn builds a protocol
+per connection from the class alone).
 """
 
 from __future__ import annotations

@@ -62,17 +62,22 @@ async def _check(probe: Awaitable[None]) -> str:
         return f"{type(exc).__name__}: {exc}"[:300]
 
 
+async def dependency_checks(state: GatewayState) -> dict[str, str]:
+    """Each dependency of the gateway: ``ok``, or why not (``/ready``, the ops page)."""
+    names = ("kafka", "redis", "postgres", "opa")
+    results = await asyncio.gather(
+        _check(_kafka(state)), _check(_redis(state)), _check(_postgres(state)), _check(_opa(state))
+    )
+    return dict(zip(names, results, strict=True))
+
+
 @router.get("/ready", response_model=None)
 async def ready(request: Request) -> dict[str, Any] | JSONResponse:
     state: GatewayState | None = getattr(request.app.state, "gateway", None)
     if state is None:
         return JSONResponse({"status": "starting", "checks": {}}, status_code=503)
-    names = ("kafka", "redis", "postgres", "opa")
-    results = await asyncio.gather(
-        _check(_kafka(state)), _check(_redis(state)), _check(_postgres(state)), _check(_opa(state))
-    )
-    checks = dict(zip(names, results, strict=True))
-    if all(result == "ok" for result in results):
+    checks = await dependency_checks(state)
+    if all(result == "ok" for result in checks.values()):
         return {"status": "ready", "checks": checks}
     failing = ", ".join(name for name, result in checks.items() if result != "ok")
     # The readiness report, plus the one error shape every other failure uses.

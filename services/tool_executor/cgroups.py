@@ -1,20 +1,10 @@
 """A cgroup per sandboxed run: its memory (tmpfs pages included), processes and CPU are
-bounded together, whatever the run forks, so one run cannot starve or fail another.
-
-rlimits bound each process of a run, and ``RLIMIT_NPROC`` every process of the tool
-user at once: four forks could each take the memory limit, and one run's fork bomb
-could leave another run no process to start with. A cgroup counts the run as a whole.
-
-The executor prepares a parent cgroup while it is still root (:func:`prepare`), gives it
-to the tool user, and after dropping root makes one child of it per run
-(:meth:`RunCgroups.create`) and moves bwrap's two processes in while bwrap waits to
-start the run's first process (:meth:`RunCgroup.adopt`), so every process of the tool's
-code is born inside. When the run ends, times out or is cancelled, every process left in
-it is killed and the cgroup removed (:meth:`RunCgroup.remove`).
-
-cgroup v2 is used where its unified hierarchy has the ``memory``, ``pids`` and ``cpu``
-controllers, v1 otherwise (a hierarchy per controller, ``cpuacct`` for the CPU time
-used). :func:`probe` says which one works here, for ``a0ctl doctor``.
+bounded together, whatever the run forks, so one run cannot starve or fail another
+(rlimits bound each process, and ``RLIMIT_NPROC`` all of the tool user's at once).
+:func:`prepare` makes the parent as root, :meth:`RunCgroups.create` a child per run,
+:meth:`RunCgroup.adopt` moves bwrap in before the tool's first process starts,
+:meth:`RunCgroup.remove` kills what is left; :func:`probe` tells ``a0ctl doctor`` whether
+v2 or v1 works here. The design: docs/architecture.md, "The cgroups of tool runs".
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@
 #             | "conversation.write" | "conversation.cancel" | "conversation.delete"
 #             | "tool.call"
 #             | "credentials.read" | "credentials.set" | "credentials.delete"
-#             | "credentials.use" | "credentials.egress",
+#             | "credentials.use" | "credentials.egress"
+#             | "ops.read" | "ops.act",
 #     "subject": {"user_id": "alice", "roles": ["user"]},
 #     "resource": {"owner_id": "alice", "conversation_id": "c1",
 #                  "tool": "calculator", "provider": "openai",
@@ -51,7 +52,11 @@ credential_actions := {
 # Where a credential's base URL may point (asked before a key is verified or stored).
 egress_actions := {"credentials.egress"}
 
-known_actions := ((conversation_actions | tool_actions) | credential_actions) | egress_actions
+# The ops page: reading the stack's figures, services, topics, traces and dead letters,
+# and acting on dead letters. Admins only.
+ops_actions := {"ops.read", "ops.act"}
+
+known_actions := (((conversation_actions | tool_actions) | credential_actions) | egress_actions) | ops_actions
 
 # --- The decision ------------------------------------------------------------
 
@@ -71,6 +76,8 @@ decision := refuse("missing action") if {
 	action in credential_actions
 } else := egress_decision if {
 	action in egress_actions
+} else := ops_decision if {
+	action in ops_actions
 }
 
 # Convenience views of the decision.
@@ -224,3 +231,9 @@ egress_decision := refuse("resource.url missing") if {
 	some address in egress_addresses
 	egress_reserved(address)
 } else := permit("public https")
+
+# --- The ops page --------------------------------------------------------------------
+
+ops_decision := permit("admin") if {
+	is_admin
+} else := refuse(sprintf("%v is for admins", [action]))

@@ -381,3 +381,17 @@ test_mcp_tool_refused_with_a_reason if {
 test_mcp_tool_unknown_without_data if {
 	not decide(req("tool.call", alice, {"tool": "time__get_current_time"})).allow
 }
+
+# --- The ops page --------------------------------------------------------------------
+
+test_ops_admin_allowed if {
+	every a in {"ops.read", "ops.act"} {
+		decide(req(a, root, {})) == {"allow": true, "reason": "allowed: admin"}
+	}
+}
+
+test_ops_user_denied if {
+	every a in {"ops.read", "ops.act"} {
+		decide(req(a, alice, {})) == {"allow": false, "reason": sprintf("denied: %v is for admins", [a])}
+	}
+}

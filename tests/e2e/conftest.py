@@ -13,6 +13,7 @@ Fixtures:
   test (allowed to use the clipboard); the page's final state is saved to
   ``test-artifacts/screenshots/<test>.png``.
 - ``local_stack``: the test stack's runtime, to stop and start one of its services.
+- ``axe_page``: a page with axe-core loaded before the app's scripts.
 - ``axe_script``: axe-core, pinned in stack/ui-vendor and put in place by
   scripts/vendor-js.sh (run here when missing), for the accessibility checks.
 """
@@ -216,3 +217,22 @@ def axe_script() -> Path:
         subprocess.run([str(ROOT / "scripts" / "vendor-js.sh")], cwd=ROOT, check=True, timeout=600)
     assert AXE.is_file(), f"scripts/vendor-js.sh did not put axe-core at {AXE}"
     return AXE
+
+
+@pytest.fixture
+def axe_page(
+    browser: Browser, e2e_stack: Stack, axe_script: Path, request: pytest.FixtureRequest
+) -> Iterator[Page]:
+    """A page with axe-core loaded into every document before the app's own scripts
+    (an init script, so the page's Content-Security-Policy does not apply to it)."""
+    context = browser.new_context(base_url=e2e_stack.url, viewport={"width": 1280, "height": 800})
+    context.add_init_script(path=str(axe_script))
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    shots = SCREENSHOTS
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    assert not errors, errors

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.support.browser import WAIT_MS, expect_answer
 
@@ -70,25 +70,6 @@ def check(page: Page, view: str, report: dict[str, Any]) -> None:
     }
     blocking = [v for v in violations if v["impact"] in BLOCKING]
     assert not blocking, f"{view}: {json.dumps(blocking, indent=2)}"
-
-
-@pytest.fixture
-def axe_page(
-    browser: Browser, e2e_stack: Any, axe_script: Path, request: pytest.FixtureRequest
-) -> Iterator[Page]:
-    """A page with axe-core loaded into every document before the app's own scripts
-    (an init script, so the page's Content-Security-Policy does not apply to it)."""
-    context = browser.new_context(base_url=e2e_stack.url, viewport={"width": 1280, "height": 800})
-    context.add_init_script(path=str(axe_script))
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    shots = ARTIFACTS / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(shots / f"{request.node.name}.png"), full_page=True)
-    context.close()
-    assert not errors, errors
 
 
 def tab_to(page: Page, testid: str, key: str = "Tab", limit: int = 40) -> None:

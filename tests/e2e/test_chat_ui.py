@@ -37,6 +37,7 @@ pytestmark = pytest.mark.e2e
 # --- tests -------------------------------------------------------------------------------------
 
 
+@pytest.mark.milestone("M3")
 def test_settings_key_is_masked_and_used_without_restart(
     page: Page,
     user_name: str,

@@ -58,6 +58,7 @@ async def test_postgres_restarted_under_load(settings: Settings, stack: LocalRun
     await under_load(settings, stack, "restart PostgreSQL", "postgres", restart(stack, "postgres"))
 
 
+@pytest.mark.milestone("M5")
 async def test_workers_scaled_up_and_down_under_load(settings: Settings, stack: LocalRuntime) -> None:
     async def scale_up_and_down() -> None:
         scaled = await asyncio.to_thread(a0ctl, "scale", "conversation-worker=3")

@@ -111,7 +111,7 @@ def test_no_kafka_password_reaches_a_log(stack: LocalRuntime, settings: Settings
         for line in secrets_path(settings.stack.conf_path).read_text().splitlines()
         if line.startswith("A0_KAFKA_PASSWORD_")
     ]
-    assert len(values) == 4  # a0-admin and the three services
+    assert len(values) == 5  # a0-admin, the three services and ops
     for log in (settings.stack.state_path / "logs").rglob("*.log*"):
         text = log.read_text(errors="replace")
         assert not [v for v in values if v in text], f"a Kafka password is in {log}"

@@ -50,6 +50,7 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@pytest.mark.milestone("M2")
 async def test_rest_message_streams_answer_with_tool_call_over_sse(settings: Settings, client) -> None:
     headers = auth(settings, "alice")
     conversation_id = await create_conversation(client, headers)

@@ -35,6 +35,7 @@ async def turn(client: httpx.AsyncClient, headers: dict[str, str], content: str)
     return await send_and_collect(client, headers, await create_conversation(client, headers), content)
 
 
+@pytest.mark.milestone("M3")
 async def test_key_set_through_the_api_is_used_at_once_and_never_shown_or_logged(
     settings: Settings, client: httpx.AsyncClient, sim: SimProcess, stack: LocalRuntime
 ) -> None:
@@ -104,6 +105,7 @@ async def test_changed_key_is_picked_up_without_restart(
     assert stack.pid("conversation-worker") == worker_pid  # same process: no restart
 
 
+@pytest.mark.milestone("M3")
 async def test_rotate_key_keeps_every_credential_readable(
     settings: Settings, client: httpx.AsyncClient, sim: SimProcess
 ) -> None:

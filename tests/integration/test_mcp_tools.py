@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from a0ctl import tools_ops
+from a0ctl import tools
 from a0ctl.runtime.local import LocalRuntime
 from services.common.settings import Settings
 from services.tool_executor.cgroups import (
@@ -54,7 +54,7 @@ async def mcp_ready(stack: LocalRuntime, settings: Settings) -> None:
     but `inward`, which the egress policy keeps out."""
 
     async def offered() -> bool:
-        listing = await tools_ops.list_tools(settings, "alice")
+        listing = await tools.list_tools(settings, "alice")
         return all(row.state == "ready" for row in listing.tools if row.source != "MCP server inward")
 
     await eventually(offered, 60, "every MCP server's tools are offered", poll_s=1)
@@ -321,7 +321,7 @@ async def test_an_http_server_the_egress_policy_refuses_is_never_connected(
     settings: Settings, client, mcp_ready: None
 ) -> None:
     async def refused() -> dict[str, object] | None:
-        listing = await tools_ops.list_tools(settings, "alice")
+        listing = await tools.list_tools(settings, "alice")
         inward = next((s for s in listing.servers if s.get("name") == "inward"), None)
         return inward if inward and "not allowed" in str(inward.get("detail")) else None
 

@@ -1,4 +1,6 @@
-"""Talk to the gateway as a client would: HTTP, SSE and WebSocket, no shortcuts."""
+"""Talk to the gateway as a client would: HTTP, SSE and WebSocket, no shortcuts. The
+API's paths, bearer header and event stream are :mod:`a0ctl.client`'s; these helpers
+wrap them with the tests' assertions on each answer."""
 
 from __future__ import annotations
 
@@ -10,18 +12,17 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common.auth import mint_token
+from a0ctl.client import CONVERSATIONS, bearer, conversation_path, read_events
 from services.common.envelope import TERMINAL_EVENTS
 from services.common.settings import Settings
-from services.common.sse import SseParser
 
 
 def auth(settings: Settings, user: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint_token(settings, user)}"}
+    return bearer(settings, user)
 
 
 async def create_conversation(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> str:
-    response = await client.post("/v1/conversations", json=body or {"title": "test"}, headers=headers)
+    response = await client.post(CONVERSATIONS, json=body or {"title": "test"}, headers=headers)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
@@ -30,7 +31,7 @@ async def post_message(
     client: httpx.AsyncClient, headers: dict[str, str], conversation_id: str, content: str
 ) -> dict[str, Any]:
     response = await client.post(
-        f"/v1/conversations/{conversation_id}/messages", json={"content": content}, headers=headers
+        conversation_path(conversation_id, "messages"), json={"content": content}, headers=headers
     )
     assert response.status_code == 202, response.text
     return dict(response.json())
@@ -45,19 +46,15 @@ async def sse_events(
         request_headers["Last-Event-ID"] = str(last_event_id)
     async with client.stream(
         "GET",
-        f"/v1/conversations/{conversation_id}/events",
+        conversation_path(conversation_id, "events"),
         headers=request_headers,
         timeout=httpx.Timeout(60, read=60),
     ) as response:
         assert response.status_code == 200, await response.aread()
-        parser = SseParser()
-        async for line in response.aiter_lines():
-            message = parser.feed(line)
-            if message is not None:
-                event = json.loads(message["data"])
-                event["_sse_id"] = message["id"]
-                event["_sse_event"] = message["event"]
-                yield event
+        async for event, message in read_events(response.aiter_lines()):
+            event["_sse_id"] = message["id"]
+            event["_sse_event"] = message["event"]
+            yield event
 
 
 async def collect_turn(events: AsyncIterator[dict[str, Any]], turn_id: str) -> list[dict[str, Any]]:

@@ -1,12 +1,14 @@
 """Waiting on a condition, never on the clock: poll until it holds (or a deadline passes
-with an error that says what was awaited), or check that it keeps holding."""
+with an error that says what was awaited), or check that it keeps holding. The waits are
+:mod:`services.common.retry`'s, failing as a test fails (AssertionError)."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+
+from services.common import retry
 
 POLL_S = 0.1
 
@@ -15,10 +17,10 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, poll_
     """Call ``condition`` until it returns something true; fail with ``what`` after
     ``timeout`` seconds. Returns the seconds it took."""
     started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(poll_s)
+    try:
+        retry.wait_until(condition, timeout=timeout, interval=poll_s, describe=what)
+    except retry.WaitTimeout:
+        raise AssertionError(f"{what}: not within {timeout:g} s") from None
     return time.monotonic() - started
 
 
@@ -26,16 +28,17 @@ async def eventually(
     condition: Callable[[], object | Awaitable[object]], timeout: float, what: str, poll_s: float = POLL_S
 ) -> float:
     """:func:`wait_until` inside the event loop; ``condition`` may be a coroutine function."""
-    started = time.monotonic()
-    while True:
+
+    async def holds() -> object:
         result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        await asyncio.sleep(poll_s)
+        return await result if inspect.isawaitable(result) else result
+
+    started = time.monotonic()
+    try:
+        await retry.wait_until_async(holds, timeout=timeout, interval=poll_s, describe=what)
+    except retry.WaitTimeout:
+        raise AssertionError(f"{what}: not within {timeout:g} s") from None
+    return time.monotonic() - started
 
 
 def holds_for(condition: Callable[[], object], seconds: float, what: str, poll_s: float = 0.5) -> None:

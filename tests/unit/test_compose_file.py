@@ -73,10 +73,12 @@ def _image_tag(image: str) -> str | None:
 # --- the file ----------------------------------------------------------------------
 
 
+@pytest.mark.milestone("M0")
 def test_compose_file_parses(compose: dict[str, Any]) -> None:
     assert "services" in compose
 
 
+@pytest.mark.milestone("M0")
 def test_required_services_exist_with_healthchecks(services: dict[str, dict[str, Any]]) -> None:
     missing = REQUIRED_SERVICES - services.keys()
     assert not missing, f"missing services: {sorted(missing)}"
@@ -235,6 +237,7 @@ def _published(port: Any) -> tuple[str | None, str]:
     return (parts[0] if len(parts) == 3 else None), text
 
 
+@pytest.mark.milestone("M1")
 def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
     for name, svc in services.items():
         for port in svc.get("ports") or []:
@@ -242,6 +245,7 @@ def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]
             assert host_ip == "127.0.0.1", f"{name}: port {text} is not bound to 127.0.0.1"
 
 
+@pytest.mark.milestone("M1")
 def test_gateway_port_is_published(services: dict[str, dict[str, Any]]) -> None:
     ports = [str(p) for p in services["gateway"].get("ports") or []]
     assert any(p.startswith("127.0.0.1:") and p.endswith(":8080") for p in ports)

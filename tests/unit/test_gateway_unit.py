@@ -39,7 +39,7 @@ from services.gateway.errors import InvalidRequest, error_body, validation_messa
 from services.gateway.fanout import Cursor, Hub, SlowConsumer, Step, Subscription
 from services.gateway.handlers import title_from_message
 from services.gateway.main import create_app
-from services.gateway.middleware import GatewayMiddleware, pick_request_id
+from services.gateway.middleware import RequestIds, Shedding, pick_request_id
 from services.gateway.owners import Owners
 from services.gateway.ratelimit import (
     OVERLOADED_RETRY_AFTER_S,
@@ -121,8 +121,8 @@ async def test_writes_past_the_pending_limit_are_shed_until_answers_start() -> N
         await send({"type": "http.response.start", "status": 202, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    app = GatewayMiddleware(slow, max_body_bytes=1024, max_pending_writes=2, max_inflight_turns=10)
-    transport = httpx.ASGITransport(app=app)
+    shedding = Shedding(slow, max_pending_writes=2, max_inflight_turns=10)
+    transport = httpx.ASGITransport(app=RequestIds(shedding))
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
         held = [asyncio.create_task(client.post("/v1/conversations", json={})) for _ in range(2)]
         await asyncio.wait_for(both_in.wait(), 5)
@@ -134,7 +134,7 @@ async def test_writes_past_the_pending_limit_are_shed_until_answers_start() -> N
         release.set()
         assert [response.status_code for response in await asyncio.gather(*held)] == [202, 202]
         assert (await client.post("/v1/conversations", json={})).status_code == 202
-    assert app.pending_writes == 0
+    assert shedding.pending_writes == 0
 
 
 class _StartedGateway:
@@ -149,9 +149,7 @@ class _StartedGateway:
         pool = SimpleNamespace(get_stats=lambda: dict(self.stats))
         gateway = SimpleNamespace(open_turns=self.reading, pool=pool)
         self.started_app = SimpleNamespace(state=SimpleNamespace(gateway=gateway))
-        self.middleware = GatewayMiddleware(
-            self.app, max_body_bytes=1024, max_pending_writes=8, max_inflight_turns=4
-        )
+        self.middleware = Shedding(self.app, max_pending_writes=8, max_inflight_turns=4)
 
     async def app(self, scope: Any, receive: Any, send: Any) -> None:
         self.reached.append(f"{scope['method']} {scope['path']}")

@@ -39,6 +39,18 @@ def test_the_file_grants_each_service_only_what_it_uses() -> None:
     assert not [name for kind, name in gateway if kind == "group"]  # it reads without a group
 
 
+def test_the_ops_principal_reads_no_conversation_and_joins_no_group() -> None:
+    acls = desired_acls(load_topics_file(ROOT / "topics.yaml"))
+    ops = {(e.resource_type, e.name, e.operation) for e in acls if e.principal == "ops"}
+    read = {name for kind, name, operation in ops if operation == "Read"}
+    assert read == {"dlq.conversation-worker", "dlq.tool-executor", "dlq.gateway", "dlq.audit"}
+    groups = {(name, operation) for kind, name, operation in ops if kind == "group"}
+    assert groups == {("a0-conversation-worker", "Describe"), ("a0-tool-executor", "Describe")}
+    # It writes where a replay goes, and the audit; no dead-letter topic.
+    written = {name for kind, name, operation in ops if operation == "Write"}
+    assert "dlq.audit" in written and not written & {"dlq.conversation-worker", "dlq.gateway"}
+
+
 def test_acl_plan_grants_what_is_missing_revokes_what_is_extra_and_leaves_others_alone() -> None:
     desired = [entry("gateway", "topic", "conversation.inbound", "Write")]
     live = [

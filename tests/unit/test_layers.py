@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,19 @@ def test_no_module_imports_another_modules_private_names() -> None:
         for hit in _private_imports(path)
     ]
     assert found == []
+
+
+CLI = {"a0ctl.commands", "a0ctl.console", "a0ctl.main", "a0ctl.__main__", "a0ctl.__init__"}
+
+
+def test_the_cli_contract_names_every_module_of_a0ctl() -> None:
+    """A new concern of a0ctl (a module or package beside ``commands``) falls under the
+    contract that keeps typer and rich out of its logic."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    cli = next(c for c in contracts if "typer" in c.get("forbidden_modules", ()))
+    children = {
+        f"a0ctl.{path.stem if path.is_file() else path.name}"
+        for path in (ROOT / "a0ctl").iterdir()
+        if (path.suffix == ".py" or (path / "__init__.py").exists())
+    }
+    assert sorted(children - CLI) == sorted(cli["source_modules"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import mcp.types as types
 import pytest
 
-from a0ctl import tools_ops
+from a0ctl import tools
 from services.common import mcp_servers
 from services.common.settings import Settings, load_settings
 from services.llm_sim import replies
@@ -40,7 +40,7 @@ def _config(body: str) -> str:
 def _problems(text: str, settings: Settings) -> list[str]:
     import asyncio
 
-    return asyncio.run(tools_ops.check(settings, text=text)).problems
+    return asyncio.run(tools.check(settings, text=text)).problems
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from a0ctl.commands.observe import trace_tree
-from a0ctl.observe import span_children
 from a0ctl.runtime.local_services import (
     jaeger_config_text,
     prometheus_config_text,
@@ -28,6 +27,7 @@ from a0ctl.runtime.local_services import (
 )
 from services.common import metrics, telemetry
 from services.common.settings import load_settings
+from services.common.traces import span_children
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from a0ctl.checks import Check
 from a0ctl.release.evidence import ReleaseEvidence, git_state, release_notes
-from a0ctl.release.gate import GateCheck, LoadLimits
+from a0ctl.release.gate import LoadLimits
 from tests.support.cli import a0ctl
 
 pytestmark = pytest.mark.unit
@@ -44,7 +45,7 @@ def record(repo: Path, *, failed: str | None = None) -> ReleaseEvidence:
         at=datetime.now(UTC),
         git=git_state(repo),
         load=LoadLimits(),
-        checks=[GateCheck(name=n, ok=n != failed, detail=f"{n} detail", seconds=1.5) for n in names],
+        checks=[Check(name=n, ok=n != failed, detail=f"{n} detail", seconds=1.5) for n in names],
     )
     folder = repo.parent / "state" / "release"
     folder.mkdir(parents=True, exist_ok=True)

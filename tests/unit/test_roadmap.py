@@ -5,14 +5,16 @@ panel short of what it needs, a load run over its SLA."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from a0ctl.load import LoadReport, Percentiles
+from a0ctl.load.report import LoadReport, Percentiles
 from a0ctl.release.gate import LoadLimits, judge_load
 from a0ctl.roadmap import junit_check, milestones
 from a0ctl.roadmap.live import (
@@ -32,6 +34,35 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def test_no_test_is_named_in_a0ctl() -> None:
+    """Milestones find their tests by marker: renaming a test never breaks a command."""
+    tests = {
+        node.name
+        for path in (ROOT / "tests").rglob("test_*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_")
+    }
+    named = [
+        f"{path.relative_to(ROOT)}: {test}"
+        for path in (ROOT / "a0ctl").rglob("*.py")
+        for test in sorted(set(re.findall(r"\btest_\w+", path.read_text())) & tests)
+    ]
+    assert named == []
+
+
+def test_every_milestone_has_marked_tests() -> None:
+    marked = set(
+        re.findall(
+            r'@pytest\.mark\.milestone\("(M\d)"\)',
+            "".join(path.read_text() for path in (ROOT / "tests").rglob("test_*.py")),
+        )
+    )
+    asked = set(
+        re.findall(r'junit_check\(home, "\w+", "(M\d)"\)', (ROOT / "a0ctl/roadmap/__init__.py").read_text())
+    )
+    assert asked and asked <= marked
+
+
 def test_the_roadmap_page_lists_every_milestone_as_the_command_checks_it() -> None:
     page = (ROOT / "docs" / "roadmap.md").read_text()
     defined = milestones(load_settings())
@@ -47,19 +78,25 @@ def write_junit(home: Path, tier: str, cases: str) -> None:
     )
 
 
-def test_junit_evidence_passes_only_when_the_named_tests_passed(tmp_path: Path) -> None:
-    missing = junit_check(tmp_path, "e2e", ("test_a",))
+def marked(milestone: str) -> str:
+    return f'<properties><property name="milestone" value="{milestone}"/></properties>'
+
+
+def test_junit_evidence_passes_only_when_the_marked_tests_passed(tmp_path: Path) -> None:
+    missing = junit_check(tmp_path, "e2e", "M3")
     assert not missing.ok and "no test-artifacts/junit-e2e.xml" in missing.detail
     write_junit(
         tmp_path,
         "e2e",
-        '<testcase name="test_a"/><testcase name="test_b[x]"/>'
-        '<testcase name="test_b[y]"><failure message="boom"/></testcase>'
+        f'<testcase name="test_a">{marked("M3")}</testcase><testcase name="test_b[x]">{marked("M4")}</testcase>'
+        f'<testcase name="test_b[y]">{marked("M4")}<failure message="boom"/></testcase>'
         '<testcase name="test_c"><skipped/></testcase>',
     )
-    assert junit_check(tmp_path, "e2e", ("test_a",)).ok
-    named = junit_check(tmp_path, "e2e", ("test_a", "test_b", "test_gone"))
-    assert not named.ok and "test_gone not run" in named.detail and "test_b failure" in named.detail
+    assert junit_check(tmp_path, "e2e", "M3").ok
+    failed = junit_check(tmp_path, "e2e", "M4")
+    assert not failed.ok and "test_b failure" in failed.detail and "test_a" not in failed.detail
+    none = junit_check(tmp_path, "e2e", "M5")
+    assert not none.ok and "no test marked milestone M5" in none.detail
     whole = junit_check(tmp_path, "e2e")
     assert not whole.ok and "test_b failure" in whole.detail and "test_c skipped" in whole.detail
     write_junit(tmp_path, "e2e", '<testcase name="test_a"/><testcase name="test_b"/>')

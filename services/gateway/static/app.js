@@ -12,6 +12,7 @@
 //   GET  /v1/conversations/{id}/events           the live stream (server-sent events)
 //   GET/PUT/DELETE /v1/settings/credentials[...] the LLM provider's key
 //   POST /v1/settings/credentials/{p}/test       try a key, list the provider's models
+//   GET  /v1/ops/access                          204 for an admin: link the ops page and each turn's trace
 //
 // The transcript is always drawn from events, by one renderer, whether they come from the
 // history or from the live stream; events are deduplicated by their sequence number.
@@ -22,147 +23,30 @@ import { el, show } from "./dom.js";
 import { initConversationList } from "./conversations.js";
 import { initSettings } from "./settings.js";
 import { openEventStream } from "./stream.js";
+import { EXPIRES_KEY, STORAGE, TOKEN_KEY, USER_KEY, storedSession } from "./session.js";
+import { request } from "./api.js";
+import { SETTINGS_CODES, friendlyError, rateLimitText } from "./errors.js";
 
-const STORAGE = window.sessionStorage;
-const TOKEN_KEY = "a0.token";
-const USER_KEY = "a0.user";
-const EXPIRES_KEY = "a0.expires_at";
 const RECONNECT_MIN_MS = 1000;
 const RECONNECT_MAX_MS = 15000;
-const SETTINGS_CODES = new Set([
-  "llm_auth",
-  "llm_model",
-  "llm_forbidden",
-  "llm_model_not_found",
-  "model_not_found",
-  "no_credentials",
-  "credential_missing",
-  "credential_error",
-]);
-
-// What a person should read for each error code the worker or gateway may send.
-const ERROR_TEXT = {
-  llm_auth: "The LLM provider rejected your API key. Open Settings to fix it.",
-  llm_model: "The LLM provider does not know the model set in Settings. Open Settings to fix it.",
-  llm_forbidden: "The LLM provider refused this request for your API key. Open Settings to check it.",
-  llm_model_not_found: "The model set in Settings does not exist at the LLM provider. Open Settings to fix it.",
-  model_not_found: "The model set in Settings does not exist at the LLM provider. Open Settings to fix it.",
-  no_credentials: "No LLM provider is set up yet. Open Settings to add an API key.",
-  credential_missing: "No LLM provider is set up yet. Open Settings to add an API key.",
-  credential_error: "The stored API key could not be used. Open Settings to enter it again.",
-  llm_rate_limited: "The LLM provider is limiting requests right now. Wait a moment and try again.",
-  llm_unavailable: "The LLM provider cannot be reached right now. Try again in a moment.",
-  llm_timeout: "The LLM provider took too long to answer. Try again.",
-  llm_bad_request: "The LLM provider refused the request.",
-  llm_error: "The LLM provider returned an error.",
-  llm_interrupted: "The connection to the LLM provider broke off in the middle of the answer, so it is incomplete. Try again.",
-  llm_incomplete: "The LLM provider's answer stopped before its end. Try again.",
-  llm_truncated: "The LLM provider cut the answer off at its length limit in the middle of a tool call. Try again with a shorter request.",
-  llm_content_filter: "The LLM provider's content filter stopped this answer.",
-  llm_bad_response: "The LLM provider sent an answer that could not be read.",
-  tool_denied: "A tool call was blocked by policy.",
-  policy_denied: "This was blocked by policy.",
-  forbidden: "You are not allowed to do this.",
-  tool_rounds_exceeded: "The assistant called tools too many times in a row and was stopped.",
-  max_tool_rounds: "The assistant called tools too many times in a row and was stopped.",
-  tool_error: "A tool failed.",
-  tool_timeout: "A tool took too long and was stopped.",
-  timeout: "The answer took too long and was stopped.",
-  overloaded: "The service is busy right now. Try again in a moment.",
-  internal: "Something went wrong on the server. Try again.",
-  internal_error: "Something went wrong on the server. Try again.",
-};
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
 const $ = (id) => document.getElementById(id);
 
-function friendlyError(code, message) {
-  if (code === "rate_limited" || code === "too_many_requests") return rateLimitText(null, message);
-  const text = ERROR_TEXT[code];
-  if (!text) return message || `Something went wrong (${code || "unknown error"}).`;
-  // Add the provider's or tool's own words where ours are generic.
-  const generic = !SETTINGS_CODES.has(code) && !text.includes("Try again") && message && message !== text;
-  return generic ? `${text} ${message}` : text;
-}
-
-function rateLimitText(seconds, message) {
-  if (!seconds && message) {
-    const match = /(\d+)\s*(?:s\b|sec|second)/i.exec(message);
-    if (match) seconds = Number(match[1]);
-  }
-  return seconds ? `Too many messages, wait ${seconds} s.` : "Too many messages, wait a moment.";
-}
-
 // ---------------------------------------------------------------------------------------------
 // The API
 
-class ApiError extends Error {
-  constructor(status, code, message, requestId = null, retryAfter = null) {
-    super(message);
-    this.status = status;
-    this.code = code;
-    this.requestId = requestId;
-    this.retryAfter = retryAfter;
-  }
-}
-
-const STATUS_TEXT = {
-  400: "The request was not accepted.",
-  401: "Your session has expired. Please sign in again.",
-  403: "You are not allowed to do this.",
-  404: "Not found.",
-  413: "That message is too long.",
-  429: "Too many requests. Wait a moment.",
-  500: "Something went wrong on the server. Try again.",
-  502: "The gateway could not reach a service behind it. Try again in a moment.",
-  503: "The service is not available right now. Try again in a moment.",
-};
-
 async function api(method, path, body, { signOutOn401 = true } = {}) {
-  const headers = { Accept: "application/json" };
-  if (state.token) headers.Authorization = `Bearer ${state.token}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  let response;
   try {
-    response = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      cache: "no-store",
-    });
-  } catch {
-    throw new ApiError(0, "network", "Cannot reach the a0 gateway. Check your connection and try again.");
-  }
-  const text = response.status === 204 ? "" : await response.text();
-  let data = null;
-  if (text) {
-    try {
-      data = JSON.parse(text);
-    } catch {
-      data = null;
+    return await request(method, path, body, state.token);
+  } catch (failure) {
+    if (failure.status === 401 && signOutOn401 && state.token) {
+      signOut("Your session has expired. Please sign in again.");
     }
+    throw failure;
   }
-  if (response.ok) return data;
-
-  const error = (data && typeof data.error === "object" && data.error) || {};
-  let message = error.message;
-  if (!message && data && typeof data.detail === "string") message = data.detail;
-  if (!message) message = STATUS_TEXT[response.status] || `The gateway answered ${response.status}.`;
-  const header = Number(response.headers.get("Retry-After"));
-  const retryAfter = Number.isFinite(header) && header > 0 ? Math.ceil(header) : error.retry_after_s || null;
-  const failure = new ApiError(
-    response.status,
-    error.code || `http_${response.status}`,
-    message,
-    error.request_id || null,
-    retryAfter,
-  );
-  if (response.status === 401 && signOutOn401 && state.token) {
-    signOut("Your session has expired. Please sign in again.");
-  }
-  throw failure;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -183,20 +67,20 @@ const state = {
   pending: [], // turns sent but not yet confirmed by the gateway (no turn id yet)
   sending: false,
   wasRunning: false,
+  admin: false, // the ops page is open to this user: each turn links to its trace there
 };
 
 // ---------------------------------------------------------------------------------------------
 // Sign-in
 
 function loadSession() {
-  const token = STORAGE.getItem(TOKEN_KEY);
-  const expires = Number(STORAGE.getItem(EXPIRES_KEY) || 0);
-  if (!token || (expires && Date.now() > expires)) {
+  const session = storedSession();
+  if (!session) {
     clearSession();
     return false;
   }
-  state.token = token;
-  state.user = STORAGE.getItem(USER_KEY) || "";
+  state.token = session.token;
+  state.user = session.user;
   return true;
 }
 
@@ -308,9 +192,21 @@ async function enterApp() {
   show($("app"));
   $("user-name").textContent = state.user || "";
   $("user-name").title = state.user || "";
+  state.admin = await opsAccess();
+  show($("ops-link"), state.admin);
   await refreshConversations();
   await route();
   $("composer-input").focus();
+}
+
+// 204 for an admin, 404 for anyone else (the gateway's OPA decides).
+async function opsAccess() {
+  try {
+    await api("GET", "/v1/ops/access", undefined, { signOutOn401: false });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function conversationIdFromHash() {
@@ -626,6 +522,12 @@ const ANNOUNCE = { completed: "The answer is complete.", cancelled: "The answer 
 function endTurn(turn, finalState) {
   turn.ended = true;
   turn.el.dataset.state = finalState;
+  if (state.admin && turn.id && state.convId && !turn.el.querySelector("[data-testid=trace-link]")) {
+    const where = `${encodeURIComponent(state.convId)}/${encodeURIComponent(turn.id)}`;
+    turn.el.append(
+      el("a", { class: "trace-link", href: `/ops#/trace/${where}`, "data-testid": "trace-link", text: "Trace" }),
+    );
+  }
   // Screen readers hear one short line per answer, not every streamed word.
   $("sr-status").textContent = ANNOUNCE[finalState] || "";
 }

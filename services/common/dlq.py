@@ -1,47 +1,136 @@
-"""Read the dead-letter topics and the audit topic, and act on entries: replay (the
-original record back on its source topic, with its key and headers, once) and discard
-(recorded, so the entry is no longer pending; Kafka keeps the copy until retention).
+"""Dead letters: what the services could not handle, listed, explained, replayed once or
+discarded. One implementation for ``a0ctl dlq`` and the gateway's ops page.
 
-Every action is written to the audit topic after it is done, by a0ctl's own principal,
-the only writer of that topic. A replay interrupted between the two is replayed again
-at worst: the consumers are idempotent by envelope id, so it is still answered once.
+An entry is named ``<dead-letter topic>:<partition>:<offset>`` (``dlq.conversation-worker:0:7``):
+the place of the copy, which never moves. Its state comes from the audit topic
+(``dlq.audit``): pending until someone replays or discards it.
+
+A replay puts the original record back on its source topic, with its key and headers,
+once; a discard is recorded, so the entry is no longer pending (Kafka keeps the copy until
+retention). Every action is written to the audit topic after it is done, with who asked.
+A replay interrupted between the two is replayed again at worst: the consumers are
+idempotent by envelope id, so it is still answered once.
+
+Who may: a0ctl's own principal (a super user), or the ``ops`` principal of topics.yaml,
+which the gateway uses for an admin of the ops page.
 """
 
 from __future__ import annotations
 
-import getpass
+import asyncio
 import json
-import socket
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TypeAlias
+from typing import Any, Literal, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from a0ctl.dlq.model import (
-    AUDIT_TOPIC,
-    ActionResult,
-    AuditRecord,
-    DeadLetter,
-    State,
-    entry_id,
-    parse_entry_id,
-    topic_filter,
-)
-from a0ctl.errors import DeadLetterError, StackError
-from a0ctl.topics.admin import admin_client
 from services.common.envelope import Envelope, EnvelopeError
+from services.common.errors import DeadLetterError, DeadLetterNotFound, KafkaUnavailable
 from services.common.kafka import (
     DEAD_LETTER_HEADER_PREFIX,
     REPLAY_COUNT_HEADER,
+    MissingTopics,
     client_options,
     make_producer,
+    topic_partitions,
 )
 from services.common.logging import redact
+from services.common.retry import WaitTimeout, wait_until_async
 from services.common.settings import Settings
+from services.common.topics import CONSUMING_SERVICES, dead_letter_topic
+
+# Every replay and discard, one record each, keyed by the entry it is about; kept forever.
+AUDIT_TOPIC = "dlq.audit"
+DEAD_LETTER_TOPICS = tuple(dead_letter_topic(service) for service in CONSUMING_SERVICES)
+# A record that came back to a dead-letter topic after this many replays is not replayed
+# again by a replay of every entry, nor by its id unless forced: no replay loop.
+MAX_REPLAYS = 1
+
+Action = Literal["replay", "discard"]
+State = Literal["pending", "replayed", "discarded"]
+
+
+class AuditRecord(BaseModel):
+    """One replay or discard: of which entry, by whom, when, and where a replay went."""
+
+    entry: str
+    action: Action
+    by: str
+    at: datetime
+    forced: bool = False
+    replayed_to: str | None = None  # <source topic>:<partition>:<offset> of the replayed record
+
+
+class DeadLetter(BaseModel):
+    """One record on a dead-letter topic, with why it is there and what became of it."""
+
+    id: str
+    topic: str
+    partition: int
+    offset: int
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+    reason: str
+    group: str | None
+    replica: str | None
+    time: datetime
+    key: str | None
+    replay_count: int  # how many replays this record had before it failed again
+    state: State = "pending"
+    history: list[AuditRecord] = []
+    envelope: dict[str, Any] | None = None  # the record as an envelope, secrets masked
+    raw: str | None = None  # the record as text (masked), when it is no envelope
+
+    @property
+    def looped(self) -> bool:
+        """It failed again after its replays: replaying it once more would loop."""
+        return self.replay_count >= MAX_REPLAYS
+
+
+class DeadLetters(BaseModel):
+    """A list of entries (``a0ctl dlq list --json``, the ops page's API)."""
+
+    entries: list[DeadLetter]
+
+
+class ActionResult(BaseModel):
+    """What a replay or discard did, and what it left alone and why."""
+
+    done: list[AuditRecord]
+    skipped: dict[str, str] = {}
+
+
+def entry_id(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}:{partition}:{offset}"
+
+
+def parse_entry_id(text: str) -> tuple[str, int, int]:
+    topic, _, rest = text.partition(":")
+    partition, _, offset = rest.partition(":")
+    if topic not in DEAD_LETTER_TOPICS or not partition.isdigit() or not offset.isdigit():
+        raise DeadLetterNotFound(
+            f"not a dead letter's id: {text!r}",
+            hint=f"ids look like {entry_id(DEAD_LETTER_TOPICS[0], 0, 7)}; the list of dead letters shows them",
+        )
+    return topic, int(partition), int(offset)
+
+
+def topic_filter(topic: str | None) -> tuple[str, ...]:
+    """The dead-letter topics a filter names: one (``dlq.gateway`` or ``gateway``), or all."""
+    if topic is None:
+        return DEAD_LETTER_TOPICS
+    name = topic if topic.startswith("dlq.") else f"dlq.{topic}"
+    if name not in DEAD_LETTER_TOPICS:
+        raise DeadLetterNotFound(
+            f"no dead-letter topic {topic!r}", hint=f"one of: {', '.join(DEAD_LETTER_TOPICS)}"
+        )
+    return (name,)
+
 
 READ_TIMEOUT_S = 20.0
 RAW_SHOWN = 4000  # characters of a record that is no envelope
@@ -50,22 +139,10 @@ REPLAYED_FROM_HEADER = "a0-replayed-from"
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
-def operator() -> str:
-    """Who acts: the login and host a0ctl runs as."""
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
 async def _read_all(settings: Settings, topics: Iterable[str]) -> dict[str, list[Record]]:
     """Every record now on ``topics``, from the beginning to the end offsets read first."""
     wanted = list(topics)
-    async with admin_client(settings) as admin:
-        missing = sorted(set(wanted) - set(await admin.list_topics()))
-        if missing:
-            raise DeadLetterError(
-                f"topic {', '.join(missing)} does not exist on the cluster", hint="run `a0ctl topics apply`"
-            )
-        described = await admin.describe_topics(wanted)
-    tps = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
     consumer = AIOKafkaConsumer(
         **client_options(settings),
         enable_auto_commit=False,
@@ -73,14 +150,16 @@ async def _read_all(settings: Settings, topics: Iterable[str]) -> dict[str, list
         auto_offset_reset="earliest",
     )
     try:
+        await admin.start()
+        tps = await topic_partitions(admin, wanted)
         await consumer.start()
+    except MissingTopics as exc:
+        await asyncio.gather(admin.close(), consumer.stop())
+        raise DeadLetterError(str(exc), hint="run `a0ctl topics apply`") from None
     except KafkaError as exc:
-        await consumer.stop()
-        raise StackError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}",
-            service="kafka",
-            hint="is the stack up? run `a0ctl up`",
-        ) from exc
+        await asyncio.gather(admin.close(), consumer.stop(), return_exceptions=True)
+        raise KafkaUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    await admin.close()
     try:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
@@ -88,18 +167,24 @@ async def _read_all(settings: Settings, topics: Iterable[str]) -> dict[str, list
             consumer.seek(tp, offset)
         records: dict[str, list[Record]] = {topic: [] for topic in wanted}
         remaining = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while remaining:
-            if time.monotonic() > deadline:
-                raise DeadLetterError(
-                    f"reading {', '.join(sorted({tp.topic for tp in remaining}))} took over "
-                    f"{READ_TIMEOUT_S:g} s",
-                    hint="is the broker healthy? see `a0ctl status`",
-                )
+
+        async def read_to_the_ends() -> bool:
+            nonlocal remaining
+            if not remaining:
+                return True
             batches = await consumer.getmany(*remaining, timeout_ms=500)
             for tp, batch in batches.items():
                 records[tp.topic] += [r for r in batch if r.offset < ends[tp]]
             remaining = [tp for tp in remaining if await consumer.position(tp) < ends[tp]]
+            return not remaining
+
+        try:
+            await wait_until_async(read_to_the_ends, timeout=READ_TIMEOUT_S, interval=0, describe="the ends")
+        except WaitTimeout:
+            raise DeadLetterError(
+                f"reading {', '.join(sorted({tp.topic for tp in remaining}))} took over {READ_TIMEOUT_S:g} s",
+                hint="is the broker healthy?",
+            ) from None
         return records
     finally:
         await consumer.stop()
@@ -162,7 +247,7 @@ def _audit(records: list[Record]) -> dict[str, list[AuditRecord]]:
         try:
             audit = AuditRecord.model_validate_json(record.value or b"")
         except ValidationError:
-            continue  # a0ctl is the topic's only writer; anything else is not ours to read
+            continue  # audit records are written here only; anything else is not ours to read
         by_entry.setdefault(audit.entry, []).append(audit)
     return by_entry
 
@@ -191,9 +276,7 @@ async def show_dead_letter(settings: Settings, entry: str) -> DeadLetter:
     for found in entries:
         if found.id == entry:
             return found
-    raise DeadLetterError(
-        f"no dead letter {entry}", hint=f"`a0ctl dlq list --topic {topic} --all` shows what is there"
-    )
+    raise DeadLetterNotFound(f"no dead letter {entry}", hint="the list of every entry shows what is there")
 
 
 def _why_not_replayed(entry: DeadLetter, force: bool) -> str | None:
@@ -207,13 +290,20 @@ def _why_not_replayed(entry: DeadLetter, force: bool) -> str | None:
     if entry.looped:
         return (
             f"it failed again after {entry.replay_count} replay(s); replaying it again would loop: "
-            "fix the cause, then replay it with --force"
+            "fix the cause, then replay it forced"
         )
     return None
 
 
 async def _act(
-    settings: Settings, entry: str | None, topic: str | None, *, action: str, force: bool
+    settings: Settings,
+    entry: str | None,
+    topic: str | None,
+    *,
+    action: str,
+    force: bool,
+    by: str,
+    client_id: str,
 ) -> ActionResult:
     if entry is not None:
         topics: tuple[str, ...] = (parse_entry_id(entry)[0],)
@@ -223,14 +313,14 @@ async def _act(
     by_id = {e.id: (e, r) for e, r in zip(entries, records, strict=True)}
     if entry is not None:
         if entry not in by_id:
-            raise DeadLetterError(
-                f"no dead letter {entry}", hint="`a0ctl dlq list --all` shows what is there"
+            raise DeadLetterNotFound(
+                f"no dead letter {entry}", hint="the list of every entry shows what is there"
             )
         chosen = [by_id[entry]]
     else:
         chosen = [pair for pair in by_id.values() if pair[0].state == "pending"]
     result = ActionResult(done=[])
-    producer = make_producer(settings, "a0ctl-dlq")
+    producer = make_producer(settings, client_id)
     await producer.start()
     try:
         for found, record in chosen:
@@ -244,7 +334,7 @@ async def _act(
             audit = AuditRecord(
                 entry=found.id,
                 action="replay" if action == "replay" else "discard",
-                by=operator(),
+                by=by,
                 at=datetime.now(UTC),
                 forced=force,
             )
@@ -272,12 +362,21 @@ async def _act(
 
 
 async def replay(
-    settings: Settings, entry: str | None, topic: str | None = None, *, force: bool = False
+    settings: Settings,
+    entry: str | None,
+    topic: str | None = None,
+    *,
+    by: str,
+    client_id: str,
+    force: bool = False,
 ) -> ActionResult:
-    """Put ``entry`` (or every pending entry, of ``topic`` or all) back on its source topic."""
-    return await _act(settings, entry, topic, action="replay", force=force)
+    """Put ``entry`` (or every pending entry, of ``topic`` or all) back on its source
+    topic; ``by`` is who asked, as the audit records it."""
+    return await _act(settings, entry, topic, action="replay", force=force, by=by, client_id=client_id)
 
 
-async def discard(settings: Settings, entry: str | None, topic: str | None = None) -> ActionResult:
+async def discard(
+    settings: Settings, entry: str | None, topic: str | None = None, *, by: str, client_id: str
+) -> ActionResult:
     """Mark ``entry`` (or every pending entry, of ``topic`` or all) as handled, without replay."""
-    return await _act(settings, entry, topic, action="discard", force=False)
+    return await _act(settings, entry, topic, action="discard", force=False, by=by, client_id=client_id)
