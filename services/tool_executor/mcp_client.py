@@ -500,6 +500,9 @@ class McpServer:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001  # anyio groups: any failure means restart
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # a stop, wrapped in a group by the transport's task group
                 detail = _reason(exc) + self._last_stderr
                 log.warning("MCP server %s stopped: %s; restarting in %.1fs", self.name, detail, delay)
                 self.session = None

@@ -73,7 +73,8 @@ async def test_a_server_name_resolving_elsewhere_after_the_check_is_never_connec
         assert response.status_code == 404
         assert listener.connections == 1 and listener.hosts == [f"rebound.invalid:{port}"]
     finally:
-        await servers.stop()
+        async with asyncio.timeout(15):  # its supervisor stops, whatever it was doing
+            await servers.stop()
         await policy.aclose()
         target.close()
         await target.wait_closed()

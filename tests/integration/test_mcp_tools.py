@@ -419,7 +419,7 @@ async def test_a_server_over_its_memory_limit_is_killed_and_restarted(
         return _tool_result(again).get("output") == "allocated 8 MiB"
 
     await eventually(answers, 60, "the restarted server answers")
-    listing = await tools_ops.list_tools(settings, "alice")
+    listing = await tools.list_tools(settings, "alice")
     probe = next(s for s in listing.servers if s.get("name") == "probe")
     assert int(probe["restarts"]) >= 1
 
