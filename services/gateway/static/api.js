@@ -1,5 +1,5 @@
 // The gateway's HTTP API as the browser calls it: a bearer token, JSON in and out, and
-// every failure as an ApiError in the gateway's one error shape. Used by the chat (app.js)
+// every failure as an ApiError in the gateway's one error shape. Used by the chat (signin.js)
 // and the ops page (ops.js).
 
 export class ApiError extends Error {

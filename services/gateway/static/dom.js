@@ -1,5 +1,8 @@
 // The few DOM helpers every module of the chat UI uses.
 
+/** The element of the page with this id. */
+export const $ = (id) => document.getElementById(id);
+
 /** An element with attributes ("class", "text", "on<event>" handlers, others as given) and children. */
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);

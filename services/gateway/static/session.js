@@ -1,4 +1,4 @@
-// The signed-in session, kept in the tab's sessionStorage: read by the chat (app.js),
+// The signed-in session, kept in the tab's sessionStorage: read by the chat (signin.js),
 // which signs in and out, and by the ops page (ops.js), which only reads it.
 
 export const STORAGE = window.sessionStorage;
