@@ -46,6 +46,9 @@ def kafka_java(settings: Settings) -> list[str]:
         # p99 of 3.1 s against 1.4 s at 500 sessions), and once warm it is no faster for it
         # (2.76 against 2.79 ms per turn at saturation): its work is mostly I/O.
         "-XX:TieredStopAtLevel=1",
+        # No hsperfdata: its sampler ticks every 50 ms, for tools (jps, jstat) a0 does not
+        # use; `a0ctl load` reads the broker through its attach socket, which needs none.
+        "-XX:-UsePerfData",
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={artifacts.KAFKA_LOG4J}",
         "-cp",
@@ -145,6 +148,12 @@ def kafka_services(settings: Settings, state: Path) -> list[LocalService]:
             # of CPU a second each), and on a small host more of them than twice its cores
             # only take turns on the same cores. Kafka's default, 8, from four cores up.
             f"num.io.threads={io_threads()}",
+            # Threads that each wake several times a second with nothing to do, sized for
+            # brokers with many cores and clients: one group coordinator thread (default 4)
+            # serves a0's two consumer groups, and two network threads (default 3) its
+            # dozen connections.
+            "group.coordinator.threads=1",
+            "num.network.threads=2",
             "",
         ]
         # Mode 0600: it holds the admin's password.

@@ -402,7 +402,7 @@ class TelemetrySettings(BaseSettings):
     )
     service_namespace: str = "a0"
     traces_per_s: float = Field(
-        default=5.0,
+        default=1.0,
         ge=0,
         description="New traces each process starts per second, at most (a turn is one trace, followed "
         "across every hop): all of them on a quiet stack, a sample under load. 0: every one.",

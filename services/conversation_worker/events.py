@@ -51,7 +51,7 @@ drafts AS (
     SELECT key, envelope, row_number() OVER (ORDER BY ord) AS n FROM drafts
     WHERE key NOT IN (SELECT event_key FROM existing)
 ), next AS (
-    UPDATE conversations SET last_seq = last_seq + (SELECT count(*) FROM fresh), updated_at = now()
+    UPDATE conversations SET last_seq = last_seq + (SELECT count(*) FROM fresh)
     WHERE id = %(c)s AND EXISTS (SELECT 1 FROM fresh)
     RETURNING last_seq - (SELECT count(*) FROM fresh) AS base
 ), numbered AS (
@@ -88,6 +88,14 @@ SELECT d.key, x.envelope::text, n.seq, (SELECT count(*) FROM ended){_DRAFT_ROWS}
 _START_STEP = f"""
 WITH {_EVENTS}, {CLAIM}{START_ROWS}UNION ALL SELECT 2, d.ord, d.key, x.envelope::text, n.seq{_DRAFT_ROWS}
 ORDER BY part, position
+"""
+
+# A turn's events, in order: from its first (``accepted:<turn>``, found by its key) on.
+_TURN_EVENTS = """
+SELECT envelope FROM events
+WHERE conversation_id = %(c)s AND envelope->>'turn_id' = %(t)s
+  AND seq >= (SELECT seq FROM events WHERE conversation_id = %(c)s AND event_key = 'accepted:' || %(t)s)
+ORDER BY seq
 """
 
 
@@ -199,13 +207,7 @@ class EventLog:
         """Publish a finished turn's events again (a crash may have come between the
         database and the broker); clients drop what they already have by seq."""
         async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    "SELECT envelope FROM events WHERE conversation_id = %s AND envelope->>'turn_id' = %s "
-                    "ORDER BY seq",
-                    (conversation_id, turn_id),
-                )
-            ).fetchall()
+            rows = await (await conn.execute(_TURN_EVENTS, {"c": conversation_id, "t": turn_id})).fetchall()
         futures = []
         async with self._locks[conversation_id]:
             for (envelope,) in rows:

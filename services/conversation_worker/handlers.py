@@ -222,7 +222,7 @@ class TurnRunner:
                     messages=[(key, body)],
                 )
                 transcript.add(key, body)
-            await self.tools.run(envelope, transcript, calls)
+            await self.tools.run(envelope, transcript, calls, again=start.prior == TurnStatus.RUNNING)
 
     async def _complete(
         self, envelope: Envelope, key: str, text: str, tail: list[Draft], finish_reason: str | None = None

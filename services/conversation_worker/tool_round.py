@@ -31,8 +31,12 @@ class ToolRounds:
         self.timeout_s = timeout_s
         self._open: dict[str, set[str]] = {}  # turn id → ids of its calls not answered yet
 
-    async def run(self, envelope: Envelope, transcript: Transcript, calls: list[dict[str, Any]]) -> None:
-        """Ask for every call not answered yet, then store each result in call order."""
+    async def run(
+        self, envelope: Envelope, transcript: Transcript, calls: list[dict[str, Any]], *, again: bool
+    ) -> None:
+        """Ask for every call not answered yet, then store each result in call order.
+        ``again``: the turn ran before (a restart, a retry), so its calls may have been
+        asked and answered already; the executor then looks for a stored result first."""
         turn_id = envelope.turn_id
         waiting: dict[str, asyncio.Future[ToolResult]] = {}
         open_calls = self._open.setdefault(turn_id, set())
@@ -45,7 +49,9 @@ class ToolRounds:
             waiting[call_id] = self.results.expect(key)
             open_calls.add(call_id)
             arguments = call["function"]["arguments"]
-            payload = {"call_id": call_id, "name": name, "arguments": arguments}
+            payload: dict[str, Any] = {"call_id": call_id, "name": name, "arguments": arguments}
+            if again:
+                payload["asked_before"] = True
             request = _to_executor(envelope, EventType.TOOL_REQUEST, f"req-{key}", turn_id, payload)
             requests.append(await publish(self.producer, TOOL_REQUESTS, request))
         await asyncio.gather(*requests)

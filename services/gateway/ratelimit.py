@@ -130,7 +130,9 @@ async def admit(
     undo the reservation and refuse with 429 when either is over its budget."""
     now = time.time() if now is None else now
     key = rate_key(user_id, now)
-    async with redis.pipeline(transaction=True) as pipe:
+    # Not a MULTI/EXEC transaction (two more commands): each command is atomic on its own,
+    # and nothing here needs them applied together.
+    async with redis.pipeline(transaction=False) as pipe:
         pipe.incr(key)
         pipe.expire(key, RATE_KEY_TTL_S)
         open_turns.reserve(pipe)

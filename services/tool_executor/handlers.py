@@ -1,7 +1,10 @@
 """What a record on ``tool.requests`` does: ask OPA, run the tool, publish ``tool.results``.
 
 Idempotent by call id: a result is stored in PostgreSQL before it is published, and a
-redelivered request is answered from there, never run twice. ``tool.cancel`` kills a
+redelivered request is answered from there, never run twice. Only a request that can
+have been answered before is looked up: the worker marks the calls of a turn it runs
+again (``asked_before``), and the consumer loop knows the records an earlier owner of
+their partition, a retry or a dead-letter replay may have handled. ``tool.cancel`` kills a
 running call (its process group, for the code runner; for an MCP server's tool, MCP's
 ``notifications/cancelled`` to the server).
 """
@@ -13,6 +16,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -111,6 +115,9 @@ class ToolExecutor:
         self.limits = limits
         self.running: dict[str, asyncio.Task[str]] = {}
         self.cancelled: set[str] = set()
+        # Whether a record may have been handled before (its consumer loop's answer; until
+        # one is set, every record may have been).
+        self.seen_before: Callable[[ConsumerRecord[bytes, bytes]], bool] = lambda record: True
 
     async def handle(self, envelope: Envelope, record: ConsumerRecord[bytes, bytes]) -> None:
         if envelope.type == EventType.TOOL_CANCEL:
@@ -123,8 +130,11 @@ class ToolExecutor:
         if not isinstance(call_id, str) or not isinstance(name, str):
             raise PoisonRecord("tool.request needs payload.call_id and payload.name (strings)")
         key = tool_call_key(envelope.turn_id, call_id)
+        # Only a call asked before (a turn run again) or a record handled before can have a
+        # stored result: a call certainly new is not looked up (a statement per call).
+        look_up = envelope.payload.get("asked_before") is True or self.seen_before(record)
         try:
-            await self._answer(envelope, call_id, name, key)
+            await self._answer(envelope, call_id, name, key, look_up=look_up)
         except Exception as exc:
             if isinstance(exc, PoisonRecord) or is_transient(exc):
                 raise  # dead-lettered as it is, or retried by the consumer loop
@@ -146,8 +156,8 @@ class ToolExecutor:
             payload=result.payload(),
         )
 
-    async def _answer(self, envelope: Envelope, call_id: str, name: str, key: str) -> None:
-        stored = await self._stored_result(key)
+    async def _answer(self, envelope: Envelope, call_id: str, name: str, key: str, *, look_up: bool) -> None:
+        stored = await self._stored_result(key) if look_up else None
         if stored is not None:
             # Redelivery (or the worker asking again after a restart): answer from the store.
             await (await publish(self.producer, TOOL_RESULTS, stored))

@@ -53,7 +53,7 @@ async def open_executor(stack: ServiceStack, cgroups: RunCgroups | None = None) 
     log.info(
         "tools: %s; MCP servers: %s", ", ".join(sorted(executor.tools)), ", ".join(servers.servers) or "none"
     )
-    return ConsumerLoop(
+    loop = ConsumerLoop(
         settings,
         topics=[TOOL_REQUESTS],
         group_id=GROUP,
@@ -62,6 +62,8 @@ async def open_executor(stack: ServiceStack, cgroups: RunCgroups | None = None) 
         producer=executor.producer,
         max_in_flight=settings.tools.max_inflight,
     )
+    executor.seen_before = loop.may_have_been_handled
+    return loop
 
 
 def run_cgroups(settings: Settings) -> RunCgroups | None:

@@ -133,19 +133,22 @@ def test_a_database_made_before_migrations_upgrades_to_head_keeping_every_row(
         before = snapshot(conn)
     status = db("status", database=database)
     assert status["current"] is None and not status["at_head"]
-    assert [r["revision"] for r in status["pending"]] == ["0001", "0002", "0003"]
+    assert [r["revision"] for r in status["pending"]] == ["0001", "0002", "0003", "0004"]
 
     result = db("migrate", database=database)
-    assert result["from_revision"] is None and result["to_revision"] == "0003"
+    assert result["from_revision"] is None and result["to_revision"] == "0004"
     assert [(s["revision"], s["direction"]) for s in result["steps"]] == [
         ("0001", "upgrade"),
         ("0002", "upgrade"),
         ("0003", "upgrade"),
+        ("0004", "upgrade"),
     ]
     with connect(settings, database) as conn:
         assert snapshot(conn) == before
         assert all(count for count in map(len, before.values()))
-        assert {"turns_open_recent", "events_turn"} <= indexes(conn)
+        # At head, a turn's steps update no indexed column (HOT updates).
+        assert {"turns_open_recent", "conversations_by_owner"} <= indexes(conn)
+        assert not {"events_turn", "conversations_owner"} & indexes(conn)
         versions = conn.execute("SELECT envelope_version, count(*) FROM events GROUP BY 1").fetchall()
         assert versions == [(1, len(before["events"]))]
     assert db("status", database=database)["at_head"] is True
@@ -160,8 +163,12 @@ def test_each_downgrade_keeps_every_row_and_upgrading_again_restores_head(
         before = snapshot(conn)
 
     down = db("migrate", "--to", "0002", database=database)
-    assert [(s["revision"], s["direction"]) for s in down["steps"]] == [("0003", "downgrade")]
+    assert [(s["revision"], s["direction"]) for s in down["steps"]] == [
+        ("0004", "downgrade"),
+        ("0003", "downgrade"),
+    ]
     with connect(settings, database) as conn:
+        assert {"events_turn", "conversations_owner"} <= indexes(conn)
         assert not has_version_column(conn)
         assert snapshot(conn) == before
     assert db("status", database=database)["current"] == "0002"
@@ -176,7 +183,7 @@ def test_each_downgrade_keeps_every_row_and_upgrading_again_restores_head(
         )
 
     up = db("migrate", database=database)
-    assert [s["revision"] for s in up["steps"]] == ["0002", "0003"]
+    assert [s["revision"] for s in up["steps"]] == ["0002", "0003", "0004"]
     with connect(settings, database) as conn:
         after = snapshot(conn)
         assert has_version_column(conn)
