@@ -19,6 +19,7 @@ import pytest
 
 from a0ctl import tools
 from a0ctl.runtime.local import LocalRuntime
+from services.common.auth import mint_token
 from services.common.settings import Settings
 from services.tool_executor.cgroups import (
     RunBounds,
@@ -193,6 +194,31 @@ async def test_a_user_the_policy_refuses_gets_a_reason_and_the_server_is_never_c
     )
     assert "error" not in _tool_result(allowed), _tool_result(allowed)
     assert target.read_text() == "ok"
+
+
+async def test_a_tool_offered_to_a_role_follows_the_roles_of_the_token_that_sent_the_turn(
+    settings: Settings, client, mcp_ready: None
+) -> None:
+    """files-write is offered to role mcp-admin: the roles travel from the token through
+    the turn's message.user and each tool.request to the executor's policy decision."""
+    user = f"role-{uuid.uuid4().hex[:8]}"
+    target = _files(settings) / f"written-by-{user}.txt"
+    target.unlink(missing_ok=True)
+    prompt = f'call files-write__write_file {{"path": "{target}", "content": "by role"}}'
+    plain = {"Authorization": f"Bearer {mint_token(settings, user, ['user'])}"}
+    denied = _tool_result(
+        await send_and_collect(client, plain, await create_conversation(client, plain), prompt)
+    )
+    assert denied["error"]["code"] == "denied"
+    assert f"user {user} may not call files-write__write_file" in denied["error"]["message"]
+    assert "roles [mcp-admin]" in denied["error"]["message"]
+    assert not target.exists()  # the server never ran the call
+    admin = {"Authorization": f"Bearer {mint_token(settings, user, ['mcp-admin'])}"}
+    allowed = _tool_result(
+        await send_and_collect(client, admin, await create_conversation(client, admin), prompt)
+    )
+    assert "error" not in allowed, allowed
+    assert target.read_text() == "by role"
 
 
 def _server_pids(settings: Settings, needle: str) -> list[int]:
