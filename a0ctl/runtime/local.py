@@ -48,6 +48,7 @@ from a0ctl.runtime.supervisor import (
 )
 from services.common.retry import WaitTimeout, wait_until, wait_until_async
 from services.common.settings import Settings
+from services.tool_executor.cgroups import remove_stack_parents
 
 LOG_TAIL_LINES = 20
 RESTARTS_FILE = "restarts.json"
@@ -391,6 +392,9 @@ class LocalRuntime:
         stopped += [n for n in self._stop_unsupervised() if n not in stopped]
         stopped.sort(key=self._priority)
         self._run_file(SCALE_FILE).unlink(missing_ok=True)
+        if os.geteuid() == 0:
+            # The executors' parent cgroups (made as root, which they no longer are at exit).
+            remove_stack_parents(self.state)
         if purge:
             for directory in ("data", "logs", "run"):
                 shutil.rmtree(self.state / directory, ignore_errors=True)

@@ -21,6 +21,9 @@ from services.common.errors import A0Error
 SCHEMA_VERSION = 1
 MIN_READ_VERSION = max(1, SCHEMA_VERSION - 1)
 
+# The roles of a turn whose record carries none (written before roles travelled with it).
+DEFAULT_ROLES = ("user",)
+
 
 class EventType(StrEnum):
     # conversation.inbound
@@ -90,7 +93,14 @@ class Envelope(BaseModel):
         default=0, ge=0, description="Per-conversation sequence of outbound events; 0 elsewhere."
     )
     ts: datetime = Field(default_factory=utcnow)
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "The event's data, by type (docs/messaging.md). message.user and tool.request carry "
+            "roles: the roles of the token that sent the turn, set by the gateway only; "
+            'a record without them reads as ["user"].'
+        ),
+    )
 
     @field_validator("v", mode="before")
     @classmethod
@@ -156,6 +166,17 @@ def wire_event(
         "ts": format_ts(utcnow()),
         "payload": payload,
     }
+
+
+def roles_of(envelope: Envelope) -> list[str]:
+    """The roles a turn's ``message.user`` (and each of its ``tool.request`` records) carries:
+    the gateway's, from the token that sent the turn. A record without them (an older
+    producer's) or with anything but a non-empty list of names reads as ``["user"]``, the
+    least privilege."""
+    roles = envelope.payload.get("roles")
+    if isinstance(roles, list) and roles and all(isinstance(r, str) and r for r in roles):
+        return list(roles)
+    return list(DEFAULT_ROLES)
 
 
 def tool_call_key(turn_id: str, call_id: str) -> str:

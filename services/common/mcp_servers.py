@@ -77,6 +77,16 @@ class Bind(_Strict):
     writable: bool = False
 
 
+class ServerLimits(_Strict):
+    """What a stdio server may use, all its processes together, for as long as it runs
+    (its cgroup, as a ``run_python`` run's): past the memory the kernel kills it and it
+    is restarted."""
+
+    memory_mb: int = Field(default=512, ge=32, le=65_536)
+    max_processes: int = Field(default=64, ge=8, le=4096)
+    cpu_cores: float = Field(default=1.0, gt=0, le=64)
+
+
 class _Server(_Strict):
     description: str = ""
     tools: dict[str, ToolEntry] = Field(
@@ -102,6 +112,7 @@ class StdioServer(_Server):
     )
     network: bool = Field(default=False, description="Whether the server's sandbox has a network.")
     binds: list[Bind] = Field(default_factory=list)
+    limits: ServerLimits = Field(default_factory=ServerLimits)
 
     @field_validator("env")
     @classmethod

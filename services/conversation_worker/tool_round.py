@@ -12,7 +12,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from services.common.envelope import Envelope, EventType, tool_call_key
+from services.common.envelope import Envelope, EventType, roles_of, tool_call_key
 from services.common.kafka import publish
 from services.common.tools import ToolResult
 from services.common.topics import TOOL_REQUESTS
@@ -49,7 +49,14 @@ class ToolRounds:
             waiting[call_id] = self.results.expect(key)
             open_calls.add(call_id)
             arguments = call["function"]["arguments"]
-            payload: dict[str, Any] = {"call_id": call_id, "name": name, "arguments": arguments}
+            # The roles come from the turn's message.user (the gateway's, from the token),
+            # never from the model's call: the executor asks the policy with them.
+            payload: dict[str, Any] = {
+                "call_id": call_id,
+                "name": name,
+                "arguments": arguments,
+                "roles": roles_of(envelope),
+            }
             if again:
                 payload["asked_before"] = True
             request = _to_executor(envelope, EventType.TOOL_REQUEST, f"req-{key}", turn_id, payload)

@@ -332,7 +332,7 @@ async def submit_message(
                 conversation_id=conversation_id,
                 turn_id=turn_id,
                 user_id=principal.user_id,
-                payload={"message_id": message_id, "content": content},
+                payload={"message_id": message_id, "content": content, "roles": principal.roles},
             )
             try:
                 await publish_confirmed(state, message)

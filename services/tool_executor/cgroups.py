@@ -186,9 +186,10 @@ class RunCgroups(BaseModel):
         where = sorted({str(p) for p in self.parents.values()})
         return f"cgroup v{self.version}: {', '.join(where)}"
 
-    def create(self, bounds: RunBounds) -> RunCgroup:
-        """A new cgroup for one run, its limits written; raises OSError if it cannot be."""
-        name = "run-" + uuid.uuid4().hex[:16]
+    def create(self, bounds: RunBounds, kind: str = "run") -> RunCgroup:
+        """A new cgroup for one run (or one MCP server's life: ``kind`` "mcp"), its limits
+        written; raises OSError if it cannot be."""
+        name = f"{kind}-{uuid.uuid4().hex[:16]}"
         dirs: list[Path] = []
         by_controller: dict[str, Path] = {}
         try:
@@ -239,17 +240,21 @@ def _limit(run: RunCgroup, bounds: RunBounds) -> None:
         _write(run.cpu / "cpu.max", f"{quota} {CFS_PERIOD_US}")
 
 
+def _stack_prefix(state_dir: Path) -> str:
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:10]
+    return f"a0-tool-runs-{digest}-"
+
+
 def parent_name(state_dir: Path, metrics_port: int) -> str:
     """One parent per executor replica of one stack, the same across its restarts."""
-    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:10]
-    return f"a0-tool-runs-{digest}-{metrics_port}"
+    return f"{_stack_prefix(state_dir)}{metrics_port}"
 
 
 def _remove_stale_runs(parent: Path) -> None:
-    # Runs of a previous executor of this replica that died without cleaning up.
+    # Runs and MCP servers of a previous executor of this replica that died without cleaning up.
     deadline = time.monotonic() + REMOVE_SECONDS
     for child in parent.iterdir():
-        if child.is_dir() and child.name.startswith("run-"):
+        if child.is_dir() and child.name.startswith(("run-", "mcp-")):
             with contextlib.suppress(OSError):
                 _empty_and_remove(child, deadline)
 
@@ -332,6 +337,46 @@ def prepare(name: str, owner: str | None = None, *, move_self: bool = True) -> R
     elif v2 is None:
         errors.append("no cgroup file system is mounted")
     raise CgroupError("no cgroup can bound tool runs: " + "; ".join(errors))
+
+
+def stack_parents(state_dir: Path, depth: int = 4) -> list[Path]:
+    """The parent cgroups of every executor replica of the stack at ``state_dir``, in
+    every hierarchy (they sit below the executor's own cgroup, which may differ from the
+    caller's: looked for down to ``depth`` levels)."""
+    prefix = _stack_prefix(state_dir)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        v1, v2 = _mounts(f.read())
+    roots = {*v1.values(), *([v2] if v2 is not None else [])}
+    found: list[Path] = []
+    for root in sorted(roots):
+        for here, dirs, _ in os.walk(root):
+            level = len(Path(here).relative_to(root).parts)
+            for name in list(dirs):
+                if name.startswith(prefix):
+                    found.append(Path(here) / name)
+                    dirs.remove(name)
+            if level >= depth - 1:
+                dirs.clear()
+    return found
+
+
+def remove_stack_parents(state_dir: Path) -> list[Path]:
+    """Remove the parent cgroups of a stopped stack's executors (``a0ctl down``, as root:
+    the executor cannot, having dropped root), with any empty run, server or executor
+    cgroup left in them. A cgroup that still holds a process stays (rmdir refuses);
+    returns those left."""
+    left = []
+    for parent in stack_parents(state_dir):
+        for child in sorted(p for p in parent.iterdir() if p.is_dir()):
+            with contextlib.suppress(OSError):
+                child.rmdir()
+        try:
+            parent.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            left.append(parent)
+    return left
 
 
 def probe(bounds: RunBounds) -> str:

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from services.common import metrics, telemetry
-from services.common.envelope import Envelope, EventType, tool_call_key
+from services.common.envelope import Envelope, EventType, roles_of, tool_call_key
 from services.common.errors import PoisonRecord, is_transient
 from services.common.kafka import publish
 from services.common.policy import PolicyClient
@@ -213,7 +213,11 @@ class ToolExecutor:
             return failed("bad_arguments", "tool arguments must be a JSON object")
         # PolicyUnavailable is transient: the consumer loop asks again after a backoff.
         decision = await self.policy.decide(
-            "tool.call", envelope.user_id, tool=name, conversation_id=envelope.conversation_id
+            "tool.call",
+            envelope.user_id,
+            roles=roles_of(envelope),
+            tool=name,
+            conversation_id=envelope.conversation_id,
         )
         if not decision.allow:
             metrics.TOOL_CALLS.labels(name, "denied").inc()

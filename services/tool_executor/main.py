@@ -38,7 +38,9 @@ async def open_executor(stack: ServiceStack, cgroups: RunCgroups | None = None) 
     tools = load_tools()
     redis = stack.redis()
     policy = stack.policy()
-    servers = McpServers(mcp_servers.load(settings), settings, tools, partial(publish_catalog, redis), policy)
+    servers = McpServers(
+        mcp_servers.load(settings), settings, tools, partial(publish_catalog, redis), policy, cgroups
+    )
     await stack.started(servers.start, servers.stop)
     executor = ToolExecutor(
         # Opened at full size, as the worker's: one per tool call in flight, and two more.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
+
 # What the SDK imports only at a call (validating a structured result), imported now: the
 # executor drops root at start and may not read the interpreter's files afterwards.
 import jsonschema
@@ -41,7 +44,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 
-from services.common.egress import check_base_url
+from services.common.egress import Resolver, check_base_url, pinned
 from services.common.errors import CredentialError
 from services.common.logging import redact, register_secret
 from services.common.mcp_servers import (
@@ -57,6 +60,9 @@ from services.common.mcp_servers import (
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
 from services.common.tools import ToolSpec
+from services.tool_executor.cgroups import RunBounds, RunCgroup, RunCgroups
+from services.tool_executor.confinement import SECCOMP_GENERATOR_PYTHON, seccomp_program
+from services.tool_executor.sandbox import FILE_SIZE_BYTES, UNBOUNDED_MAX_PROCESSES
 from services.tool_executor.tools import ToolContext, ToolError
 
 log = logging.getLogger(__name__)
@@ -75,12 +81,98 @@ RESTART_FIRST_S = 0.5
 # Who asks the egress policy about an HTTP server's URL.
 EGRESS_SUBJECT = "a0-tool-executor"
 MAX_STDERR_BYTES = 1024 * 1024
+# The SDK's own: a server may hold a response stream open for a long call.
+HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
 
 Progress = ProgressFnT
 
 
 class McpUnavailable(ToolError):
     code = "unavailable"
+
+
+# The first process of a stdio server, run by the system interpreter as the tools user:
+# it joins the server's cgroup (so bwrap and everything the server forks are born
+# inside), sets the rlimits, opens the seccomp filter for bwrap (``--seccomp``, loaded
+# into every process of the sandbox) and becomes bwrap. Its one argument is JSON.
+_LAUNCH = """\
+import json, os, resource, sys
+spec = json.loads(sys.argv[1])
+for directory in spec["cgroups"]:
+    with open(directory + "/cgroup.procs", "w") as procs:
+        procs.write(str(os.getpid()))
+for name, value in spec["rlimits"].items():
+    which = getattr(resource, name)
+    hard = resource.getrlimit(which)[1]
+    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    resource.setrlimit(which, (value, value))
+fd = os.open(spec["seccomp"], os.O_RDONLY)
+os.set_inheritable(fd, True)
+argv = [str(fd) if arg == "{seccomp_fd}" else arg for arg in spec["argv"]]
+os.execvp(argv[0], argv)
+"""
+
+
+def rlimits(bounded: bool) -> dict[str, int]:
+    """Each process's limits: no core files, files at most the size a run may write and,
+    without a cgroup, a bound on the tools user's processes. No address-space limit:
+    Node reserves far more than it uses; the cgroup bounds the memory used."""
+    limits = {"RLIMIT_CORE": 0, "RLIMIT_FSIZE": FILE_SIZE_BYTES, "RLIMIT_NOFILE": 4096}
+    if not bounded:
+        limits["RLIMIT_NPROC"] = UNBOUNDED_MAX_PROCESSES
+    return limits
+
+
+def launch_argv(sandbox: list[str], cgroup: RunCgroup | None, seccomp_file: str) -> list[str]:
+    """The command starting ``sandbox`` (bwrap's command line) in the server's cgroup,
+    under rlimits and the seccomp filter at ``seccomp_file``."""
+    bwrap = [sandbox[0], "--seccomp", "{seccomp_fd}", *sandbox[1:]]
+    spec = {
+        "cgroups": [str(d) for d in cgroup.dirs] if cgroup is not None else [],
+        "rlimits": rlimits(cgroup is not None),
+        "seccomp": seccomp_file,
+        "argv": bwrap,
+    }
+    return [SECCOMP_GENERATOR_PYTHON, "-I", "-c", _LAUNCH, json.dumps(spec)]
+
+
+@functools.cache
+def server_filter(network: bool) -> bytes:
+    """The sandbox's seccomp filter for a server (sockets of any family if it has a network)."""
+    return seccomp_program(allow_network=network)
+
+
+class PinnedTransport(httpx2.AsyncHTTPTransport):
+    """Connects only to the addresses the egress policy checked (in turn, IPv4 first),
+    with the URL's host as Host header and TLS server name: a second DNS answer is never
+    asked for, so a name rebound after the check cannot redirect a request."""
+
+    def __init__(self, addresses: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.addresses = sorted(addresses, key=lambda address: ":" in address)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if not self.addresses:
+            raise httpx2.ConnectError("the host has no address the egress policy checked", request=request)
+        failure: httpx2.ConnectError | None = None
+        for address in self.addresses:
+            url, host, extensions = pinned(str(request.url), address)
+            aimed = httpx2.Request(
+                request.method,
+                url,
+                headers=[
+                    *((k, v) for k, v in request.headers.multi_items() if k.lower() != "host"),
+                    *host.items(),
+                ],
+                stream=request.stream,
+                extensions={**request.extensions, **(extensions if request.url.scheme == "https" else {})},
+            )
+            try:
+                return await super().handle_async_request(aimed)
+            except httpx2.ConnectError as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
 
 
 def sandbox_argv(spec: StdioServer, settings: Settings) -> list[str]:
@@ -246,6 +338,7 @@ class McpServer:
         settings: Settings,
         on_change: Callable[[], None],
         policy: PolicyClient | None = None,
+        cgroups: RunCgroups | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -258,6 +351,9 @@ class McpServer:
         self.tools: dict[str, McpTool] = {}
         self.session: ClientSession | None = None
         self.pid: int | None = None
+        self.cgroups = cgroups
+        self.cgroup: RunCgroup | None = None
+        self.resolver: Resolver | None = None  # how the HTTP server's host is looked up (tests)
         self._errlog: Any = None
         self._last_stderr = ""
         self._broken = asyncio.Event()
@@ -303,32 +399,68 @@ class McpServer:
     @asynccontextmanager
     async def _transport(self) -> AsyncIterator[Any]:
         if isinstance(self.spec, StdioServer):
-            argv = sandbox_argv(self.spec, self.settings)
-            params = StdioServerParameters(
-                command=argv[0],
-                args=argv[1:],
-                env=sandbox_env(self.spec),
-                cwd="/",
+            async with self._stdio(self.spec) as streams:
+                yield streams
+            return
+        addresses = None
+        if self.policy is not None:
+            # The egress policy of a credential's base URL, asked before every connection:
+            # a server's URL is a request the executor makes from inside the network.
+            try:
+                addresses = await check_base_url(
+                    self.policy, EGRESS_SUBJECT, ["admin"], self.spec.url, resolver=self.resolver
+                )
+            except CredentialError as exc:
+                raise ConnectionRefusedError(exc.message.replace("base URL", "URL")) from None
+        transport = PinnedTransport(addresses) if addresses is not None else None
+        async with httpx2.AsyncClient(transport=transport, timeout=HTTP_TIMEOUT) as http:
+            async with streamable_http_client(self.spec.url, http_client=http) as streams:
+                yield streams
+
+    @asynccontextmanager
+    async def _stdio(self, spec: StdioServer) -> AsyncIterator[Any]:
+        """The server started in its sandbox, its cgroup and seccomp filter; when the
+        connection ends, whatever is left of it is killed and its cgroup removed."""
+        bpf = await asyncio.to_thread(server_filter, spec.network)
+        cgroup = None
+        if self.cgroups is not None:
+            limits = spec.limits
+            bounds = RunBounds(
+                memory_bytes=limits.memory_mb * 2**20,
+                processes=limits.max_processes,
+                cpu_cores=limits.cpu_cores,
             )
+            try:
+                cgroup = await asyncio.to_thread(self.cgroups.create, bounds, "mcp")
+            except OSError as exc:
+                raise ConnectionRefusedError(f"no cgroup for the server: {exc}") from None
+        try:
             # The server's stderr: its last lines say why it stopped.
-            with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errlog:
+            with (
+                tempfile.NamedTemporaryFile(prefix="a0-mcp-seccomp-") as seccomp,
+                tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errlog,
+            ):
+                seccomp.write(bpf)
+                seccomp.flush()
+                argv = launch_argv(sandbox_argv(spec, self.settings), cgroup, seccomp.name)
+                params = StdioServerParameters(command=argv[0], args=argv[1:], env=sandbox_env(spec), cwd="/")
                 self._errlog = errlog
+                self.cgroup = cgroup
                 try:
                     async with stdio_client(params, errlog=errlog) as streams:
                         yield streams
                 finally:
                     self._last_stderr = self._stderr_tail()
                     self._errlog = None
-        else:
-            if self.policy is not None:
-                # The egress policy of a credential's base URL, asked before every connection:
-                # a server's URL is a request the executor makes from inside the network.
-                try:
-                    await check_base_url(self.policy, EGRESS_SUBJECT, ["admin"], self.spec.url)
-                except CredentialError as exc:
-                    raise ConnectionRefusedError(exc.message.replace("base URL", "URL")) from None
-            async with streamable_http_client(self.spec.url) as streams:
-                yield streams
+                    if cgroup is not None and cgroup.memory_kills():
+                        self._last_stderr = (
+                            f"; killed at its memory limit ({spec.limits.memory_mb} MiB, mcp.yaml)"
+                            + self._last_stderr
+                        )
+        finally:
+            self.cgroup = None
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
 
     async def _messages(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification):
@@ -368,6 +500,9 @@ class McpServer:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001  # anyio groups: any failure means restart
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # a stop, wrapped in a group by the transport's task group
                 detail = _reason(exc) + self._last_stderr
                 log.warning("MCP server %s stopped: %s; restarting in %.1fs", self.name, detail, delay)
                 self.session = None
@@ -455,11 +590,12 @@ class McpServers:
         registry: dict[str, Any],
         on_catalog: Callable[[list[ToolSpec], list[dict[str, Any]]], Awaitable[None]] | None = None,
         policy: PolicyClient | None = None,
+        cgroups: RunCgroups | None = None,
     ) -> None:
         self.registry = registry
         self.on_catalog = on_catalog
         self.servers = {
-            name: McpServer(name, spec, settings, self._changed, policy)
+            name: McpServer(name, spec, settings, self._changed, policy, cgroups)
             for name, spec in config.servers.items()
         }
         self.tasks: list[asyncio.Task[None]] = []

@@ -1,6 +1,6 @@
 """An MCP server's tool in the chat UI: its progress shows in the call's block while it
-runs, an image of its result renders inline, its text stays text (the reference server
-server-everything, tests/support/mcp.yaml)."""
+runs, an image of its result renders inline, its text stays text, and a reload draws
+both again from the history (the reference server server-everything, tests/support/mcp.yaml)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def test_progress_shows_in_the_tool_block_then_the_result(
     expect(result).to_have_attribute("data-status", "ok", timeout=WAIT_MS)
     expect(result.get_by_test_id("tool-output")).to_contain_text("Long running operation completed")
     expect_answer(page, 1, "Tool everything__trigger-long-running-operation returned")
+    # Drawn again from the history: the call's last progress line and its result.
+    page.reload()
+    call = page.get_by_test_id("tool-call")
+    expect(call).to_have_count(1, timeout=WAIT_MS)
+    expect(call.get_by_test_id("tool-progress")).to_contain_text("100% (4/4)")
+    expect(page.get_by_test_id("tool-result").get_by_test_id("tool-output")).to_contain_text(
+        "Long running operation completed"
+    )
 
 
 def test_an_image_result_renders_inline(mcp_ready: None, page: Page, user_name: str) -> None:
@@ -64,3 +72,10 @@ def test_an_image_result_renders_inline(mcp_ready: None, page: Page, user_name: 
         "node => node.complete && node.naturalWidth > 0", arg=image.element_handle(), timeout=WAIT_MS
     )
     expect(result.get_by_test_id("tool-output")).to_contain_text("[image image/png")
+    # Drawn again from the history, the image with it.
+    page.reload()
+    image = page.get_by_test_id("tool-result").get_by_test_id("tool-image")
+    expect(image).to_have_count(1, timeout=WAIT_MS)
+    page.wait_for_function(
+        "node => node.complete && node.naturalWidth > 0", arg=image.element_handle(), timeout=WAIT_MS
+    )

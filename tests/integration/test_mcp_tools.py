@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,15 @@ import pytest
 
 from a0ctl import tools
 from a0ctl.runtime.local import LocalRuntime
+from services.common.auth import mint_token
 from services.common.settings import Settings
+from services.tool_executor.cgroups import (
+    RunBounds,
+    parent_name,
+    prepare,
+    remove_stack_parents,
+    stack_parents,
+)
 from tests.support.cli import a0ctl, a0ctl_json
 from tests.support.gateway import (
     auth,
@@ -124,6 +133,10 @@ async def test_images_structured_content_and_resources_are_mapped(
         )
     )
     assert "[resource demo://resource/" in resource["output"]
+    # The history the chat UI draws on a reload keeps the image (the same renderer shows it).
+    history = (await client.get(f"/v1/conversations/{conversation_id}", headers=headers)).json()["events"]
+    stored = next(e for e in history if e["type"] == "tool.result" and e["payload"].get("images"))
+    assert stored["payload"]["images"] == image["images"]
 
 
 async def test_the_filesystem_server_reads_inside_its_binding_and_refuses_outside(
@@ -183,18 +196,65 @@ async def test_a_user_the_policy_refuses_gets_a_reason_and_the_server_is_never_c
     assert target.read_text() == "ok"
 
 
-def _server_pids(needle: str) -> list[int]:
-    """The server's own processes (node), not the bwrap processes that started them."""
+async def test_a_tool_offered_to_a_role_follows_the_roles_of_the_token_that_sent_the_turn(
+    settings: Settings, client, mcp_ready: None
+) -> None:
+    """files-write is offered to role mcp-admin: the roles travel from the token through
+    the turn's message.user and each tool.request to the executor's policy decision."""
+    user = f"role-{uuid.uuid4().hex[:8]}"
+    target = _files(settings) / f"written-by-{user}.txt"
+    target.unlink(missing_ok=True)
+    prompt = f'call files-write__write_file {{"path": "{target}", "content": "by role"}}'
+    plain = {"Authorization": f"Bearer {mint_token(settings, user, ['user'])}"}
+    denied = _tool_result(
+        await send_and_collect(client, plain, await create_conversation(client, plain), prompt)
+    )
+    assert denied["error"]["code"] == "denied"
+    assert f"user {user} may not call files-write__write_file" in denied["error"]["message"]
+    assert "roles [mcp-admin]" in denied["error"]["message"]
+    assert not target.exists()  # the server never ran the call
+    admin = {"Authorization": f"Bearer {mint_token(settings, user, ['mcp-admin'])}"}
+    allowed = _tool_result(
+        await send_and_collect(client, admin, await create_conversation(client, admin), prompt)
+    )
+    assert "error" not in allowed, allowed
+    assert target.read_text() == "by role"
+
+
+def _server_pids(settings: Settings, needle: str) -> list[int]:
+    """This stack's server processes (the server's own, not the bwrap processes that
+    started them): in a cgroup of this stack's executor, whose command line has ``needle``."""
+    parent = parent_name(settings.stack.state_path, settings.tools.metrics_port)
     out = subprocess.run(["pgrep", "-f", needle], capture_output=True, text=True, check=False).stdout
     pids = []
     for pid in out.split():
         try:
             argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            cgroups = Path(f"/proc/{pid}/cgroup").read_text()
         except OSError:
             continue
-        if not argv0.endswith(b"bwrap"):
+        if not argv0.endswith(b"bwrap") and f"/{parent}/mcp-" in cgroups:
             pids.append(int(pid))
     return pids
+
+
+def _cgroup_file(pid: int, controller: str, v1_name: str, v2_name: str) -> Path:
+    """The file of ``pid``'s cgroup where ``controller``'s limit is written (v1 or v2)."""
+    mounts: dict[str, Path] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, rest = line.partition(" - ")
+        fstype, _, options = rest.split()[:3]
+        if fstype == "cgroup":
+            for option in options.split(","):
+                mounts.setdefault(option, Path(fields.split()[4]))
+        elif fstype == "cgroup2":
+            mounts.setdefault("", Path(fields.split()[4]))
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return mounts[controller] / path.lstrip("/") / v1_name
+    v2 = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if line.startswith("0::"))
+    return mounts[""] / v2.split(":", 2)[2].lstrip("/") / v2_name
 
 
 async def test_progress_of_a_long_running_tool_streams_before_its_result(
@@ -258,7 +318,7 @@ async def test_a_server_killed_mid_call_restarts_and_the_turn_ends_with_a_clear_
         'call everything__trigger-long-running-operation {"duration": 20, "steps": 20}',
     )
     await read_until(events, "tool.progress")
-    pids = _server_pids(needle)
+    pids = _server_pids(settings, needle)
     assert pids, "the server's process is running"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
@@ -334,3 +394,91 @@ def test_a0ctl_tools_list_and_call_through_the_executor(stack: LocalRuntime, mcp
         '{"path": "/tmp/x", "content": "x"}',
     )
     assert refused.returncode == 1 and "denied" in refused.stderr
+
+
+def test_a_server_runs_in_its_own_cgroup_under_rlimits_and_seccomp(
+    settings: Settings, mcp_ready: None
+) -> None:
+    (probe,) = _server_pids(settings, "mcp_probe_server.py")  # limits declared in mcp.yaml
+    assert (
+        int(_cgroup_file(probe, "memory", "memory.limit_in_bytes", "memory.max").read_text()) == 160 * 2**20
+    )
+    assert _cgroup_file(probe, "pids", "pids.max", "pids.max").read_text().strip() == "32"
+    cpu = _cgroup_file(probe, "cpu", "cpu.cfs_quota_us", "cpu.max").read_text().split()[0]
+    assert cpu == "50000"  # half a core of each 100 ms
+    node = _server_pids(settings, "server-everything/dist/index.js")
+    assert node, "the everything server runs in a cgroup of its own"
+    # No limits in mcp.yaml: the defaults (512 MiB).
+    assert (
+        int(_cgroup_file(node[0], "memory", "memory.limit_in_bytes", "memory.max").read_text()) == 512 * 2**20
+    )
+    for pid in (probe, node[0]):
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+        )
+        assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        assert any(
+            line.startswith("Max core file size") and line.split()[4] == "0" for line in limits.splitlines()
+        )
+
+
+async def test_a_server_over_its_memory_limit_is_killed_and_restarted(
+    settings: Settings, client, mcp_ready: None
+) -> None:
+    (before,) = _server_pids(settings, "mcp_probe_server.py")
+    cgroup = _cgroup_file(before, "memory", "memory.limit_in_bytes", "memory.max").parent
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    small = _tool_result(
+        await send_and_collect(client, headers, conversation_id, 'call probe__allocate {"mib": 16}')
+    )
+    assert small.get("output") == "allocated 16 MiB", small
+    large = _tool_result(
+        await send_and_collect(client, headers, conversation_id, 'call probe__allocate {"mib": 400}')
+    )
+    assert large["error"]["code"] == "unavailable", large  # the kernel killed it at 160 MiB
+    await eventually(lambda: not cgroup.exists(), 15, "the killed server's cgroup removed")
+
+    async def answers() -> bool:
+        again = await send_and_collect(client, headers, conversation_id, 'call probe__allocate {"mib": 8}')
+        return _tool_result(again).get("output") == "allocated 8 MiB"
+
+    await eventually(answers, 60, "the restarted server answers")
+    listing = await tools.list_tools(settings, "alice")
+    probe = next(s for s in listing.servers if s.get("name") == "probe")
+    assert int(probe["restarts"]) >= 1
+
+
+async def test_a_cancelled_call_reaches_the_server(settings: Settings, client, mcp_ready: None) -> None:
+    marks = settings.stack.state_path / "mcp-marks"
+    token = uuid.uuid4().hex
+    headers = auth(settings, "alice")
+    conversation_id = await create_conversation(client, headers)
+    events = sse_events(client, headers, conversation_id)
+    accepted = await post_message(
+        client, headers, conversation_id, f'call probe__wait {{"seconds": 60, "token": "{token}"}}'
+    )
+    await eventually(lambda: (marks / f"started-{token}").exists(), 30, "the server runs the call")
+    assert not (marks / f"cancelled-{token}").exists()
+    response = await client.post(
+        f"/v1/conversations/{conversation_id}/cancel", json={"turn_id": accepted["turn_id"]}, headers=headers
+    )
+    assert response.status_code == 202
+    rest = await asyncio.wait_for(collect_turn(events, accepted["turn_id"]), 15)
+    await events.aclose()
+    assert rest[-1]["type"] == "cancelled"
+    # notifications/cancelled: the SDK cancelled the handler, which left its mark.
+    await eventually(lambda: (marks / f"cancelled-{token}").exists(), 10, "the server saw the cancellation")
+
+
+def test_down_leaves_no_parent_cgroup_of_the_stack(tmp_path: Path) -> None:
+    """What `a0ctl down` does after the executors stopped: their parent cgroups, and any
+    empty run or server cgroup in them, are removed."""
+    cgroups = prepare(parent_name(tmp_path, 1), move_self=False)
+    for kind in ("run", "mcp"):
+        made = cgroups.create(RunBounds(memory_bytes=64 * 2**20, processes=8, cpu_cores=0.5), kind)
+        assert all(directory.is_dir() for directory in made.dirs)
+    assert stack_parents(tmp_path)
+    assert remove_stack_parents(tmp_path) == []
+    assert stack_parents(tmp_path) == []

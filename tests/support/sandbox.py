@@ -37,7 +37,8 @@ def _field(status: str, name: str) -> str:
 def sandboxed_processes(tool_user: str, besides: Collection[int] = ()) -> list[int]:
     """Host pids of processes run as the tool user inside another pid namespace, except
     ``besides``: sandboxes that ran before a test began, e.g. those of another stack on
-    the same machine (every stack's tools run as the same user)."""
+    the same machine (every stack's tools run as the same user). MCP servers, long-lived
+    sandboxes of the same user in cgroups of their own (``mcp-…``), are not runs."""
     uid = str(pwd.getpwnam(tool_user).pw_uid)
     ours = os.readlink("/proc/self/ns/pid")
     found = []
@@ -48,6 +49,9 @@ def sandboxed_processes(tool_user: str, besides: Collection[int] = ()) -> list[i
             with open(f"/proc/{entry}/status", encoding="utf-8") as f:
                 status = f.read()
             namespace = os.readlink(f"/proc/{entry}/ns/pid")
+            with open(f"/proc/{entry}/cgroup", encoding="utf-8") as f:
+                if "/mcp-" in f.read():
+                    continue
         except OSError:
             continue  # gone meanwhile
         if _field(status, "Uid").split()[:1] == [uid] and namespace != ours and int(entry) not in besides:

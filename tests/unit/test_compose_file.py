@@ -345,3 +345,73 @@ def test_compose_broker_has_the_local_runtimes_sasl_and_acls(services: dict[str,
     command = " ".join(services["kafka"]["command"])
     assert f'--add-scram "{mechanism}=[name=a0-admin,password=$$A0_KAFKA_ADMIN_PASSWORD]"' in command
     assert "--command-config" in " ".join(services["kafka"]["healthcheck"]["test"])
+
+
+# --- the MCP servers of mcp.yaml in the image ------------------------------------------
+
+
+def _stages(dockerfile: str) -> dict[str, list[str]]:
+    """Each stage of the Dockerfile (by its alias, "" for the final one) → its instructions,
+    continuation lines joined."""
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in re.sub(r"\\\n\s*", " ", dockerfile).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            words = line.split()
+            current = []
+            stages[words[3] if len(words) > 3 and words[2].upper() == "AS" else ""] = current
+            stages.setdefault("", current)
+        current.append(line)
+    stages[""] = current  # the last stage is the image
+    return stages
+
+
+def test_the_image_ships_mcp_yaml_and_what_its_servers_need(services: dict[str, dict[str, Any]]) -> None:
+    from services.common.mcp_servers import SERVERS_DIR, StdioServer, parse
+
+    stages = _stages((STACK / "Dockerfile").read_text())
+    image = stages[""]
+    workdir = next(line.split()[1] for line in image if line.startswith("WORKDIR "))
+    env = " ".join(line for line in image if line.startswith("ENV "))
+    assert f"A0_HOME={workdir}" in env  # mcp.yaml and {repo} are resolved against it
+    copies = [line.split()[1:] for line in image if line.startswith("COPY ")]
+    assert any("mcp.yam[l]" in words or "mcp.yaml" in words for words in copies), (
+        "mcp.yaml is not in the image"
+    )
+
+    # Node >= 20 and the npm servers from the lock, both out of a node image's stage.
+    npm_stage = next(name for name, lines in stages.items() if any("npm ci" in line for line in lines))
+    base = stages[npm_stage][0].split()[1]
+    assert base.startswith("node:") and int(base.split(":")[1].split("-")[0].split(".")[0]) >= 20, base
+    npm = stages[npm_stage]
+    assert any("stack/mcp-servers/package-lock.json" in line for line in npm if line.startswith("COPY "))
+    assert any(words[:2] == [f"--from={npm_stage}", "/usr/local/bin/node"] for words in copies)
+    node_modules = f"./{SERVERS_DIR}/node_modules"
+    assert any(words[0] == f"--from={npm_stage}" and words[-1] == node_modules for words in copies)
+
+    # Every stdio server of mcp.yaml finds its command and its files there.
+    shipped_py = {re.split(r"[<>=!~ ]", dep)[0] for dep in _pyproject_dependencies()}
+    config = parse((REPO / "mcp.yaml").read_text())
+    for name, spec in config.servers.items():
+        if not isinstance(spec, StdioServer):
+            continue
+        if spec.command == "node":
+            script = spec.args[0]
+            assert script.startswith(f"{{repo}}/{SERVERS_DIR}/node_modules/"), (name, script)
+            package = "/".join(script.split("/node_modules/", 1)[1].split("/")[:2])
+            lock = (REPO / SERVERS_DIR / "package-lock.json").read_text()
+            assert f'"node_modules/{package}"' in lock, (name, package)
+        else:
+            assert spec.command in shipped_py, f"{name}: {spec.command} is not installed in the image"
+    # The tool executor and OPA's data read the image's mcp.yaml (no other path set).
+    for service in ("tool-executor", "opa-data"):
+        assert "A0_TOOLS_MCP_FILE" not in _env(services[service]), service
+
+
+def _pyproject_dependencies() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]

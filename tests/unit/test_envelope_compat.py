@@ -21,6 +21,7 @@ from services.common.envelope import (
     EnvelopeError,
     EventType,
     export_schema,
+    roles_of,
 )
 
 pytestmark = pytest.mark.unit
@@ -97,3 +98,26 @@ def test_the_ui_event_names_are_the_schemas() -> None:
     assert generated == rendered, (
         "regenerate: .venv/bin/python scripts/events_js.py > services/gateway/static/events.js"
     )
+
+
+@pytest.mark.parametrize("type_", ["message.user", "tool.request"])
+def test_a_recorded_turn_without_roles_reads_as_the_least_privilege(type_: str) -> None:
+    raw = (FIXTURES / f"v{MIN_READ_VERSION}" / f"{type_}.json").read_bytes()
+    assert roles_of(Envelope.from_bytes(raw)) == ["user"]
+
+
+@pytest.mark.parametrize(
+    ("roles", "read"),
+    [
+        (["mcp-admin", "user"], ["mcp-admin", "user"]),
+        ([], ["user"]),
+        ("mcp-admin", ["user"]),
+        (["mcp-admin", 7], ["user"]),
+        (None, ["user"]),
+    ],
+)
+def test_the_roles_a_turn_carries(roles: object, read: list[str]) -> None:
+    envelope = Envelope(
+        type=EventType.TOOL_REQUEST, conversation_id="c", turn_id="t", user_id="u", payload={"roles": roles}
+    )
+    assert roles_of(envelope) == read
