@@ -11,8 +11,12 @@ cd "$(dirname "$0")/.."
 
 spec=stack/mcp-servers
 cache_root="${A0_CACHE_DIR:-$HOME/.cache/a0}"
-# The tools user reads the servers through these links: keep the cache out of a private home.
-[[ "$cache_root" == /root/* || "$cache_root" == "$HOME"/* ]] && cache_root="$PWD/.a0/cache"
+# The tools user reads the servers through these links: keep the cache out of a private
+# home — in /var/cache/a0 for root (shared by every checkout), else in the checkout.
+if [[ "$cache_root" == /root/* || "$cache_root" == "$HOME"/* ]]; then
+  if [[ $(id -u) -eq 0 ]]; then cache_root=/var/cache/a0; else cache_root="$PWD/.a0/cache"; fi
+fi
+mkdir -p "$cache_root"
 python="${A0_TOOLS_SANDBOX_PYTHON:-/usr/bin/python3}"
 
 link() {  # target → link name, only when different

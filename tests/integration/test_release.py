@@ -31,6 +31,8 @@ def clone(tmp_path: Path, stack: LocalRuntime) -> Path:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True)
     for key, value in (("user.email", "release@a0.test"), ("user.name", "a0 release")):
         subprocess.run(["git", "-C", str(path), "config", key, value], check=True)
+    # What bootstrap installs into a checkout (from its cache): the MCP servers of mcp.yaml.
+    subprocess.run([str(path / "scripts" / "vendor-mcp.sh")], check=True, capture_output=True)
     return path
 
 
