@@ -30,7 +30,7 @@ GROUP = "a0-conversation-worker"
 # PostgreSQL connections of one worker process.
 POOL_CONNECTIONS = 32
 # How often the MCP servers' tools are read again (services/common/tools.py's catalog).
-CATALOG_REFRESH_S = 2.0
+CATALOG_REFRESH_S = 5.0
 
 
 async def open_worker(stack: ServiceStack) -> ConsumerLoop:

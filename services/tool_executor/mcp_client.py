@@ -75,7 +75,8 @@ MAX_IMAGE_BYTES = 256 * 1024
 MAX_IMAGES_BASE64_CHARS = 600_000
 # How long a server may take to start and answer its first listing.
 START_TIMEOUT_S = 30.0
-PING_EVERY_S = 5.0
+# A hung server is found by this ping; one that exits breaks its connection at once.
+PING_EVERY_S = 15.0
 PING_TIMEOUT_S = 10.0
 RESTART_FIRST_S = 0.5
 # Who asks the egress policy about an HTTP server's URL.
