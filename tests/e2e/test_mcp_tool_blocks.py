@@ -79,3 +79,22 @@ def test_an_image_result_renders_inline(mcp_ready: None, page: Page, user_name: 
     page.wait_for_function(
         "node => node.complete && node.naturalWidth > 0", arg=image.element_handle(), timeout=WAIT_MS
     )
+
+
+def test_one_conversation_uses_two_servers_tools(
+    mcp_ready: None, page: Page, user_name: str, snapshot: Callable[[str], None]
+) -> None:
+    sign_in(page, user_name)
+    page.get_by_test_id("new-chat").click()
+    send(page, 'call time__get_current_time {"timezone": "Asia/Tokyo"}')
+    first = page.get_by_test_id("tool-result").first
+    expect(first).to_have_attribute("data-status", "ok", timeout=WAIT_MS)
+    expect(first.get_by_test_id("tool-output")).to_contain_text("Asia/Tokyo")
+    expect_answer(page, 1, "Tool time__get_current_time returned")
+    send(page, 'call everything__echo {"message": "from a second server"}')
+    expect(page.get_by_test_id("tool-result")).to_have_count(2, timeout=WAIT_MS)
+    second = page.get_by_test_id("tool-result").last
+    expect(second).to_have_attribute("data-status", "ok", timeout=WAIT_MS)
+    expect(second.get_by_test_id("tool-output")).to_contain_text("Echo: from a second server")
+    expect_answer(page, 2, "Tool everything__echo returned")
+    snapshot("two-servers")
