@@ -39,21 +39,28 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class TraceBudget:
-    """A token bucket of new traces: ``per_s`` a second, bursts up to ``per_s`` (0: no
-    limit). Spans with a parent follow their parent's decision and take nothing."""
+# New traces a process may start at once: a user's few requests in a row (open a
+# conversation, send, follow) are all traced on a quiet stack, whatever the rate.
+TRACE_BURST = 8
 
-    def __init__(self, per_s: float, clock: Any = time.monotonic) -> None:
+
+class TraceBudget:
+    """A token bucket of new traces: ``per_s`` a second, bursts up to ``burst`` (at least
+    ``per_s``; 0: no limit). Spans with a parent follow their parent's decision and take
+    nothing."""
+
+    def __init__(self, per_s: float, clock: Any = time.monotonic, burst: float = 1.0) -> None:
         self.per_s = per_s
         self._clock = clock
-        self._tokens = max(1.0, per_s)
+        self._capacity = max(1.0, burst, per_s)
+        self._tokens = self._capacity
         self._at = clock()
 
     def take(self) -> bool:
         if self.per_s <= 0:
             return True
         now = self._clock()
-        self._tokens = min(max(1.0, self.per_s), self._tokens + (now - self._at) * self.per_s)
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self.per_s)
         self._at = now
         if self._tokens >= 1.0:
             self._tokens -= 1.0
@@ -127,7 +134,7 @@ def setup_tracing(settings: Settings, service_name: str) -> None:
         resource=Resource.create(
             {"service.name": service_name, "service.namespace": settings.telemetry.service_namespace}
         ),
-        sampler=_sampler(TraceBudget(settings.telemetry.traces_per_s)),
+        sampler=_sampler(TraceBudget(settings.telemetry.traces_per_s, burst=TRACE_BURST)),
     )
     url = endpoint.rstrip("/") + "/v1/traces"
     # Exported within a second, so `a0ctl trace` shows a turn right after it ends.

@@ -180,6 +180,16 @@ def test_new_traces_are_rate_limited_and_refill_over_time() -> None:
     assert all(TraceBudget(0).take() for _ in range(100))  # 0: no limit
 
 
+def test_a_quiet_process_traces_a_burst_of_new_requests_then_keeps_to_its_rate() -> None:
+    from services.common.telemetry import TraceBudget
+
+    now = [0.0]
+    budget = TraceBudget(1.0, clock=lambda: now[0], burst=4)
+    assert [budget.take() for _ in range(5)] == [True, True, True, True, False]
+    now[0] += 1.0
+    assert [budget.take() for _ in range(2)] == [True, False]  # refilled at 1 a second
+
+
 async def test_event_loop_lag_is_what_a_blocked_loop_made_a_timer_wait() -> None:
     def observed() -> tuple[float, float]:
         (family,) = metrics.LOOP_LAG_SECONDS.collect()
