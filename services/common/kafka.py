@@ -86,17 +86,26 @@ class MissingTopics(Exception):
         self.topics = topics
 
 
+# How often aiokafka's fetch routine wakes with nothing to do (default 0.2 s): new
+# records, consumption, a rebalance, a resume and a fetch's answer wake it at once anyway.
+CONSUMER_TIMEOUT_MS = 1000
+
+
 def consumer_options(settings: Settings) -> dict[str, Any]:
     """:func:`client_options` and how long a fetch waits at the broker for records: a
-    record arriving answers it at once, and an idle consumer sends one per wait."""
-    return {**client_options(settings), "fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms}
+    record arriving answers it at once, and an idle consumer sends one per wait. Every
+    consumer's fetch routine wakes at most once a second with nothing to do."""
+    return {
+        **client_options(settings),
+        "fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms,
+        "consumer_timeout_ms": CONSUMER_TIMEOUT_MS,
+    }
 
 
 # How long the consumer loop waits for records: while it has some in flight or is paused,
 # briefly, so that backpressure lifts promptly; idle, up to a second.
 POLL_BUSY_MS = 200
 POLL_IDLE_MS = 1000
-CONSUMER_TIMEOUT_MS = 1000
 # The lag gauges: every second while records are handled; idle, when one arrives (or this).
 LAG_IDLE_S = 10.0
 
@@ -227,10 +236,6 @@ class ConsumerLoop:
             heartbeat_interval_ms=2_000,
             max_poll_interval_ms=300_000,
             isolation_level="read_committed",
-            # How often aiokafka's fetch routine wakes with nothing to do (default 0.2 s):
-            # new records, consumption, a rebalance, a resume and a fetch's answer wake it
-            # at once anyway.
-            consumer_timeout_ms=CONSUMER_TIMEOUT_MS,
         )
         self._partitions: dict[TopicPartition, _PartitionState] = {}
         self._tasks: set[asyncio.Task[None]] = set()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -68,9 +72,10 @@ LOOP_LAG_SECONDS = Histogram(
     "How late the process's event loop ran a timer: its backlog of ready work (CPU saturation)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-# Often enough to see a saturated loop within a scrape, rarely enough that an idle
-# service sleeps (ten wake-ups a second at 0.1 s, in every process of the stack).
-LOOP_LAG_INTERVAL_S = 0.5
+# Often enough to see a saturated loop within a scrape (ten samples in one at the default
+# 10 s), rarely enough that an idle service sleeps (ten wake-ups a second at 0.1 s, in
+# every process of the stack).
+LOOP_LAG_INTERVAL_S = 1.0
 GC_PAUSE_SECONDS = Histogram(
     "a0_gc_pause_seconds",
     "Pauses of the process for Python's cyclic garbage collector, by generation",
@@ -201,3 +206,29 @@ def watch_pool(pool: _StatsPool) -> Callable[[], None]:
     """Export ``pool``'s use as ``a0_db_pool_*{pool=...}``; returns what stops it."""
     _POOLS.pools.append(pool)
     return lambda: _POOLS.pools.remove(pool)
+
+
+# --- the /metrics endpoint of a service without an HTTP app of its own ----------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        """No line per scrape."""
+
+
+# The server thread is a daemon and never asked to stop, so it need not wake to check.
+_SERVE_POLL_S = 3600.0
+
+
+def serve_metrics(port: int, addr: str) -> None:
+    """Serve this process's registry on ``http://addr:port/metrics`` from a daemon thread,
+    as prometheus_client's ``start_http_server`` does, but with a thread that sleeps until
+    a scrape: its own polls the listening socket twice a second to see if it should stop."""
+    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    httpd: ThreadingWSGIServer = make_server(
+        addr, port, make_wsgi_app(REGISTRY), server_class, handler_class=_QuietHandler
+    )
+    threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": _SERVE_POLL_S}, name="metrics", daemon=True
+    ).start()

@@ -51,10 +51,17 @@ async def reconcile(redis: Redis, pool: AsyncConnectionPool) -> None:
     """Keep the budget true: every ``RECONCILE_S`` set the counter to the turns table's
     count. A reservation lost on its way (a request cancelled between its INCR and its
     DECR, a process killed) would otherwise hold a slot forever, and enough of them shed
-    every message. Runs until cancelled; errors wait for the next round."""
+    every message. While the table counted none and the counter still reads zero, no slot
+    can be held, so an idle stack's round is one Redis read (a turn opened since took a
+    reservation: the counter is above zero). Runs until cancelled; errors wait for the
+    next round."""
+    counted = -1  # not counted yet
     while True:
         await asyncio.sleep(RECONCILE_S)
         try:
+            stale = await read(redis)
+            if stale == 0 and counted == 0:
+                continue
             async with pool.connection(timeout=5) as conn:
                 row = await (await conn.execute(OPEN_TURNS_QUERY)).fetchone()
             counted = int(row[0]) if row else 0

@@ -9,8 +9,8 @@ import logging
 from typing import Any
 
 import uvloop
-from prometheus_client import start_http_server
 
+from services.common import metrics
 from services.common.bootstrap import ServiceStack, run_consumer_service
 from services.common.credentials import CredentialStore
 from services.common.kafka import ConsumerLoop
@@ -89,5 +89,5 @@ async def follow_mcp_catalog(runner: TurnRunner, redis: Any) -> None:
 def serve(settings: Settings) -> None:
     setup_logging("conversation-worker")
     setup_tracing(settings, "conversation-worker")
-    start_http_server(settings.worker.metrics_port, addr=settings.stack.host)
+    metrics.serve_metrics(settings.worker.metrics_port, settings.stack.host)
     uvloop.run(run_consumer_service(settings, open_worker))

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse
 from starlette.middleware import Middleware
 from starlette.staticfiles import StaticFiles
 
-from services.common import metrics, open_turns
+from services.common import http_server, metrics, open_turns
 from services.common.auth import check_sign_in
 from services.common.bootstrap import ServiceStack
 from services.common.credentials import CredentialStore
@@ -154,10 +154,7 @@ def serve(settings: Settings) -> None:
     setup_tracing(settings, "gateway")
     workers = settings.gateway.workers
     # No access log: request lines are noise under load, and SSE URLs may carry a token.
-    uvicorn.run(
-        "services.gateway.main:app_from_environment" if workers > 1 else create_app(settings),
-        factory=workers > 1,
-        workers=workers if workers > 1 else None,
+    options: dict[str, Any] = dict(
         host=settings.stack.host,
         port=settings.gateway.port,
         access_log=False,
@@ -175,3 +172,8 @@ def serve(settings: Settings) -> None:
         # only frames far past it are cut off by the protocol (close 1009).
         ws_max_size=max(settings.gateway.max_body_bytes * 4, 65536),
     )
+    if workers > 1:
+        uvicorn.run("services.gateway.main:app_from_environment", factory=True, workers=workers, **options)
+    else:
+        # One process: a server loop that sleeps while the gateway is idle.
+        http_server.run(create_app(settings), **options)

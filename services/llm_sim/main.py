@@ -18,12 +18,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common import http_server
 from services.common.errors import A0Error
 from services.llm_sim import replies
 
@@ -274,4 +274,4 @@ def serve(settings: Settings) -> None:
     # uvicorn configures only its own loggers; this makes the simulator's messages visible too.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     # No access log: request lines are noise under load and would carry client addresses.
-    uvicorn.run(app, host=settings.stack.host, port=sim.port, access_log=False, log_level="info")
+    http_server.run(app, host=settings.stack.host, port=sim.port, access_log=False, log_level="info")

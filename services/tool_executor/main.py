@@ -7,10 +7,9 @@ import logging
 from functools import partial
 
 import uvloop
-from prometheus_client import start_http_server
 
 import services.common.schema  # noqa: F401  # alembic, imported before root is dropped (see privileges)
-from services.common import mcp_servers
+from services.common import mcp_servers, metrics
 from services.common.bootstrap import ServiceStack, run_consumer_service
 from services.common.errors import ConfigError
 from services.common.kafka import ConsumerLoop
@@ -89,7 +88,7 @@ def serve(settings: Settings) -> None:
     setup_logging("tool-executor")
     setup_tracing(settings, "tool-executor")
     cgroups = run_cgroups(settings)  # while root; on cgroup v2 the executor moves into the subtree
-    start_http_server(settings.tools.metrics_port, addr=settings.stack.host)
+    metrics.serve_metrics(settings.tools.metrics_port, settings.stack.host)
     prepare_binds(mcp_servers.load(settings), settings)
     drop_root(settings.tools.run_as)
     try:
