@@ -57,8 +57,9 @@ def kafka_java(settings: Settings) -> list[str]:
 
 
 def io_threads() -> int:
-    """The broker's request handler threads: twice this host's cores, from 2 up to 8."""
-    return max(2, min(8, 2 * (os.cpu_count() or 1)))
+    """The request handler threads of the broker and of the controller (each has a pool):
+    one per core of this host, from 2 up to 8."""
+    return max(2, min(8, os.cpu_count() or 1))
 
 
 def listener_lines(settings: Settings, port: int, controller_port: int, admin_password: str) -> list[str]:
@@ -141,18 +142,38 @@ def server_properties(
         # has written nothing for this long (default 500 ms: a write and its follow-up
         # work twice a second on an idle stack); metadata changes are written at once.
         "metadata.max.idle.interval.ms=5000",
-        # Request handler threads: each wakes about three times a second when idle (0.5 ms
-        # of CPU a second each), and on a small host more of them than twice its cores
-        # only take turns on the same cores. Kafka's default, 8, from four cores up.
+        # Request handler threads, a pool for the broker and one for the controller: each
+        # thread wakes about three times a second when idle (0.25 ms of CPU a second), and
+        # a request never waits in one (a fetch or an acks=all produce waits in purgatory),
+        # so more of them than cores only take turns on the same cores. Kafka's default,
+        # 8, from eight cores up.
         f"num.io.threads={io_threads()}",
         # Threads that each wake several times a second with nothing to do, sized for
         # brokers with many cores and clients: one group coordinator thread (default 4)
-        # serves a0's two consumer groups, and two network threads (default 3) its
-        # dozen connections.
+        # serves a0's two consumer groups, two network threads (default 3) its dozen
+        # connections, and one the controller's listener (the brokers' heartbeats and,
+        # in a cluster, the quorum's fetches).
         "group.coordinator.threads=1",
         "num.network.threads=2",
+        "listener.name.controller.num.network.threads=1",
+        # The high watermarks are checkpointed (a file written and fsynced) every 5 s by
+        # default, whether or not they moved. A leader with no follower recovers its high
+        # watermark from its log on restart, and a follower truncates by leader epoch, so
+        # an older checkpoint costs nothing after a crash.
+        "replica.high.watermark.checkpoint.interval.ms=30000",
+        *single_node_lines(len(nodes)),
         "",
     ]
+
+
+def single_node_lines(node_count: int) -> list[str]:
+    """A lone node heartbeats to its own controller: every 2 s by default, a request (and a
+    metadata check) for nothing, since if it stopped there is no one left to fence it. In a
+    cluster the default stays: a dead broker is fenced, and its partitions move, once its
+    session (9 s) lapses."""
+    if node_count > 1:
+        return []
+    return ["broker.heartbeat.interval.ms=5000"]
 
 
 def format_storage(settings: Settings, name: str, data_dir: Path, props: Path, admin_password: str) -> None:

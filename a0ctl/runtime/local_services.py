@@ -141,6 +141,12 @@ def redis_service(settings: Settings, dirs: StackDirs) -> LocalService:
             "yes",
             "--save",
             "",
+            # Its background cron (expiring keys, closing idle clients, resizing tables) once
+            # a second rather than ten times: an idle stack's Redis sleeps. a0 uses no
+            # blocking command, whose timeouts the cron also checks, and a key past its
+            # TTL is never read back (one read expires it at once).
+            "--hz",
+            "1",
             "--daemonize",
             "no",
             "--protected-mode",
