@@ -48,7 +48,7 @@ async def run_load(
     if account is not None:
         first = await account.read()
         await asyncio.sleep(idle_s)
-        idle = (first, await account.read())
+        idle = (first, await account.read(memory=True))
     if on_start is not None:
         on_start()
     tally = Tally()
@@ -102,7 +102,7 @@ async def account_after(
 ) -> Account:
     """The stack's cost: read again ``settle_s`` after the run, against the idle reading."""
     await asyncio.sleep(settle_s)
-    last = await account.read()
+    last = await account.read(memory=True)
     idle_spans = await account.spans(idle[0].wall, idle[1].wall)
     run_spans = await account.spans(idle[1].wall, last.wall)
     return build_account(

@@ -11,6 +11,8 @@ Sources, each read the cheapest honest way:
 
 - CPU: ``/proc`` of each supervised process tree (:mod:`a0ctl.load.processes`), exited
   children included; the load client is this process, less the account's own readings.
+- Memory: each process tree's PSS (``/proc/PID/smaps_rollup``, summed over the tree) as
+  the run starts and after the settle time: what the run left the stack holding.
 - PostgreSQL: transactions committed and rows written (``pg_stat_database``, every
   database), WAL records, writes and fsyncs (``pg_stat_wal``), HOT updates
   (``pg_stat_user_tables``), over one connection kept for the run.
@@ -61,6 +63,7 @@ class Reading(BaseModel):
     cpu_s: dict[str, float]
     counters: dict[str, float]
     client_cpu_s: float  # this process's CPU, less what the readings themselves took
+    pss_mib: dict[str, float] = {}  # each process tree's PSS, on the readings that take it
 
 
 class AccountRow(BaseModel):
@@ -75,6 +78,16 @@ class AccountRow(BaseModel):
     per_turn: float | None
 
 
+class MemoryRow(BaseModel):
+    """One process tree's PSS as the run started and after it, in MiB (None where the
+    tree was not there to read)."""
+
+    name: str
+    before_mib: float | None
+    after_mib: float | None
+    change_mib: float | None
+
+
 class Account(BaseModel):
     turns: int
     idle_s: float
@@ -82,6 +95,9 @@ class Account(BaseModel):
     idle_cpu_ms_per_s: float | None  # the whole stack's idle rate
     cpu_ms_per_turn: float | None  # the whole stack and the load client, net of idle
     rows: list[AccountRow]
+    memory: list[MemoryRow] = []  # PSS per process tree, largest after the run first
+    pss_before_mib: float | None = None  # the whole stack's PSS as the run started
+    pss_after_mib: float | None = None  # and after it
     probe_cpu_ms: float  # what reading the stack cost this process, in all
     sources: dict[str, str]  # where each group's figures come from
     unavailable: list[str]
@@ -168,9 +184,10 @@ class AccountProbe:
         self.unavailable.setdefault(source, f"{type(exc).__name__}: {exc}"[:200])
 
     # --- one reading -------------------------------------------------------------------
-    async def read(self) -> Reading:
+    async def read(self, *, memory: bool = False) -> Reading:
+        """The stack now; with ``memory``, each process tree's PSS too."""
         started = time.process_time()
-        cpu = await asyncio.to_thread(self._cpu)
+        cpu, pss = await asyncio.to_thread(self._cpu, memory)
         counters: dict[str, float] = {}
         for part in await asyncio.gather(
             self._postgres_counters(),
@@ -188,21 +205,24 @@ class AccountProbe:
             cpu_s=cpu,
             counters=counters,
             client_cpu_s=processes.own_cpu_s() - self.probe_cpu_s,
+            pss_mib=pss,
         )
 
-    def _cpu(self) -> dict[str, float]:
+    def _cpu(self, memory: bool) -> tuple[dict[str, float], dict[str, float]]:
+        """CPU seconds and (with ``memory``) PSS of each process tree."""
         if self.runtime is None:
             self.unavailable.setdefault("cpu", "the stack's processes are not on this host's /proc")
-            return {}
+            return {}, {}
         from a0ctl.runtime.supervisor import daemon_pid
 
         try:
             infos = self.runtime.supervisor.processes()
         except Exception as exc:
             self._gone("cpu", exc)
-            return {}
+            return {}, {}
         pids = {name: info.pid for name, info in infos.items() if info.pid}
-        return processes.read_trees(pids, daemon_pid(self.runtime.paths)).cpu_s
+        reading = processes.read_trees(pids, daemon_pid(self.runtime.paths), memory=memory)
+        return reading.cpu_s, reading.pss_mib
 
     async def _postgres_counters(self) -> dict[str, float]:
         if self._postgres is None:
@@ -373,6 +393,20 @@ def _group_of(key: str) -> tuple[str, str]:
 UNITS = {"postgres": "", "kafka records": "records", "kafka requests": "requests"}
 
 
+def memory_rows(before: dict[str, float], after: dict[str, float]) -> list[MemoryRow]:
+    """Each process tree's PSS before and after the run (MiB), largest after it first."""
+    rows = []
+    for name in set(before) | set(after):
+        first, last = before.get(name), after.get(name)
+        change = round(last - first, 1) if first is not None and last is not None else None
+        rows.append(MemoryRow(name=name, before_mib=first, after_mib=last, change_mib=change))
+    return sorted(rows, key=lambda row: (-(row.after_mib or 0.0), row.name))
+
+
+def _total(pss: dict[str, float]) -> float | None:
+    return round(sum(pss.values()), 1) if pss else None
+
+
 def build_account(
     idle: tuple[Reading, Reading],
     run: tuple[Reading, Reading],
@@ -465,6 +499,9 @@ def build_account(
         idle_cpu_ms_per_s=_r(idle_total) if names else None,
         cpu_ms_per_turn=_r(run_net + (client_net or 0.0)) if complete and turns else None,
         rows=rows,
+        memory=memory_rows(run[0].pss_mib, run[1].pss_mib),
+        pss_before_mib=_total(run[0].pss_mib),
+        pss_after_mib=_total(run[1].pss_mib),
         probe_cpu_ms=round(probe_cpu_ms, 1),
         sources=SOURCES,
         unavailable=[f"{source}: {why}" for source, why in sorted((unavailable or {}).items())],
@@ -474,6 +511,8 @@ def build_account(
 SOURCES = {
     "cpu": "/proc: each supervised process with its live descendants and reaped children "
     "(utime+stime+cutime+cstime); the load client is this process, less the account's readings",
+    "memory": "/proc/PID/smaps_rollup: Pss of each supervised process and its live descendants, "
+    "as the run starts and after the settle time",
     "postgres": "pg_stat_database (every database), pg_stat_wal, pg_stat_user_tables",
     "kafka records": "end offsets of every partition (transaction markers included)",
     "kafka requests": "the broker's RequestMetrics RequestsPerSec counts, read in the broker by an "
