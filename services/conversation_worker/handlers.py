@@ -289,7 +289,7 @@ class TurnRunner:
         ends, its slot in the gateway's budget of open turns is released."""
         step = await self.events.emit_batch(envelope, drafts, messages=messages or [], end=str(status))
         if step.ended:
-            await open_turns.release(self.redis)
+            await open_turns.end(self.redis)
 
 
 def _cancelled(turn_id: str) -> Draft:

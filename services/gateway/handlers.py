@@ -314,7 +314,10 @@ async def submit_message(
     else:  # no need to read the row: the statement that queues the turn finds it
         await check_access(state, principal, "conversation.write", conversation_id, owner_id)
     await ratelimit.admit(
-        state.redis, principal.user_id, limits.rate_per_user_per_min, limits.max_inflight_turns
+        state.redis,
+        principal.user_id,
+        limits.rate_per_user_per_min,
+        state.open_turns.budget(limits.max_inflight_turns),
     )
     accepted = False
     turn_id, message_id = new_id(), new_id()
