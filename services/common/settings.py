@@ -313,10 +313,12 @@ class WorkerSettings(BaseSettings):
         default=30, ge=0, le=1000, description="Answer text is sent to clients at most once per window."
     )
     transcript_cache_mb: int = Field(
-        default=64,
+        default=16,
         ge=0,
         description="Transcripts a worker keeps of the conversations it owns, so a turn reads only "
-        "what was stored since the last (least recently used out first; 0: read each whole).",
+        "what was stored since the last (least recently used out first; 0: read each whole). "
+        "Counted as the rows' JSON: the worker holds about four times that as Python objects "
+        "(measured with short messages).",
     )
 
 

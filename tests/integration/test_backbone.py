@@ -368,12 +368,9 @@ async def test_gateway_sheds_load_with_429_and_retry_after(settings: Settings, t
     assert 0 < int(refused.headers["retry-after"]) <= 60
 
 
-async def test_past_its_turns_in_flight_the_gateway_sheds_with_429_until_a_turn_ends(
-    settings: Settings, tmp_path: Path
-) -> None:
-    # The budget is shared by every replica (a Redis counter, reconciled with the turns
-    # table every few seconds): room for exactly one more turn than are open now.
-    # Wait until earlier tests' turns have ended and the counter agrees with the table.
+async def open_turns_settled(settings: Settings) -> int:
+    """The open turns, once earlier tests' turns have ended and the shared counter agrees
+    with the table (the budget is a Redis counter, reconciled every few seconds)."""
     seen: list[int] = []
     async with (
         await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as db,
@@ -387,7 +384,15 @@ async def test_past_its_turns_in_flight_the_gateway_sheds_with_429_until_a_turn_
             return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3] == counter
 
         await eventually(settled, 30, "open turns steady and the counter agreeing", poll_s=0.5)
-    open_now = seen[-1]
+    return seen[-1]
+
+
+async def test_past_its_turns_in_flight_the_gateway_sheds_with_429_until_a_turn_ends(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Room for exactly one more turn than are open now, on a gateway that has seen no
+    # turn end yet: its budget is the floor alone.
+    open_now = await open_turns_settled(settings)
     with running_gateway(tmp_path, A0_GATEWAY_MAX_INFLIGHT_TURNS=str(open_now + 1)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as gateway:
             headers = auth(settings, "shed-user")
@@ -414,6 +419,43 @@ async def test_past_its_turns_in_flight_the_gateway_sheds_with_429_until_a_turn_
                 return again.status_code == 202
 
             await eventually(accepted_again, 5, "a message accepted once the turn ended")
+
+
+async def test_the_turn_budget_grows_with_the_rate_turns_end_at_past_the_floor(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # The same floor as above, but turns may stay open a minute: once this gateway has
+    # seen turns end, its budget is the rate they end at times 60 s, and a second turn
+    # in flight is accepted where the floor alone would shed it.
+    open_now = await open_turns_settled(settings)
+    floor = open_now + 1
+    with running_gateway(
+        tmp_path, A0_GATEWAY_MAX_INFLIGHT_TURNS=str(floor), A0_GATEWAY_SHED_TURN_S="60"
+    ) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as gateway:
+            headers = auth(settings, "budget-user")
+            quick = await create_conversation(gateway, headers)
+            for _ in range(3):  # turns end, one after another: the gateway reads their rate
+                events = await send_and_collect(gateway, headers, quick, "hello")
+                assert events[-1]["type"] == "message.completed", events
+            busy = await create_conversation(gateway, headers)
+            other = await create_conversation(gateway, headers)
+            stream = sse_events(gateway, headers, busy)
+            accepted = await post_message(gateway, headers, busy, "long answer please")
+            second = await gateway.post(
+                f"/v1/conversations/{other}/messages", json={"content": "hello"}, headers=headers
+            )
+            assert second.status_code == 202, second.text
+            metrics = (await gateway.get("/metrics")).text
+            budget = next(
+                float(line.split()[-1])
+                for line in metrics.splitlines()
+                if line.startswith("a0_gateway_turn_budget ")
+            )
+            assert budget > floor, metrics
+            turn = await asyncio.wait_for(collect_turn(stream, accepted["turn_id"]), 60)
+            await stream.aclose()
+            assert turn[-1]["type"] == "message.completed"
 
 
 async def test_cancel_kills_a_running_tool_process(settings: Settings, client) -> None:
