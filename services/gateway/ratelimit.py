@@ -32,8 +32,8 @@ RATE_KEY_TTL_S = 120
 OVERLOADED_RETRY_AFTER_S = 5
 PENDING_RETRY_AFTER_S = 2
 SNAPSHOT_S = 0.1
-# The rate turns end at is read over this much of the latest readings, and only from
-# readings at least MIN_RATE_SPAN_S apart.
+# The rate turns end at is read over the latest readings of this much time (from the last
+# one before it, when readings are sparse), and only from readings MIN_RATE_SPAN_S apart.
 RATE_WINDOW_S = 3.0
 MIN_RATE_SPAN_S = 0.5
 # Refusals a second one gateway process answers before it tells the crowd to come back later.
@@ -87,12 +87,14 @@ class OpenTurns:
     ended: deque[tuple[float, int]] = field(default_factory=deque)
 
     def note_ended(self, at: float, ended: int) -> None:
-        """Keep one reading of the ended-turns counter (a counter that went back, Redis
-        restarted empty, starts the window again)."""
+        """Keep one reading of the ended-turns counter: those of the last ``RATE_WINDOW_S``
+        and the one before them, so readings taken seconds apart (a quiet gateway) still
+        give the rate since the last. A counter that went back (Redis restarted empty)
+        starts again."""
         if self.ended and ended < self.ended[-1][1]:
             self.ended.clear()
         self.ended.append((at, ended))
-        while at - self.ended[0][0] > RATE_WINDOW_S:
+        while len(self.ended) > 1 and at - self.ended[1][0] >= RATE_WINDOW_S:
             self.ended.popleft()
 
     def ending_per_s(self) -> float:

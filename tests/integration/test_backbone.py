@@ -438,6 +438,7 @@ async def test_the_turn_budget_grows_with_the_rate_turns_end_at_past_the_floor(
             for _ in range(3):  # turns end, one after another: the gateway reads their rate
                 events = await send_and_collect(gateway, headers, quick, "hello")
                 assert events[-1]["type"] == "message.completed", events
+                await asyncio.sleep(0.3)  # a pause: a rate is read from readings 0.5 s apart
             busy = await create_conversation(gateway, headers)
             other = await create_conversation(gateway, headers)
             stream = sse_events(gateway, headers, busy)

@@ -274,6 +274,9 @@ def test_the_turn_budget_is_what_the_stack_ends_in_the_shed_time_and_never_below
     # Half the time allowed in flight, half the budget.
     half = OpenTurns(redis=None, turn_s=0.5, ended=turns.ended)  # type: ignore[arg-type]
     assert half.budget(1) == 10
+    # Sparse readings: the rate since the last one, however long ago.
+    turns.note_ended(115.0, 5_300)
+    assert [at for at, _ in turns.ended] == [105.0, 115.0] and turns.ending_per_s() == 4
     # A counter that went back (Redis restarted empty) starts the window again.
     turns.note_ended(105.5, 3)
     assert list(turns.ended) == [(105.5, 3)] and turns.budget(40) == 40
