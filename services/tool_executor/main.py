@@ -12,8 +12,8 @@ from prometheus_client import start_http_server
 import services.common.schema  # noqa: F401  # alembic, imported before root is dropped (see privileges)
 from services.common import mcp_servers
 from services.common.bootstrap import ServiceStack, run_consumer_service
+from services.common.consumer import ConsumerLoop
 from services.common.errors import ConfigError
-from services.common.kafka import ConsumerLoop
 from services.common.logging import setup_logging
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
