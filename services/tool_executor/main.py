@@ -22,7 +22,8 @@ from services.common.topics import TOOL_REQUESTS, dead_letter_topic
 from services.tool_executor.cgroups import CgroupError, RunCgroups, parent_name, prepare
 from services.tool_executor.confinement import ConfinementError, confinement
 from services.tool_executor.handlers import ToolExecutor
-from services.tool_executor.mcp_client import McpServers, prepare_binds
+from services.tool_executor.mcp_catalog import McpServers
+from services.tool_executor.mcp_connect import prepare_binds
 from services.tool_executor.privileges import drop_root
 from services.tool_executor.sandbox import SandboxLimits
 from services.tool_executor.tools import load_tools
