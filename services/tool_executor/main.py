@@ -25,7 +25,7 @@ from services.tool_executor.handlers import ToolExecutor
 from services.tool_executor.mcp_catalog import McpServers
 from services.tool_executor.mcp_connect import prepare_binds
 from services.tool_executor.privileges import drop_root
-from services.tool_executor.sandbox import SandboxLimits
+from services.tool_executor.sandbox_limits import SandboxLimits
 from services.tool_executor.tools import load_tools
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from services.common.mcp_servers import SERVERS_DIR, McpConfig, StdioServer, exp
 from services.common.settings import Settings
 from services.tool_executor.cgroups import RunCgroup
 from services.tool_executor.confinement import SECCOMP_GENERATOR_PYTHON, seccomp_program
-from services.tool_executor.sandbox import FILE_SIZE_BYTES, UNBOUNDED_MAX_PROCESSES
+from services.tool_executor.sandbox_limits import FILE_SIZE_BYTES, UNBOUNDED_MAX_PROCESSES
 
 # The first process of a stdio server, run by the system interpreter as the tools user:
 # it joins the server's cgroup (so bwrap and everything the server forks are born
