@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -42,12 +42,6 @@ from tests.support.sandbox import sandboxed_processes, wait_until_no_sandboxed_p
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:
-        yield http
 
 
 @pytest.mark.milestone("M2")
