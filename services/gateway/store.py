@@ -89,9 +89,8 @@ async def delete_conversation(pool: AsyncConnectionPool, conversation_id: str) -
     """Delete the conversation and its whole history; False if there was none (deleted
     meanwhile). Events, transcript and turns go by the schema's cascades; the tool
     results of its turns are deleted here, the gateway's one write of the executor's
-    table: they are keyed ``<turn_id>:<call_id>`` and have no foreign key to ``turns``,
-    because the executor answers any ``tool.request`` on its topic, stored turn or not,
-    and a result arriving after the delete would then fail instead of being kept."""
+    table: keyed ``<turn_id>:<call_id>``, they have no foreign key to ``turns``, since the
+    executor answers any ``tool.request`` on its topic, of a stored turn or not."""
     async with pool.connection(timeout=10) as conn, conn.transaction():
         await conn.execute(
             "DELETE FROM tool_results WHERE split_part(call_key, ':', 1) IN "

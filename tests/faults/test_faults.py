@@ -179,31 +179,34 @@ async def _gateway_wrote_the_turn(settings: Settings, conversation_id: str) -> b
     return bool(row and row[0])
 
 
-async def _open_turns_of(settings: Settings, conversation_id: str) -> int:
+async def _turns_of(settings: Settings, conversation_id: str) -> list[str]:
+    """The statuses of the conversation's stored turns."""
     async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
-        row = await (
-            await conn.execute(
-                "SELECT count(*) FROM turns WHERE conversation_id = %s AND status IN ('queued', 'running')",
-                (conversation_id,),
-            )
-        ).fetchone()
-    return int(row[0]) if row else -1
+        rows = await (
+            await conn.execute("SELECT status FROM turns WHERE conversation_id = %s", (conversation_id,))
+        ).fetchall()
+    return [status for (status,) in rows]
 
 
-async def test_a_gateway_killed_before_the_broker_acked_a_message_leaves_no_turn_open(
+async def test_gateway_leaves_no_turn_open_for_a_message_the_broker_never_acked(
     settings: Settings, stack: LocalRuntime
 ) -> None:
-    """The broker is down, so a message's publish waits for its ack; the gateway is
-    SIGKILLed while it waits, its turn written. The message never reached Kafka, so its
-    turn must not stay queued: once the gateway is back, the ``reject`` conversation
-    takes the next message and answers it."""
-    headers = auth(settings, "gateway-killed-mid-publish")
+    """The broker is down. A message refused with 503 leaves no turn; nor does one whose
+    gateway is SIGKILLed while it waits for the broker's ack, its turn written. Neither
+    message reached Kafka, so the ``reject`` conversation takes the next message once
+    the broker and the gateway are back, and answers it."""
+    headers = auth(settings, "broker-never-acked")
     async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as client:
         conversation_id = await create_conversation(client, headers, title="reject", policy="reject")
         url = f"/v1/conversations/{conversation_id}/messages"
         gateway_pid = stack.pid("gateway")
         await asyncio.to_thread(stack.stop_service, "kafka")
         try:
+            refused = await client.post(url, json={"content": "compute 6*7"}, headers=headers)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "unavailable", refused.text
+            assert await _turns_of(settings, conversation_id) == []
+
             sending = asyncio.create_task(client.post(url, json={"content": "compute 6*7"}, headers=headers))
 
             async def waiting_for_the_ack() -> bool:
@@ -221,7 +224,7 @@ async def test_a_gateway_killed_before_the_broker_acked_a_message_leaves_no_turn
             return await service_back(stack, "gateway", gateway_pid)
 
         await eventually(gateway_back, 90, "the gateway running and healthy again")
-        assert await _open_turns_of(settings, conversation_id) == 0
+        assert await _turns_of(settings, conversation_id) == []
 
         async def accepted() -> bool:
             return (
