@@ -93,7 +93,7 @@ def run_size(
     settings: Any, runtime: Any, size: int, duration_s: float, prompt: str, idle_s: float
 ) -> dict[str, Any]:
     from a0ctl.load import run_load
-    from a0ctl.load.account import AccountProbe
+    from a0ctl.load.probe import AccountProbe
     from a0ctl.load.processes import own_cpu_s
     from bench.baseline import run_baseline
 

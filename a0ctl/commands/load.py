@@ -10,7 +10,8 @@ from rich.table import Table
 
 from a0ctl.console import ExitCode, JsonOption, console, print_json, settings
 from a0ctl.load import SAMPLE_S, run_load
-from a0ctl.load.account import IDLE_S, Account, AccountProbe
+from a0ctl.load.account import Account
+from a0ctl.load.probe import IDLE_S, AccountProbe
 from a0ctl.load.report import HostCpu, LoadReport
 from a0ctl.runtime import get_runtime
 from services.common.metrics import tune_gc

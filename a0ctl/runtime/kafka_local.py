@@ -40,7 +40,7 @@ def kafka_java(settings: Settings) -> list[str]:
         java,
         # Memory: a small heap that grows only as the broker needs it, collected by the
         # serial collector. A single broker's live set is tens of MiB; G1 with 256 MiB to
-        # start and 768 MiB to grow to held 445 MiB PSS after 2,000 sessions, its regions
+        # start and 768 MiB to grow to held 413-445 MiB PSS after 2,000 sessions, its regions
         # all touched, plus its remembered sets and a GC thread per core. On a host this
         # small the serial collector's young pauses are a few milliseconds, and it spends
         # less CPU than G1's concurrent threads and write barriers.

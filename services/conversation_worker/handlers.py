@@ -25,9 +25,11 @@ from services.common.settings import Settings
 from services.common.turns import TERMINAL, TurnStatus
 from services.conversation_worker.deltas import DeltaStream
 from services.conversation_worker.events import Draft, EventLog
-from services.conversation_worker.llm import Completion, LLMClients, LLMError, classify
+from services.conversation_worker.llm import LLMClients
+from services.conversation_worker.llm_errors import LLMError, classify
 from services.conversation_worker.results import ToolResults
 from services.conversation_worker.sequencer import Sequencer
+from services.conversation_worker.stream import Completion
 from services.conversation_worker.tool_round import ToolRounds, tool_call_event
 from services.conversation_worker.turns import Transcript, TurnStart, TurnStore
 
