@@ -93,7 +93,7 @@ def run_size(
     settings: Any, runtime: Any, size: int, duration_s: float, prompt: str, idle_s: float
 ) -> dict[str, Any]:
     from a0ctl.load import run_load
-    from a0ctl.load.account import AccountProbe
+    from a0ctl.load.probe import AccountProbe
     from a0ctl.load.processes import own_cpu_s
     from bench.baseline import run_baseline
 
@@ -185,6 +185,15 @@ def _print(result: dict[str, Any]) -> None:
         )
         for row in account["rows"]:
             print(f"        {row['group']:>15} {row['name']:<28} {row['per_turn']!s:>9} per turn")
+        if account.get("memory"):
+            print(
+                f"      memory (PSS, MiB): whole stack {account['pss_before_mib']} at the start, "
+                f"{account['pss_after_mib']} after the run"
+            )
+            for memory in account["memory"]:
+                print(
+                    f"        {memory['name']:<44} {memory['before_mib']!s:>9} -> {memory['after_mib']!s:>9}"
+                )
 
 
 def parse_args() -> argparse.Namespace:

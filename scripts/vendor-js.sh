@@ -9,20 +9,10 @@
 # Nothing is downloaded at run time: the gateway serves the copies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
-spec=stack/ui-vendor
-key=$(cat "$spec/package.json" "$spec/package-lock.json" | sha256sum | cut -c1-16)
-cache="${A0_CACHE_DIR:-$HOME/.cache/a0}/ui-vendor-$key"
-if [[ ! -f "$cache/.installed" ]]; then
-  echo "vendor-js: installing the pinned browser packages (npm ci)"
-  rm -rf "$cache"
-  mkdir -p "$cache"
-  cp "$spec/package.json" "$spec/package-lock.json" "$cache/"
-  (cd "$cache" && npm ci --ignore-scripts --omit=optional --no-audit --no-fund --loglevel=error)
-  touch "$cache/.installed"
-fi
-
-modules="$cache/node_modules"
+npm_ci_cached stack/ui-vendor "${A0_CACHE_DIR:-$HOME/.cache/a0}" ui-vendor --omit=optional
+modules="$NPM_CACHE_DIR/node_modules"
 place() {  # source (in node_modules) → destination, only when different
   cmp -s "$modules/$1" "$2" 2>/dev/null || install -D -m 0644 "$modules/$1" "$2"
 }

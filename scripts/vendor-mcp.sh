@@ -8,6 +8,7 @@
 # linked into place. Idempotent: nothing is fetched or written when the cache holds them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 spec=stack/mcp-servers
 cache_root="${A0_CACHE_DIR:-$HOME/.cache/a0}"
@@ -23,17 +24,8 @@ link() {  # target → link name, only when different
   [[ "$(readlink "$2" 2>/dev/null)" == "$1" ]] || ln -sfn "$1" "$2"
 }
 
-key=$(cat "$spec/package.json" "$spec/package-lock.json" | sha256sum | cut -c1-16)
-npm_cache="$cache_root/mcp-npm-$key"
-if [[ ! -f "$npm_cache/.installed" ]]; then
-  echo "vendor-mcp: installing the pinned npm MCP servers (npm ci)"
-  rm -rf "$npm_cache"
-  mkdir -p "$npm_cache"
-  cp "$spec/package.json" "$spec/package-lock.json" "$npm_cache/"
-  (cd "$npm_cache" && npm ci --ignore-scripts --omit=dev --no-audit --no-fund --loglevel=error)
-  touch "$npm_cache/.installed"
-fi
-link "$npm_cache/node_modules" "$spec/node_modules"
+npm_ci_cached "$spec" "$cache_root" mcp-npm --omit=dev
+link "$NPM_CACHE_DIR/node_modules" "$spec/node_modules"
 
 requirements=$(./scripts/uv.sh export --frozen --no-emit-project --no-header --quiet)
 # Only what mcp-server-time needs: uv resolves it again from the exact pins of uv.lock.

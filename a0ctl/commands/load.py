@@ -10,7 +10,8 @@ from rich.table import Table
 
 from a0ctl.console import ExitCode, JsonOption, console, print_json, settings
 from a0ctl.load import SAMPLE_S, run_load
-from a0ctl.load.account import IDLE_S, Account, AccountProbe
+from a0ctl.load.account import Account
+from a0ctl.load.probe import IDLE_S, AccountProbe
 from a0ctl.load.report import HostCpu, LoadReport
 from a0ctl.runtime import get_runtime
 from services.common.metrics import tune_gc
@@ -78,6 +79,35 @@ def account_table(account: Account) -> Table:
     return table
 
 
+def memory_table(account: Account) -> Table:
+    """Each process tree's PSS as the run started and after it (the account's memory)."""
+    table = Table(title="memory: PSS of each process tree (MiB)", title_justify="left")
+    for column, justify in (
+        ("", "left"),
+        ("run start", "right"),
+        ("after the run", "right"),
+        ("change", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    total_change = (
+        round(account.pss_after_mib - account.pss_before_mib, 1)
+        if account.pss_after_mib is not None and account.pss_before_mib is not None
+        else None
+    )
+    table.add_row(
+        "whole stack",
+        _figure(account.pss_before_mib),
+        _figure(account.pss_after_mib),
+        _figure(total_change),
+        style="bold",
+    )
+    for row in account.memory:
+        table.add_row(
+            f"  {row.name}", _figure(row.before_mib), _figure(row.after_mib), _figure(row.change_mib)
+        )
+    return table
+
+
 # Long on purpose: a flat table of the report's rows, in the order the terminal shows them.
 def render(report: LoadReport) -> None:
     cpu = report.host_cpu
@@ -123,6 +153,8 @@ def render(report: LoadReport) -> None:
         console.print(_timeline(report))
     if report.account is not None:
         console.print(account_table(report.account))
+        if report.account.memory:
+            console.print(memory_table(report.account))
         console.print(
             f"the account's own readings cost this process {report.account.probe_cpu_ms:g} ms of CPU "
             "(not in the load client's figure)",
@@ -184,7 +216,7 @@ def load(
 
     A session whose connection fails (a gateway restarting) reconnects with backoff (a quarter of a second, doubling up to 5 s) until the run ends; those are counted as reconnects, not failures.
 
-    The account (unless --no-account): before the run the stack is read over --idle s of no traffic, then again 11 s after it; per answered turn, net of the idle rate, it gives the CPU ms of every process of the stack and of the load client, PostgreSQL commits, rows and WAL fsyncs, Kafka records per topic and requests per kind, Redis commands, OPA decisions, LLM requests and spans, and each one's idle rate. docs/runbook.md explains how to read it.
+    The account (unless --no-account): before the run the stack is read over --idle s of no traffic, then again 11 s after it; per answered turn, net of the idle rate, it gives the CPU ms of every process of the stack and of the load client, PostgreSQL commits, rows and WAL fsyncs, Kafka records per topic and requests per kind, Redis commands, OPA decisions, LLM requests and spans, and each one's idle rate; and each process tree's memory (PSS, MiB) as the run started and after it. docs/runbook.md explains how to read it.
 
     Example: a0ctl load --sessions 500 --duration 60 --think 10 --sla-mean 0.5 --sla-p99 1.5 --json
     """

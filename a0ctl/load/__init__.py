@@ -3,7 +3,7 @@ gateway, as browsers would drive them, and what a user would have noticed.
 
 :func:`run_load` starts the sessions (:mod:`.session`) evenly over the ramp, samples lag
 and CPU while they run (:mod:`.sampling`), and returns the :mod:`.report`, with the
-run's cost to the stack when given an :class:`~a0ctl.load.account.AccountProbe`. What the
+run's cost to the stack when given an :class:`~a0ctl.load.probe.AccountProbe`. What the
 report counts and why: docs/runbook.md, "Load runs".
 """
 
@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import aiohttp
 
-from a0ctl.load.account import IDLE_S, SETTLE_S, Account, AccountProbe, Reading, build_account
+from a0ctl.load.account import Account, Reading, build_account
+from a0ctl.load.probe import IDLE_S, SETTLE_S, AccountProbe
 from a0ctl.load.report import HostCpu, LoadReport, Percentiles, timeline
 from a0ctl.load.sampling import SAMPLE_S, sample_cpu, sample_lag
 from a0ctl.load.session import AnswerHook, Session, Tally
@@ -48,7 +49,7 @@ async def run_load(
     if account is not None:
         first = await account.read()
         await asyncio.sleep(idle_s)
-        idle = (first, await account.read())
+        idle = (first, await account.read(memory=True))
     if on_start is not None:
         on_start()
     tally = Tally()
@@ -102,7 +103,7 @@ async def account_after(
 ) -> Account:
     """The stack's cost: read again ``settle_s`` after the run, against the idle reading."""
     await asyncio.sleep(settle_s)
-    last = await account.read()
+    last = await account.read(memory=True)
     idle_spans = await account.spans(idle[0].wall, idle[1].wall)
     run_spans = await account.spans(idle[1].wall, last.wall)
     return build_account(

@@ -1,6 +1,6 @@
-"""CPU time of a local stack's processes, from ``/proc``: each supervised process with
-every process it started, so work done in children that have since exited (PostgreSQL
-backends, tool sandboxes) counts too.
+"""CPU time and memory of a local stack's processes, from ``/proc``: each supervised
+process with every process it started, so work done in children that have since exited
+(PostgreSQL backends, tool sandboxes) counts too.
 
 A process's ``utime + stime`` is its own CPU; its ``cutime + cstime`` is that of its
 children it has waited for, so a tree's total is, over the process and each live
@@ -65,12 +65,49 @@ def tree_cpu_s(pid: int, children: dict[int, list[int]], skip: frozenset[int] = 
     return total / CLOCK_TICKS
 
 
+def pss_kib_of(smaps_rollup: str) -> int | None:
+    """The ``Pss:`` figure (KiB) of a ``/proc/PID/smaps_rollup`` text, None without one."""
+    for line in smaps_rollup.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return None
+
+
+def own_pss_kib(pid: int) -> int | None:
+    """One process's proportional set size, in KiB: its private pages, plus each shared
+    page divided by the processes sharing it, so the PSS of processes adds up to the
+    memory they hold together (PostgreSQL's backends share its buffers, and are not
+    counted once each). None when the process is gone or not readable."""
+    try:
+        return pss_kib_of((PROC / str(pid) / "smaps_rollup").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def tree_pss_kib(pid: int, children: dict[int, list[int]], skip: frozenset[int] = frozenset()) -> int | None:
+    """PSS of ``pid`` and its live descendants (KiB), leaving out the subtrees rooted at
+    ``skip``; None when ``pid`` is gone."""
+    root = own_pss_kib(pid)
+    if root is None:
+        return None
+    total, todo = root, list(children.get(pid, []))
+    while todo:
+        current = todo.pop()
+        if current in skip:
+            continue
+        total += own_pss_kib(current) or 0
+        todo.extend(children.get(current, []))
+    return total
+
+
 class CpuReading(BaseModel):
-    """CPU seconds of each process tree at one instant (``time.monotonic()``), and how
-    long the reading itself took the reader (its own CPU seconds)."""
+    """CPU seconds of each process tree at one instant (``time.monotonic()``), with their
+    PSS in MiB when asked for (``memory``), and how long the reading itself took the reader
+    (its own CPU seconds)."""
 
     at: float
     cpu_s: dict[str, float]
+    pss_mib: dict[str, float] = {}
     cost_s: float = 0.0
 
 
@@ -91,25 +128,30 @@ def _event_listeners(supervisor_pid: int, children: dict[int, list[int]], known:
     return listeners
 
 
-def read_trees(pids: dict[str, int], supervisor_pid: int | None = None) -> CpuReading:
+def read_trees(
+    pids: dict[str, int], supervisor_pid: int | None = None, *, memory: bool = False
+) -> CpuReading:
     """CPU seconds of each named process tree; with ``supervisor_pid``, its event listeners
     (the watchdog) under their own names and supervisord itself as "supervisord", without
-    the trees it supervises."""
+    the trees it supervises. With ``memory``, each tree's PSS too (the kernel walks every
+    mapping of each process for it: a few milliseconds a process, so not on every reading)."""
     started = time.process_time()
     children = children_of()
     named = dict(pids)
     if supervisor_pid is not None:
         named.update(_event_listeners(supervisor_pid, children, set(pids.values())))
     cpu: dict[str, float] = {}
-    for name, pid in named.items():
-        seconds = tree_cpu_s(pid, children)
+    pss: dict[str, float] = {}
+    trees = [(name, pid, frozenset[int]()) for name, pid in named.items()]
+    if supervisor_pid is not None:
+        trees.append(("supervisord", supervisor_pid, frozenset(named.values())))
+    for name, pid, skip in trees:
+        seconds = tree_cpu_s(pid, children, skip)
         if seconds is not None:
             cpu[name] = seconds
-    if supervisor_pid is not None:
-        seconds = tree_cpu_s(supervisor_pid, children, skip=frozenset(named.values()))
-        if seconds is not None:
-            cpu["supervisord"] = seconds
-    return CpuReading(at=time.monotonic(), cpu_s=cpu, cost_s=time.process_time() - started)
+        if memory and (kib := tree_pss_kib(pid, children, skip)) is not None:
+            pss[name] = round(kib / 1024, 1)
+    return CpuReading(at=time.monotonic(), cpu_s=cpu, pss_mib=pss, cost_s=time.process_time() - started)
 
 
 def own_cpu_s() -> float:

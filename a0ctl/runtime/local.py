@@ -16,8 +16,7 @@ import json
 import os
 import shutil
 import signal
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,15 +24,18 @@ from a0ctl.errors import StackError
 from a0ctl.runtime import health
 from a0ctl.runtime.base import ProgressFn, ServiceStatus
 from a0ctl.runtime.local_services import SCALABLE, build_services, python
+from a0ctl.runtime.logfile import read_log
 from a0ctl.runtime.processes import (
     make_private,
     port_free,
     private_files,
     process_alive,
     process_start_time,
+    stop_group,
     supervised_by,
 )
 from a0ctl.runtime.service import LocalService
+from a0ctl.runtime.startup import StartupWaits
 from a0ctl.runtime.supervisor import (
     ACTIVE_STATES,
     WATCHDOG,
@@ -46,11 +48,10 @@ from a0ctl.runtime.supervisor import (
     signal_name,
     start_daemon,
 )
-from services.common.retry import WaitTimeout, wait_until, wait_until_async
+from services.common.retry import WaitTimeout, wait_until
 from services.common.settings import Settings
 from services.tool_executor.cgroups import remove_stack_parents
 
-LOG_TAIL_LINES = 20
 RESTARTS_FILE = "restarts.json"
 SCALE_FILE = "scale.json"
 
@@ -68,6 +69,7 @@ class LocalRuntime:
         self.paths = SupervisorPaths.under(self.state)
         self.supervisor = SupervisorClient(self.paths)
         self.services = build_services(settings, self.state, self.replicas())
+        self.startup = StartupWaits(settings, self.supervisor, self.log_path)
 
     # --- files under the state directory ------------------------------------------
     def log_path(self, name: str) -> Path:
@@ -183,85 +185,6 @@ class LocalRuntime:
                     "in .env",
                 ) from None
 
-    def _fail(self, service: LocalService, reason: str) -> StackError:
-        log = self.log_path(service.name)
-        tail = ""
-        if log.exists():
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
-        return StackError(
-            f"{service.name} {reason}\n--- last lines of {log} ---\n{tail}",
-            service=service.name,
-            hint=f"full log: {log}; after fixing the cause: `a0ctl restart {service.name}`",
-        )
-
-    async def _after_start(self, service: LocalService, deadline: float) -> None:
-        """The service's own set-up step, retried while it does not accept connections yet."""
-        import psycopg
-
-        after_start = service.after_start
-        if after_start is None:
-            return
-        last_error: Exception | None = None
-
-        async def set_up() -> bool:
-            nonlocal last_error
-            try:
-                await after_start()
-                return True
-            except (psycopg.OperationalError, OSError) as exc:
-                # Not up yet, or restarted by supervisord: only its giving up is final.
-                last_error = exc
-            await self._raise_if_given_up(service, "gave up before it could be set up")
-            return False
-
-        await self._wait(service, deadline, set_up, lambda: f"could not be set up in time ({last_error})")
-
-    async def _wait(
-        self,
-        service: LocalService,
-        deadline: float,
-        ready: Callable[[], Awaitable[bool]],
-        why: Callable[[], str],
-    ) -> None:
-        """Ask ``ready`` until it holds or ``deadline`` passes; then fail with ``why()``."""
-        try:
-            await wait_until_async(
-                ready, timeout=deadline - time.monotonic(), interval=0.25, describe=f"{service.name} to start"
-            )
-        except WaitTimeout:
-            raise self._fail(service, why()) from None
-
-    async def _raise_if_given_up(self, service: LocalService, reason: str) -> None:
-        info = await asyncio.to_thread(self.supervisor.process, service.name)
-        if info.statename == "FATAL":
-            raise self._fail(service, reason)
-
-    async def _wait_healthy(
-        self, service: LocalService, deadline: float, progress: ProgressFn | None
-    ) -> None:
-        await self._after_start(service, deadline)
-        detail = ""
-
-        async def healthy() -> bool:
-            nonlocal detail
-            ok, detail = await health.check(service.probe, self.settings, timeout=3)
-            if not ok:
-                retries = self.settings.stack.restart_retries
-                await self._raise_if_given_up(service, f"gave up: exited too quickly, {retries + 1} times")
-            return ok
-
-        await self._wait(service, deadline, healthy, lambda: f"did not become healthy in time ({detail})")
-        if progress:
-            progress(service.name, "healthy")
-
-    def _wait_all(self, names: list[str], progress: ProgressFn | None) -> None:
-        deadline = time.monotonic() + self.settings.stack.startup_timeout_s
-
-        async def wait_all() -> None:
-            await asyncio.gather(*(self._wait_healthy(self.services[n], deadline, progress) for n in names))
-
-        asyncio.run(wait_all())
-
     def _expand(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """A service name also stands for its replicas (``conversation-worker-2`` ...)."""
         return tuple(
@@ -308,7 +231,7 @@ class LocalRuntime:
                 if progress:
                     progress(name, "starting")
                 self.supervisor.start(name)
-        self._wait_all(list(names), progress)
+        self.startup.wait_all([self.services[n] for n in names], progress)
         self.record_pids(self.supervisor.processes())
         return [s for s in self.status() if s.name in names]
 
@@ -322,7 +245,7 @@ class LocalRuntime:
                 progress(name, "restarting")
             self.supervisor.stop(name)
             self.supervisor.start(name)
-            self._wait_all([name], progress)
+            self.startup.wait_all([self.services[name]], progress)
         self.record_pids(self.supervisor.processes())
         return [s for s in self.status() if s.name in names]
 
@@ -365,7 +288,7 @@ class LocalRuntime:
         targets.pop(WATCHDOG, None)  # it exits when supervisord goes
         for name in sorted(targets, key=self._priority, reverse=True):
             service = self.services.get(name)
-            _stop_group(
+            stop_group(
                 targets[name],
                 service.stop_signal if service else signal.SIGTERM,
                 service.stop_wait_s if service else 20,
@@ -473,52 +396,4 @@ class LocalRuntime:
         path = self.log_path(service)
         if not path.exists():
             raise StackError(f"no log yet for {service} ({path})", hint="start the stack with `a0ctl up`")
-        handle = open(path, errors="replace")
-        try:
-            yield from handle.readlines()[-lines:] if lines > 0 else []
-            while follow:
-                line = handle.readline()
-                if line:
-                    yield line
-                    continue
-                # supervisord rotates a log by renaming it: follow the new file.
-                try:
-                    rotated = os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
-                except FileNotFoundError:
-                    rotated = False
-                if rotated:
-                    handle.close()
-                    handle = open(path, errors="replace")
-                else:
-                    time.sleep(0.2)
-        finally:
-            handle.close()
-
-
-def _stop_group(pid: int, signum: int, grace_s: float) -> None:
-    """Send ``signum`` to a process group, then SIGKILL after ``grace_s`` seconds."""
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        return
-
-    def gone() -> bool:
-        _reap(pid)
-        return not process_alive(pid)
-
-    with contextlib.suppress(WaitTimeout):  # killed below
-        wait_until(gone, timeout=grace_s, describe=f"process group {pid} to exit")
-    if process_alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        _reap(pid)
-
-
-def _reap(pid: int) -> None:
-    """Collect a child's exit status so it does not linger as a zombie in this process."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+        yield from read_log(path, lines=lines, follow=follow)

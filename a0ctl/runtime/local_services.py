@@ -210,6 +210,12 @@ def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:
             f"listen_addresses={settings.stack.host}",
             "-c",
             "max_connections=300",
+            # The buffer cache: the pages a turn touches (the tails of the event and turn
+            # tables, their indexes, the conversations being answered) fit many times over;
+            # the rest is read through the kernel's page cache. The default 128 MB filled up
+            # across load runs and counted in every backend's memory.
+            "-c",
+            "shared_buffers=32MB",
         ],
     )
 

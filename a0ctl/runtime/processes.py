@@ -1,17 +1,19 @@
 """What the local runtime asks of this machine: whether a process is alive (and since
-when), whether a port is taken, which processes a supervisord started, and keeping the
-state directory private to its user."""
+when), whether a port is taken, which processes a supervisord started, stopping a
+process group, and keeping the state directory private to its user."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from a0ctl.runtime.service import LocalService, allow_traversal
+from services.common.retry import WaitTimeout, wait_until
 
 
 def process_start_time(pid: int) -> str | None:
@@ -92,3 +94,32 @@ def supervised_by(socket_path: Path) -> dict[str, int]:
 
 def port_free(host: str, port: int) -> bool:
     return not port_in_use(host, port)
+
+
+def stop_group(pid: int, signum: int, grace_s: float) -> None:
+    """Send ``signum`` to a process group, then SIGKILL after ``grace_s`` seconds."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        return
+
+    def gone() -> bool:
+        reap(pid)
+        return not process_alive(pid)
+
+    with contextlib.suppress(WaitTimeout):  # killed below
+        wait_until(gone, timeout=grace_s, describe=f"process group {pid} to exit")
+    if process_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        reap(pid)
+
+
+def reap(pid: int) -> None:
+    """Collect a child's exit status so it does not linger as a zombie in this process."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -22,8 +22,9 @@ from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from services.common import metrics
+from services.common.consumer import ConsumerLoop
 from services.common.db import migrate, open_pool
-from services.common.kafka import ConsumerLoop, make_producer
+from services.common.kafka import make_producer
 from services.common.logging import register_secret
 from services.common.policy import PolicyClient
 from services.common.retry import backoff

@@ -1,8 +1,8 @@
-"""The credential store: LLM provider keys, encrypted at rest in PostgreSQL (AES-256-GCM
-under the KEK of ``conf/env/``, owner and provider bound as associated data), shown only
-masked, verified against the provider before they are saved, each use decided by OPA and
-audited in ``credential_audit``; a change is announced on Redis so workers use the new
-key without a restart. The whole contract: docs/credentials.md.
+"""The credential store: LLM provider keys, encrypted at rest in PostgreSQL (sealed under
+the KEK of ``conf/env/``: :mod:`services.common.keyring`), shown only masked, verified
+against the provider before they are saved, each use decided by OPA and audited in
+``credential_audit``; a change is announced on Redis so workers use the new key without a
+restart. The whole contract: docs/credentials.md.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import logging
 import os
 from collections import OrderedDict
@@ -18,14 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import httpx
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from services.common.egress import Resolver, check_base_url, pinned, resolve
-from services.common.errors import ConfigError, CredentialError, PolicyDenied, is_transient
+from services.common.errors import CredentialError, PolicyDenied, is_transient
+from services.common.keyring import KEK_KEY, PREVIOUS_KEK_KEY, Keyring
 from services.common.logging import register_secret
 from services.common.policy import PolicyClient
 from services.common.secrets_env import read_generated_secret, write_generated_secrets
@@ -35,65 +33,12 @@ log = logging.getLogger(__name__)
 CHANNEL = "a0:credentials:changed"
 # (user, provider) pairs a worker keeps decrypted keys (or their absence) for.
 CACHE_ENTRIES = 10_000
-KEK_KEY = "A0_CREDENTIALS_KEK"
-PREVIOUS_KEK_KEY = "A0_CREDENTIALS_KEK_PREVIOUS"
 
 
 def mask(secret: str) -> str:
     if len(secret) <= 10:
         return "*" * len(secret)
     return f"{secret[:3]}…{secret[-4:]}"
-
-
-def kek_id(kek: bytes) -> str:
-    return hashlib.sha256(b"a0-kek:" + kek).hexdigest()[:16]
-
-
-def _decode_kek(value: str) -> bytes:
-    raw = base64.urlsafe_b64decode(value.encode())
-    if len(raw) != 32:
-        raise ConfigError(f"{KEK_KEY} must be 32 bytes, base64url-encoded")
-    return raw
-
-
-def _aad(owner_id: str, provider: str) -> bytes:
-    return f"a0-credential\x00{owner_id}\x00{provider}".encode()
-
-
-class Keyring:
-    """The current KEK and, during a rotation, the previous one."""
-
-    def __init__(self, settings: Settings) -> None:
-        conf = settings.stack.conf_path
-        current = read_generated_secret(conf, KEK_KEY)
-        if not current:
-            raise ConfigError(
-                f"no {KEK_KEY} in {conf}", hint="run `a0ctl up` once: it generates the key-encryption key"
-            )
-        register_secret(current)
-        self.current = _decode_kek(current)
-        self.keys = {kek_id(self.current): self.current}
-        previous = read_generated_secret(conf, PREVIOUS_KEK_KEY)
-        if previous:
-            register_secret(previous)
-            old = _decode_kek(previous)
-            self.keys[kek_id(old)] = old
-
-    def encrypt(self, owner_id: str, provider: str, secret: str) -> tuple[bytes, bytes, str]:
-        nonce = os.urandom(12)
-        ciphertext = AESGCM(self.current).encrypt(nonce, secret.encode(), _aad(owner_id, provider))
-        return nonce, ciphertext, kek_id(self.current)
-
-    def decrypt(self, owner_id: str, provider: str, nonce: bytes, ciphertext: bytes, key_id: str) -> str:
-        kek = self.keys.get(key_id)
-        if kek is None:
-            raise CredentialError(
-                f"credential of {owner_id}/{provider} is sealed with an unknown key {key_id}"
-            )
-        try:
-            return AESGCM(kek).decrypt(nonce, ciphertext, _aad(owner_id, provider)).decode()
-        except InvalidTag:
-            raise CredentialError(f"credential of {owner_id}/{provider} failed authentication") from None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
@@ -295,16 +295,11 @@ def _why_not_replayed(entry: DeadLetter, force: bool) -> str | None:
     return None
 
 
-async def _act(
-    settings: Settings,
-    entry: str | None,
-    topic: str | None,
-    *,
-    action: str,
-    force: bool,
-    by: str,
-    client_id: str,
-) -> ActionResult:
+async def _chosen(
+    settings: Settings, entry: str | None, topic: str | None
+) -> list[tuple[DeadLetter, Record]]:
+    """The one entry named (DeadLetterNotFound if it is not there), else every pending
+    entry of the topics ``topic`` selects, with its record."""
     if entry is not None:
         topics: tuple[str, ...] = (parse_entry_id(entry)[0],)
     else:
@@ -316,9 +311,39 @@ async def _act(
             raise DeadLetterNotFound(
                 f"no dead letter {entry}", hint="the list of every entry shows what is there"
             )
-        chosen = [by_id[entry]]
-    else:
-        chosen = [pair for pair in by_id.values() if pair[0].state == "pending"]
+        return [by_id[entry]]
+    return [pair for pair in by_id.values() if pair[0].state == "pending"]
+
+
+async def _put_back(producer: AIOKafkaProducer, found: DeadLetter, record: Record) -> str:
+    """Replay a dead letter on its source topic, unchanged but for its headers (the
+    dead-letter ones dropped, its replay count and origin added); the entry it became."""
+    assert found.source_topic is not None
+    headers = [
+        (key, value)
+        for key, value in record.headers or ()
+        if not key.startswith(DEAD_LETTER_HEADER_PREFIX)
+        and key not in (REPLAY_COUNT_HEADER, REPLAYED_FROM_HEADER)
+    ]
+    headers += [
+        (REPLAY_COUNT_HEADER, str(found.replay_count + 1).encode()),
+        (REPLAYED_FROM_HEADER, found.id.encode()),
+    ]
+    sent = await (await producer.send(found.source_topic, record.value, key=record.key, headers=headers))
+    return entry_id(sent.topic, sent.partition, sent.offset)
+
+
+async def _act(
+    settings: Settings,
+    entry: str | None,
+    topic: str | None,
+    *,
+    action: str,
+    force: bool,
+    by: str,
+    client_id: str,
+) -> ActionResult:
+    chosen = await _chosen(settings, entry, topic)
     result = ActionResult(done=[])
     producer = make_producer(settings, client_id)
     await producer.start()
@@ -339,21 +364,7 @@ async def _act(
                 forced=force,
             )
             if action == "replay":
-                assert found.source_topic is not None
-                headers = [
-                    (key, value)
-                    for key, value in record.headers or ()
-                    if not key.startswith(DEAD_LETTER_HEADER_PREFIX)
-                    and key not in (REPLAY_COUNT_HEADER, REPLAYED_FROM_HEADER)
-                ]
-                headers += [
-                    (REPLAY_COUNT_HEADER, str(found.replay_count + 1).encode()),
-                    (REPLAYED_FROM_HEADER, found.id.encode()),
-                ]
-                sent = await (
-                    await producer.send(found.source_topic, record.value, key=record.key, headers=headers)
-                )
-                audit.replayed_to = entry_id(sent.topic, sent.partition, sent.offset)
+                audit.replayed_to = await _put_back(producer, found, record)
             await (await producer.send(AUDIT_TOPIC, audit.model_dump_json().encode(), key=found.id.encode()))
             result.done.append(audit)
     finally:

@@ -25,6 +25,11 @@ REQUEST_LATENCY = Histogram(
 EVENTS_FANNED_OUT = Counter("a0_gateway_events_total", "Outbound events delivered to clients", ["type"])
 CLIENTS = Gauge("a0_gateway_clients", "Connected streaming clients", ["transport"])
 SHED = Counter("a0_gateway_shed_total", "Requests refused with 429", ["reason"])
+TURN_BUDGET = Gauge(
+    "a0_gateway_turn_budget",
+    "Open turns past which new messages are shed: what the stack ends in A0_GATEWAY_SHED_TURN_S "
+    "at its measured rate, at least A0_GATEWAY_MAX_INFLIGHT_TURNS",
+)
 
 EVENT_LATENCY = Histogram(
     "a0_event_latency_seconds",

@@ -3,8 +3,10 @@
 ``a0:turns:open`` counts accepted turns not yet ended: a gateway reserves a slot before
 it accepts a message (:func:`reserve`, atomic, so two replicas cannot both take the
 last one) and gives it back when the message is not accepted (:func:`release`); the
-worker releases it when the turn ends. Gateways shed new messages past the budget, and
-set the counter from the turns table every few seconds (:func:`reconcile`), so a lost
+worker releases it when the turn ends (:func:`end`), and counts the turn in
+``a0:turns:ended`` in the same round trip. Gateways shed new messages past the budget,
+sized from how fast turns end (``services.gateway.ratelimit.OpenTurns``), and set the
+counter from the turns table every few seconds (:func:`reconcile`), so a lost
 reservation cannot hold a slot for good.
 """
 
@@ -23,6 +25,8 @@ from services.common.turns import OPEN_SQL
 log = logging.getLogger(__name__)
 
 OPEN_TURNS_KEY = "a0:turns:open"
+# Turns ended since Redis started: its rate is how many turns the stack ends a second.
+ENDED_TURNS_KEY = "a0:turns:ended"
 RECONCILE_S = 5.0
 # Turns a client still waits for: queued or running, and moving. A turn left behind
 # (a record dead-lettered before it began) stops counting after this long.
@@ -41,9 +45,25 @@ async def read(redis: Redis) -> int:
     return int(await redis.get(OPEN_TURNS_KEY) or 0)
 
 
+async def read_with_ended(redis: Redis) -> tuple[int, int]:
+    """The open turns and the turns ended so far, in one command."""
+    open_now, ended = await redis.mget(OPEN_TURNS_KEY, ENDED_TURNS_KEY)
+    return int(open_now or 0), int(ended or 0)
+
+
 async def release(redis: Redis) -> None:
     """Give a slot back. Never below zero: a turn reconciled away may still end."""
     if await redis.decr(OPEN_TURNS_KEY) < 0:
+        await redis.set(OPEN_TURNS_KEY, 0)
+
+
+async def end(redis: Redis) -> None:
+    """A turn ended: give its slot back and count it, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.decr(OPEN_TURNS_KEY)
+        pipe.incr(ENDED_TURNS_KEY)
+        open_now, _ = await pipe.execute()
+    if int(open_now) < 0:
         await redis.set(OPEN_TURNS_KEY, 0)
 
 

@@ -47,9 +47,17 @@ class PolicyClient:
         )
         self._ttl_s = opa.decision_cache_s
         self._cache: dict[bytes, tuple[float, Decision]] = {}
+        # Expired decisions are dropped at most once per TTL: the cache holds about one
+        # TTL's worth of distinct questions, not every one asked until it is full.
+        self._sweep_at = time.monotonic() + self._ttl_s
 
     async def __aenter__(self) -> PolicyClient:
         return self
+
+    @property
+    def cached(self) -> int:
+        """Decisions held in the cache, expired ones not yet swept included."""
+        return len(self._cache)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -108,8 +116,9 @@ class PolicyClient:
             raise PolicyUnavailable("OPA returned no decision; is stack/opa loaded?")
         decision = Decision.model_validate(result)
         if self._ttl_s > 0:
-            if len(self._cache) >= CACHE_MAX_ENTRIES:
+            if now >= self._sweep_at or len(self._cache) >= CACHE_MAX_ENTRIES:
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                self._sweep_at = now + self._ttl_s
                 if len(self._cache) >= CACHE_MAX_ENTRIES:
                     self._cache.clear()
             self._cache[content] = (now + self._ttl_s, decision)

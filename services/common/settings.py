@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_FILE = ".env"
 # Turns one core carries with answers still fast (see docs/messaging.md): the default
-# bound on turns in flight, past which the gateway sheds load.
+# floor of the budget of turns in flight, which holds until the rate turns end at is known.
 TURNS_PER_CORE = 20
 
 
@@ -104,7 +104,10 @@ class KafkaSettings(BaseSettings):
     )
     version: str = "4.2.1"
     cluster_id: str = "YTAtbG9jYWwta3JhZnQtMQ"  # base64 of 16 bytes, as KRaft requires
-    heap: str = "768m"
+    heap: str = Field(
+        default="256m",
+        description="The broker's largest Java heap (-Xmx); it starts at 32m and grows as needed.",
+    )
     bootstrap_servers: str | None = None
     security_protocol: Literal["SASL_PLAINTEXT", "PLAINTEXT"] = Field(
         default="SASL_PLAINTEXT",
@@ -233,8 +236,16 @@ class GatewaySettings(BaseSettings):
     max_inflight_turns: int = Field(
         default_factory=lambda: TURNS_PER_CORE * (os.cpu_count() or 1),
         ge=1,
-        description="Turns accepted and not yet answered, across replicas; past it new messages "
-        "are shed with 429 + Retry-After. Default: 20 per core.",
+        description="Turns accepted and not yet answered, across replicas, always allowed; past "
+        "it, and past what the stack ends in A0_GATEWAY_SHED_TURN_S at its measured rate, new "
+        "messages are shed with 429 + Retry-After. Default: 20 per core.",
+    )
+    shed_turn_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="The mean time a turn may stay open before new messages are shed: the budget "
+        "of open turns is the turns the stack ended in the last 3 s, per second, times this "
+        "(never below A0_GATEWAY_MAX_INFLIGHT_TURNS).",
     )
     max_pending_writes: int = Field(
         default=128,
@@ -302,10 +313,12 @@ class WorkerSettings(BaseSettings):
         default=30, ge=0, le=1000, description="Answer text is sent to clients at most once per window."
     )
     transcript_cache_mb: int = Field(
-        default=64,
+        default=16,
         ge=0,
         description="Transcripts a worker keeps of the conversations it owns, so a turn reads only "
-        "what was stored since the last (least recently used out first; 0: read each whole).",
+        "what was stored since the last (least recently used out first; 0: read each whole). "
+        "Counted as the rows' JSON: the worker holds about four times that as Python objects "
+        "(measured with short messages).",
     )
 
 
@@ -414,7 +427,12 @@ class TelemetrySettings(BaseSettings):
     jaeger_otlp_port: int = Field(default=14318, description="Jaeger's OTLP/HTTP receiver.")
     jaeger_query_port: int = Field(default=16686, description="Jaeger's UI and query API.")
     jaeger_grpc_port: int = Field(default=16685, description="Jaeger's gRPC query API.")
-    jaeger_max_traces: int = Field(default=10_000, ge=100, description="Traces Jaeger keeps in memory.")
+    jaeger_max_traces: int = Field(
+        default=2_000,
+        ge=100,
+        description="Traces Jaeger keeps in memory (oldest dropped first): at the default sampling, "
+        "several minutes of a busy stack.",
+    )
     jaeger_url: str | None = Field(default=None, description="Jaeger's query API (default: the local one).")
 
     def endpoint(self, host: str) -> str | None:

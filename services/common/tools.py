@@ -40,7 +40,7 @@ class ToolSpec(BaseModel):
         }
 
 
-# The MCP servers' tools the executor offers (services/tool_executor/mcp_client.py), for
+# The MCP servers' tools the executor offers (services/tool_executor/mcp_catalog.py), for
 # the workers and a0ctl: written on every change and every few seconds, expiring when no
 # executor refreshes it.
 CATALOG_KEY = "a0:tools:mcp-catalog"

@@ -1,6 +1,7 @@
-"""A turn's status, one enum for every service: the gateway queues a turn (or fails it
-when the broker refuses the message), the worker runs and ends it, and the open-turn
-budget counts the turns not ended yet. Stored in ``turns.status`` as its value."""
+"""A turn's status, one enum for every service: the gateway queues a turn (in the
+transaction that publishes its message: a message the broker refuses leaves no row),
+the worker runs and ends it, and the open-turn budget counts the turns not ended yet.
+Stored in ``turns.status`` as its value."""
 
 from __future__ import annotations
 

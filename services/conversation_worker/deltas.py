@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from services.common import telemetry
 from services.common.envelope import Envelope, EventType
 from services.conversation_worker.events import Draft
-from services.conversation_worker.llm import LLMError
+from services.conversation_worker.llm_errors import LLMError
 
 # A redelivered turn's new answer does not begin with what clients were shown.
 DIVERGED = (

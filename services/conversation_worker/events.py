@@ -28,9 +28,9 @@ from services.common.envelope import Envelope, EventType, wire_event
 from services.common.errors import PoisonRecord
 from services.common.kafka import publish, publish_encoded
 from services.common.topics import OUTBOUND
-from services.common.turns import TERMINAL_SQL
 from services.conversation_worker.turns import (
     CLAIM,
+    END,
     START_ROWS,
     TranscriptCache,
     TurnStart,
@@ -74,12 +74,7 @@ WITH {_EVENTS}, transcript AS (
     FROM unnest(%(message_keys)s::text[], %(messages)s::jsonb[]) WITH ORDINALITY AS m(key, body, ord)
     ORDER BY m.ord
     ON CONFLICT DO NOTHING
-), ended AS (
-    UPDATE turns SET status = %(status)s, updated_at = now()
-    WHERE %(status)s::text IS NOT NULL AND turn_id = %(t)s
-      AND status NOT IN {TERMINAL_SQL}
-    RETURNING 1
-)
+), {END}
 SELECT d.key, x.envelope::text, n.seq, (SELECT count(*) FROM ended){_DRAFT_ROWS}ORDER BY d.ord
 """
 # The start of a turn with its first events, in one statement: the turn claimed, the

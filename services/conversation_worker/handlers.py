@@ -25,9 +25,11 @@ from services.common.settings import Settings
 from services.common.turns import TERMINAL, TurnStatus
 from services.conversation_worker.deltas import DeltaStream
 from services.conversation_worker.events import Draft, EventLog
-from services.conversation_worker.llm import Completion, LLMClients, LLMError, classify
+from services.conversation_worker.llm import LLMClients
+from services.conversation_worker.llm_errors import LLMError, classify
 from services.conversation_worker.results import ToolResults
 from services.conversation_worker.sequencer import Sequencer
+from services.conversation_worker.stream import Completion
 from services.conversation_worker.tool_round import ToolRounds, tool_call_event
 from services.conversation_worker.turns import Transcript, TurnStart, TurnStore
 
@@ -289,7 +291,7 @@ class TurnRunner:
         ends, its slot in the gateway's budget of open turns is released."""
         step = await self.events.emit_batch(envelope, drafts, messages=messages or [], end=str(status))
         if step.ended:
-            await open_turns.release(self.redis)
+            await open_turns.end(self.redis)
 
 
 def _cancelled(turn_id: str) -> Draft:

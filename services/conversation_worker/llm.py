@@ -12,21 +12,20 @@ which was half of the worker's CPU under load; httpx's connection pool and strea
 cost about three times aiohttp's client CPU per streamed call). What a stream may look
 like is :mod:`services.conversation_worker.stream`'s concern.
 
-Status codes map to a0's errors the way the SDK maps them to its exception classes:
-401, 403, 404, 400, 429 (retried after ``Retry-After``), 5xx and transport errors
-(retried with backoff) — but only until any of the answer has arrived: an answer is
-never spliced from two calls. Redirects are not followed (a provider could send the
-conversation anywhere), and a stored credential's calls go to the addresses the egress
-policy checked, never to a second DNS answer. Two limits bound a round: the time to
-first content (comments and empty chunks do not count) and its total time.
+Transient failures (429 after ``Retry-After``, 5xx and transport errors, mapped to a0's
+errors in :mod:`.llm_errors`) are retried with backoff, but only until any of the answer
+has arrived: an answer is never spliced from two calls. Redirects are not followed (a
+provider could send the conversation anywhere), and a stored credential's calls go to the
+addresses the egress policy checked, never to a second DNS answer. Two limits bound a
+round: the time to first content (comments and empty chunks do not count) and its total
+time. Reading one answer is :mod:`.llm_response`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -34,51 +33,36 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from services.common import metrics, telemetry
+from services.common import telemetry
 from services.common.credentials import LLMConfig
 from services.common.egress import pinned
-from services.common.errors import A0Error, CredentialError, PolicyDenied, http_call_failures
+from services.common.errors import http_call_failures
 from services.common.http import LazySession
 from services.common.logging import register_secret
 from services.common.retry import backoff
 from services.common.settings import Settings
-from services.common.sse import SseParser
+from services.conversation_worker.llm_errors import LLMError, bad_response, status_error
+from services.conversation_worker.llm_response import (
+    Call,
+    FirstToken,
+    SinkFailed,
+    TextSink,
+    finished,
+    read_events,
+    timeout_error,
+    whole_body,
+)
 from services.conversation_worker.stream import (
     BadResponse,
     Completion,
-    LineReader,
     ProviderError,
-    StreamAccumulator,
-    parse_data,
 )
-
-__all__ = ["Completion", "LLMClients", "LLMError", "StreamAccumulator", "classify", "status_error"]
 
 ATTEMPTS = 4
 
 
 class CredentialLookup(Protocol):
     async def llm_config_for(self, user_id: str) -> LLMConfig | None: ...
-
-
-class LLMError(A0Error):
-    """An upstream failure, phrased for the user; ``code`` goes into the error event.
-    ``retriable`` ones are retried within the call; a turn fails on any that is left."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        retriable: bool = False,
-        retry_after_s: float | None = None,
-        finish_reason: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retriable = retriable
-        self.retry_after_s = retry_after_s
-        self.finish_reason = finish_reason  # as the provider sent it, when it sent one
 
 
 def settings_config(settings: Settings) -> LLMConfig:
@@ -92,33 +76,8 @@ def settings_config(settings: Settings) -> LLMConfig:
 # (a tool call's arguments arrive in one chunk), hence the larger read buffer.
 MAX_CONNECTIONS = 1024
 READ_BUFFER = 1 << 20
-# A non-stream answer (a whole chat.completion) larger than this is refused.
-MAX_BODY_BYTES = 8 << 20
 # Where calls go, by base URL and checked addresses: one entry per provider in use.
 TARGETS_KEPT = 1024
-# How a provider may say an answer ended, and what a0 makes of it: a cut tool call or
-# a filtered answer is not passed on as complete.
-LENGTH, CONTENT_FILTER = "length", "content_filter"
-
-# Text as it arrives, with its character offset in the answer.
-TextSink = Callable[[str, int], Awaitable[None]]
-
-
-class _FirstToken:
-    """Time to first token of one call (its first text, not its first chunk): a span
-    event and a histogram, once."""
-
-    def __init__(self, span: Any) -> None:
-        self.span = span
-        self.started = time.monotonic()
-        self.pending = True
-
-    def seen(self) -> None:
-        self.pending = False
-        seconds = time.monotonic() - self.started
-        metrics.TTFT_SECONDS.observe(seconds)
-        if self.span.is_recording():
-            self.span.add_event("first token", {"a0.ttft_ms": round(seconds * 1000, 1)})
 
 
 class LLMClients:
@@ -176,17 +135,17 @@ class LLMClients:
         attributes = {"gen_ai.request.model": config.model, "a0.llm.source": config.source}
         with telemetry.span("llm call", attributes) as span:
             for attempt in range(ATTEMPTS):
-                call = _Call(on_text, _FirstToken(span), round_deadline)
+                call = Call(on_text, FirstToken(span), round_deadline)
                 try:
                     first_content = min(round_deadline, loop.time() + worker.llm_first_content_s)
                     async with asyncio.timeout_at(first_content) as call.limit:
                         completion = await self._stream_once(
                             http, target, payload, config.api_key, call, fallback_call_id
                         )
-                except _SinkFailed as exc:  # the worker's own failure, not the provider's
+                except SinkFailed as exc:  # the worker's own failure, not the provider's
                     raise exc.original from None
                 except TimeoutError:  # only the limits above: the client's own become LLMError
-                    error = _timeout(call, worker.llm_first_content_s, worker.llm_round_s)
+                    error = timeout_error(call, worker.llm_first_content_s, worker.llm_round_s)
                 except LLMError as exc:
                     error = exc
                 else:
@@ -195,18 +154,7 @@ class LLMClients:
                         span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason or ""])
                         telemetry.set_outcome(span, "tool_calls" if completion.tool_calls else "answer")
                     return completion
-                if error.retriable and call.received:
-                    error = LLMError(
-                        "llm_interrupted",
-                        "The connection to the LLM provider broke off in the middle of the answer, "
-                        "so it is incomplete. Try again.",
-                    )
-                delay = (
-                    error.retry_after_s
-                    if error.retry_after_s is not None
-                    else backoff(attempt, base=0.5, cap=30.0)
-                )
-                delay = min(delay, 30.0)
+                error, delay = _after_failure(error, call.received, attempt)
                 if not error.retriable or attempt == ATTEMPTS - 1 or loop.time() + delay >= round_deadline:
                     telemetry.set_outcome(span, error.code, error=True)
                     raise error
@@ -246,7 +194,7 @@ class LLMClients:
         target: _Target,
         payload: bytes,
         api_key: str,
-        call: _Call,
+        call: Call,
         fallback_call_id: Callable[[int], str],
     ) -> Completion:
         headers = {**target.headers, "Authorization": f"Bearer {api_key or 'none'}"}
@@ -263,13 +211,13 @@ class LLMClients:
                     await response.read()
                     raise status_error(response.status, response.headers.get("Retry-After"))
                 if response.content_type == "application/json":
-                    await call.take(accumulator, await _whole_body(response))
+                    await call.take(accumulator, await whole_body(response))
                     call.done = True
                 elif response.content_type != "text/event-stream":
                     raise BadResponse(f"an answer of type {response.content_type or 'unknown'}")
                 else:
-                    await _read_events(response, call)
-        except (LLMError, _SinkFailed):
+                    await read_events(response, call)
+        except (LLMError, SinkFailed):
             raise
         except http_call_failures():
             raise LLMError(
@@ -281,10 +229,23 @@ class LLMClients:
             raise bad_response(str(exc)) from None
         except Exception as exc:  # whatever else a provider's answer can make go wrong
             raise bad_response(type(exc).__name__) from None
-        return _finished(call, accumulator.completion(fallback_call_id))
+        return finished(call, accumulator.completion(fallback_call_id))
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _after_failure(error: LLMError, received: bool, attempt: int) -> tuple[LLMError, float]:
+    """A failed attempt's error as the round reports it (once any of the answer arrived, a
+    transient failure is an interrupted answer, not retried), and the wait before the next."""
+    if error.retriable and received:
+        error = LLMError(
+            "llm_interrupted",
+            "The connection to the LLM provider broke off in the middle of the answer, "
+            "so it is incomplete. Try again.",
+        )
+    delay = error.retry_after_s if error.retry_after_s is not None else backoff(attempt, base=0.5, cap=30.0)
+    return error, min(delay, 30.0)
 
 
 @dataclass(frozen=True)
@@ -314,160 +275,3 @@ async def _post(
             if position == last:
                 raise
     raise AssertionError("a target has at least one URL")
-
-
-class _SinkFailed(Exception):
-    """``on_text`` failed (the worker's event log): raised as it was, never taken for
-    a provider's fault."""
-
-    def __init__(self, original: BaseException) -> None:
-        self.original = original
-
-
-class _Call:
-    """One attempt of a call: what it received, and its time limits (the time to first
-    content until content arrives, then the round's total)."""
-
-    def __init__(self, on_text: TextSink, first_token: _FirstToken, round_deadline: float) -> None:
-        self.on_text = on_text
-        self.first_token = first_token
-        self.round_deadline = round_deadline
-        self.accumulator = StreamAccumulator()
-        self.limit: asyncio.Timeout | None = None
-        self.done = False  # [DONE], or a whole completion
-
-    @property
-    def received(self) -> bool:
-        return self.accumulator.received
-
-    async def take(self, accumulator: StreamAccumulator, chunk: Any) -> None:
-        had_content = accumulator.received
-        position = accumulator.length
-        text = accumulator.feed(chunk)
-        if accumulator.received and not had_content and self.limit is not None:
-            self.limit.reschedule(self.round_deadline)  # comments never get here
-        if text:
-            if self.first_token.pending:
-                self.first_token.seen()
-            try:
-                await self.on_text(text, position)
-            except Exception as exc:
-                raise _SinkFailed(exc) from exc
-
-
-async def _read_events(response: aiohttp.ClientResponse, call: _Call) -> None:
-    """The events of a stream, into ``call``; a last event without its blank line counts."""
-    lines = LineReader()
-    parser = SseParser()
-    accumulator = call.accumulator
-    async for data in response.content.iter_any():
-        for line in lines.feed(data):
-            event = parser.feed(line)
-            if event is None or not event["data"]:
-                continue
-            if event["data"] == "[DONE]":
-                call.done = True
-                return
-            for chunk in parse_data(event["data"]):
-                await call.take(accumulator, chunk)
-    last = lines.close()
-    for line in ([last] if last is not None else []) + [""]:
-        event = parser.feed(line)
-        if event is not None and event["data"]:
-            if event["data"] == "[DONE]":
-                call.done = True
-                return
-            for chunk in parse_data(event["data"]):
-                await call.take(accumulator, chunk)
-
-
-async def _whole_body(response: aiohttp.ClientResponse) -> Any:
-    """A non-stream answer's JSON, bounded in size."""
-    body = bytearray()
-    async for data in response.content.iter_any():
-        body += data
-        if len(body) > MAX_BODY_BYTES:
-            raise BadResponse(f"an answer larger than {MAX_BODY_BYTES} bytes")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadResponse("an answer that is not JSON") from None
-
-
-def _finished(call: _Call, completion: Completion) -> Completion:
-    """The completion, if the provider said it is one: an answer cut without a word,
-    cut in a tool call, or withheld by a filter ends the round with its own error."""
-    finish = completion.finish_reason
-    if finish is None and not call.done:
-        raise LLMError(
-            "llm_incomplete",
-            "The LLM provider's answer stopped before its end. Try again.",
-            retriable=not call.received,
-        )
-    if finish == CONTENT_FILTER:
-        raise LLMError(
-            "llm_content_filter",
-            "The LLM provider's content filter stopped this answer.",
-            finish_reason=finish,
-        )
-    if finish == LENGTH and completion.tool_calls:
-        raise LLMError(
-            "llm_truncated",
-            "The LLM provider cut the answer off at its length limit in the middle of a tool call.",
-            finish_reason=finish,
-        )
-    return completion
-
-
-def _timeout(call: _Call, first_content_s: float, round_s: float) -> LLMError:
-    if call.received:
-        return LLMError("llm_timeout", f"The LLM provider did not finish its answer within {round_s:g} s.")
-    return LLMError("llm_timeout", f"The LLM provider sent no answer within {first_content_s:g} s.")
-
-
-def bad_response(reason: str) -> LLMError:
-    """An answer a0 cannot read; the reason is a0's own words, never the provider's text."""
-    return LLMError("llm_bad_response", f"The LLM provider sent an answer that cannot be read ({reason}).")
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
-def status_error(status: int, retry_after: str | None = None) -> LLMError:
-    """An HTTP error status from the provider, in words for the user. The provider's own
-    text is never echoed: it may quote the key."""
-    if status == 401:
-        return LLMError("llm_auth", "The LLM provider rejected the API key. Update it in Settings.")
-    if status == 403:
-        return LLMError("llm_forbidden", "The LLM provider refused this request for this key.")
-    if status == 404:
-        return LLMError(
-            "llm_model", "The LLM provider does not know this model. Check the model in Settings."
-        )
-    if status == 429:
-        return LLMError(
-            "llm_rate_limited",
-            "The LLM provider is rate limiting; try again shortly.",
-            retriable=True,
-            retry_after_s=_retry_after(retry_after),
-        )
-    if status >= 500 or status in (408, 409):
-        return LLMError("llm_unavailable", "The LLM provider could not be reached.", retriable=True)
-    if status in (400, 422):
-        return LLMError("llm_bad_request", "The LLM provider rejected the request.")
-    return LLMError("llm_error", f"The LLM call failed (HTTP {status}).")
-
-
-def classify(exc: Exception) -> LLMError:
-    """An error met while preparing a call (the stored key, the policy), for the user."""
-    if isinstance(exc, LLMError):
-        return exc
-    if isinstance(exc, PolicyDenied):
-        return LLMError("llm_forbidden", f"Using the stored LLM key is not allowed ({exc.message}).")
-    if isinstance(exc, CredentialError):
-        return LLMError("llm_credential", "The stored LLM key cannot be read; save it again in Settings.")
-    return LLMError("llm_error", f"The LLM call failed ({type(exc).__name__}).")

@@ -12,8 +12,8 @@ import uvloop
 
 from services.common import metrics
 from services.common.bootstrap import ServiceStack, run_consumer_service
+from services.common.consumer import ConsumerLoop
 from services.common.credentials import CredentialStore
-from services.common.kafka import ConsumerLoop
 from services.common.logging import setup_logging
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing

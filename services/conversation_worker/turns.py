@@ -28,6 +28,11 @@ from services.common import metrics
 from services.common.envelope import Envelope
 from services.common.turns import TERMINAL_SQL, TurnStatus
 
+# The worker's two writes of ``turns``, each a part of a larger statement: CLAIM marks a
+# turn running (and writes its row if the gateway's is missing: a gateway killed after
+# Kafka acked the message, before its commit), END sets its final status. The gateway's
+# one write is the ``queued`` row of a message (``services/gateway/store.py``).
+#
 # Claim the turn (unless it already ended) and store the user's message with it, with
 # the status before: alone in :data:`_BEGIN`, and with the turn's first event in
 # ``events._START_STEP``.
@@ -44,6 +49,14 @@ prior AS (
     SELECT %(c)s, %(k)s, %(t)s, 'user', %(b)s::jsonb WHERE EXISTS (SELECT 1 FROM started)
     ON CONFLICT DO NOTHING
     RETURNING position, message_key, body
+)"""
+# End the turn with ``%(status)s`` (a step without it changes nothing), unless it ended
+# before; ``ended`` has a row only the first time.
+END = f"""ended AS (
+    UPDATE turns SET status = %(status)s, updated_at = now()
+    WHERE %(status)s::text IS NOT NULL AND turn_id = %(t)s
+      AND status NOT IN {TERMINAL_SQL}
+    RETURNING 1
 )"""
 # After CLAIM: the status before (part 0), then the transcript (part 1): the rows stored
 # before, plus the one CLAIM stores (a statement does not see its own writes).
@@ -82,8 +95,9 @@ class Transcript:
 
 @dataclass
 class TurnStart:
-    """What :meth:`TurnStore.begin` found: the status before (None for a turn the gateway
-    did not record), the transcript, and the answer text per round clients were sent."""
+    """What :meth:`TurnStore.begin` found: the status before (None for a turn whose row
+    the gateway had not committed), the transcript, and the answer text per round
+    clients were sent."""
 
     prior: TurnStatus | None
     transcript: Transcript

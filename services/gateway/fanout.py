@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, LiteralString, Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
@@ -30,6 +30,7 @@ from services.common.errors import A0Error
 from services.common.settings import Settings
 from services.common.tail import PartitionTail
 from services.common.topics import OUTBOUND, dead_letter_topic
+from services.gateway import store
 
 log = logging.getLogger("a0.gateway.fanout")
 
@@ -137,13 +138,7 @@ async def load_events(
     """Stored events with ``after < seq < before``, in order, a page at a time."""
     cursor = after
     while True:
-        if before is None:
-            query = _PAGE
-            params: tuple[object, ...] = (conversation_id, cursor, PAGE)
-        else:
-            query = _PAGE_BEFORE
-            params = (conversation_id, cursor, before, PAGE)
-        rows = await _read_through(pool, query, params)
+        rows = await _read_through(store.event_page(pool, conversation_id, cursor, before, PAGE))
         for envelope in _decoded(conversation_id, rows):
             yield envelope
         if len(rows) < PAGE:
@@ -173,38 +168,18 @@ class Opening:
 async def read_opening(pool: AsyncConnectionPool, conversation_id: str, after: int) -> Opening | None:
     """The conversation's :class:`Opening`, in one statement; None if there is no such
     conversation."""
-    rows = await _read_through(pool, _OPENING, (conversation_id, after, PAGE, conversation_id))
+    rows = await _read_through(store.opening(pool, conversation_id, after, PAGE))
     if not rows:
         return None
     page = [(seq, data) for _, seq, data in rows if seq is not None]
     return Opening(rows[0][0], list(_decoded(conversation_id, page)), complete=len(page) < PAGE)
 
 
-async def _read_through(
-    pool: AsyncConnectionPool, query: LiteralString, params: tuple[object, ...]
-) -> list[Any]:
+async def _read_through(read: Coroutine[Any, Any, list[Any]]) -> list[Any]:
     # A client gone while the rows are read (a closed tab, a reconnect) cancels the read:
     # it finishes anyway and hands its connection back, which psycopg would otherwise
     # close (a query interrupted by cancellation) and the pool open again.
-    return await asyncio.shield(_finishing(_read(pool, query, params)))
-
-
-_PAGE = "SELECT seq, envelope FROM events WHERE conversation_id = %s AND seq > %s ORDER BY seq LIMIT %s"
-_PAGE_BEFORE = (
-    "SELECT seq, envelope FROM events WHERE conversation_id = %s AND seq > %s AND seq < %s "
-    "ORDER BY seq LIMIT %s"
-)
-# The conversation's owner with the first page: no row, no conversation; a row without
-# a seq, no event past the cursor.
-_OPENING = (
-    f"SELECT c.owner_id, e.seq, e.envelope FROM conversations c LEFT JOIN LATERAL ({_PAGE}) e ON true "
-    "WHERE c.id = %s ORDER BY e.seq"
-)
-
-
-async def _read(pool: AsyncConnectionPool, query: LiteralString, params: tuple[object, ...]) -> list[Any]:
-    async with pool.connection(timeout=10) as conn:
-        return await (await conn.execute(query, params)).fetchall()
+    return await asyncio.shield(_finishing(read))
 
 
 # Page reads in progress, held until they end: one may outlive its subscription.

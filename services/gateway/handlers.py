@@ -11,7 +11,6 @@ from typing import Any
 import psycopg
 from opentelemetry.trace import SpanKind
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
 from pydantic import ValidationError
 
 from services.common import open_turns
@@ -21,8 +20,7 @@ from services.common.errors import is_transient
 from services.common.kafka import publish
 from services.common.telemetry import tracer
 from services.common.topics import INBOUND
-from services.common.turns import OPEN_SQL, TurnStatus
-from services.gateway import ratelimit
+from services.gateway import ratelimit, store
 from services.gateway.deps import GatewayState
 from services.gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from services.gateway.fanout import Subscription, envelope_from_row, read_opening
@@ -43,20 +41,6 @@ PUBLISH_TIMEOUT_S = 10.0
 BROKER_DOWN = "the message broker is unavailable; nothing was accepted, try again"
 BUSY = "a turn is already running; wait for it or cancel it"
 
-# last_seq from the events themselves too, whichever of the two the worker advanced.
-_SUMMARY = """
-SELECT c.id, c.owner_id, c.title, c.policy, c.created_at, c.updated_at,
-       GREATEST(c.last_seq, COALESCE((SELECT max(e.seq) FROM events e WHERE e.conversation_id = c.id), 0))
-           AS last_seq
-FROM conversations c
-"""
-
-
-async def _conversation_row(conn: AsyncConnection, conversation_id: str) -> dict[str, Any] | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_SUMMARY + " WHERE c.id = %s", (conversation_id,))
-        return await cur.fetchone()
-
 
 async def authorize(
     state: GatewayState,
@@ -71,10 +55,10 @@ async def authorize(
     Pass the request's connection when it holds one: taking a second from the pool while
     holding the first can starve the pool under load."""
     if conn is not None:
-        row = await _conversation_row(conn, conversation_id)
+        row = await store.conversation(conn, conversation_id)
     else:
         async with state.pool.connection(timeout=10) as own:
-            row = await _conversation_row(own, conversation_id)
+            row = await store.conversation(own, conversation_id)
     if row is None:
         raise NotFound(f"no conversation {conversation_id}")
     state.owners.remember(conversation_id, row["owner_id"])
@@ -148,14 +132,9 @@ async def create_conversation(
     state: GatewayState, principal: Principal, body: CreateConversation
 ) -> ConversationCreated:
     await _allow(state, principal, "conversation.create")
-    async with state.pool.connection(timeout=10) as conn, conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "INSERT INTO conversations (id, owner_id, title, policy) VALUES (%s, %s, %s, %s) "
-            "RETURNING id, title, policy, created_at, last_seq",
-            (new_id(), principal.user_id, body.title or "", body.policy.value),
-        )
-        row = await cur.fetchone()
-    assert row is not None
+    row = await store.create_conversation(
+        state.pool, new_id(), principal.user_id, body.title or "", body.policy
+    )
     state.owners.remember(row["id"], principal.user_id)
     return ConversationCreated.model_validate(row)
 
@@ -172,13 +151,8 @@ async def list_conversations(
     """The user's conversations, newest activity first; ``query`` keeps those whose title
     contains it (case-insensitive)."""
     await _allow(state, principal, "conversation.list")
-    where, params = " WHERE c.owner_id = %s", [principal.user_id]
-    if query and query.strip():
-        where += " AND c.title ILIKE %s"
-        params.append(_like_pattern(query.strip()))
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_SUMMARY + where + " ORDER BY c.updated_at DESC, c.created_at DESC", params)
-        rows = await cur.fetchall()
+    pattern = _like_pattern(query.strip()) if query and query.strip() else None
+    rows = await store.conversations_of(conn, principal.user_id, pattern)
     return [ConversationSummary.model_validate(row) for row in rows]
 
 
@@ -206,15 +180,9 @@ async def conversation_detail(
     state: GatewayState, conn: AsyncConnection, principal: Principal, conversation_id: str
 ) -> ConversationDetail:
     row = await authorize(state, principal, "conversation.read", conversation_id, conn)
-    messages = await conn.execute(
-        "SELECT turn_id, role, body FROM messages WHERE conversation_id = %s ORDER BY position",
-        (conversation_id,),
-    )
-    history = [history_message(turn_id, role, body) for turn_id, role, body in await messages.fetchall()]
-    events = await conn.execute(
-        "SELECT envelope FROM events WHERE conversation_id = %s ORDER BY seq", (conversation_id,)
-    )
-    client_events = [client_event_from_row(data) for (data,) in await events.fetchall()]
+    transcript = await store.transcript(conn, conversation_id)
+    history = [history_message(turn_id, role, body) for turn_id, role, body in transcript]
+    client_events = [client_event_from_row(data) for data in await store.stored_events(conn, conversation_id)]
     last_seq = max([row["last_seq"], *(event.get("seq", 0) for event in client_events)])
     return ConversationDetail.model_validate(
         {**row, "last_seq": last_seq, "messages": history, "events": client_events}
@@ -225,13 +193,7 @@ async def update_conversation(
     state: GatewayState, principal: Principal, conversation_id: str, body: UpdateConversation
 ) -> ConversationSummary:
     await authorize(state, principal, "conversation.write", conversation_id)
-    async with state.pool.connection(timeout=10) as conn:
-        await conn.execute(
-            "UPDATE conversations SET title = COALESCE(%s, title), policy = COALESCE(%s, policy), "
-            "updated_at = now() WHERE id = %s",
-            (body.title, body.policy.value if body.policy else None, conversation_id),
-        )
-        row = await _conversation_row(conn, conversation_id)
+    row = await store.update_conversation(state.pool, conversation_id, body.title, body.policy)
     if row is None:
         raise NotFound(f"no conversation {conversation_id}")
     return ConversationSummary.model_validate(row)
@@ -241,29 +203,16 @@ async def delete_conversation(state: GatewayState, principal: Principal, convers
     """Delete a conversation and its whole history (events, transcript, turns, tool
     results) from PostgreSQL. A turn still open is cancelled first, so the worker stops."""
     await authorize(state, principal, "conversation.delete", conversation_id)
-    async with state.pool.connection(timeout=10) as conn:
-        found = await conn.execute(
-            f"SELECT EXISTS (SELECT 1 FROM turns WHERE conversation_id = %s AND status IN {OPEN_SQL})",
-            (conversation_id,),
-        )
-        row = await found.fetchone()
-    if row is not None and row[0]:
+    if await store.has_open_turn(state.pool, conversation_id):
         try:
             await publish_confirmed(
                 state, _cancel_envelope(principal, conversation_id, None, "the conversation was deleted")
             )
         except Unavailable:
             log.warning("could not cancel the open turns of %s before deleting it", conversation_id)
-    async with state.pool.connection(timeout=10) as conn, conn.transaction():
-        # tool_results is keyed "<turn_id>:<call_id>"; the other tables cascade.
-        await conn.execute(
-            "DELETE FROM tool_results WHERE split_part(call_key, ':', 1) IN "
-            "(SELECT turn_id FROM turns WHERE conversation_id = %s)",
-            (conversation_id,),
-        )
-        deleted = await conn.execute("DELETE FROM conversations WHERE id = %s", (conversation_id,))
+    deleted = await store.delete_conversation(state.pool, conversation_id)
     state.owners.forget(conversation_id)
-    if deleted.rowcount == 0:  # deleted by a concurrent request meanwhile
+    if not deleted:  # deleted by a concurrent request meanwhile
         raise NotFound(f"no conversation {conversation_id}")
     log.info("conversation %s deleted by %s", conversation_id, principal.user_id)
 
@@ -314,35 +263,27 @@ async def submit_message(
     else:  # no need to read the row: the statement that queues the turn finds it
         await check_access(state, principal, "conversation.write", conversation_id, owner_id)
     await ratelimit.admit(
-        state.redis, principal.user_id, limits.rate_per_user_per_min, limits.max_inflight_turns
+        state.redis,
+        principal.user_id,
+        limits.rate_per_user_per_min,
+        state.open_turns.budget(limits.max_inflight_turns),
     )
     accepted = False
     turn_id, message_id = new_id(), new_id()
-    title = title_from_message(content)
+    message = Envelope(
+        type=EventType.USER_MESSAGE,
+        conversation_id=conversation_id,
+        turn_id=turn_id,
+        user_id=principal.user_id,
+        payload={"message_id": message_id, "content": content, "roles": principal.roles},
+    )
     try:
         with tracer.start_as_current_span(
             "gateway message",
             kind=SpanKind.PRODUCER,
             attributes={"a0.conversation_id": conversation_id, "a0.turn_id": turn_id},
         ):
-            if not await _queue_turn(state, conversation_id, turn_id, title):
-                await _queue_turn_by_policy(state, principal, conversation_id, turn_id, title)
-            message = Envelope(
-                type=EventType.USER_MESSAGE,
-                conversation_id=conversation_id,
-                turn_id=turn_id,
-                user_id=principal.user_id,
-                payload={"message_id": message_id, "content": content, "roles": principal.roles},
-            )
-            try:
-                await publish_confirmed(state, message)
-            except Unavailable:
-                async with state.pool.connection(timeout=10) as conn:
-                    await conn.execute(
-                        "UPDATE turns SET status = %s, updated_at = now() WHERE turn_id = %s",
-                        (TurnStatus.FAILED, turn_id),
-                    )
-                raise
+            await _queue_and_publish(state, principal, message, title_from_message(content))
         accepted = True
     finally:
         if not accepted:
@@ -350,46 +291,37 @@ async def submit_message(
     return MessageAccepted(conversation_id=conversation_id, message_id=message_id, turn_id=turn_id)
 
 
-# A message's conversation is active again, and one created without a title is named
-# after its first message.
-_TITLED = """UPDATE conversations SET updated_at = now(), title = CASE WHEN title = '' THEN %(title)s ELSE title END
-    WHERE id = %(c)s"""
-# Queue the turn of an ``enqueue`` conversation (the default), behind whatever runs:
-# nothing to check, one statement, which reads the conversation's policy itself. No row:
-# the conversation is gone; another policy: nothing was written.
-_QUEUE_TURN = f"""
-WITH conversation AS (
-    SELECT policy FROM conversations WHERE id = %(c)s
-), queued AS (
-    INSERT INTO turns (turn_id, conversation_id, status)
-    SELECT %(t)s, %(c)s, '{TurnStatus.QUEUED.value}' FROM conversation WHERE policy = '{TurnPolicy.enqueue.value}'
-    RETURNING 1
-), titled AS (
-    {_TITLED} AND EXISTS (SELECT 1 FROM queued)
-)
-SELECT policy FROM conversation
-"""
-# The same for a turn already checked against the conversation's policy, under its lock.
-_QUEUE_CHECKED_TURN = f"""
-WITH queued AS (
-    INSERT INTO turns (turn_id, conversation_id, status) VALUES (%(t)s, %(c)s, '{TurnStatus.QUEUED.value}')
-)
-{_TITLED}
-"""
-
-
-async def _queue_turn(state: GatewayState, conversation_id: str, turn_id: str, title: str) -> bool:
-    """Queue the turn if the conversation's policy is ``enqueue``; False if it has another."""
-    async with state.pool.connection(timeout=10) as conn:
-        try:
-            queued = await conn.execute(_QUEUE_TURN, {"t": turn_id, "c": conversation_id, "title": title})
-            row = await queued.fetchone()
-        except psycopg.errors.ForeignKeyViolation:  # deleted as the turn was inserted
-            row = None
-    if row is None:
+async def _queue_and_publish(
+    state: GatewayState, principal: Principal, message: Envelope, title: str
+) -> None:
+    """Queue the message's turn and publish the message in one transaction, committed once
+    Kafka acknowledged it: the row exists only if the message does. A process killed
+    before the commit leaves no row (a message already acked is claimed by the worker,
+    which writes the row itself); a publish that fails rolls the row back. A commit that
+    fails after the ack still accepts: the message is in Kafka and its turn will run."""
+    conversation_id = message.conversation_id
+    acked = False
+    try:
+        async with state.pool.connection(timeout=10) as conn, conn.transaction():
+            policy = await store.queue_turn(conn, conversation_id, message.turn_id, title)
+            if policy is not None and policy != TurnPolicy.enqueue:
+                policy = await _queue_turn_by_policy(
+                    state, principal, conn, conversation_id, message.turn_id, title
+                )
+            if policy is None:
+                state.owners.forget(conversation_id)
+                raise NotFound(f"no conversation {conversation_id}")
+            await publish_confirmed(state, message)
+            acked = True
+    except psycopg.errors.ForeignKeyViolation:  # deleted as the turn was inserted
         state.owners.forget(conversation_id)
-        raise NotFound(f"no conversation {conversation_id}")
-    return bool(row[0] == TurnPolicy.enqueue)
+        raise NotFound(f"no conversation {conversation_id}") from None
+    except psycopg.Error as exc:
+        if not acked:
+            raise
+        log.warning(
+            "turn %s: published, its row not committed (%s); the worker records it", message.turn_id, exc
+        )
 
 
 TITLE_CHARS = 60
@@ -407,28 +339,30 @@ def title_from_message(content: str) -> str:
 
 
 async def _queue_turn_by_policy(
-    state: GatewayState, principal: Principal, conversation_id: str, turn_id: str, title: str
-) -> None:
-    """Queue a turn in a ``reject`` or ``interrupt`` conversation: under the conversation's
-    row lock, which serialises its messages across replicas, look for a turn in flight."""
-    async with state.pool.connection(timeout=10) as conn, conn.transaction():
-        locked = await conn.execute(
-            "SELECT policy, EXISTS (SELECT 1 FROM turns WHERE conversation_id = %(c)s "
-            f"AND status IN {OPEN_SQL}) FROM conversations WHERE id = %(c)s FOR UPDATE",
-            {"c": conversation_id},
+    state: GatewayState,
+    principal: Principal,
+    conn: AsyncConnection,
+    conversation_id: str,
+    turn_id: str,
+    title: str,
+) -> TurnPolicy | None:
+    """Queue a turn in a ``reject`` or ``interrupt`` conversation, in the caller's
+    transaction: under the conversation's row lock, which serialises its messages across
+    replicas until the message is published and the row committed, look for a turn in
+    flight. The policy; None if the conversation is gone."""
+    locked = await store.lock_for_turn(conn, conversation_id)
+    if locked is None:
+        return None
+    policy, busy = locked
+    if busy and policy == TurnPolicy.reject:
+        raise Conflict(BUSY)
+    if busy and policy == TurnPolicy.interrupt:
+        # Before this turn exists, so the cancel cannot catch it.
+        await publish_confirmed(
+            state, _cancel_envelope(principal, conversation_id, None, "interrupted by a new message")
         )
-        found = await locked.fetchone()
-        if found is None:
-            raise NotFound(f"no conversation {conversation_id}")
-        policy, busy = found
-        if busy and policy == TurnPolicy.reject:
-            raise Conflict(BUSY)
-        if busy and policy == TurnPolicy.interrupt:
-            # Before this turn exists, so the cancel cannot catch it.
-            await publish_confirmed(
-                state, _cancel_envelope(principal, conversation_id, None, "interrupted by a new message")
-            )
-        await conn.execute(_QUEUE_CHECKED_TURN, {"t": turn_id, "c": conversation_id, "title": title})
+    await store.queue_checked_turn(conn, conversation_id, turn_id, title)
+    return policy
 
 
 async def cancel_turn(
@@ -436,13 +370,8 @@ async def cancel_turn(
 ) -> CancelAccepted:
     """Ask the worker to cancel one turn, or every open turn of the conversation (``*``)."""
     await authorize(state, principal, "conversation.cancel", conversation_id)
-    if turn_id is not None:
-        async with state.pool.connection(timeout=10) as conn:
-            found = await conn.execute(
-                "SELECT 1 FROM turns WHERE turn_id = %s AND conversation_id = %s", (turn_id, conversation_id)
-            )
-            if await found.fetchone() is None:
-                raise NotFound(f"no turn {turn_id} in conversation {conversation_id}")
+    if turn_id is not None and not await store.turn_exists(state.pool, conversation_id, turn_id):
+        raise NotFound(f"no turn {turn_id} in conversation {conversation_id}")
     with tracer.start_as_current_span(
         "gateway cancel", kind=SpanKind.PRODUCER, attributes={"a0.conversation_id": conversation_id}
     ):

@@ -80,7 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             outbound=outbound,
             history=table_loader(pool),
             credentials=CredentialStore(settings, pool, redis),
-            open_turns=OpenTurns(redis),
+            open_turns=OpenTurns(redis, turn_s=settings.gateway.shed_turn_s),
         )
         log.info("gateway %s listening on %s", settings.gateway.replica, settings.gateway_url)
         try:

@@ -4,7 +4,9 @@
   budget the request is refused with 429 ``rate_limited`` until the next minute.
 - Shedding: the budget of open turns (:mod:`services.common.open_turns`, shared with
   the worker, which releases a turn's slot when it ends). A turn is reserved before it
-  is accepted and released again if it is not accepted.
+  is accepted and released again if it is not accepted. The budget is measured, not
+  fixed: as many turns as the stack ends in ``A0_GATEWAY_SHED_TURN_S`` at the rate it
+  ends them now (:class:`OpenTurns`), so shedding starts when turns queue, not at a count.
 
 Both counters move in one pipelined round trip per message (:func:`admit`).
 
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -29,6 +32,10 @@ RATE_KEY_TTL_S = 120
 OVERLOADED_RETRY_AFTER_S = 5
 PENDING_RETRY_AFTER_S = 2
 SNAPSHOT_S = 0.1
+# The rate turns end at is read over the latest readings of this much time (from the last
+# one before it, when readings are sparse), and only from readings MIN_RATE_SPAN_S apart.
+RATE_WINDOW_S = 3.0
+MIN_RATE_SPAN_S = 0.5
 # Refusals a second one gateway process answers before it tells the crowd to come back later.
 SHED_PACE_PER_S = 100.0
 MAX_RETRY_AFTER_S = 60
@@ -54,30 +61,67 @@ def over_capacity(open_turns_after_reserve: int, max_inflight: int) -> bool:
 
 @dataclass
 class OpenTurns:
-    """A recent reading of the open-turn counter, shared by a process's requests. Past
-    capacity, a message is shed on this reading before any database, policy or rate
-    work — shedding must cost less than serving, or a crowd retrying after 429s is the
-    overload. At most one Redis read per ``SNAPSHOT_S``; :func:`admit` stays the exact
-    check.
+    """A recent reading of the open-turn counter, shared by a process's requests, and the
+    budget it is held to. Past the budget, a message is shed on this reading before any
+    database, policy or rate work — shedding must cost less than serving, or a crowd
+    retrying after 429s is the overload. At most one Redis read per ``SNAPSHOT_S``;
+    :func:`admit` stays the exact check.
+
+    The budget is measured: the turns the stack ends in ``turn_s`` at the rate it has
+    ended them over the last ``RATE_WINDOW_S`` (the counter of ended turns, read in the
+    same command), and never fewer than the configured floor. By Little's law the open
+    turns over that rate are the mean time a turn stays open, so a message is shed when
+    turns take longer than ``turn_s`` on average — when they queue for a core, a
+    connection or a consumer — and not while the stack keeps up, however many are open.
+    Until turns end (a stack just started), the floor alone holds.
 
     A reading that fails (Redis restarting) keeps the last one: this check runs before the
     request reaches the handlers that answer a backing store's failure, and the exact
     check then answers it with 503."""
 
     redis: Redis
+    turn_s: float = 1.0
     value: int = 0
     read_at: float = float("-inf")
+    # (when, turns ended so far) of the readings within RATE_WINDOW_S, oldest first.
+    ended: deque[tuple[float, int]] = field(default_factory=deque)
 
-    async def at_capacity(self, max_inflight: int) -> bool:
+    def note_ended(self, at: float, ended: int) -> None:
+        """Keep one reading of the ended-turns counter: those of the last ``RATE_WINDOW_S``
+        and the one before them, so readings taken seconds apart (a quiet gateway) still
+        give the rate since the last. A counter that went back (Redis restarted empty)
+        starts again."""
+        if self.ended and ended < self.ended[-1][1]:
+            self.ended.clear()
+        self.ended.append((at, ended))
+        while len(self.ended) > 1 and at - self.ended[1][0] >= RATE_WINDOW_S:
+            self.ended.popleft()
+
+    def ending_per_s(self) -> float:
+        """Turns ended a second over the window, 0 until it spans ``MIN_RATE_SPAN_S``."""
+        if len(self.ended) < 2:
+            return 0.0
+        (first_at, first), (last_at, last) = self.ended[0], self.ended[-1]
+        span = last_at - first_at
+        return (last - first) / span if span >= MIN_RATE_SPAN_S else 0.0
+
+    def budget(self, floor: int) -> int:
+        """Turns that may be open: what the stack ends in ``turn_s``, at least ``floor``."""
+        return max(floor, int(self.ending_per_s() * self.turn_s))
+
+    async def at_capacity(self, floor: int) -> bool:
         now = time.monotonic()
         if now - self.read_at >= SNAPSHOT_S:
             self.read_at = now  # before the read: one request refreshes, the rest use it
             try:
-                self.value = await open_turns.read(self.redis)
+                self.value, ended = await open_turns.read_with_ended(self.redis)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-        return self.value >= max_inflight
+            else:
+                self.note_ended(now, ended)
+                metrics.TURN_BUDGET.set(self.budget(floor))
+        return self.value >= self.budget(floor)
 
 
 class ShedPacer:
@@ -118,7 +162,7 @@ PACER = ShedPacer()
 def overloaded() -> Overloaded:
     metrics.SHED.labels("overloaded").inc()
     return Overloaded(
-        "the stack is at its limit of turns in flight; try again shortly",
+        "the stack is at its limit of turns in flight (turns are queueing); try again shortly",
         retry_after=PACER.retry_after(OVERLOADED_RETRY_AFTER_S),
     )
 

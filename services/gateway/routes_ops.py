@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.topics import INBOUND, OUTBOUND
+from services.gateway import store
 from services.gateway.deps import GatewayState, SettingsDep, bearer_token
 from services.gateway.errors import Forbidden, error_body, error_responses, request_id_of
 
@@ -41,8 +42,7 @@ async def _redis(state: GatewayState) -> None:
 
 
 async def _postgres(state: GatewayState) -> None:
-    async with state.pool.connection(timeout=CHECK_TIMEOUT_S) as conn:
-        await conn.execute("SELECT 1")
+    await store.ping(state.pool, CHECK_TIMEOUT_S)
 
 
 async def _opa(state: GatewayState) -> None:

@@ -195,6 +195,7 @@ class _Generation:
             raise
 
 
+# Long as a route table: the simulator's routes, closures over its model and pacing.
 def create_app(
     api_key: str, *, model: str = "a0-sim-1", latency_ms: int = 20, tokens_per_s: float = 400.0
 ) -> FastAPI:

@@ -142,6 +142,7 @@ class Confinement(BaseModel):
     # The filter bwrap loads before the first step: seccomp_bpf but for mount(2).
     setup_seccomp_bpf: bytes
 
+    # Long as a flat list: bwrap's arguments one a line, in the order bwrap applies them.
     def argv(
         self,
         *,

@@ -31,7 +31,7 @@ from services.common.policy import PolicyClient
 from services.common.tools import ToolResult
 from services.common.topics import TOOL_RESULTS
 from services.tool_executor.mcp_client import McpTool
-from services.tool_executor.sandbox import SandboxLimits
+from services.tool_executor.sandbox_limits import SandboxLimits
 from services.tool_executor.tools import Tool, ToolContext, ToolError
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,16 @@ class ToolExecutor:
             return failed("unknown_tool", f"no tool named {name!r}")
         if key in self.cancelled:
             return failed("cancelled", "the turn was cancelled")
+        return await self._run(envelope, tool, arguments, call_id, name, key)
+
+    async def _run(
+        self, envelope: Envelope, tool: Tool, arguments: dict[str, Any], call_id: str, name: str, key: str
+    ) -> ToolResult:
+        """Run an allowed call to its end (or its turn's cancel): its result, or its error."""
+
+        def failed(code: str, message: str) -> ToolResult:
+            return ToolResult.failed(call_id, name, code, message)
+
         ctx = ToolContext(
             call_id=call_id,
             user_id=envelope.user_id,

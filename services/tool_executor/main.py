@@ -11,8 +11,8 @@ import uvloop
 import services.common.schema  # noqa: F401  # alembic, imported before root is dropped (see privileges)
 from services.common import mcp_servers, metrics
 from services.common.bootstrap import ServiceStack, run_consumer_service
+from services.common.consumer import ConsumerLoop
 from services.common.errors import ConfigError
-from services.common.kafka import ConsumerLoop
 from services.common.logging import setup_logging
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
@@ -21,9 +21,10 @@ from services.common.topics import TOOL_REQUESTS, dead_letter_topic
 from services.tool_executor.cgroups import CgroupError, RunCgroups, parent_name, prepare
 from services.tool_executor.confinement import ConfinementError, confinement
 from services.tool_executor.handlers import ToolExecutor
-from services.tool_executor.mcp_client import McpServers, prepare_binds
+from services.tool_executor.mcp_catalog import McpServers
+from services.tool_executor.mcp_connect import prepare_binds
 from services.tool_executor.privileges import drop_root
-from services.tool_executor.sandbox import SandboxLimits
+from services.tool_executor.sandbox_limits import SandboxLimits
 from services.tool_executor.tools import load_tools
 
 log = logging.getLogger(__name__)

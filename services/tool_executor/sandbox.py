@@ -11,7 +11,8 @@ the unprivileged tool user (``A0_TOOLS_RUN_AS``).
 Each run has its own cgroup (see :mod:`services.tool_executor.cgroups`): memory, tmpfs
 files included, processes and CPU bounded for all its processes together, and its CPU
 time counted: past ``cpu_seconds`` the run is killed. rlimits still bound each process
-(CPU, address space, file size), and a wall-clock timeout bounds the run.
+(CPU, address space, file size: :mod:`.sandbox_limits`), and a wall-clock timeout bounds
+the run.
 
 Inside, a bootstrap installs an audit hook refusing sockets and process spawning before
 the user code runs: a first layer that gives clear errors, not the boundary.
@@ -30,28 +31,28 @@ import contextlib
 import json
 import os
 import pwd
-import resource
 import signal
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from services.common.errors import A0Error
-from services.tool_executor.cgroups import RunBounds, RunCgroup, RunCgroups
-from services.tool_executor.confinement import TMPFS_BYTES, Confinement, ConfinementError, confinement
+from services.tool_executor.cgroups import RunCgroup
+from services.tool_executor.confinement import Confinement, ConfinementError, confinement
+from services.tool_executor.sandbox_limits import (
+    CpuBudget,
+    SandboxError,
+    SandboxLimits,
+    apply_limits,
+    cpu_spent,
+    out_of_memory,
+)
 
 TRUNCATED_MARKER = "[output truncated]"
-# Files written by the code live in the scratch tmpfs; this bounds one file.
-FILE_SIZE_BYTES = 64 * 1024 * 1024
 # Enough of stderr to show a traceback's last frames and the exception line.
 STDERR_TAIL_BYTES = 2048
 STDERR_TAIL_LINES = 12
 # How long the namespace's processes may take to die once killed.
 REAP_SECONDS = 5.0
-# Processes of the tool user, every run together, where runs have no cgroup (development).
-UNBOUNDED_MAX_PROCESSES = 256
 _SAFE_ENV = {"PATH": "/usr/bin:/bin"}
 
 # Runs in the child before the user code. Audit hooks cannot be removed from Python code
@@ -75,53 +76,6 @@ _g = {"__name__": "__main__", "__builtins__": __builtins__}
 del _f
 exec(compile(_src, "main.py", "exec"), _g)
 """
-
-
-class SandboxLimits(BaseModel):
-    """Per-run resource limits of the sandbox, and who/what runs it."""
-
-    cpu_seconds: int = Field(default=5, ge=1)
-    memory_mb: int = Field(default=256, ge=32)
-    wall_seconds: float = Field(default=10.0, gt=0)
-    output_bytes: int = Field(default=16_384, ge=1)
-    # Processes of one run at once (its cgroup's pids.max).
-    max_processes: int = Field(default=64, ge=8)
-    cpu_cores: float = Field(default=1.0, gt=0)
-    tmpfs_mb: int = Field(default=TMPFS_BYTES // 2**20, ge=1)
-    python: str = "/usr/bin/python3"
-    run_as: str = "a0-tools"
-    # Where each run's cgroup is made; None runs with rlimits only (development, tests).
-    cgroups: RunCgroups | None = None
-
-    @classmethod
-    def from_settings(cls, tool_settings: Any, cgroups: RunCgroups | None = None) -> SandboxLimits:
-        """Build from ``services.common.settings.ToolSettings`` (fields of the same names)."""
-        return cls(
-            cpu_seconds=tool_settings.cpu_seconds,
-            memory_mb=tool_settings.memory_mb,
-            wall_seconds=tool_settings.wall_seconds,
-            output_bytes=tool_settings.output_bytes,
-            max_processes=tool_settings.max_processes,
-            cpu_cores=tool_settings.cpu_cores,
-            tmpfs_mb=tool_settings.tmpfs_mb,
-            python=tool_settings.sandbox_python,
-            run_as=tool_settings.run_as,
-            cgroups=cgroups,
-        )
-
-    def bounds(self) -> RunBounds:
-        return RunBounds(
-            memory_bytes=self.memory_mb * 2**20, processes=self.max_processes, cpu_cores=self.cpu_cores
-        )
-
-
-class SandboxError(A0Error):
-    """The code did not complete normally; ``str(err)`` is meant for the model/user."""
-
-    def __init__(self, message: str, *, kind: str, output: str = "") -> None:
-        super().__init__(message)
-        self.kind = kind  # "timeout" | "cpu_limit" | "memory_limit" | "exit" | "unavailable"
-        self.output = output
 
 
 class _Output:
@@ -153,28 +107,6 @@ class _Output:
         # Frames of the bootstrap (compiled from -c, shown as "<string>") are noise.
         lines = [ln for ln in lines if not ln.lstrip().startswith('File "<string>"')]
         return "\n".join(lines[-STDERR_TAIL_LINES:])
-
-
-def _set_limit(which: int, value: int) -> None:
-    # Never try to raise a hard limit above the current one (fails unless privileged).
-    _, hard = resource.getrlimit(which)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    resource.setrlimit(which, (value, value))
-
-
-def _apply_limits(limits: SandboxLimits, bounded: bool) -> None:
-    """preexec_fn: runs in the forked child just before exec; limits survive exec."""
-    # Soft CPU limit sends SIGXCPU; the hard one (1s later) SIGKILLs code that ignores it.
-    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
-    cpu = limits.cpu_seconds
-    hard = cpu + 1 if cpu_hard == resource.RLIM_INFINITY else min(cpu + 1, cpu_hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (min(cpu, hard), hard))
-    _set_limit(resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024)
-    _set_limit(resource.RLIMIT_FSIZE, FILE_SIZE_BYTES)
-    if not bounded:  # no cgroup: only the tool user's processes all together can be bounded
-        _set_limit(resource.RLIMIT_NPROC, UNBOUNDED_MAX_PROCESSES)
-    _set_limit(resource.RLIMIT_CORE, 0)  # SIGXCPU would otherwise dump core
 
 
 def _identity(run_as: str) -> dict[str, Any]:
@@ -254,9 +186,9 @@ def _failure(returncode: int, out: _Output, limits: SandboxLimits) -> SandboxErr
         returncode = -(returncode - 128)
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         # We only SIGKILL on timeout/cancel (handled elsewhere), so this is the rlimit.
-        return _cpu_spent(limits, text)
+        return cpu_spent(limits, text)
     if "MemoryError" in tail or "Cannot allocate memory" in tail:
-        return _out_of_memory(limits, text, tail)
+        return out_of_memory(limits, text, tail)
     if returncode < 0:
         try:
             how = f"was killed by {signal.Signals(-returncode).name}"
@@ -265,37 +197,6 @@ def _failure(returncode: int, out: _Output, limits: SandboxLimits) -> SandboxErr
     else:
         how = f"exited with code {returncode}"
     return SandboxError(f"process {how}" + (f":\n{tail}" if tail else ""), kind="exit", output=text)
-
-
-def _cpu_spent(limits: SandboxLimits, output: str) -> SandboxError:
-    msg = f"exceeded the CPU time limit of {limits.cpu_seconds}s"
-    return SandboxError(msg, kind="cpu_limit", output=output)
-
-
-def _out_of_memory(limits: SandboxLimits, output: str, tail: str = "") -> SandboxError:
-    msg = f"ran out of memory (limit {limits.memory_mb} MiB, its processes and files together)"
-    return SandboxError(msg + (f"\n{tail}" if tail else ""), kind="memory_limit", output=output)
-
-
-class _CpuBudget:
-    """Ends the run once its processes together used ``cpu_seconds`` of CPU. The run can
-    use at most ``cpu_cores`` at once, so the budget is read only when it could be spent."""
-
-    def __init__(self, cgroup: RunCgroup, limits: SandboxLimits, kill: Callable[[], None]) -> None:
-        self.cgroup = cgroup
-        self.limits = limits
-        self.kill = kill
-        self.spent = False
-
-    async def watch(self) -> None:
-        rate = min(self.limits.cpu_cores, float(os.cpu_count() or 1))
-        while (used := self.cgroup.cpu_seconds()) is not None:
-            left = self.limits.cpu_seconds - used
-            if left <= 0:
-                self.spent = True
-                self.kill()
-                return
-            await asyncio.sleep(max(left / rate, 0.02))
 
 
 async def _start(bwrap_pid: int, sandbox_pid: int | None, cgroup: RunCgroup | None, block_fd: int) -> None:
@@ -351,14 +252,15 @@ async def run_code(
             await _remove(cgroup)
 
 
-async def _run_in(
+async def _spawn(
     cgroup: RunCgroup | None,
     conf: Confinement,
     code: str,
     limits: SandboxLimits,
     identity: dict[str, Any],
-    on_spawn: Callable[[int], None] | None,
-) -> str:
+) -> tuple[asyncio.subprocess.Process, int, int]:
+    """bwrap started on ``code``, holding the run until told to go: the process, the read
+    end of its info pipe and the write end of the pipe that lets it go on."""
     code_fd = _memfd("a0-code", code.encode("utf-8", errors="surrogateescape"))
     seccomp_fd = _memfd("a0-seccomp", conf.seccomp_bpf)
     setup_seccomp_fd = _memfd("a0-seccomp-setup", conf.setup_seccomp_bpf)
@@ -377,10 +279,6 @@ async def _run_in(
         bootstrap=_BOOTSTRAP,
         tmpfs_bytes=limits.tmpfs_mb * 2**20,
     )
-    loop = asyncio.get_running_loop()
-    info = asyncio.StreamReader()
-    out = _Output(limits.output_bytes)
-    sandbox_pid: int | None = None
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -391,7 +289,7 @@ async def _run_in(
             env=_SAFE_ENV,
             start_new_session=True,
             pass_fds=fds,
-            preexec_fn=partial(_apply_limits, limits, cgroup is not None),
+            preexec_fn=partial(apply_limits, limits, cgroup is not None),
             **identity,
         )
     except BaseException:
@@ -400,12 +298,28 @@ async def _run_in(
     finally:
         for fd in fds:
             os.close(fd)
+    return proc, info_read, block_write
+
+
+async def _run_in(
+    cgroup: RunCgroup | None,
+    conf: Confinement,
+    code: str,
+    limits: SandboxLimits,
+    identity: dict[str, Any],
+    on_spawn: Callable[[int], None] | None,
+) -> str:
+    proc, info_read, block_write = await _spawn(cgroup, conf, code, limits, identity)
+    loop = asyncio.get_running_loop()
+    info = asyncio.StreamReader()
+    out = _Output(limits.output_bytes)
+    sandbox_pid: int | None = None
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(info), os.fdopen(info_read, "rb", 0)
     )
     budget = watcher = None
     if cgroup is not None:
-        budget = _CpuBudget(cgroup, limits, cgroup.kill)
+        budget = CpuBudget(cgroup, limits, cgroup.kill)
         watcher = asyncio.create_task(budget.watch())
     try:
         if on_spawn is not None:
@@ -431,12 +345,23 @@ async def _run_in(
         # Only now: a bwrap still waiting would take the end of this pipe as its go.
         os.close(block_write)
         await _gone(sandbox_pid)
+    return _outcome(proc.returncode, out, limits, cgroup, budget)
+
+
+def _outcome(
+    returncode: int | None,
+    out: _Output,
+    limits: SandboxLimits,
+    cgroup: RunCgroup | None,
+    budget: CpuBudget | None,
+) -> str:
+    """A finished run's output, or the error that explains how it ended."""
     if budget is not None and budget.spent:
-        raise _cpu_spent(limits, out.text())
+        raise cpu_spent(limits, out.text())
     if cgroup is not None and cgroup.memory_kills():
         # The kernel killed a process of the run at its memory limit: whatever the exit
         # code says, the run did not get to finish what it was doing.
-        raise _out_of_memory(limits, out.text(), out.stderr_tail())
-    if proc.returncode:
-        raise _failure(proc.returncode, out, limits)
+        raise out_of_memory(limits, out.text(), out.stderr_tail())
+    if returncode:
+        raise _failure(returncode, out, limits)
     return out.text()

@@ -25,7 +25,8 @@ from pydantic import BaseModel, Field
 
 from services.common.errors import A0Error
 from services.common.tools import CALCULATOR, CURRENT_TIME, RUN_PYTHON, ToolSpec, plugin_tools
-from services.tool_executor.sandbox import SandboxError, SandboxLimits, run_code
+from services.tool_executor.sandbox import run_code
+from services.tool_executor.sandbox_limits import SandboxError, SandboxLimits
 
 log = logging.getLogger(__name__)
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from a0ctl.runtime.local import LocalRuntime
 from services.common.settings import Settings
 from services.gateway.main import POOL_CONNECTIONS
 from tests.support.cli import a0ctl
-from tests.support.faults import restart, restarted, sigkill, under_load
-from tests.support.gateway import auth, create_conversation, send_and_collect
+from tests.support.faults import restart, restarted, service_back, sigkill, under_load
+from tests.support.gateway import auth, create_conversation, read_until, send_and_collect, sse_events
 from tests.support.processes import running_sim
 from tests.support.waiting import eventually
 
@@ -160,3 +162,79 @@ async def test_a_message_sent_while_redis_is_down_is_refused_with_503(
             ).status_code == 202
 
         await eventually(accepted, 30, "a message accepted once Redis is back")
+
+
+async def _gateway_wrote_the_turn(settings: Settings, conversation_id: str) -> bool:
+    """The message's turn is written, committed or not: a turn row of the conversation,
+    or a gateway transaction open (waiting for the broker's ack)."""
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM turns WHERE conversation_id = %s) OR EXISTS (SELECT 1 "
+                "FROM pg_stat_activity WHERE application_name LIKE 'a0-gateway%%' "
+                "AND state = 'idle in transaction')",
+                (conversation_id,),
+            )
+        ).fetchone()
+    return bool(row and row[0])
+
+
+async def _turns_of(settings: Settings, conversation_id: str) -> list[str]:
+    """The statuses of the conversation's stored turns."""
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
+        rows = await (
+            await conn.execute("SELECT status FROM turns WHERE conversation_id = %s", (conversation_id,))
+        ).fetchall()
+    return [status for (status,) in rows]
+
+
+async def test_gateway_leaves_no_turn_open_for_a_message_the_broker_never_acked(
+    settings: Settings, stack: LocalRuntime
+) -> None:
+    """The broker is down. A message refused with 503 leaves no turn; nor does one whose
+    gateway is SIGKILLed while it waits for the broker's ack, its turn written. Neither
+    message reached Kafka, so the ``reject`` conversation takes the next message once
+    the broker and the gateway are back, and answers it."""
+    headers = auth(settings, "broker-never-acked")
+    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as client:
+        conversation_id = await create_conversation(client, headers, title="reject", policy="reject")
+        url = f"/v1/conversations/{conversation_id}/messages"
+        gateway_pid = stack.pid("gateway")
+        await asyncio.to_thread(stack.stop_service, "kafka")
+        try:
+            refused = await client.post(url, json={"content": "compute 6*7"}, headers=headers)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "unavailable", refused.text
+            assert await _turns_of(settings, conversation_id) == []
+
+            sending = asyncio.create_task(client.post(url, json={"content": "compute 6*7"}, headers=headers))
+
+            async def waiting_for_the_ack() -> bool:
+                assert not sending.done(), sending.result().text  # the publish must wait
+                return await _gateway_wrote_the_turn(settings, conversation_id)
+
+            await eventually(waiting_for_the_ack, 8, "the gateway waiting for the broker, the turn written")
+            assert await asyncio.to_thread(stack.kill_service, "gateway") is not None
+            with contextlib.suppress(httpx.HTTPError):
+                await sending
+        finally:
+            await restarted(stack, "kafka")
+
+        async def gateway_back() -> bool:
+            return await service_back(stack, "gateway", gateway_pid)
+
+        await eventually(gateway_back, 90, "the gateway running and healthy again")
+        assert await _turns_of(settings, conversation_id) == []
+
+        async def accepted() -> bool:
+            return (
+                await client.post(url, json={"content": "compute 6*7"}, headers=headers)
+            ).status_code == 202
+
+        await eventually(accepted, 60, "the next message accepted once the broker is back")
+        events = sse_events(client, headers, conversation_id)
+        try:
+            last = (await asyncio.wait_for(read_until(events, "message.completed"), 60))[-1]
+        finally:
+            await events.aclose()
+        assert "42" in last["payload"]["content"], last

@@ -14,7 +14,8 @@ import pytest
 from services.common import mcp_servers
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
-from services.tool_executor.mcp_client import McpServers, PinnedTransport
+from services.tool_executor.mcp_catalog import McpServers
+from services.tool_executor.mcp_connect import PinnedTransport
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.hostile

@@ -16,7 +16,8 @@ from services.common.credentials import CredentialStore
 from services.common.errors import PolicyDenied
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
-from services.conversation_worker.llm import LLMClients, LLMError, classify
+from services.conversation_worker.llm import LLMClients
+from services.conversation_worker.llm_errors import LLMError, classify
 
 pytestmark = pytest.mark.hostile
 

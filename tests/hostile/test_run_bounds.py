@@ -27,7 +27,8 @@ import pytest
 
 from services.common.settings import Settings, load_settings
 from services.tool_executor.cgroups import parent_name, prepare
-from services.tool_executor.sandbox import SandboxError, SandboxLimits, run_code
+from services.tool_executor.sandbox import run_code
+from services.tool_executor.sandbox_limits import SandboxError, SandboxLimits
 from tests.conftest import ROOT, TEST_STATE
 from tests.support.gateway import (
     auth,

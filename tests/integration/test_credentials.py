@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,12 +17,6 @@ from tests.support.gateway import auth, create_conversation, send_and_collect
 from tests.support.processes import SimProcess, running_sim
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:
-        yield http
 
 
 @pytest.fixture

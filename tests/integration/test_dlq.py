@@ -8,7 +8,6 @@ from __future__ import annotations
 import getpass
 import json
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -29,12 +28,6 @@ pytestmark = pytest.mark.integration
 
 DLQ = "dlq.conversation-worker"
 SECRET = "sk-dlqsecret0123456789"
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:
-        yield http
 
 
 def message_to(conversation_id: str, content: str) -> Envelope:

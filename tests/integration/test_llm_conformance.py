@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -24,12 +23,6 @@ from tests.support.recorded_streams import AFTER_TOOLS_TEXT, CASES, DROP, Case, 
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:
-        yield http
 
 
 async def _transcript(settings: Settings, conversation_id: str) -> tuple[list[tuple[str, Any]], list[str]]:

@@ -27,6 +27,16 @@ def test_load_report_counts_answers_and_finds_nothing_lost_or_repeated(stack: Lo
     assert windows[0]["start_s"] == 0 and windows[-1]["end_s"] == 6, windows
     assert sum(window["answered"] for window in windows) == report["completed"], windows
     assert all(0 < window["host_cpu"] <= 1 for window in windows), windows
+    # The account's memory: each process tree's PSS as the run started and after it.
+    account = report["account"]
+    memory = {row["name"]: row for row in account["memory"]}
+    assert {"kafka", "postgres", "redis", "gateway", "conversation-worker", "supervisord"} <= set(memory), (
+        memory
+    )
+    assert all(row["before_mib"] > 0 and row["after_mib"] > 0 for row in memory.values()), memory
+    assert account["pss_after_mib"] == pytest.approx(
+        sum(row["after_mib"] for row in memory.values()), abs=0.5
+    )
 
 
 def test_a_session_that_cannot_reach_the_gateway_fails_the_run_with_its_cause(stack: LocalRuntime) -> None:

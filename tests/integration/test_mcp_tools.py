@@ -11,10 +11,8 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from a0ctl import tools
@@ -41,12 +39,6 @@ from tests.support.gateway import (
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:
-        yield http
 
 
 @pytest.fixture

@@ -32,12 +32,6 @@ DASHBOARD = ROOT / "stack" / "grafana" / "dashboards" / "a0.json"
 PROMPT = "compute 6*7"
 
 
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:
-        yield http
-
-
 async def followed_turn(
     client: httpx.AsyncClient, headers: dict[str, str], conversation_id: str, content: str
 ) -> tuple[str, list[dict[str, Any]]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -78,12 +78,6 @@ def provider(tmp_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(20)
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:
-        yield http
 
 
 async def test_an_independent_openai_compatible_server_answers_a_tool_turn_and_a_text_turn(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -98,6 +99,17 @@ async def test_opa_decides_from_the_real_policy(settings: Settings) -> None:
         tool = await policy.decide("tool.call", "alice", tool="shell")
     assert owner.allow and not other.allow and not tool.allow
     assert "bob" in other.reason and "shell" in tool.reason
+
+
+async def test_the_decision_cache_drops_expired_decisions_instead_of_growing(settings: Settings) -> None:
+    short = settings.model_copy(update={"opa": settings.opa.model_copy(update={"decision_cache_s": 0.5})})
+    async with PolicyClient(short) as policy:
+        for index in range(20):
+            await policy.decide("conversation.read", "alice", owner_id="alice", conversation_id=f"c{index}")
+        assert policy.cached == 20
+        await asyncio.sleep(0.6)
+        await policy.decide("conversation.read", "alice", owner_id="alice", conversation_id="c-last")
+        assert policy.cached == 1  # the 20 expired ones swept out, not kept until the cache is full
 
 
 def test_second_up_is_a_no_op(stack: LocalRuntime) -> None:

@@ -1,11 +1,12 @@
 """The session-scoped stack of the tiers that need one (integration, faults): brought up
 by the same code as ``a0ctl up`` (local runtime, real Kafka, Redis, PostgreSQL, OPA and
-a0's services under supervisord), purged at the end."""
+a0's services under supervisord), purged at the end, and a client of its gateway."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 
 from a0ctl.runtime.local import LocalRuntime
@@ -26,3 +27,10 @@ def stack() -> Iterator[LocalRuntime]:
 @pytest.fixture
 def settings(stack: LocalRuntime) -> Settings:
     return load_settings()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the stack's gateway."""
+    async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=30) as http:
+        yield http

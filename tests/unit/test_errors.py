@@ -21,7 +21,7 @@ from services.common.errors import (
     TransientError,
     is_transient,
 )
-from services.conversation_worker.llm import status_error
+from services.conversation_worker.llm_errors import status_error
 
 pytestmark = pytest.mark.unit
 

@@ -258,6 +258,41 @@ def test_shedding_refuses_once_open_turns_reach_the_maximum() -> None:
     assert over_capacity(2001, 2000)
 
 
+def test_the_turn_budget_is_what_the_stack_ends_in_the_shed_time_and_never_below_the_floor() -> None:
+    turns = OpenTurns(redis=None, turn_s=1.0)  # type: ignore[arg-type]
+    assert turns.ending_per_s() == 0 and turns.budget(40) == 40  # nothing ended yet: the floor
+    turns.note_ended(100.0, 5_000)
+    turns.note_ended(100.4, 5_040)
+    assert turns.ending_per_s() == 0  # too short a span to call a rate
+    turns.note_ended(102.0, 5_200)
+    assert turns.ending_per_s() == 100 and turns.budget(40) == 100  # 100 a second, for 1 s
+    assert turns.budget(150) == 150
+    # Readings older than the window drop out: the rate follows the latest 3 s.
+    turns.note_ended(105.0, 5_260)
+    assert [at for at, _ in turns.ended] == [102.0, 105.0] and turns.ending_per_s() == 20
+    assert turns.budget(10) == 20
+    # Half the time allowed in flight, half the budget.
+    half = OpenTurns(redis=None, turn_s=0.5, ended=turns.ended)  # type: ignore[arg-type]
+    assert half.budget(1) == 10
+    # Sparse readings: the rate since the last one, however long ago.
+    turns.note_ended(115.0, 5_300)
+    assert [at for at, _ in turns.ended] == [105.0, 115.0] and turns.ending_per_s() == 4
+    # A counter that went back (Redis restarted empty) starts the window again.
+    turns.note_ended(105.5, 3)
+    assert list(turns.ended) == [(105.5, 3)] and turns.budget(40) == 40
+
+
+async def test_a_turn_budget_grown_by_the_rate_lets_messages_through_past_the_floor() -> None:
+    """The middleware holds a message to the measured budget, not to the floor alone."""
+    gateway = _StartedGateway(open_turns=60, waiting=0)  # the floor is 4
+    gateway.reading.note_ended(0.0, 0)
+    gateway.reading.note_ended(2.0, 200)  # 100 turns a second end: 100 may be open
+    async with gateway.client() as client:
+        assert (await client.post("/v1/conversations/c1/messages", json={"content": "hi"})).status_code == 202
+        gateway.reading.value = 100
+        assert (await client.post("/v1/conversations/c1/messages", json={"content": "hi"})).status_code == 429
+
+
 # --- SSE framing and cursors --------------------------------------------------------------
 
 

@@ -18,7 +18,9 @@ from services.common.settings import Settings, load_settings
 from services.common.tools import tool_catalog
 from services.conversation_worker.deltas import DeltaStream
 from services.conversation_worker.events import Draft
-from services.conversation_worker.llm import LLMClients, LLMError, StreamAccumulator, status_error
+from services.conversation_worker.llm import LLMClients
+from services.conversation_worker.llm_errors import LLMError, status_error
+from services.conversation_worker.stream import StreamAccumulator
 from services.llm_sim.main import create_app
 from tests.support.recorded_streams import serving
 from tests.support.waiting import eventually

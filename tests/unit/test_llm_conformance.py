@@ -13,7 +13,8 @@ import pytest
 from services.common.credentials import LLMConfig
 from services.common.settings import Settings, load_settings
 from services.common.tools import tool_catalog
-from services.conversation_worker.llm import LLMClients, LLMError
+from services.conversation_worker.llm import LLMClients
+from services.conversation_worker.llm_errors import LLMError
 from tests.support.recorded_streams import CASES, DROP, Case, Replay, serving
 
 pytestmark = pytest.mark.unit

@@ -16,7 +16,16 @@ import pytest
 from a0ctl.commands.load import render
 from a0ctl.load.account import Reading, build_account
 from a0ctl.load.kafka_requests import read_request_counts
-from a0ctl.load.processes import CLOCK_TICKS, children_of, own_ticks, read_trees, tree_cpu_s
+from a0ctl.load.processes import (
+    CLOCK_TICKS,
+    children_of,
+    own_pss_kib,
+    own_ticks,
+    pss_kib_of,
+    read_trees,
+    tree_cpu_s,
+    tree_pss_kib,
+)
 from a0ctl.load.report import HostCpu, LoadReport, Percentiles, Window, busy_between, cpu_times, timeline
 from a0ctl.load.sampling import PROC_STAT
 from a0ctl.load.session import RECONNECT_CAP_S, RECONNECT_FIRST_S
@@ -217,7 +226,13 @@ def test_a_process_tree_counts_children_that_exited_and_descendants_still_runnin
         own = own_ticks(parent.pid)
         assert own is not None and own / CLOCK_TICKS < 0.6 <= (total or 0)
         named = read_trees({"parent": parent.pid})
-        assert named.cpu_s["parent"] >= 0.6
+        assert named.cpu_s["parent"] >= 0.6 and named.pss_mib == {}  # memory only when asked
+        # Memory: the parent and the child still running, each holding a Python heap.
+        own_pss = own_pss_kib(parent.pid)
+        tree_pss = tree_pss_kib(parent.pid, children_of())
+        assert own_pss is not None and tree_pss is not None and tree_pss > own_pss > 0
+        with_memory = read_trees({"parent": parent.pid}, memory=True)
+        assert with_memory.pss_mib["parent"] > 1
     finally:
         for child in children_of().get(parent.pid, []):
             os.kill(child, signal.SIGKILL)
@@ -227,6 +242,51 @@ def test_a_process_tree_counts_children_that_exited_and_descendants_still_runnin
 
 def test_a_gone_process_has_no_figure() -> None:
     assert tree_cpu_s(2**22 + 7, {}) is None
+    assert tree_pss_kib(2**22 + 7, {}) is None
+
+
+SMAPS_ROLLUP = """55d0c0a00000-7ffd2b9f1000 ---p 00000000 00:00 0                          [rollup]
+Rss:              104868 kB
+Pss:               61234 kB
+Pss_Dirty:         40000 kB
+Pss_Anon:          39000 kB
+Shared_Clean:      52000 kB
+"""
+
+
+def test_pss_is_read_from_smaps_rollup_and_not_from_its_subtotals() -> None:
+    assert pss_kib_of(SMAPS_ROLLUP) == 61234
+    assert pss_kib_of("Rss: 10 kB\n") is None
+
+
+def test_the_account_gives_each_process_trees_pss_before_and_after_the_run() -> None:
+    idle = (reading(0.0, {"kafka": 1.0}, {}), reading(10.0, {"kafka": 1.1}, {}))
+    idle[1].pss_mib.update({"kafka": 300.0, "postgres": 120.0, "gateway": 90.5})
+    after = reading(20.0, {"kafka": 2.1}, {})
+    after.pss_mib.update({"kafka": 310.0, "postgres": 150.0, "gateway": 88.0, "jaeger": 40.0})
+    account = build_account(idle, (idle[1], after), 10)
+    assert [row.name for row in account.memory] == ["kafka", "postgres", "gateway", "jaeger"]
+    rows = {row.name: row for row in account.memory}
+    assert (rows["kafka"].before_mib, rows["kafka"].after_mib, rows["kafka"].change_mib) == (300, 310, 10)
+    assert rows["gateway"].change_mib == -2.5
+    assert rows["jaeger"].before_mib is None and rows["jaeger"].change_mib is None  # started in the run
+    assert account.pss_before_mib == 510.5 and account.pss_after_mib == 588.0
+    # Without readings of memory (no /proc to read), no rows and no totals.
+    bare = build_account(idle, (idle[0], idle[0]), 10)
+    assert bare.memory == [] and bare.pss_before_mib is None
+
+
+def test_the_memory_table_follows_the_account(capsys: pytest.CaptureFixture[str]) -> None:
+    idle = (reading(0.0, {"kafka": 1.0}, {}), reading(10.0, {"kafka": 1.1}, {}))
+    idle[1].pss_mib.update({"kafka": 300.0, "postgres": 120.0})
+    after = reading(20.0, {"kafka": 2.1}, {})
+    after.pss_mib.update({"kafka": 310.0, "postgres": 150.0})
+    render(report(HostCpu(cores=2)).model_copy(update={"account": build_account(idle, (idle[1], after), 10)}))
+    lines = capsys.readouterr().out.splitlines()
+    assert any("memory: PSS of each process tree (MiB)" in line for line in lines)
+    whole = next(line for line in lines if "whole stack" in line and "420" in line)
+    assert "460" in whole and "40" in whole
+    assert any("postgres" in line and "120" in line and "150" in line and "30" in line for line in lines)
 
 
 def test_sessions_reconnect_after_a_quarter_second_doubling_to_five_with_jitter() -> None:

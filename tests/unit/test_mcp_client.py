@@ -13,7 +13,8 @@ import pytest
 
 from services.common import mcp_servers
 from services.common.settings import load_settings
-from services.tool_executor.mcp_client import McpServers, McpTool
+from services.tool_executor.mcp_catalog import McpServers
+from services.tool_executor.mcp_client import McpTool
 from services.tool_executor.tools import ToolContext, ToolError
 from tests.conftest import ROOT
 from tests.support.waiting import eventually

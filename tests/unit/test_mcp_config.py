@@ -15,7 +15,8 @@ from a0ctl import tools
 from services.common import mcp_servers
 from services.common.settings import Settings, load_settings
 from services.llm_sim import replies
-from services.tool_executor.mcp_client import MAX_IMAGE_BYTES, sandbox_argv, to_output
+from services.tool_executor.mcp_connect import sandbox_argv
+from services.tool_executor.mcp_results import MAX_IMAGE_BYTES, to_output
 from tests.support.cli import a0ctl
 
 pytestmark = pytest.mark.unit

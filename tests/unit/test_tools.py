@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from services.common.settings import ToolSettings, load_settings
-from services.tool_executor.sandbox import TRUNCATED_MARKER, SandboxLimits
+from services.tool_executor.sandbox import TRUNCATED_MARKER
+from services.tool_executor.sandbox_limits import SandboxLimits
 from services.tool_executor.tools import (
     Tool,
     ToolContext,
