@@ -28,6 +28,7 @@ from services.common.envelope import Envelope, EventType, roles_of, tool_call_ke
 from services.common.errors import PoisonRecord, is_transient
 from services.common.kafka import publish
 from services.common.policy import PolicyClient
+from services.common.retry import Backoff
 from services.common.tools import ToolResult
 from services.common.topics import TOOL_RESULTS
 from services.tool_executor.mcp_client import McpTool
@@ -42,6 +43,10 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
 PROGRESS_EVERY_S = 0.5
 MAX_PROGRESS_MESSAGE = 200
+# A result is stored with retries of its own: it is only ever computed once.
+STORE_ATTEMPTS = 5
+STORE_RETRY_BASE_S = 0.2
+STORE_RETRY_CAP_S = 2.0
 
 
 def storable(result: ToolResult) -> ToolResult:
@@ -179,12 +184,27 @@ class ToolExecutor:
             outcome = payload.error.code if payload.error is not None else "ok"
             telemetry.set_outcome(span, outcome, error=payload.error is not None)
         result = self._result(envelope, key, payload)
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO tool_results (call_key, envelope) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (key, Jsonb(result.model_dump(mode="json"))),
-            )
+        await self._store(key, result)
         await (await publish(self.producer, TOOL_RESULTS, result))
+
+    async def _store(self, key: str, result: Envelope) -> None:
+        """Store a call's result, trying again on a transient failure (a connection that a
+        PostgreSQL restart broke): giving up makes the record's retry run the tool again."""
+        retries = Backoff(base=STORE_RETRY_BASE_S, cap=STORE_RETRY_CAP_S)
+        for attempt in range(STORE_ATTEMPTS):
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(
+                        "INSERT INTO tool_results (call_key, envelope) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                        (key, Jsonb(result.model_dump(mode="json"))),
+                    )
+                return
+            except Exception as exc:
+                if not is_transient(exc) or attempt == STORE_ATTEMPTS - 1:
+                    raise
+                log.info("storing the result of %s failed (%s); trying again", key, type(exc).__name__)
+                await self.pool.check()  # replaces every connection the failure also broke
+                await asyncio.sleep(retries.next())
 
     async def _stored_result(self, key: str) -> Envelope | None:
         async with self.pool.connection() as conn:
