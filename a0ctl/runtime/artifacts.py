@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -47,7 +48,9 @@ def ensure_kafka(settings: Settings) -> Path:
     """Return the directory holding the broker's jars, resolving them with Maven if needed."""
     libs = kafka_libs(settings)
     marker = libs.parent / ".complete"
-    if marker.exists():
+    # The jars follow the pom as well as the version: a changed pom resolves them again.
+    resolved = f"{settings.kafka.version} {hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()[:16]}"
+    if marker.exists() and marker.read_text() == resolved:
         return libs
     mvn = find_binary("mvn", "install Maven (apt-get install maven) or run scripts/bootstrap.sh", "kafka")
     find_binary("java", "install a Java 17+ runtime (apt-get install openjdk-17-jre-headless)", "kafka")
@@ -72,7 +75,7 @@ def ensure_kafka(settings: Settings) -> Path:
     )
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
-    marker.write_text(settings.kafka.version)
+    marker.write_text(resolved)
     return libs
 
 

@@ -184,10 +184,11 @@ def single_node_lines(node_count: int) -> list[str]:
     """A lone node heartbeats to its own controller: every 2 s by default, a request (and a
     metadata check) for nothing, since if it stopped there is no one left to fence it. In a
     cluster the default stays: a dead broker is fenced, and its partitions move, once its
-    session (9 s) lapses."""
+    session (9 s) lapses. The session grows with it: Kafka wants the heartbeat at most
+    half of it."""
     if node_count > 1:
         return []
-    return ["broker.heartbeat.interval.ms=5000"]
+    return ["broker.heartbeat.interval.ms=5000", "broker.session.timeout.ms=15000"]
 
 
 def format_storage(settings: Settings, name: str, data_dir: Path, props: Path, admin_password: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from a0ctl.runtime.kafka_local import single_node_lines
 from a0ctl.topics.acls import AclEntry, compute_acl_changes, desired_acls
 from a0ctl.topics.model import load_topics_file
 from services.common.kafka import client_options
@@ -97,3 +98,11 @@ def test_the_cluster_profile_runs_three_nodes_shaped_as_staging(monkeypatch: pyt
     assert settings.stack.topics_env == "staging"
     monkeypatch.setenv("A0_PROFILE", "single")
     assert load_settings().kafka_nodes == [(1, 39092, 39093)]
+
+
+def test_a_lone_nodes_heartbeat_fits_in_its_session() -> None:
+    """Kafka refuses (and logs an error at every start) a broker heartbeat longer than half
+    the session the controller grants."""
+    lines = dict(line.split("=", 1) for line in single_node_lines(1))
+    assert int(lines["broker.heartbeat.interval.ms"]) * 2 <= int(lines["broker.session.timeout.ms"])
+    assert single_node_lines(3) == []
