@@ -12,6 +12,8 @@ The readings themselves: :mod:`a0ctl.load.probe`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel
 
 
@@ -99,8 +101,6 @@ def _total(pss: dict[str, float]) -> float | None:
     return round(sum(pss.values()), 1) if pss else None
 
 
-# Long by design: the table built row group by row group (CPU, counters, tracing) in the
-# order it is shown, each group's idle, run and per-turn arithmetic next to its rows.
 def build_account(
     idle: tuple[Reading, Reading],
     run: tuple[Reading, Reading],
@@ -111,20 +111,51 @@ def build_account(
     probe_cpu_ms: float = 0.0,
     unavailable: dict[str, str] | None = None,
 ) -> Account:
-    """The account from two idle readings and two run readings."""
+    """The account from two idle readings and two run readings: its row groups (CPU,
+    counters, tracing) in the order they are shown."""
     idle_s = idle[1].at - idle[0].at
     run_s = run[1].at - run[0].at
-    rows: list[AccountRow] = []
+    cpu = _cpu_rows(idle, run, turns, idle_s, run_s)
+    client, client_net = _client_row(idle, run, turns, idle_s)
+    rows = [*cpu.rows, client, *_counter_rows(idle, run, turns, idle_s, run_s)]
+    if run_spans is not None:
+        rows += _span_rows(idle_spans, run_spans, turns, idle_s, run_s)
+    return Account(
+        turns=turns,
+        idle_s=round(idle_s, 1),
+        run_s=round(run_s, 1),
+        idle_cpu_ms_per_s=_r(cpu.idle_total) if cpu.rows else None,
+        cpu_ms_per_turn=_r(cpu.run_net + (client_net or 0.0)) if cpu.complete and turns else None,
+        rows=rows,
+        memory=memory_rows(run[0].pss_mib, run[1].pss_mib),
+        pss_before_mib=_total(run[0].pss_mib),
+        pss_after_mib=_total(run[1].pss_mib),
+        probe_cpu_ms=round(probe_cpu_ms, 1),
+        sources=SOURCES,
+        unavailable=[f"{source}: {why}" for source, why in sorted((unavailable or {}).items())],
+    )
 
+
+@dataclass
+class _CpuRows:
+    rows: list[AccountRow]
+    idle_total: float  # ms per second, every process idle
+    run_net: float  # ms per turn, net of idle, of the processes that have one
+    complete: bool  # every process has a per-turn figure
+
+
+def _cpu_rows(
+    idle: tuple[Reading, Reading], run: tuple[Reading, Reading], turns: int, idle_s: float, run_s: float
+) -> _CpuRows:
+    """One row per process tree, the busiest in the run first."""
     names = sorted(set(run[0].cpu_s) & set(run[1].cpu_s), key=lambda n: -(run[1].cpu_s[n] - run[0].cpu_s[n]))
-    idle_total = run_net = 0.0
-    complete = bool(names)
+    found = _CpuRows(rows=[], idle_total=0.0, run_net=0.0, complete=bool(names))
     for name in names:
         idle_rate = _per_s(idle[0].cpu_s.get(name), idle[1].cpu_s.get(name), idle_s)
         total = (run[1].cpu_s[name] - run[0].cpu_s[name]) * 1000
         rate_ms = idle_rate * 1000 if idle_rate is not None else None
         net = _net_per_turn(total, rate_ms, run_s, turns)
-        rows.append(
+        found.rows.append(
             AccountRow(
                 group="cpu",
                 name=name,
@@ -134,33 +165,44 @@ def build_account(
                 per_turn=_r(net),
             )
         )
-        idle_total += rate_ms or 0.0
+        found.idle_total += rate_ms or 0.0
         if net is None:
-            complete = False
+            found.complete = False
         else:
-            run_net += net
+            found.run_net += net
+    return found
+
+
+def _client_row(
+    idle: tuple[Reading, Reading], run: tuple[Reading, Reading], turns: int, idle_s: float
+) -> tuple[AccountRow, float | None]:
+    """The load client's row and its CPU per turn."""
     client_idle = _per_s(idle[0].client_cpu_s, idle[1].client_cpu_s, idle_s)
     client_total = (run[1].client_cpu_s - run[0].client_cpu_s) * 1000
     # The load client's idle is itself waiting for the run: its whole run is its cost.
     client_net = client_total / turns if turns else None
-    rows.append(
-        AccountRow(
-            group="cpu",
-            name="load client",
-            unit="ms",
-            idle_per_s=_r(client_idle * 1000 if client_idle is not None else None),
-            run_total=_r(client_total),
-            per_turn=_r(client_net),
-        )
+    row = AccountRow(
+        group="cpu",
+        name="load client",
+        unit="ms",
+        idle_per_s=_r(client_idle * 1000 if client_idle is not None else None),
+        run_total=_r(client_total),
+        per_turn=_r(client_net),
     )
+    return row, client_net
 
-    keys = sorted(set(run[0].counters) & set(run[1].counters))
-    for key in keys:
+
+def _counter_rows(
+    idle: tuple[Reading, Reading], run: tuple[Reading, Reading], turns: int, idle_s: float, run_s: float
+) -> list[AccountRow]:
+    """One row per counter (PostgreSQL, Kafka, Redis, OPA, LLM), a topic nobody wrote to left out."""
+    rows = []
+    for key in sorted(set(run[0].counters) & set(run[1].counters)):
         group, name = _group_of(key)
         idle_rate = _per_s(idle[0].counters.get(key), idle[1].counters.get(key), idle_s)
         total = run[1].counters[key] - run[0].counters[key]
         if group == "kafka records" and not total and not idle_rate:
-            continue  # a topic nobody wrote to
+            continue
         rows.append(
             AccountRow(
                 group=group,
@@ -171,35 +213,27 @@ def build_account(
                 per_turn=_r(_net_per_turn(total, idle_rate, run_s, turns)),
             )
         )
-    if run_spans is not None:
-        idle_traces = idle_spans[0] / idle_s if idle_spans and idle_s > 0 else None
-        idle_span_rate = idle_spans[1] / idle_s if idle_spans and idle_s > 0 else None
-        for index, name in enumerate(("traces", "spans")):
-            rate = (idle_traces, idle_span_rate)[index]
-            rows.append(
-                AccountRow(
-                    group="tracing",
-                    name=name,
-                    unit="",
-                    idle_per_s=_r(rate),
-                    run_total=float(run_spans[index]),
-                    per_turn=_r(_net_per_turn(float(run_spans[index]), rate, run_s, turns)),
-                )
+    return rows
+
+
+def _span_rows(
+    idle_spans: tuple[int, int] | None, run_spans: tuple[int, int], turns: int, idle_s: float, run_s: float
+) -> list[AccountRow]:
+    """Traces and spans: the run's, against the idle rate."""
+    rows = []
+    for index, name in enumerate(("traces", "spans")):
+        rate = idle_spans[index] / idle_s if idle_spans and idle_s > 0 else None
+        rows.append(
+            AccountRow(
+                group="tracing",
+                name=name,
+                unit="",
+                idle_per_s=_r(rate),
+                run_total=float(run_spans[index]),
+                per_turn=_r(_net_per_turn(float(run_spans[index]), rate, run_s, turns)),
             )
-    return Account(
-        turns=turns,
-        idle_s=round(idle_s, 1),
-        run_s=round(run_s, 1),
-        idle_cpu_ms_per_s=_r(idle_total) if names else None,
-        cpu_ms_per_turn=_r(run_net + (client_net or 0.0)) if complete and turns else None,
-        rows=rows,
-        memory=memory_rows(run[0].pss_mib, run[1].pss_mib),
-        pss_before_mib=_total(run[0].pss_mib),
-        pss_after_mib=_total(run[1].pss_mib),
-        probe_cpu_ms=round(probe_cpu_ms, 1),
-        sources=SOURCES,
-        unavailable=[f"{source}: {why}" for source, why in sorted((unavailable or {}).items())],
-    )
+        )
+    return rows
 
 
 SOURCES = {

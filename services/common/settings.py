@@ -4,6 +4,10 @@ Every port, data directory, version and credential location is read here, from
 environment variables (``A0_*``) and an optional ``.env`` file, with pydantic-settings.
 Each concern has its own prefix; :func:`load_settings` builds them all once and the
 result is passed down — nothing deeper reads ``os.environ``.
+
+Longer than other modules on purpose: one class per concern, each a flat list of fields
+with their descriptions, so every setting is found in one place (a unit test checks that
+``docs/settings.md`` names each of them).
 """
 
 from __future__ import annotations
