@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -52,17 +53,8 @@ def own_ticks(pid: int) -> int | None:
 def tree_cpu_s(pid: int, children: dict[int, list[int]], skip: frozenset[int] = frozenset()) -> float | None:
     """CPU seconds of ``pid`` and its live descendants (children it has reaped included),
     leaving out the subtrees rooted at ``skip``; None when ``pid`` is gone."""
-    root = own_ticks(pid)
-    if root is None:
-        return None
-    total, todo = root, list(children.get(pid, []))
-    while todo:
-        current = todo.pop()
-        if current in skip:
-            continue
-        total += own_ticks(current) or 0
-        todo.extend(children.get(current, []))
-    return total / CLOCK_TICKS
+    ticks = _tree_sum(own_ticks, pid, children, skip)
+    return ticks / CLOCK_TICKS if ticks is not None else None
 
 
 def pss_kib_of(smaps_rollup: str) -> int | None:
@@ -87,7 +79,15 @@ def own_pss_kib(pid: int) -> int | None:
 def tree_pss_kib(pid: int, children: dict[int, list[int]], skip: frozenset[int] = frozenset()) -> int | None:
     """PSS of ``pid`` and its live descendants (KiB), leaving out the subtrees rooted at
     ``skip``; None when ``pid`` is gone."""
-    root = own_pss_kib(pid)
+    return _tree_sum(own_pss_kib, pid, children, skip)
+
+
+def _tree_sum(
+    own: Callable[[int], int | None], pid: int, children: dict[int, list[int]], skip: frozenset[int]
+) -> int | None:
+    """``own`` summed over ``pid`` and its descendants, the subtrees rooted at ``skip`` left
+    out (a descendant gone meanwhile counts 0); None when ``pid`` itself is gone."""
+    root = own(pid)
     if root is None:
         return None
     total, todo = root, list(children.get(pid, []))
@@ -95,7 +95,7 @@ def tree_pss_kib(pid: int, children: dict[int, list[int]], skip: frozenset[int] 
         current = todo.pop()
         if current in skip:
             continue
-        total += own_pss_kib(current) or 0
+        total += own(current) or 0
         todo.extend(children.get(current, []))
     return total
 
