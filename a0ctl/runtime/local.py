@@ -27,6 +27,7 @@ from a0ctl.runtime.local_services import SCALABLE, build_services, python
 from a0ctl.runtime.logfile import read_log
 from a0ctl.runtime.processes import (
     make_private,
+    own_pid,
     port_free,
     private_files,
     process_alive,
@@ -285,6 +286,10 @@ class LocalRuntime:
                 targets[path.stem] = pid
             path.unlink(missing_ok=True)
         targets.update(supervised_by(self.paths.socket))
+        for name, defined in self.services.items():
+            pid = own_pid(defined.own_pidfile) if defined.own_pidfile else None
+            if pid is not None:
+                targets[name] = pid
         targets.pop(WATCHDOG, None)  # it exits when supervisord goes
         for name in sorted(targets, key=self._priority, reverse=True):
             service = self.services.get(name)

@@ -196,6 +196,7 @@ def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:
         after_start=lambda: provision(settings, pg_sock, pg_dir, pg_user),
         user=pg_user,
         reaches=(pg_sock, pg_dir),
+        own_pidfile=pg_dir / "postmaster.pid",
         stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
         stop_wait_s=30,
         command=lambda: [

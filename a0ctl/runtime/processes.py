@@ -92,6 +92,20 @@ def supervised_by(socket_path: Path) -> dict[str, int]:
     return found
 
 
+def own_pid(pidfile: Path) -> int | None:
+    """The pid on the first line of a server's own pid file, if that process runs, leads
+    its process group (as supervisord starts it) and names the file's directory on its
+    command line (a pid left by a killed server may be another program's by now)."""
+    try:
+        pid = int(pidfile.read_text().split("\n", 1)[0])
+        if not process_alive(pid) or os.getpgid(pid) != pid:
+            return None
+        cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if str(pidfile.parent).encode() in cmdline else None
+
+
 def port_free(host: str, port: int) -> bool:
     return not port_in_use(host, port)
 

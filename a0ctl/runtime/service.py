@@ -43,6 +43,10 @@ class LocalService:
     after_start: Callable[[], Awaitable[None]] | None = None
     # Directories ``user`` must reach under the private state directory (see allow_traversal).
     reaches: tuple[Path, ...] = ()
+    # The pid file the server itself keeps current (PostgreSQL's postmaster.pid): how a
+    # server is found after supervisord died when it rewrites its environment, which
+    # hides it from supervised_by, and supervisord restarted it since a0ctl recorded it.
+    own_pidfile: Path | None = None
 
 
 @dataclass(frozen=True)
