@@ -290,7 +290,8 @@ class LocalRuntime:
             pid = own_pid(defined.own_pidfile) if defined.own_pidfile else None
             if pid is not None:
                 targets[name] = pid
-        targets.pop(WATCHDOG, None)  # it exits when supervisord goes
+        # The watchdog would exit once it sees its supervisord gone, but a new one answers
+        # on the same socket at once: stopped too, so it cannot restart what is stopped here.
         for name in sorted(targets, key=self._priority, reverse=True):
             service = self.services.get(name)
             stop_group(
