@@ -314,7 +314,11 @@ class WorkerSettings(BaseSettings):
         description="An LLM round (its retries included) not finished in this time fails with llm_timeout.",
     )
     delta_window_ms: int = Field(
-        default=30, ge=0, le=1000, description="Answer text is sent to clients at most once per window."
+        default=30,
+        ge=0,
+        le=1000,
+        description="Answer text is sent to clients at most once per window, and waits at most one "
+        "window (the first text too); 0: each piece at once.",
     )
     transcript_cache_mb: int = Field(
         default=16,

@@ -2,9 +2,11 @@
 
 A model streams a token at a time; a0 sends clients one delta per short window (the
 ``A0_WORKER_DELTA_WINDOW_MS`` setting) instead of one event per token — one database
-write and one Kafka record per window. The first text of a round goes out at once, so
-time to first token does not grow, and text never waits longer than one window. What
-is left when the answer ends goes out with the event that ends it.
+write and one Kafka record per window. Text never waits longer than one window, the
+first text of a round included: an answer that ends within its first window (a short
+reply, a tool call's preamble) goes out whole with the event that ends it, in the same
+statement and the same produce request, instead of as a step of its own. What is left
+when the answer ends goes out with that event too.
 
 Each delta's key is its character offset in the round's answer, and text that clients
 were already sent (a turn redelivered after a crash) is skipped by offset, so the deltas
@@ -72,7 +74,9 @@ class DeltaStream:
             self._pending_at = known
         self._pending += fresh
         now = time.monotonic()
-        if self._last_flush is None or now - self._last_flush >= self.window_s:
+        if self._last_flush is None:  # the window opens with the first text
+            self._last_flush = now
+        if now - self._last_flush >= self.window_s:
             await self._flush()
         elif self._timer is None:
             self._timer = asyncio.create_task(self._flush_after(self._last_flush + self.window_s - now))

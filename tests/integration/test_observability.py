@@ -171,7 +171,7 @@ async def test_a_tool_turn_is_one_trace_across_every_hop(settings: Settings, cli
     # (The last piece of each answer goes out with the event that follows it, traced.)
     sends = [s for s in spans if s["name"] == "conversation.outbound send"]
     deltas = sum(e["type"] == "message.delta" for e in events)
-    assert deltas > len(calls), "the answer streamed in several pieces"
+    assert deltas >= 1, "the answer's text, in one delta or several"
     assert len(sends) <= len(events) - deltas + len(calls), (len(sends), len(events), deltas)
 
     # Neither a credential nor the message's text is in any attribute.

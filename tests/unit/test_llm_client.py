@@ -193,30 +193,33 @@ class Recorder:
 ENVELOPE = Envelope(type=EventType.USER_MESSAGE, conversation_id="c", turn_id="t", user_id="u")
 
 
-async def test_first_text_goes_out_at_once_and_the_rest_is_coalesced() -> None:
+async def test_an_answer_that_ends_within_its_first_window_goes_out_whole_with_its_end() -> None:
     sink = Recorder()
-    stream = DeltaStream(sink, ENVELOPE, 0, already_sent="", window_s=0.05)
+    stream = DeltaStream(sink, ENVELOPE, 0, already_sent="", window_s=0.5)
     text = "".join(f"word{i} " for i in range(20))
     position = 0
     for token in text.split(" ")[:-1]:
         await stream.add(token + " ", position)
         position += len(token) + 1
-    assert len(sink.batches) == 1 and sink.batches[0][0].payload == {"text": "word0 "}
+    assert sink.batches == []  # nothing of it stored on its own
     tail = await stream.close()
-    drafts = [d for batch in sink.batches for d in batch] + tail
-    assert len(drafts) == 2
-    assert "".join(d.payload["text"] for d in drafts) == text
-    assert [d.key for d in drafts] == ["delta:t:0:0", f"delta:t:0:{len('word0 ')}"]
+    assert [(d.key, d.payload) for d in tail] == [("delta:t:0:0", {"text": text})]
 
 
-async def test_text_waits_at_most_one_window() -> None:
+async def test_text_waits_at_most_one_window_the_first_text_included() -> None:
     sink = Recorder()
     stream = DeltaStream(sink, ENVELOPE, 1, already_sent="", window_s=0.02)
     await stream.add("a", 0)
-    await stream.add("b", 1)  # inside the window: waits for the timer
-    assert [[d.payload["text"] for d in b] for b in sink.batches] == [["a"]]
-    await eventually(lambda: len(sink.batches) == 2, 1, "the timed flush", poll_s=0.01)
-    assert [d.payload["text"] for d in sink.batches[1]] == ["b"]
+    await stream.add("b", 1)  # inside the first window: both wait for the timer
+    assert sink.batches == []
+    await eventually(lambda: len(sink.batches) == 1, 1, "the timed flush", poll_s=0.01)
+    assert [d.payload["text"] for d in sink.batches[0]] == ["ab"]
+    await asyncio.sleep(0.03)  # a window later: the next text goes out at once
+    await stream.add("c", 2)
+    await stream.add("d", 3)  # inside the new window: waits for the timer
+    assert [[d.payload["text"] for d in b] for b in sink.batches] == [["ab"], ["c"]]
+    await eventually(lambda: len(sink.batches) == 3, 1, "the second timed flush", poll_s=0.01)
+    assert [d.payload["text"] for d in sink.batches[2]] == ["d"]
     assert await stream.close() == []
 
 
@@ -250,10 +253,11 @@ async def test_a_redelivered_answer_that_differs_from_what_was_shown_fails_inste
 
 async def test_a_failed_timed_flush_is_raised_to_the_turn_and_loses_no_text() -> None:
     sink = Recorder(fail_first=0)
-    stream = DeltaStream(sink, ENVELOPE, 0, already_sent="", window_s=0.01)
+    stream = DeltaStream(sink, ENVELOPE, 0, already_sent="", window_s=0.1)
     await stream.add("one ", 0)
+    await eventually(lambda: len(sink.batches) == 1, 1, "the first timed flush", poll_s=0.005)
     sink.fail_first = 1
-    await stream.add("two ", 4)  # flushed by the timer, which fails
+    await stream.add("two ", 4)  # inside the next window: flushed by the timer, which fails
     await asyncio.wait_for(sink.failed.wait(), 1)
     with pytest.raises(ConnectionError):
         await stream.add("three", 8)
