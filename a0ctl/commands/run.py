@@ -37,3 +37,8 @@ def run(service: Annotated[Service, typer.Argument(help="The service to run.")])
     tune_gc()  # after the service's modules are loaded: they are frozen out of collections
     with errors_to_exit():
         module.serve(settings())
+
+
+# ``a0ctl run`` on its own, without the rest of the CLI: a0ctl/__main__.py.
+app = typer.Typer(name="run", add_completion=False, rich_markup_mode="rich")
+app.command()(run)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,23 @@ def test_json_status_with_a_service_not_healthy_still_exits_1(capsys: pytest.Cap
     printed = json.loads(capsys.readouterr().out)
     assert [(s["name"], s["healthy"]) for s in printed["services"]] == [("kafka", True), ("redis", False)]
     print_statuses(statuses[:1], json_out=True)  # all healthy: no exit
+
+
+def test_a_service_process_loads_the_run_command_alone() -> None:
+    # supervisord and the containers start each service as `a0ctl run SERVICE`: the other
+    # commands' modules (the load client, the runtimes, the roadmap ...) stay out of it.
+    probe = (
+        "import sys\n"
+        "from a0ctl.__main__ import main\n"
+        "sys.argv = ['a0ctl', 'run', '--help']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "print(sorted(m for m in sys.modules if m.startswith('a0ctl.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = done.stdout.strip().splitlines()[-1]
+    assert "a0ctl.commands.run" in loaded
+    for other in ("a0ctl.main", "a0ctl.commands.load", "a0ctl.runtime", "a0ctl.load", "a0ctl.roadmap"):
+        assert f"'{other}'" not in loaded, f"{other} is loaded by `a0ctl run`"
