@@ -3,7 +3,7 @@
 ``a0ctl run SERVICE`` is what supervisord, the containers and the pods start, once per
 service process, and a service lives as long as the stack: it loads the run command
 alone, not every other command's modules (the simulator holds half the memory it would,
-each other service about 10 MiB less). Every other command goes through the whole CLI.
+each other service 12 to 17 MiB less). Every other command goes through the whole CLI.
 """
 
 from __future__ import annotations
