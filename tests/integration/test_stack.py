@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 import uuid
 
 import psycopg
@@ -110,6 +111,25 @@ async def test_the_decision_cache_drops_expired_decisions_instead_of_growing(set
         await asyncio.sleep(0.6)
         await policy.decide("conversation.read", "alice", owner_id="alice", conversation_id="c-last")
         assert policy.cached == 1  # the 20 expired ones swept out, not kept until the cache is full
+
+
+async def test_a_cached_decision_holds_under_a_kibibyte(settings: Settings) -> None:
+    # Every request a gateway authorizes leaves a decision in the cache for its TTL: with
+    # thousands of sessions, what each one holds is what the cache weighs.
+    async with PolicyClient(settings) as policy:
+        await policy.decide("conversation.read", "alice", owner_id="alice", conversation_id="warm-up")
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for index in range(300):
+                await policy.decide(
+                    "conversation.read", "alice", owner_id="alice", conversation_id=f"m{index}"
+                )
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert policy.cached == 301
+    assert held / 300 < 1024, f"{held / 300:.0f} bytes per cached decision"
 
 
 def test_second_up_is_a_no_op(stack: LocalRuntime) -> None:
