@@ -208,17 +208,17 @@ async def test_an_answer_that_ends_within_its_first_window_goes_out_whole_with_i
 
 async def test_text_waits_at_most_one_window_the_first_text_included() -> None:
     sink = Recorder()
-    stream = DeltaStream(sink, ENVELOPE, 1, already_sent="", window_s=0.02)
+    stream = DeltaStream(sink, ENVELOPE, 1, already_sent="", window_s=0.2)
     await stream.add("a", 0)
     await stream.add("b", 1)  # inside the first window: both wait for the timer
     assert sink.batches == []
-    await eventually(lambda: len(sink.batches) == 1, 1, "the timed flush", poll_s=0.01)
+    await eventually(lambda: len(sink.batches) == 1, 2, "the timed flush", poll_s=0.01)
     assert [d.payload["text"] for d in sink.batches[0]] == ["ab"]
-    await asyncio.sleep(0.03)  # a window later: the next text goes out at once
+    await asyncio.sleep(0.25)  # a window later: the next text goes out at once
     await stream.add("c", 2)
     await stream.add("d", 3)  # inside the new window: waits for the timer
     assert [[d.payload["text"] for d in b] for b in sink.batches] == [["ab"], ["c"]]
-    await eventually(lambda: len(sink.batches) == 3, 1, "the second timed flush", poll_s=0.01)
+    await eventually(lambda: len(sink.batches) == 3, 2, "the second timed flush", poll_s=0.01)
     assert [d.payload["text"] for d in sink.batches[2]] == ["d"]
     assert await stream.close() == []
 
