@@ -53,7 +53,7 @@ class DeltaStream:
         self._sent_before = already_sent  # shown to clients before a redelivery
         self._pending = ""  # received, not sent yet
         self._pending_at = len(already_sent)  # its offset in the round's answer
-        self._last_flush: float | None = None
+        self._window_at: float | None = None  # when the current window opened: first text, then each flush
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None  # a flush by the timer that failed
@@ -74,12 +74,12 @@ class DeltaStream:
             self._pending_at = known
         self._pending += fresh
         now = time.monotonic()
-        if self._last_flush is None:  # the window opens with the first text
-            self._last_flush = now
-        if now - self._last_flush >= self.window_s:
+        if self._window_at is None:  # the window opens with the first text
+            self._window_at = now
+        if now - self._window_at >= self.window_s:
             await self._flush()
         elif self._timer is None:
-            self._timer = asyncio.create_task(self._flush_after(self._last_flush + self.window_s - now))
+            self._timer = asyncio.create_task(self._flush_after(self._window_at + self.window_s - now))
 
     async def _flush_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -96,7 +96,7 @@ class DeltaStream:
 
     async def _flush(self) -> None:
         async with self._lock:
-            self._last_flush = time.monotonic()
+            self._window_at = time.monotonic()
             if not self._pending:
                 return
             text, at = self._pending, self._pending_at
