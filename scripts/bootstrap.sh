@@ -2,7 +2,8 @@
 # Installs everything a0 needs on a Debian machine, idempotently:
 #   - Debian packages: redis-server, postgresql, maven, a Java runtime, prometheus (metrics),
 #     chromium (browser tests), npm (the chat UI's pinned browser packages), bubblewrap and
-#     python3-seccomp (the tool sandbox), golang when opa or jaeger is not built yet
+#     python3-seccomp (the tool sandbox), libjemalloc2 (the allocator of a0's services),
+#     golang when opa or jaeger is not built yet
 #   - the unprivileged user `a0-tools` that the tool executor and its sandbox run as
 #   - the Python environment in .venv, exactly as pinned in uv.lock (scripts/uv.sh runs the
 #     pinned uv, installed once from PyPI)
@@ -22,6 +23,7 @@ declare -A NEEDS=(
   [npm]=npm
   [bubblewrap]=bwrap
   [prometheus]=prometheus
+  [libjemalloc2]=/usr/lib/$(uname -m)-linux-gnu/libjemalloc.so.2
 )
 SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()

@@ -273,14 +273,34 @@ def opa_token_env(settings: Settings) -> dict[str, str]:
 APP_STOP_WAIT_S = 10  # a0's services stop within seconds
 
 
+# jemalloc's options for a0's services (stack/Dockerfile sets the same): freed pages go
+# back to the system a second after they are freed, by a thread of its own even while
+# the process sleeps; two arenas, as a service allocates on one thread almost only.
+JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2"
+
+
+def allocator_env() -> dict[str, str]:
+    """a0's Python services allocate through jemalloc (Debian's libjemalloc2, which Redis
+    needs too) rather than Python's own arenas, when it is installed.
+
+    Python keeps memory in 1 MiB arenas and gives one back only once nothing at all is
+    left in it: after 2,000 sessions left, a gateway freed 425,000 objects and held just
+    as much. Through jemalloc, what is freed goes back to the system page by page; the
+    CPU a turn costs did not change (figures: docs/messaging.md)."""
+    library = next(iter(sorted(Path("/usr/lib").glob("*/libjemalloc.so.2"))), None)
+    if library is None:
+        return {}
+    return {"LD_PRELOAD": str(library), "PYTHONMALLOC": "malloc", "MALLOC_CONF": JEMALLOC_CONF}
+
+
 def app_service(name: str, port: int, probe: health.Probe, env: dict[str, str] | None = None) -> LocalService:
-    """One of a0's own services, run as ``a0ctl run <name>``."""
+    """One of a0's own services, run as ``a0ctl run <name>``, on jemalloc (:func:`allocator_env`)."""
     return LocalService(
         name=name,
         port=port,
         probe=probe,
         command=lambda: [python(), "-m", "a0ctl", "run", name],
-        env=env or {},
+        env={**allocator_env(), **(env or {})},
         app=True,
         stop_wait_s=APP_STOP_WAIT_S,
     )

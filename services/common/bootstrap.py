@@ -50,6 +50,7 @@ class ServiceStack(AsyncExitStack):
     async def __aenter__(self) -> ServiceStack:
         await super().__aenter__()
         self.background(metrics.watch_loop_lag(), name="event-loop-lag")
+        self.background(metrics.collect_when_quiet(), name="collect-when-quiet")
         return self
 
     async def pool(self, name: str, *, min_size: int = 2, max_size: int = 20) -> AsyncConnectionPool:

@@ -132,6 +132,27 @@ async def test_a_cached_decision_holds_under_a_kibibyte(settings: Settings) -> N
     assert held / 300 < 1024, f"{held / 300:.0f} bytes per cached decision"
 
 
+def _environ(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        return environ.read().split(b"\0")
+
+
+def test_a0s_services_allocate_through_jemalloc_and_their_tools_do_not(stack: LocalRuntime) -> None:
+    """a0's Python services run on jemalloc (freed memory goes back to the system); the
+    processes the tool executor starts get none of it in their environment."""
+    for name in ("gateway", "conversation-worker", "tool-executor", "llm-sim"):
+        pid = stack.pid(name)
+        assert pid is not None, name
+        with open(f"/proc/{pid}/maps") as maps:
+            assert "/libjemalloc.so.2" in maps.read(), f"{name} is not on jemalloc"
+        assert b"PYTHONMALLOC=malloc" in _environ(pid), name
+    executor = stack.pid("tool-executor")
+    children = subprocess.run(["pgrep", "-P", str(executor)], capture_output=True, text=True).stdout.split()
+    assert children, "the tool executor runs its MCP servers"
+    for child in children:
+        assert not any(line.startswith(b"LD_PRELOAD=") for line in _environ(int(child))), child
+
+
 def test_second_up_is_a_no_op(stack: LocalRuntime) -> None:
     before = {s.name: s.pid for s in stack.status()}
     started = time.monotonic()

@@ -415,3 +415,23 @@ def _pyproject_dependencies() -> list[str]:
     import tomllib
 
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def test_the_image_runs_a0_on_jemalloc_as_the_local_runtime_does() -> None:
+    from a0ctl.runtime.local_services import JEMALLOC_CONF
+
+    image = _stages((STACK / "Dockerfile").read_text())[""]
+    env = dict(
+        word.split("=", 1)
+        for line in image
+        if line.startswith("ENV ")
+        for word in line.split()[1:]
+        if "=" in word
+    )
+    assert env["PYTHONMALLOC"] == "malloc"
+    assert env["MALLOC_CONF"] == JEMALLOC_CONF
+    preload = env["LD_PRELOAD"]
+    runs = " ".join(line for line in image if line.startswith("RUN "))
+    assert "libjemalloc2" in runs and runs.index("libjemalloc2") < runs.index(f"{preload}"), (
+        f"the image installs libjemalloc2 and links it at {preload}"
+    )

@@ -270,3 +270,47 @@ def test_tuned_collector_freezes_what_was_loaded_and_times_each_pause() -> None:
         gc.callbacks.remove(metrics._observe_gc)
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+class _Cycle:
+    """An object in a reference cycle with itself: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_the_old_generation_is_collected_once_the_process_goes_quiet() -> None:
+    """Cycles that reached the old generation during a busy spell are freed once the
+    process has spent little CPU over an interval, and not while it is busy."""
+    import weakref
+
+    holder = [_Cycle()]
+    freed = weakref.ref(holder[0])
+
+    def fulls() -> int:
+        return int(gc.get_stats()[2]["collections"])
+
+    async def busy() -> None:
+        while True:  # a core's worth of work, the loop still turning
+            started = time.process_time()
+            while time.process_time() - started < 0.02:
+                pass
+            await asyncio.sleep(0)
+
+    gc.disable()  # only the collections this test makes and watches
+    try:
+        gc.collect()  # the cycle is now in the old generation, held by ``holder``
+        watcher = asyncio.create_task(metrics.collect_when_quiet(interval_s=0.1, after_cpu_s=0.2))
+        load = asyncio.create_task(busy())
+        holder.clear()  # the cycle is garbage in the old generation
+        await asyncio.sleep(0.6)
+        assert freed() is not None  # busy all along: never collected here
+        load.cancel()
+        await asyncio.sleep(0.35)
+        assert freed() is None  # quiet for an interval after 0.6 s of CPU: collected
+        full = fulls()
+        await asyncio.sleep(0.5)
+        assert fulls() == full  # once, not at every quiet interval
+        watcher.cancel()
+    finally:
+        gc.enable()
