@@ -1,12 +1,14 @@
 """PostgreSQL: the database, its schema brought to head (by ``a0ctl up`` and at each
-service's start; the revisions are in :mod:`services.common.schema`) and the async
-connection pool factory (psycopg 3)."""
+service's start, with :mod:`services.common.schema`, loaded only when the database is
+not at head already) and the async connection pool factory (psycopg 3)."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import logging
 import weakref
+from pathlib import Path
 
 import orjson
 import psycopg
@@ -42,8 +44,51 @@ async def ensure_database(settings: Settings) -> None:
             await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+# The migration scripts (run by alembic: services/common/schema.py).
+VERSIONS = Path(__file__).resolve().parent / "migrations" / "versions"
+
+
+def script_heads() -> set[str]:
+    """The revisions no other script builds on (alembic's heads), read from each script's
+    own ``revision`` and ``down_revision`` lines without loading alembic."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in VERSIONS.glob("*.py"):
+        values = {}
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:  # revision: str = "..."
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                values[target.id] = ast.literal_eval(value)
+        if "revision" in values:
+            revisions.add(values["revision"])
+            down = values.get("down_revision") or ()
+            parents.update([down] if isinstance(down, str) else down)
+    return revisions - parents
+
+
+async def schema_at_head(settings: Settings) -> bool:
+    """Whether the database records exactly the scripts' head, so that there is nothing
+    to migrate. A service that finds so does not load alembic and SQLAlchemy (22 MiB it
+    would hold for good); anything else (no database yet, no table, another revision,
+    a server that cannot be reached) goes the whole way, which says what is wrong."""
+    try:
+        async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as conn:
+            rows = await (await conn.execute("SELECT version_num FROM alembic_version")).fetchall()
+    except psycopg.Error:
+        return False
+    return {row[0] for row in rows} == script_heads()
+
+
 async def migrate(settings: Settings) -> None:
-    """Create the database if needed and upgrade its schema to this version's head."""
+    """Create the database if needed and upgrade its schema to this version's head
+    (nothing to load when it is there already: :func:`schema_at_head`)."""
+    if await schema_at_head(settings):
+        return
     from services.common.schema import migrate_to  # alembic: only where a schema is migrated
 
     await ensure_database(settings)

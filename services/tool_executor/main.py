@@ -3,15 +3,16 @@ publishes ``tool.results``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 
 import uvloop
 
-import services.common.schema  # noqa: F401  # alembic, imported before root is dropped (see privileges)
 from services.common import mcp_servers, metrics
 from services.common.bootstrap import ServiceStack, run_consumer_service
 from services.common.consumer import ConsumerLoop
+from services.common.db import schema_at_head
 from services.common.errors import ConfigError
 from services.common.logging import setup_logging
 from services.common.settings import Settings
@@ -91,6 +92,8 @@ def serve(settings: Settings) -> None:
     cgroups = run_cgroups(settings)  # while root; on cgroup v2 the executor moves into the subtree
     metrics.serve_metrics(settings.tools.metrics_port, settings.stack.host)
     prepare_binds(mcp_servers.load(settings), settings)
+    if not asyncio.run(schema_at_head(settings)):
+        import services.common.schema  # noqa: F401  # alembic, to migrate: imported before root is dropped (see privileges)
     drop_root(settings.tools.run_as)
     try:
         confinement(settings.tools.sandbox_python)  # fail here, not at the first tool call

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +222,37 @@ def test_below_the_baseline_unknown_and_newer_revisions_are_refused(
     assert newer.returncode == 1
     assert "revision '0042', which this version of a0 does not know" in newer.stderr
     assert "a0ctl db migrate --to" in newer.stderr
+
+
+def test_a_service_finding_its_schema_at_head_does_not_load_alembic(
+    settings: Settings, database: str
+) -> None:
+    """A service's start migrates to head; one that finds the database there already
+    does so without loading alembic and SQLAlchemy (memory it would hold for good), and
+    one that finds it behind still migrates it."""
+    start = (
+        "import asyncio, json, sys\n"
+        "from services.common.db import migrate\n"
+        "from services.common.settings import load_settings\n"
+        "asyncio.run(migrate(load_settings()))\n"
+        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules} & {'alembic', 'sqlalchemy'})))\n"
+    )
+
+    def service_start() -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-c", start],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "A0_POSTGRES_DATABASE": database},
+        )
+        assert result.returncode == 0, result.stderr
+        loaded: list[str] = json.loads(result.stdout)
+        return loaded
+
+    assert service_start() == ["alembic", "sqlalchemy"]  # an empty database: migrated
+    assert db("status", database=database)["at_head"] is True
+    assert service_start() == []  # at head: nothing loaded
+    db("migrate", "--to", "0003", database=database)
+    assert service_start() == ["alembic", "sqlalchemy"]  # behind: migrated again
+    assert db("status", database=database)["at_head"] is True
