@@ -157,8 +157,8 @@ async def collect_when_quiet(
     process's CPU: once it has spent ``after_cpu_s`` (and 20 times what the last such
     collection cost) since the last one, and then an interval passes in which it used
     under 2 % of a core, the whole heap is collected. A busy process never collects
-    here; one that went quiet collects once. After 1,000 sessions left the gateway, this
-    freed 90,000 objects and 60 MiB it would have held until the next busy spell."""
+    here; one that went quiet collects once (figures: docs/messaging.md, "What a turn
+    costs")."""
     cpu = time.process_time
     cost, at_full = 0.0, cpu()
     before = at_full
@@ -167,9 +167,10 @@ async def collect_when_quiet(
         now = cpu()
         quiet = now - before <= interval_s * QUIET_CPU_SHARE
         if quiet and now - at_full >= max(after_cpu_s, QUIET_COLLECT_COST_RATIO * cost):
+            started = now
             gc.collect()
-            at_full = cpu()
-            cost, now = at_full - now, at_full
+            now = at_full = cpu()
+            cost = at_full - started
         before = now
 
 
