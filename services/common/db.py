@@ -8,7 +8,6 @@ import ast
 import asyncio
 import logging
 import weakref
-from pathlib import Path
 
 import orjson
 import psycopg
@@ -18,6 +17,7 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from services.common.logging import register_secret
+from services.common.migrations import MIGRATIONS
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,12 @@ async def ensure_database(settings: Settings) -> None:
             await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-# The migration scripts (run by alembic: services/common/schema.py).
-VERSIONS = Path(__file__).resolve().parent / "migrations" / "versions"
-
-
 def script_heads() -> set[str]:
     """The revisions no other script builds on (alembic's heads), read from each script's
     own ``revision`` and ``down_revision`` lines without loading alembic."""
     revisions: set[str] = set()
     parents: set[str] = set()
-    for path in VERSIONS.glob("*.py"):
+    for path in (MIGRATIONS / "versions").glob("*.py"):
         values = {}
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.Assign) and len(node.targets) == 1:

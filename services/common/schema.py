@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Literal
 
 import psycopg
@@ -27,9 +26,9 @@ from sqlalchemy.pool import NullPool
 
 from services.common.errors import SchemaError, TransientError
 from services.common.logging import register_secret
+from services.common.migrations import MIGRATIONS
 from services.common.settings import Settings
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # One migrator at a time, even when several services start together (held to the commit).
 LOCK_KEY = 7411
 
