@@ -158,6 +158,13 @@ def redis_service(settings: Settings, dirs: StackDirs) -> LocalService:
 # --- PostgreSQL ----------------------------------------------------------------------
 
 
+# glibc moves its threshold for giving memory back up to the largest block freed so far:
+# once a backend has freed an 8 MiB block, it keeps up to 16 MiB of free heap for good.
+# Set, the thresholds stay put: a block of 128 KiB or more is mapped and unmapped on its
+# own, and a free top of the heap past 128 KiB goes back at once.
+POSTGRES_MALLOC_ENV = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072"}
+
+
 def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:
     """PostgreSQL in a private data directory (initdb on first start) and socket dir; run
     as 'postgres' when a0ctl is root, and provisioned once it accepts connections."""
@@ -199,6 +206,7 @@ def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:
         own_pidfile=pg_dir / "postmaster.pid",
         stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, exit cleanly
         stop_wait_s=30,
+        env=POSTGRES_MALLOC_ENV,
         command=lambda: [
             pg_bin("postgres"),
             "-D",

@@ -328,6 +328,12 @@ class WorkerSettings(BaseSettings):
         "Counted as the rows' JSON: the worker holds about four times that as Python objects "
         "(measured with short messages).",
     )
+    transcript_idle_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A kept transcript is let go once its conversation has had no turn for this "
+        "long; the next turn reads it whole, once.",
+    )
 
 
 class ToolSettings(BaseSettings):

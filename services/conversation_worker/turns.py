@@ -10,13 +10,16 @@ The worker that owns a conversation's partition keeps what it read of its transc
 (:class:`TranscriptCache`), so a turn reads only the rows stored since the last one it
 started — what a turn costs does not grow with the conversation. Only that worker writes
 a conversation's messages, one turn at a time; the cache is emptied when partitions are
-revoked (another worker may write them meanwhile) and bounded in size, and a missing
-transcript is read whole.
+revoked (another worker may write them meanwhile), bounded in size, and lets go of a
+conversation nobody has spoken in for a while; a missing transcript is read whole.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,11 +109,17 @@ class TurnStart:
 
 class TranscriptCache:
     """The transcripts this worker has read, by conversation, with the position of the last
-    row of each; least recently used first out past ``max_bytes`` (the rows' JSON)."""
+    row of each; least recently used first out past ``max_bytes`` (the rows' JSON), and out
+    once unused for ``idle_s``."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(
+        self, max_bytes: int, idle_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, tuple[int, dict[str, dict[str, Any]], int]] = OrderedDict()
+        self.idle_s = idle_s
+        self.clock = clock
+        # conversation -> (last position, messages, their JSON's bytes, last used, monotonic)
+        self._entries: OrderedDict[str, tuple[int, dict[str, dict[str, Any]], int, float]] = OrderedDict()
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -125,7 +134,7 @@ class TranscriptCache:
         """The transcript: what was kept, plus ``rows`` (``position, key, body`` as read
         after :meth:`after`), which are kept in turn."""
         metrics.TRANSCRIPT_ROWS_READ.inc(len(rows))
-        position, kept, size = self._entries.pop(conversation_id, (0, {}, 0))
+        position, kept, size, _ = self._entries.pop(conversation_id, (0, {}, 0, 0.0))
         self._bytes -= size
         messages = dict(kept)
         for row_position, key, body in rows:
@@ -134,13 +143,35 @@ class TranscriptCache:
                 size += len(body)
             position = max(position, row_position)
         if size <= self.max_bytes:
-            self._entries[conversation_id] = (position, messages, size)
+            self._entries[conversation_id] = (position, messages, size, self.clock())
             self._bytes += size
             while self._bytes > self.max_bytes:
-                _, (_, _, dropped) = self._entries.popitem(last=False)
-                self._bytes -= dropped
+                self._drop_oldest()
         metrics.TRANSCRIPTS_CACHED.set(len(self._entries))
         return Transcript(dict(messages))
+
+    def expire(self) -> int:
+        """Let go of the transcripts unused for ``idle_s`` (the least recently used come
+        first, so the walk stops at the first one still in use); how many went."""
+        deadline = self.clock() - self.idle_s
+        expired = 0
+        while self._entries and next(iter(self._entries.values()))[3] <= deadline:
+            self._drop_oldest()
+            expired += 1
+        if expired:
+            metrics.TRANSCRIPTS_CACHED.set(len(self._entries))
+        return expired
+
+    async def expire_idle(self) -> None:
+        """Run :meth:`expire` for good, a few times per ``idle_s``: a quiet worker lets go
+        of conversations nobody speaks in, which nothing else would touch again."""
+        while True:
+            await asyncio.sleep(max(1.0, self.idle_s / 4))
+            self.expire()
+
+    def _drop_oldest(self) -> None:
+        _, (_, _, dropped, _) = self._entries.popitem(last=False)
+        self._bytes -= dropped
 
     def clear(self) -> None:
         """Forget every transcript (partitions were revoked: another worker may write them)."""

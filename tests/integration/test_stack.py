@@ -137,6 +137,32 @@ def _environ(pid: int) -> list[bytes]:
         return environ.read().split(b"\0")
 
 
+def _anonymous_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no Anonymous line for {pid}")
+
+
+async def test_a_postgres_backend_gives_back_what_a_large_query_used(settings: Settings) -> None:
+    """A sort of some 20 MiB, three times on one connection: glibc's moving thresholds
+    would keep that memory in the backend for good (23 MiB held after the second, measured
+    without the stack's malloc settings); with them each backend is back where it started."""
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as conn:
+        row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+        assert row is not None
+        before = _anonymous_mib(row[0])
+        await conn.execute("SET work_mem = '64MB'")
+        held = []
+        for _ in range(3):
+            await conn.execute(
+                "SELECT count(*) FROM (SELECT md5(g::text) FROM generate_series(1, 300000) g ORDER BY 1) s"
+            )
+            held.append(_anonymous_mib(row[0]))
+    assert max(held) < before + 6, f"the backend held {held} MiB after each sort, from {before:.1f}"
+
+
 def test_a0s_services_allocate_through_jemalloc_and_their_tools_do_not(stack: LocalRuntime) -> None:
     """a0's Python services run on jemalloc (freed memory goes back to the system); the
     processes the tool executor starts get none of it in their environment."""

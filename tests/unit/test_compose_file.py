@@ -435,3 +435,12 @@ def test_the_image_runs_a0_on_jemalloc_as_the_local_runtime_does() -> None:
     assert "libjemalloc2" in runs and runs.index("libjemalloc2") < runs.index(f"{preload}"), (
         f"the image installs libjemalloc2 and links it at {preload}"
     )
+
+
+def test_jaegers_go_heap_is_kept_as_small_in_compose_as_in_the_local_runtime(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from a0ctl.runtime.telemetry_services import JAEGER_ENV
+
+    env = _env(services["jaeger"])
+    assert {key: env.get(key) for key in JAEGER_ENV} == JAEGER_ENV

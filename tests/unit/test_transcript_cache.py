@@ -3,6 +3,8 @@ it lets go."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
@@ -61,3 +63,36 @@ def test_revoked_partitions_empty_the_cache() -> None:
     cache.merge("c1", [_row(1, "user:a")])
     cache.clear()
     assert cache.after("c1") == 0 and len(cache) == 0
+
+
+def test_a_transcript_unused_for_the_idle_time_is_let_go_and_read_whole_next() -> None:
+    now = [1000.0]
+    cache = TranscriptCache(max_bytes=1 << 20, idle_s=60, clock=lambda: now[0])
+    cache.merge("quiet", [_row(1, "user:a")])
+    cache.merge("talking", [_row(2, "user:a")])
+    now[0] += 30
+    assert cache.expire() == 0 and len(cache) == 2
+    cache.merge("quiet", [])  # spoken in again: its minute starts over
+    now[0] += 31
+    assert cache.expire() == 1
+    assert cache.after("talking") == 0 and cache.after("quiet") == 1
+    now[0] += 30
+    assert cache.expire() == 1 and len(cache) == 0
+    # The bytes they held are free again: a transcript as large as the whole bound fits.
+    cache.max_bytes = len(_row(1, "k")[2])
+    cache.merge("next", [_row(3, "user:a")])
+    assert cache.after("next") == 3
+
+
+async def test_a_quiet_worker_lets_go_of_idle_transcripts_without_a_turn() -> None:
+    cache = TranscriptCache(max_bytes=1 << 20, idle_s=0.2)
+    cache.merge("c1", [_row(1, "user:a")])
+    task = asyncio.create_task(cache.expire_idle())
+    try:
+        for _ in range(50):  # its sweep runs at least once a second
+            if not len(cache):
+                break
+            await asyncio.sleep(0.1)
+        assert len(cache) == 0
+    finally:
+        task.cancel()
