@@ -162,7 +162,9 @@ def redis_service(settings: Settings, dirs: StackDirs) -> LocalService:
 # once a backend has freed an 8 MiB block, it keeps up to 16 MiB of free heap for good.
 # Set, the thresholds stay put: a block of 128 KiB or more is mapped and unmapped on its
 # own, and a free top of the heap past 128 KiB goes back at once.
-POSTGRES_MALLOC_ENV = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072"}
+POSTGRES_MALLOC_ENV = {
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072"
+}
 
 
 def postgres_service(settings: Settings, dirs: StackDirs) -> LocalService:

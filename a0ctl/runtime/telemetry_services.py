@@ -10,7 +10,6 @@ from a0ctl.runtime import artifacts, health
 from a0ctl.runtime.service import LocalService, StackDirs, tools_metrics_port, worker_metrics_port
 from services.common.settings import Settings
 
-
 # Jaeger's Go heap grows to twice what it holds before it collects (GOGC=100); at 50, to
 # one and a half. It holds the last A0_OTEL_JAEGER_MAX_TRACES traces, and its CPU is a
 # hundredth of a millisecond per turn, so the extra collections cost nothing measurable.

@@ -46,11 +46,15 @@ class ServiceStack(AsyncExitStack):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
+        # Called when the process goes quiet after a busy spell (metrics.collect_when_quiet).
+        self.release_when_quiet: list[Callable[[], object]] = []
 
     async def __aenter__(self) -> ServiceStack:
         await super().__aenter__()
         self.background(metrics.watch_loop_lag(), name="event-loop-lag")
-        self.background(metrics.collect_when_quiet(), name="collect-when-quiet")
+        self.background(
+            metrics.collect_when_quiet(release=self.release_when_quiet), name="collect-when-quiet"
+        )
         return self
 
     async def pool(self, name: str, *, min_size: int = 2, max_size: int = 20) -> AsyncConnectionPool:
@@ -67,7 +71,10 @@ class ServiceStack(AsyncExitStack):
         return client
 
     def policy(self) -> PolicyClient:
-        return self.closing(PolicyClient(self.settings))
+        """An OPA client whose cached decisions go when the process goes quiet."""
+        client = self.closing(PolicyClient(self.settings))
+        self.release_when_quiet.append(client.forget_decisions)
+        return client
 
     def closing(self, client: Closable) -> Closable:
         """Close ``client`` (anything with ``aclose()``) when the stack is left."""

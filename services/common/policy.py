@@ -59,6 +59,12 @@ class PolicyClient:
         """Decisions held in the cache, expired ones not yet swept included."""
         return len(self._cache)
 
+    def forget_decisions(self) -> None:
+        """Drop every cached decision, expired or not: the next question of each kind asks
+        OPA again. Called once a busy spell is over (ServiceStack.release_when_quiet)."""
+        self._cache = {}
+        self._sweep_at = time.monotonic() + self._ttl_s
+
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:

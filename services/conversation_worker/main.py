@@ -47,7 +47,9 @@ async def open_worker(stack: ServiceStack) -> ConsumerLoop:
     llm = stack.closing(LLMClients(settings, credentials))
     results = ToolResults(settings, producer)
     await stack.started(results.start, results.stop)
-    transcripts = TranscriptCache(settings.worker.transcript_cache_mb * 2**20, settings.worker.transcript_idle_s)
+    transcripts = TranscriptCache(
+        settings.worker.transcript_cache_mb * 2**20, settings.worker.transcript_idle_s
+    )
     stack.background(transcripts.expire_idle(), "transcript-expiry")
     runner = TurnRunner(
         settings,

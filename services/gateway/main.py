@@ -82,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             credentials=CredentialStore(settings, pool, redis),
             open_turns=OpenTurns(redis, turn_s=settings.gateway.shed_turn_s),
         )
+        stack.release_when_quiet.append(app.state.gateway.owners.clear)
         log.info("gateway %s listening on %s", settings.gateway.replica, settings.gateway_url)
         try:
             yield

@@ -37,5 +37,9 @@ class Owners:
     def forget(self, conversation_id: str) -> None:
         self._owners.pop(conversation_id, None)
 
+    def clear(self) -> None:
+        """Forget every owner (the gateway went quiet: each is read again when next needed)."""
+        self._owners = OrderedDict()
+
     def __len__(self) -> int:
         return len(self._owners)

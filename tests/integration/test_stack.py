@@ -20,6 +20,7 @@ from a0ctl.runtime.base import INFRA
 from a0ctl.runtime.local import LocalRuntime
 from a0ctl.runtime.processes import port_in_use, process_alive, process_start_time
 from a0ctl.runtime.stack import bring_up
+from services.common.bootstrap import ServiceStack
 from services.common.kafka import client_options
 from services.common.policy import PolicyClient
 from services.common.settings import Settings, load_settings
@@ -111,6 +112,21 @@ async def test_the_decision_cache_drops_expired_decisions_instead_of_growing(set
         await asyncio.sleep(0.6)
         await policy.decide("conversation.read", "alice", owner_id="alice", conversation_id="c-last")
         assert policy.cached == 1  # the 20 expired ones swept out, not kept until the cache is full
+
+
+async def test_a_services_cached_decisions_go_when_it_goes_quiet(settings: Settings) -> None:
+    # Decisions cached during a busy spell would otherwise stay until they expire and a
+    # later request sweeps them, holding the heap they were made in.
+    async with ServiceStack(settings) as stack:
+        policy = stack.policy()
+        for index in range(20):
+            await policy.decide("conversation.read", "alice", owner_id="alice", conversation_id=f"q{index}")
+        assert policy.cached == 20
+        for release in stack.release_when_quiet:  # what metrics.collect_when_quiet calls
+            release()
+        assert policy.cached == 0
+        again = await policy.decide("conversation.read", "bob", owner_id="alice", conversation_id="q1")
+        assert not again.allow and policy.cached == 1  # asked OPA again
 
 
 async def test_a_cached_decision_holds_under_a_kibibyte(settings: Settings) -> None:

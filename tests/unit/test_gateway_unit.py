@@ -680,3 +680,7 @@ def test_remembered_owners_are_bounded_and_the_least_recently_used_go_first() ->
     assert (owners.get("c1"), owners.get("c2"), owners.get("c3")) == ("alice", None, "carol")
     owners.forget("c1")
     assert owners.get("c1") is None and len(owners) == 1
+    owners.clear()  # the gateway went quiet
+    assert owners.get("c3") is None and len(owners) == 0
+    owners.remember("c3", "carol")
+    assert owners.get("c3") == "carol"

@@ -281,7 +281,8 @@ class _Cycle:
 
 async def test_the_old_generation_is_collected_once_the_process_goes_quiet() -> None:
     """Cycles that reached the old generation during a busy spell are freed once the
-    process has spent little CPU over an interval, and not while it is busy."""
+    process has spent little CPU over an interval, and not while it is busy; what was
+    kept for the spell is released just before."""
     import weakref
 
     holder = [_Cycle()]
@@ -300,17 +301,23 @@ async def test_the_old_generation_is_collected_once_the_process_goes_quiet() -> 
     gc.disable()  # only the collections this test makes and watches
     try:
         gc.collect()  # the cycle is now in the old generation, held by ``holder``
-        watcher = asyncio.create_task(metrics.collect_when_quiet(interval_s=0.1, after_cpu_s=0.2))
+        released: list[bool] = []  # at each release: was the cycle still there?
+        watcher = asyncio.create_task(
+            metrics.collect_when_quiet(
+                interval_s=0.1, after_cpu_s=0.2, release=[lambda: released.append(freed() is not None)]
+            )
+        )
         load = asyncio.create_task(busy())
         holder.clear()  # the cycle is garbage in the old generation
         await asyncio.sleep(0.6)
-        assert freed() is not None  # busy all along: never collected here
+        assert freed() is not None and released == []  # busy all along: never collected here
         load.cancel()
         await asyncio.sleep(0.35)
         assert freed() is None  # quiet for an interval after 0.6 s of CPU: collected
+        assert released == [True]  # released first, then collected
         full = fulls()
         await asyncio.sleep(0.5)
-        assert fulls() == full  # once, not at every quiet interval
+        assert fulls() == full and released == [True]  # once, not at every quiet interval
         watcher.cancel()
     finally:
         gc.enable()
