@@ -118,7 +118,7 @@ class TranscriptCache:
         self.max_bytes = max_bytes
         self.idle_s = idle_s
         self.clock = clock
-        # conversation -> (last position, messages, their JSON's bytes, last used, monotonic)
+        # conversation -> (its last row's position, messages, their JSON's bytes, last used)
         self._entries: OrderedDict[str, tuple[int, dict[str, dict[str, Any]], int, float]] = OrderedDict()
         self._bytes = 0
 
@@ -126,9 +126,17 @@ class TranscriptCache:
         return len(self._entries)
 
     def after(self, conversation_id: str) -> int:
-        """The position the next read of this conversation starts after (0: read it whole)."""
+        """The position the next read of this conversation starts after (0: read it whole).
+
+        A turn asks before its read and merges what it read after it: the transcript is
+        marked used now, so that neither the idle expiry nor the size bound takes it in
+        between (the rows read would then lack everything before that position)."""
         entry = self._entries.get(conversation_id)
-        return entry[0] if entry else 0
+        if entry is None:
+            return 0
+        self._entries[conversation_id] = (entry[0], entry[1], entry[2], self.clock())
+        self._entries.move_to_end(conversation_id)
+        return entry[0]
 
     def merge(self, conversation_id: str, rows: list[tuple[Any, ...]]) -> Transcript:
         """The transcript: what was kept, plus ``rows`` (``position, key, body`` as read

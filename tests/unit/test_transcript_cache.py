@@ -74,10 +74,18 @@ def test_a_transcript_unused_for_the_idle_time_is_let_go_and_read_whole_next() -
     assert cache.expire() == 0 and len(cache) == 2
     cache.merge("quiet", [])  # spoken in again: its minute starts over
     now[0] += 31
-    assert cache.expire() == 1
-    assert cache.after("talking") == 0 and cache.after("quiet") == 1
+    assert cache.expire() == 1 and len(cache) == 1
+    assert cache.after("talking") == 0  # let go: its next turn reads it whole
     now[0] += 30
-    assert cache.expire() == 1 and len(cache) == 0
+    assert cache.expire() == 1 and len(cache) == 0  # "quiet", 61 s after its last use
+    # A turn that asked where to read from has it in use: it stays until it merges.
+    cache.merge("asked", [_row(4, "user:a")])
+    now[0] += 59
+    assert cache.after("asked") == 4
+    now[0] += 2
+    assert cache.expire() == 0 and cache.after("asked") == 4
+    now[0] += 61
+    assert cache.expire() == 1
     # The bytes they held are free again: a transcript as large as the whole bound fits.
     cache.max_bytes = len(_row(1, "k")[2])
     cache.merge("next", [_row(3, "user:a")])
