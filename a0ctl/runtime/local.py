@@ -26,6 +26,8 @@ from a0ctl.runtime.base import ProgressFn, ServiceStatus
 from a0ctl.runtime.local_services import SCALABLE, build_services, python
 from a0ctl.runtime.logfile import read_log
 from a0ctl.runtime.processes import (
+    command_line,
+    listeners,
     make_private,
     own_pid,
     port_free,
@@ -179,8 +181,10 @@ class LocalRuntime:
                     functools.partial(port_free, host, port), timeout=5, describe=f"port {port} to be free"
                 )
             except WaitTimeout:
+                holders = [f"pid {pid} ({command_line(pid)[:120]})" for pid in listeners(port)]
                 raise StackError(
-                    f"port {port} needed by {service.name} is already in use by another process",
+                    f"port {port} needed by {service.name} is already in use by "
+                    + (", ".join(holders) or "another process"),
                     service=service.name,
                     hint=f"stop that process (`ss -ltnp 'sport = :{port}'` shows it) or choose another port "
                     "in .env",

@@ -79,6 +79,9 @@ class CredentialStore:
         self._cache: OrderedDict[tuple[str, str], LLMConfig | None] = OrderedDict()
         # Moves with every change notice: a lookup that overlapped one is not cached.
         self._changes = 0
+        # Set while the subscription to change notices is down: a notice sent meanwhile is
+        # lost, so no cached key is used (or kept) until it is made again.
+        self._deaf = False
         self._listener: asyncio.Task[None] | None = None
 
     # --- operator and API actions -------------------------------------------------
@@ -268,7 +271,7 @@ class CredentialStore:
     # --- the worker's side: use, with a cache invalidated by change notices ---------------
     async def llm_config_for(self, user_id: str, provider: str = "openai") -> LLMConfig | None:
         key = (user_id, provider)
-        if key in self._cache:
+        if key in self._cache and not self._deaf:
             self._cache.move_to_end(key)
             cached = self._cache[key]
         else:
@@ -309,7 +312,7 @@ class CredentialStore:
                     source="credential",
                     addresses=tuple(addresses),
                 )
-            if changes == self._changes:
+            if changes == self._changes and not self._deaf:
                 self._cache[key] = cached
                 if len(self._cache) > CACHE_ENTRIES:
                     self._cache.popitem(last=False)
@@ -333,8 +336,8 @@ class CredentialStore:
 
     async def start_listening(self) -> None:
         """Follow change notices (subscribed when this returns). Notices sent while the
-        subscription is down (Redis restarting) are lost, so each time it is made again the
-        whole cache is forgotten."""
+        subscription is down (Redis restarting) are lost: from the moment it is found down
+        until it is made again no cached key is used, and then the whole cache is forgotten."""
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(CHANNEL)
         assert pubsub.connection is not None
@@ -352,6 +355,8 @@ class CredentialStore:
                     except Exception as exc:
                         if not is_transient(exc):
                             raise
+                        self._deaf = True
+                        self._changes += 1  # a lookup under way keeps what it read to itself
                         log.warning("credential change notices interrupted (%s); listening again", exc)
                     await asyncio.sleep(1)
             finally:
@@ -362,6 +367,7 @@ class CredentialStore:
     async def _notices_resumed(self, connection: object) -> None:
         log.info("credential change notices followed again; cached keys forgotten")
         self._forget()
+        self._deaf = False
 
     async def stop_listening(self) -> None:
         if self._listener:

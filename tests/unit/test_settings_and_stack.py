@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def test_port_taken_by_another_process_names_service_and_port(
             runtime.up(services=("redis",))
     assert info.value.service == "redis"
     assert f"port {port}" in info.value.message and "already in use" in info.value.message
+    # The process that holds it is named: here, this test's own.
+    assert f"pid {os.getpid()} (" in info.value.message
 
 
 def test_corrupt_postgres_data_dir_is_reported_with_the_fix(tmp_path: Path) -> None:
