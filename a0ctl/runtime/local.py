@@ -294,6 +294,13 @@ class LocalRuntime:
             pid = own_pid(defined.own_pidfile) if defined.own_pidfile else None
             if pid is not None:
                 targets[name] = pid
+        # One that none of these names (restarted after its pid was last recorded, say) is
+        # still found by the port it listens on, if it runs the service's own command.
+        for name, defined in self.services.items():
+            if name not in targets:
+                pid = self._listening_as(defined)
+                if pid is not None:
+                    targets[name] = pid
         # The watchdog would exit once it sees its supervisord gone, but a new one answers
         # on the same socket at once: stopped too, so it cannot restart what is stopped here.
         for name in sorted(targets, key=self._priority, reverse=True):
@@ -304,6 +311,20 @@ class LocalRuntime:
                 service.stop_wait_s if service else 20,
             )
         return sorted(targets, key=self._priority)
+
+    def _listening_as(self, service: LocalService) -> int | None:
+        """The process-group leader (as supervisord starts each service) listening on one
+        of ``service``'s ports with exactly its command line, if any."""
+        try:
+            command = " ".join(service.command())
+        except StackError:  # its program is not even installed: nothing of it runs
+            return None
+        for port in (service.port, *service.extra_ports):
+            for pid in listeners(port):
+                with contextlib.suppress(OSError):
+                    if os.getpgid(pid) == pid and command_line(pid) == command:
+                        return pid
+        return None
 
     def _priority(self, name: str) -> int:
         return self.services[name].priority if name in self.services else 0

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 import uuid
 
@@ -177,3 +178,26 @@ def test_up_takes_over_services_a_killed_supervisord_left_running(stack: LocalRu
     _, statuses = bring_up(settings, runtime_name="local")
     assert all(s.healthy and s.state == "running" for s in statuses), statuses
     assert daemon_pid(stack.paths) not in (None, supervisord)
+
+
+def test_up_takes_over_a_service_no_record_names_by_its_port_and_command(stack: LocalRuntime) -> None:
+    # A service process that neither a pid file nor a supervisord's environment names:
+    # started by hand with the stack's own command, while the stack is down.
+    settings = load_settings()
+    a0ctl("down")
+    service = stack.services["llm-sim"]
+    stray = subprocess.Popen(
+        service.command(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(
+            lambda: port_in_use(settings.stack.host, service.port), 30, "the stray simulator listening"
+        )
+        _, statuses = bring_up(settings, runtime_name="local")
+        assert all(s.healthy and s.state == "running" for s in statuses), statuses
+        assert stray.wait(timeout=5) is not None  # stopped by up, which runs its own
+        assert stack.pid("llm-sim") not in (None, stray.pid)
+    finally:
+        if stray.poll() is None:
+            os.killpg(stray.pid, signal.SIGKILL)
+            stray.wait()
