@@ -315,15 +315,19 @@ class LocalRuntime:
     def _listening_as(self, service: LocalService) -> int | None:
         """The process-group leader (as supervisord starts each service) listening on one
         of ``service``'s ports with exactly its command line, if any."""
-        try:
-            command = " ".join(service.command())
-        except StackError:  # its program is not even installed: nothing of it runs
-            return None
         for port in (service.port, *service.extra_ports):
             for pid in listeners(port):
-                with contextlib.suppress(OSError):
-                    if os.getpgid(pid) == pid and command_line(pid) == command:
-                        return pid
+                try:
+                    if os.getpgid(pid) != pid:
+                        continue
+                except OSError:  # gone meanwhile
+                    continue
+                try:  # only now: a command may first fetch or build its program
+                    command = " ".join(service.command())
+                except StackError:  # not even installed: nothing of it runs
+                    return None
+                if command_line(pid) == command:
+                    return pid
         return None
 
     def _priority(self, name: str) -> int:
