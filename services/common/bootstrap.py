@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
@@ -23,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common import metrics
 from services.common.consumer import ConsumerLoop
-from services.common.db import migrate, open_pool
+from services.common.db import migrate, open_pool, renew_when_idle
 from services.common.kafka import make_producer
 from services.common.logging import register_secret
 from services.common.policy import PolicyClient
@@ -58,10 +59,12 @@ class ServiceStack(AsyncExitStack):
         return self
 
     async def pool(self, name: str, *, min_size: int = 2, max_size: int = 20) -> AsyncConnectionPool:
-        """The service's PostgreSQL pool (see :func:`open_pool`), its use in ``a0_db_pool_*``."""
+        """The service's PostgreSQL pool (see :func:`open_pool`), its use in ``a0_db_pool_*``,
+        its connections renewed when the process goes quiet (:func:`renew_when_idle`)."""
         pool = await open_pool(self.settings, name=name, min_size=min_size, max_size=max_size)
         self.push_async_callback(pool.close)
         self.callback(metrics.watch_pool(pool))
+        self.release_when_quiet.append(partial(renew_when_idle, pool))
         return pool
 
     def redis(self, **options: Any) -> aioredis.Redis:

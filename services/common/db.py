@@ -126,6 +126,23 @@ async def open_pool(
     return pool
 
 
+async def renew_when_idle(pool: AsyncConnectionPool) -> None:
+    """Replace each of ``pool``'s connections with a new one, if all of them are idle in
+    it: called when the process goes quiet after a busy spell
+    (:attr:`services.common.bootstrap.ServiceStack.release_when_quiet`).
+
+    A backend keeps what serving the spell made it load (its catalog and plan caches, the
+    heap its statements grew) for as long as its connection lives: after 2,000 sessions
+    PostgreSQL held 295-315 MiB with the stack's 90 backends, 171-174 with new ones. A
+    pool that is busy, waits for PostgreSQL or has a connection lent out is left as it
+    is. The new connections are opened by the pool's workers while the process is
+    quiet; a request that comes meanwhile waits for the first."""
+    stats = pool.get_stats()
+    if pool.closed or stats["requests_waiting"] or stats["pool_available"] < stats["pool_size"]:
+        return
+    await pool.drain()
+
+
 def recheck_if_lost(exc: BaseException) -> None:
     """When ``exc`` says a PostgreSQL connection was lost (PostgreSQL restarted, say),
     check every idle connection of this process's pools now, in the background (a pool

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
+import logging
 import socket
 import threading
 import time
@@ -15,6 +17,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30)
 
@@ -143,6 +147,18 @@ QUIET_COLLECT_AFTER_CPU_S = 1.0
 QUIET_COLLECT_COST_RATIO = 20
 
 
+async def let_go(release: Sequence[Callable[[], object]]) -> None:
+    """Call each of ``release``, awaiting what returns an awaitable; one that fails is
+    logged, and the others are still called."""
+    for call in release:
+        try:
+            done = call()
+            if inspect.isawaitable(done):
+                await done
+        except Exception as exc:
+            log.warning("letting go of what a busy spell kept failed (%r): %s", call, exc)
+
+
 async def collect_when_quiet(
     interval_s: float = QUIET_COLLECT_INTERVAL_S,
     after_cpu_s: float = QUIET_COLLECT_AFTER_CPU_S,
@@ -162,8 +178,9 @@ async def collect_when_quiet(
     here; one that went quiet collects once (figures: docs/messaging.md, "What a turn
     costs").
 
-    Just before, each of ``release`` is called: what the process kept only to serve the
-    spell (the policy decisions cached for its requests) goes with it. Left until they
+    Just before, each of ``release`` is called (and awaited, if it returns an awaitable):
+    what the process kept only to serve the spell (the policy decisions cached for its
+    requests, its PostgreSQL connections' backends) goes with it. Left until they
     expired and the next request swept them, a few thousand such entries, made while the
     heap was at its largest, kept tens of MiB of it from going back to the system."""
     cpu = time.process_time
@@ -175,8 +192,7 @@ async def collect_when_quiet(
         quiet = now - before <= interval_s * QUIET_CPU_SHARE
         if quiet and now - at_full >= max(after_cpu_s, QUIET_COLLECT_COST_RATIO * cost):
             started = now
-            for let_go in release:
-                let_go()
+            await let_go(release)
             gc.collect()
             now = at_full = cpu()
             cost = at_full - started

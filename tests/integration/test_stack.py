@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,11 +16,13 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from psycopg_pool import AsyncConnectionPool
 
 from a0ctl.runtime.base import INFRA
 from a0ctl.runtime.local import LocalRuntime
 from a0ctl.runtime.processes import port_in_use, process_alive, process_start_time
 from a0ctl.runtime.stack import bring_up
+from services.common import metrics
 from services.common.bootstrap import ServiceStack
 from services.common.kafka import client_options
 from services.common.policy import PolicyClient
@@ -122,11 +125,34 @@ async def test_a_services_cached_decisions_go_when_it_goes_quiet(settings: Setti
         for index in range(20):
             await policy.decide("conversation.read", "alice", owner_id="alice", conversation_id=f"q{index}")
         assert policy.cached == 20
-        for release in stack.release_when_quiet:  # what metrics.collect_when_quiet calls
-            release()
+        await metrics.let_go(stack.release_when_quiet)  # what collect_when_quiet calls
         assert policy.cached == 0
         again = await policy.decide("conversation.read", "bob", owner_id="alice", conversation_id="q1")
         assert not again.allow and policy.cached == 1  # asked OPA again
+
+
+async def _backends(pool: AsyncConnectionPool, count: int) -> set[int]:
+    """The backend pids behind ``count`` of ``pool``'s connections, taken at once."""
+    async with contextlib.AsyncExitStack() as held:
+        conns = [await held.enter_async_context(pool.connection(timeout=10)) for _ in range(count)]
+        return {conn.info.backend_pid for conn in conns}
+
+
+async def test_a_services_postgres_backends_are_renewed_when_it_goes_quiet(settings: Settings) -> None:
+    # A backend keeps the caches and heap a busy spell grew in it for as long as its
+    # connection lives; a quiet service trades each for a new one, and its pool stays full.
+    async with ServiceStack(settings) as stack:
+        pool = await stack.pool("renew-test", min_size=3, max_size=3)
+        before = await _backends(pool, 3)
+        async with pool.connection():  # one lent out: the pool is left as it is
+            await metrics.let_go(stack.release_when_quiet)  # what collect_when_quiet calls
+        assert await _backends(pool, 3) == before
+        await metrics.let_go(stack.release_when_quiet)
+        after = await _backends(pool, 3)
+        assert len(after) == 3 and not after & before, (before, after)
+        assert pool.get_stats()["pool_size"] == 3
+        async with pool.connection() as conn:
+            assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
 
 
 async def test_a_cached_decision_holds_under_a_kibibyte(settings: Settings) -> None:

@@ -302,9 +302,16 @@ async def test_the_old_generation_is_collected_once_the_process_goes_quiet() -> 
     try:
         gc.collect()  # the cycle is now in the old generation, held by ``holder``
         released: list[bool] = []  # at each release: was the cycle still there?
+
+        async def renew() -> None:  # a release that returns an awaitable is awaited
+            await asyncio.sleep(0)
+            released.append(freed() is not None)
+
         watcher = asyncio.create_task(
             metrics.collect_when_quiet(
-                interval_s=0.1, after_cpu_s=0.2, release=[lambda: released.append(freed() is not None)]
+                interval_s=0.1,
+                after_cpu_s=0.2,
+                release=[lambda: released.append(freed() is not None), renew],
             )
         )
         load = asyncio.create_task(busy())
@@ -314,10 +321,10 @@ async def test_the_old_generation_is_collected_once_the_process_goes_quiet() -> 
         load.cancel()
         await asyncio.sleep(0.35)
         assert freed() is None  # quiet for an interval after 0.6 s of CPU: collected
-        assert released == [True]  # released first, then collected
+        assert released == [True, True]  # released first, then collected
         full = fulls()
         await asyncio.sleep(0.5)
-        assert fulls() == full and released == [True]  # once, not at every quiet interval
+        assert fulls() == full and released == [True, True]  # once, not at every quiet interval
         watcher.cancel()
     finally:
         gc.enable()
