@@ -40,9 +40,12 @@ from services.conversation_worker.turns import (
 
 # The events of a step: those not stored yet under their keys get the conversation's
 # next seqs; those stored before (a redelivered turn) are found as stored.
+# The arrays go in PostgreSQL's binary form (%(...)b): in the text form psycopg quotes and
+# escapes every element in Python, a regular expression substitution per '"' of the JSON
+# (84 us for a step's five envelopes, 1.2 us in binary; 5 % of the worker's CPU).
 _EVENTS = """
 drafts AS (
-    SELECT key, envelope, ord FROM unnest(%(keys)s::text[], %(envelopes)s::jsonb[]) WITH ORDINALITY
+    SELECT key, envelope, ord FROM unnest(%(keys)b::text[], %(envelopes)b::jsonb[]) WITH ORDINALITY
         AS d(key, envelope, ord)
 ), existing AS (
     SELECT e.event_key, e.envelope FROM events e
@@ -71,7 +74,7 @@ _STORE_STEP = f"""
 WITH {_EVENTS}, transcript AS (
     INSERT INTO messages (conversation_id, message_key, turn_id, role, body)
     SELECT %(c)s, m.key, %(t)s, m.body->>'role', m.body
-    FROM unnest(%(message_keys)s::text[], %(messages)s::jsonb[]) WITH ORDINALITY AS m(key, body, ord)
+    FROM unnest(%(message_keys)b::text[], %(messages)b::jsonb[]) WITH ORDINALITY AS m(key, body, ord)
     ORDER BY m.ord
     ON CONFLICT DO NOTHING
 ), {END}
