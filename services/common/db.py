@@ -136,7 +136,8 @@ async def renew_when_idle(pool: AsyncConnectionPool) -> None:
     PostgreSQL held 295-315 MiB with the stack's 90 backends, 171-174 with new ones. A
     pool that is busy, waits for PostgreSQL or has a connection lent out is left as it
     is. The new connections are opened by the pool's workers while the process is
-    quiet; a request that comes meanwhile waits for the first."""
+    quiet; a request that comes meanwhile waits for the first, and each statement is
+    prepared again on each connection after its first five runs (psycopg's threshold)."""
     stats = pool.get_stats()
     if pool.closed or stats["requests_waiting"] or stats["pool_available"] < stats["pool_size"]:
         return
