@@ -36,6 +36,7 @@ from a0ctl.runtime.processes import (
     process_start_time,
     stop_group,
     supervised_by,
+    supervised_elsewhere,
 )
 from a0ctl.runtime.service import LocalService
 from a0ctl.runtime.startup import StartupWaits
@@ -314,13 +315,17 @@ class LocalRuntime:
 
     def _listening_as(self, service: LocalService) -> int | None:
         """The process-group leader (as supervisord starts each service) listening on one
-        of ``service``'s ports with exactly its command line, if any."""
+        of ``service``'s ports with exactly its command line, if any, and not started by
+        another stack's supervisord: a second stack on this host with the same ports (one
+        brought up for a single service) must not stop the first one's services."""
         for port in (service.port, *service.extra_ports):
             for pid in listeners(port):
                 try:
                     if os.getpgid(pid) != pid:
                         continue
                 except OSError:  # gone meanwhile
+                    continue
+                if supervised_elsewhere(pid, self.paths.socket):
                     continue
                 try:  # only now: a command may first fetch or build its program
                     command = " ".join(service.command())

@@ -101,11 +101,19 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+SUPERVISOR_URL = b"SUPERVISOR_SERVER_URL="
+
+
+def _environ(pid: int) -> list[bytes]:
+    """The environment ``pid`` was started with; raises OSError when it is gone or another user's."""
+    return (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+
+
 def supervised_by(socket_path: Path) -> dict[str, int]:
     """Process-group leaders started by the supervisord of ``socket_path``, by name, also
     after that supervisord died: it puts its URL and the program's name in each child's
     environment."""
-    marker = f"SUPERVISOR_SERVER_URL=unix://{socket_path}".encode()
+    marker = SUPERVISOR_URL + f"unix://{socket_path}".encode()
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -114,13 +122,24 @@ def supervised_by(socket_path: Path) -> dict[str, int]:
         try:
             if os.getpgid(pid) != pid:
                 continue
-            environ = (entry / "environ").read_bytes().split(b"\0")
+            environ = _environ(pid)
         except OSError:  # gone meanwhile, or another user's
             continue
         if marker in environ:
             name = next((e[24:].decode() for e in environ if e.startswith(b"SUPERVISOR_PROCESS_NAME=")), "")
             found[name] = pid
     return found
+
+
+def supervised_elsewhere(pid: int, socket_path: Path) -> bool:
+    """True when ``pid`` was started by a supervisord other than that of ``socket_path``:
+    a process of another stack, even one running the same command on the same port."""
+    try:
+        environ = _environ(pid)
+    except OSError:
+        return False
+    ours = SUPERVISOR_URL + f"unix://{socket_path}".encode()
+    return any(e.startswith(SUPERVISOR_URL) and e != ours for e in environ)
 
 
 def own_pid(pidfile: Path) -> int | None:

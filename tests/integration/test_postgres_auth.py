@@ -119,12 +119,18 @@ def _old_a0ctl_initdb(settings: Settings, runtime: LocalRuntime) -> None:
     assert any("trust" in rule.split() for rule in _hba_rules(pg_dir))
 
 
-def test_up_upgrades_a_trust_data_dir_without_a_purge(old_stack_settings: Settings) -> None:
+def test_up_upgrades_a_trust_data_dir_without_a_purge(
+    old_stack_settings: Settings, stack: LocalRuntime
+) -> None:
     settings = old_stack_settings
     runtime = LocalRuntime(settings)
     _old_a0ctl_initdb(settings, runtime)
+    # The stack of the other tests runs the same services on the same ports under its own
+    # supervisord: this second stack's up must not take them over as its own.
+    running = {s.name: s.pid for s in stack.status() if s.pid}
     statuses = runtime.up(services=("postgres",))
     assert all(s.healthy for s in statuses), statuses
+    assert {s.name: s.pid for s in stack.status() if s.pid} == running
     pg_dir = settings.stack.state_path / "data" / "postgres"
     assert not any("trust" in rule.split() for rule in _hba_rules(pg_dir)), _hba_rules(pg_dir)
     with psycopg.connect(settings.postgres_dsn) as conn:
@@ -146,3 +152,6 @@ def test_up_upgrades_a_trust_data_dir_without_a_purge(old_stack_settings: Settin
     # A second up (already upgraded) is a no-op that still works.
     runtime.stop_service("postgres")
     assert all(s.healthy for s in runtime.up(services=("postgres",)))
+    # Nor may its down.
+    runtime.down(purge=True)
+    assert {s.name: s.pid for s in stack.status() if s.pid} == running
