@@ -30,6 +30,7 @@ from services.common.errors import PoisonRecord, is_transient
 from services.common.kafka import REPLAY_COUNT_HEADER, consumer_options, dead_letter
 from services.common.retry import backoff
 from services.common.settings import Settings
+from services.common.ticks import sleep_to_tick
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ class ConsumerLoop:
     async def _measure_lag_periodically(self) -> None:
         """Per assigned partition: records past what this group has handled."""
         while True:
-            await asyncio.sleep(1.0)
+            await sleep_to_tick(1.0)
             await self._until_active(self._wake_lag, LAG_IDLE_S)
             for tp in list(self.consumer.assignment()):
                 highwater = self.consumer.highwater(tp)
@@ -323,7 +324,7 @@ class ConsumerLoop:
 
     async def _commit_periodically(self) -> None:
         while True:
-            await asyncio.sleep(COMMIT_INTERVAL_S)
+            await sleep_to_tick(COMMIT_INTERVAL_S)
             await self._commit()
             if not self._tasks and not self._uncommitted():
                 await self._until_active(self._wake_commit)

@@ -18,6 +18,8 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
+from services.common.ticks import until_tick
+
 TICK_S = 1.0
 # uvicorn's on_tick refreshes the default headers when its counter is a multiple of this
 # (its ticks are 0.1 s apart): each of ours is a second, so each refreshes them.
@@ -39,7 +41,7 @@ class QuietServer(uvicorn.Server):
         while not should_exit:
             counter = (counter + _TICKS_PER_S) % 864_000
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await asyncio.wait_for(self._wake.wait(), until_tick(TICK_S))
             should_exit = await self.on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -18,6 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from services.common.ticks import sleep_to_tick, until_tick
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -108,8 +110,9 @@ async def watch_loop_lag(interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
     loop = asyncio.get_running_loop()
     observe = LOOP_LAG_SECONDS.observe
     while True:
-        asked = loop.time() + interval_s
-        await asyncio.sleep(interval_s)
+        delay = until_tick(interval_s)
+        asked = loop.time() + delay
+        await asyncio.sleep(delay)
         observe(max(0.0, loop.time() - asked))
 
 
@@ -186,8 +189,10 @@ async def collect_when_quiet(
     cpu = time.process_time
     cost, at_full = 0.0, cpu()
     before = at_full
+    await sleep_to_tick(interval_s)  # the first interval is a part of one: only measure from here
+    before = cpu()
     while True:
-        await asyncio.sleep(interval_s)
+        await sleep_to_tick(interval_s)
         now = cpu()
         quiet = now - before <= interval_s * QUIET_CPU_SHARE
         if quiet and now - at_full >= max(after_cpu_s, QUIET_COLLECT_COST_RATIO * cost):

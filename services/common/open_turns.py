@@ -12,7 +12,6 @@ reservation cannot hold a slot for good.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from psycopg_pool import AsyncConnectionPool
@@ -20,6 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from services.common.errors import is_transient
+from services.common.ticks import sleep_to_tick
 from services.common.turns import OPEN_SQL
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ async def reconcile(redis: Redis, pool: AsyncConnectionPool) -> None:
     next round."""
     counted = -1  # not counted yet
     while True:
-        await asyncio.sleep(RECONCILE_S)
+        await sleep_to_tick(RECONCILE_S)
         try:
             stale = await read(redis)
             if stale == 0 and counted == 0:

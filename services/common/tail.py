@@ -24,6 +24,7 @@ from services.common.errors import PoisonRecord, TransientError
 from services.common.kafka import consumer_options, dead_letter
 from services.common.retry import backoff
 from services.common.settings import Settings
+from services.common.ticks import until_tick_ms
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class PartitionTail:
             if self.on_connected is not None:
                 self.on_connected()
             while True:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+                batches = await consumer.getmany(timeout_ms=until_tick_ms(1.0), max_records=1000)
                 for tp, records in batches.items():
                     for record in records:
                         self.dispatch(record)
