@@ -2,8 +2,9 @@
 
 Each periodic task of a service (the event-loop lag probe, the HTTP server's tick, the
 consumers' commit and lag rounds, the partition followers' polls, the open-turns
-reconciliation, the quiet collection) used to sleep its interval from whenever it last
-woke, so each had a phase of its own and an idle process woke for each of them
+reconciliation, the quiet collection, the worker's catalog refresh and transcript sweep,
+the executor's catalog refresh and MCP pings) used to sleep its interval from whenever it
+last woke, so each had a phase of its own and an idle process woke for each of them
 separately. Waiting until the next multiple of the interval on the event loop's clock
 instead puts every task of the same interval (and the 1 s ones under the 5 s ones) on
 the same instant: the loop runs them in one wake-up.

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -17,6 +16,7 @@ from services.common.credentials import CredentialStore
 from services.common.logging import setup_logging
 from services.common.settings import Settings
 from services.common.telemetry import setup_tracing
+from services.common.ticks import sleep_to_tick
 from services.common.tools import read_catalog, tool_catalog
 from services.common.topics import INBOUND, dead_letter_topic
 from services.conversation_worker.events import EventLog
@@ -86,7 +86,7 @@ async def follow_mcp_catalog(runner: TurnRunner, redis: Any) -> None:
             log.warning("could not read the MCP tool catalog: %s", exc)
         else:
             runner.tool_specs = local + [spec.openai_tool() for spec in mcp_specs]
-        await asyncio.sleep(CATALOG_REFRESH_S)
+        await sleep_to_tick(CATALOG_REFRESH_S)
 
 
 def serve(settings: Settings) -> None:

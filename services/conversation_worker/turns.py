@@ -16,7 +16,6 @@ conversation nobody has spoken in for a while; a missing transcript is read whol
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common import metrics
 from services.common.envelope import Envelope
+from services.common.ticks import sleep_to_tick
 from services.common.turns import TERMINAL_SQL, TurnStatus
 
 # The worker's two writes of ``turns``, each a part of a larger statement: CLAIM marks a
@@ -174,7 +174,7 @@ class TranscriptCache:
         """Run :meth:`expire` for good, a few times per ``idle_s``: a quiet worker lets go
         of conversations nobody speaks in, which nothing else would touch again."""
         while True:
-            await asyncio.sleep(max(1.0, self.idle_s / 4))
+            await sleep_to_tick(max(1.0, self.idle_s / 4))
             self.expire()
 
     def _drop_oldest(self) -> None:

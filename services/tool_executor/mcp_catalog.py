@@ -14,6 +14,7 @@ from typing import Any
 from services.common.mcp_servers import SEPARATOR, McpConfig
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
+from services.common.ticks import sleep_to_tick
 from services.common.tools import ToolSpec
 from services.tool_executor.cgroups import RunCgroups
 from services.tool_executor.mcp_client import McpPending, McpServer, McpTool
@@ -79,7 +80,7 @@ class McpServers:
     async def _refresh(self) -> None:
         # The catalog expires unless refreshed: an executor that is gone stops offering tools.
         while True:
-            await asyncio.sleep(10)
+            await sleep_to_tick(10)
             self._dirty.set()
 
     async def start(self) -> None:

@@ -44,6 +44,7 @@ from services.common.mcp_servers import (
 )
 from services.common.policy import PolicyClient
 from services.common.settings import Settings
+from services.common.ticks import until_tick
 from services.common.tools import ToolSpec
 from services.tool_executor.cgroups import RunBounds, RunCgroup, RunCgroups
 from services.tool_executor.mcp_connect import (
@@ -322,7 +323,7 @@ class McpServer:
                 while True:
                     waits = [asyncio.ensure_future(e.wait()) for e in (self._broken, self._relist)]
                     done, pending = await asyncio.wait(
-                        waits, timeout=PING_EVERY_S, return_when="FIRST_COMPLETED"
+                        waits, timeout=until_tick(PING_EVERY_S), return_when="FIRST_COMPLETED"
                     )
                     for task in pending:
                         task.cancel()
