@@ -191,7 +191,7 @@ class _Generation:
                 due += self._delay(sent)
                 if (wait := due - loop.time()) > 0:
                     await asyncio.sleep(wait)
-                ready = []
+                ready: list[str] = []
                 now = loop.time()
                 while sent < len(deltas) and (not ready or due + self._delay(sent) <= now):
                     if ready:
