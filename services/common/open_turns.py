@@ -67,29 +67,53 @@ async def end(redis: Redis) -> None:
         await redis.set(OPEN_TURNS_KEY, 0)
 
 
+class Reconciler:
+    """Keeps the counter true to the turns table, one :meth:`round` at a time.
+
+    A reservation lost on its way (a request cancelled between its INCR and its DECR, a
+    process killed) would otherwise hold a slot forever, and enough of them shed every
+    message. But the counter also runs ahead of the table for a moment on every turn: a
+    gateway reserves before its row commits, and the worker ends a turn's row before it
+    gives the slot back. Setting the counter to the table's count would erase those, and
+    let one more turn in than the budget allows. So an excess is taken back only as far
+    as it also stood at the last round (a lost reservation stays lost; one in flight is
+    gone within milliseconds), and a shortfall (Redis restarted empty) is made up at once;
+    both by INCRBY, so that reservations made meanwhile stay."""
+
+    def __init__(self, redis: Redis, pool: AsyncConnectionPool, key: str = OPEN_TURNS_KEY) -> None:
+        self.redis, self.pool, self.key = redis, pool, key
+        self.counted = -1  # not counted yet
+        self.excess = 0  # how far the counter stood above the count at the last round
+
+    async def round(self) -> None:
+        """Count the table and correct the counter by what is lost for sure. While the
+        table counted none and the counter still reads zero, no slot can be held, so an
+        idle stack's round is one Redis read (a turn opened since took a reservation:
+        the counter is above zero)."""
+        if self.counted == 0 and int(await self.redis.get(self.key) or 0) == 0:
+            self.excess = 0
+            return
+        async with self.pool.connection(timeout=5) as conn:
+            row = await (await conn.execute(OPEN_TURNS_QUERY)).fetchone()
+        self.counted = int(row[0]) if row else 0
+        excess = int(await self.redis.get(self.key) or 0) - self.counted
+        correction = min(excess, self.excess) if excess > 0 else excess
+        self.excess = excess - correction
+        if correction:
+            if await self.redis.decrby(self.key, correction) < 0:
+                await self.redis.set(self.key, 0)
+            if abs(correction) > 2:
+                log.info("open turns reconciled: %d counted, %+d corrected", self.counted, -correction)
+
+
 async def reconcile(redis: Redis, pool: AsyncConnectionPool) -> None:
-    """Keep the budget true: every ``RECONCILE_S`` set the counter to the turns table's
-    count. A reservation lost on its way (a request cancelled between its INCR and its
-    DECR, a process killed) would otherwise hold a slot forever, and enough of them shed
-    every message. While the table counted none and the counter still reads zero, no slot
-    can be held, so an idle stack's round is one Redis read (a turn opened since took a
-    reservation: the counter is above zero). Runs until cancelled; errors wait for the
-    next round."""
-    counted = -1  # not counted yet
+    """A :class:`Reconciler` round every ``RECONCILE_S``, until cancelled; errors wait for
+    the next round."""
+    reconciler = Reconciler(redis, pool)
     while True:
         await sleep_to_tick(RECONCILE_S)
         try:
-            stale = await read(redis)
-            if stale == 0 and counted == 0:
-                continue
-            async with pool.connection(timeout=5) as conn:
-                row = await (await conn.execute(OPEN_TURNS_QUERY)).fetchone()
-            counted = int(row[0]) if row else 0
-            stale = await read(redis)
-            if stale != counted:
-                await redis.set(OPEN_TURNS_KEY, counted)
-                if abs(stale - counted) > 2:  # small differences are reservations in flight
-                    log.info("open turns reconciled: %d counted, %d were reserved", counted, stale)
+            await reconciler.round()
         except Exception as exc:  # the next round tries again; a bug is logged in full
             if is_transient(exc):
                 log.warning("open turns not reconciled: %s", exc)

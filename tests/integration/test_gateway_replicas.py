@@ -11,7 +11,9 @@ import psycopg
 import pytest
 import redis.asyncio
 
-from services.common.open_turns import OPEN_TURNS_KEY, OPEN_TURNS_QUERY
+from services.common.db import open_pool
+from services.common.envelope import new_id
+from services.common.open_turns import OPEN_TURNS_KEY, OPEN_TURNS_QUERY, Reconciler
 from services.common.settings import Settings
 from tests.support.gateway import (
     auth,
@@ -117,6 +119,45 @@ async def open_turns_settled(settings: Settings) -> int:
 
         await eventually(settled, 30, "open turns steady and the counter agreeing", poll_s=0.5)
     return seen[-1]
+
+
+async def test_reconciling_takes_back_lost_reservations_but_none_in_flight(settings: Settings) -> None:
+    # A counter of its own (the stack's gateways reconcile the real one), set against the
+    # stack's turns table, counted once no earlier test's turn is still ending.
+    key = f"a0:test:open-turns:{new_id()}"
+    pool = await open_pool(settings, name="test-reconcile", min_size=1, max_size=1)
+    try:
+        async with pool.connection() as conn:
+
+            async def count() -> int:
+                row = await (await conn.execute(OPEN_TURNS_QUERY)).fetchone()
+                return int(row[0]) if row else 0
+
+            seen: list[int] = []
+
+            async def steady() -> bool:
+                seen.append(await count())
+                return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
+
+            await eventually(steady, 30, "the open turns steady", poll_s=0.5)
+        counted = seen[-1]
+        async with redis.asyncio.from_url(settings.redis_url) as store:
+            reconciler = Reconciler(store, pool, key=key)
+            try:
+                await store.set(key, counted + 3)  # three reservations whose turns never came
+                await reconciler.round()
+                assert int(await store.get(key) or 0) == counted + 3  # they may still be on their way
+                await store.incr(key)  # a reservation on its way at the next round
+                await reconciler.round()
+                assert int(await store.get(key) or 0) == counted + 1  # the lost three taken back, not it
+                await store.decr(key)  # its turn was not accepted: given back
+                await store.set(key, 0)  # Redis restarted empty
+                await reconciler.round()
+                assert int(await store.get(key) or 0) == counted  # a shortfall is made up at once
+            finally:
+                await store.delete(key)
+    finally:
+        await pool.close()
 
 
 async def test_past_its_turns_in_flight_the_gateway_sheds_with_429_until_a_turn_ends(
