@@ -175,37 +175,20 @@ class _Generation:
         return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
     async def stream(self, include_usage: bool) -> AsyncIterator[str]:
-        """Server-sent ``chat.completion.chunk`` events, ending with ``data: [DONE]``.
-
-        Each token is due at its place in the schedule (the latency, then one token
-        interval each), counted from the request, and never sent before then. When the
-        simulator wakes late (a busy host), every token already due goes out in one
-        write, as a provider's tokens arrive in one read when the network lags: the same
-        events, the same pace, fewer writes for the client to read."""
+        """Server-sent ``chat.completion.chunk`` events, ending with ``data: [DONE]``."""
         sent = 0
-        loop = asyncio.get_running_loop()
-        due = loop.time()
         try:
-            deltas = self._deltas()
-            while sent < len(deltas):
-                due += self._delay(sent)
-                if (wait := due - loop.time()) > 0:
-                    await asyncio.sleep(wait)
-                ready: list[str] = []
-                now = loop.time()
-                while sent < len(deltas) and (not ready or due + self._delay(sent) <= now):
-                    if ready:
-                        due += self._delay(sent)
-                    choice = {"index": 0, "delta": deltas[sent], "logprobs": None, "finish_reason": None}
-                    ready.append(self._event([choice], include_usage))
-                    sent += 1
-                yield "".join(ready)
+            for position, delta in enumerate(self._deltas()):
+                if delay := self._delay(position):
+                    await asyncio.sleep(delay)
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+                yield self._event([choice], include_usage)
+                sent = position + 1
             last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": self.reply.finish_reason}
-            tail = [self._event([last], include_usage)]
+            yield self._event([last], include_usage)
             if include_usage:
-                tail.append(self._event([], include_usage, self.usage))
-            tail.append("data: [DONE]\n\n")
-            yield "".join(tail)
+                yield self._event([], include_usage, self.usage)
+            yield "data: [DONE]\n\n"
         except asyncio.CancelledError:
             # The server cancels the response when the client goes away: stop generating.
             log.info("client disconnected from %s after %d chunks", self.id, sent)
