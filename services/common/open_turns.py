@@ -5,8 +5,8 @@ it accepts a message (:func:`reserve`, atomic, so two replicas cannot both take 
 last one) and gives it back when the message is not accepted (:func:`release`); the
 worker releases it when the turn ends (:func:`end`), and counts the turn in
 ``a0:turns:ended`` in the same round trip. Gateways shed new messages past the budget,
-sized from how fast turns end (``services.gateway.ratelimit.OpenTurns``), and set the
-counter from the turns table every few seconds (:func:`reconcile`), so a lost
+sized from how fast turns end (``services.gateway.ratelimit.OpenTurns``), and correct
+the counter by the turns table every few seconds (:func:`reconcile`), so a lost
 reservation cannot hold a slot for good.
 """
 
@@ -78,7 +78,7 @@ class Reconciler:
     let one more turn in than the budget allows. So an excess is taken back only as far
     as it also stood at the last round (a lost reservation stays lost; one in flight is
     gone within milliseconds), and a shortfall (Redis restarted empty) is made up at once;
-    both by INCRBY, so that reservations made meanwhile stay."""
+    both by DECRBY, so that reservations made meanwhile stay."""
 
     def __init__(self, redis: Redis, pool: AsyncConnectionPool, key: str = OPEN_TURNS_KEY) -> None:
         self.redis, self.pool, self.key = redis, pool, key
