@@ -188,7 +188,6 @@ async def collect_when_quiet(
     heap was at its largest, kept tens of MiB of it from going back to the system."""
     cpu = time.process_time
     cost, at_full = 0.0, cpu()
-    before = at_full
     await sleep_to_tick(interval_s)  # the first interval is a part of one: only measure from here
     before = cpu()
     while True:
