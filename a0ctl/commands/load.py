@@ -214,7 +214,7 @@ def load(
 
     The report also says how busy this host's CPUs were (over the run and in its busiest 2 s): with the stack on the same host, past 90 % its turns were waiting for a core. Its timeline splits the run into windows by when each message was sent (answered, response mean and p99, acceptance, CPU): the first are the ramp, while sessions arrive.
 
-    A session whose connection fails (a gateway restarting) reconnects with backoff (a quarter of a second, doubling up to 5 s) until the run ends; those are counted as reconnects, not failures.
+    A session whose connection fails or whose answer is cut short (a gateway restarting) reconnects with backoff (a quarter of a second, doubling up to 5 s) until the run ends; those are counted as reconnects, not failures.
 
     The account (unless --no-account): before the run the stack is read over --idle s of no traffic, then again 11 s after it; per answered turn, net of the idle rate, it gives the CPU ms of every process of the stack and of the load client, PostgreSQL commits, rows and WAL fsyncs, Kafka records per topic and requests per kind, Redis commands, OPA decisions, LLM requests and spans, and each one's idle rate; and each process tree's memory (PSS, MiB) as the run started and after it. docs/runbook.md explains how to read it.
 

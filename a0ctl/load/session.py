@@ -30,6 +30,9 @@ STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=90
 # second, doubling to 5 s (services.common.retry: capped exponential, full jitter).
 RECONNECT_FIRST_S = 0.25
 RECONNECT_CAP_S = 5.0
+# The gateway went away under a request: before it connected, while it was sent, or
+# between the answer's head and its body (a payload cut short).
+GATEWAY_GONE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
 
 
 class Tally:
@@ -110,7 +113,7 @@ class Session:
             try:
                 async with self.http.post(self.base_url + path, json=body, headers=self.headers) as response:
                     return Answer(response.status, response.headers.get("Retry-After"), await response.read())
-            except (aiohttp.ClientConnectionError, TimeoutError):
+            except GATEWAY_GONE:
                 if time.monotonic() >= until:
                     raise
                 self.tally.reconnects += 1
@@ -231,7 +234,7 @@ class Session:
             posted = await self.post(
                 conversation_path(conversation_id, "messages"), {"content": prompt}, until
             )
-        except (aiohttp.ClientConnectionError, TimeoutError):
+        except GATEWAY_GONE:
             tally.sent -= 1  # the run ended while the gateway was away: nothing was sent
             raise
         if posted.status == 429:

@@ -3,6 +3,7 @@ reconnections, and what its report says of them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from a0ctl.commands.load import render
@@ -28,8 +30,9 @@ from a0ctl.load.processes import (
 )
 from a0ctl.load.report import HostCpu, LoadReport, Percentiles, Window, busy_between, cpu_times, timeline
 from a0ctl.load.sampling import PROC_STAT
-from a0ctl.load.session import RECONNECT_CAP_S, RECONNECT_FIRST_S
+from a0ctl.load.session import RECONNECT_CAP_S, RECONNECT_FIRST_S, Session, Tally
 from services.common.retry import Backoff
+from services.common.settings import load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -296,6 +299,44 @@ def test_sessions_reconnect_after_a_quarter_second_doubling_to_five_with_jitter(
     assert all(0 <= pause <= bound for pause, bound in zip(pauses, bounds, strict=True))
     backoff.reset()
     assert backoff.next() <= 0.25
+
+
+async def test_a_post_whose_answer_is_cut_after_its_head_is_sent_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gateway killed between an answer's head and its body (uvicorn writes them apart):
+    the session sends the message again once a gateway answers, as a user would, and
+    counts a reconnect, not a failed session."""
+    heads: list[bytes] = []
+
+    async def gateway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        heads.append(head)
+        body = b'{"turn_id": "t-1"}'
+        answer = (
+            b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % len(body)
+        )
+        writer.write(answer if len(heads) == 1 else answer + body)  # the first one cut after its head
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(gateway, "127.0.0.1", 0)
+    monkeypatch.setenv("A0_GATEWAY_PORT", str(server.sockets[0].getsockname()[1]))
+    tally = Tally()
+    async with server, aiohttp.ClientSession() as http:
+        answer = await Session(http, load_settings(), 0, tally).post(
+            "/v1/x", {"content": "hi"}, time.monotonic() + 10
+        )
+    assert (answer.status, answer.json()) == (202, {"turn_id": "t-1"})
+    assert len(heads) == 2
+    assert (tally.reconnects, tally.failed_sessions, tally.causes) == (1, 0, {})
 
 
 def test_reconnects_are_reported_apart_from_failures(capsys: pytest.CaptureFixture[str]) -> None:
