@@ -6,7 +6,8 @@ Sources, each read the cheapest honest way:
   children included; the load client is this process, less the account's own readings.
 - Memory: each process tree's PSS (``/proc/PID/smaps_rollup``, summed over the tree) as
   the run starts and after the settle time: what the run left the stack holding.
-- PostgreSQL: transactions committed and rows written (``pg_stat_database``, every
+- PostgreSQL: transactions committed, backends started (each a new connection: a fork,
+  a SCRAM handshake, caches filled again) and rows written (``pg_stat_database``, every
   database), WAL records, writes and fsyncs (``pg_stat_wal``), HOT updates
   (``pg_stat_user_tables``), over one connection kept for the run.
 - Kafka: records per topic (end offsets of every partition, internal topics and
@@ -175,6 +176,7 @@ class AccountProbe:
         try:
             cursor = await self._postgres.execute(
                 "SELECT (SELECT sum(xact_commit) FROM pg_stat_database),"
+                " (SELECT sum(sessions) FROM pg_stat_database),"
                 " (SELECT sum(tup_inserted) FROM pg_stat_database),"
                 " (SELECT sum(tup_updated) FROM pg_stat_database),"
                 " (SELECT sum(tup_deleted) FROM pg_stat_database),"
@@ -187,6 +189,7 @@ class AccountProbe:
             return {}
         names = (
             "commits",
+            "backends started",
             "rows inserted",
             "rows updated",
             "rows deleted",

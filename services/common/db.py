@@ -8,6 +8,8 @@ import ast
 import asyncio
 import logging
 import weakref
+from collections import deque
+from typing import Any
 
 import orjson
 import psycopg
@@ -127,9 +129,27 @@ async def open_pool(
             "prepare_threshold": 1,
         },
     )
+    pool._pool = MostRecentFirst()  # type: ignore[assignment]  # see the class
     await pool.open(wait=True, timeout=30)
     _pools[pool] = None
     return pool
+
+
+class MostRecentFirst(deque[Any]):
+    """A pool's idle connections, lent most recently returned first.
+
+    psycopg_pool keeps them in a deque, takes them from its left (``popleft``) and puts
+    them back on its right: a round robin, in which each request gets the connection
+    idle longest. The pools are fixed at their size under load (18 to 40 connections),
+    so at a trickle every statement went to another backend, each of them cold (its
+    process, caches and prepared statements untouched for seconds) and preparing each
+    statement anew after a renewal (:func:`renew_when_idle`). Taken from the right
+    instead, a trickle keeps to the one or two backends it needs, and a load that lends
+    every connection is served as before. At 30 sessions with think 5 (four runs, old
+    and new alternated) PostgreSQL spent 7.7-7.9 ms a turn against 10.0-11.2."""
+
+    def popleft(self) -> Any:
+        return self.pop()
 
 
 async def renew_when_idle(pool: AsyncConnectionPool) -> None:

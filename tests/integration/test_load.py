@@ -37,6 +37,10 @@ def test_load_report_counts_answers_and_finds_nothing_lost_or_repeated(stack: Lo
     assert account["pss_after_mib"] == pytest.approx(
         sum(row["after_mib"] for row in memory.values()), abs=0.5
     )
+    # Its counts, PostgreSQL's backends started among them (a pool renewing its
+    # connections in the middle of a run shows there).
+    counted = {(row["group"], row["name"]) for row in account["rows"]}
+    assert {("postgres", "commits"), ("postgres", "backends started")} <= counted, counted
 
 
 def test_a_session_that_cannot_reach_the_gateway_fails_the_run_with_its_cause(stack: LocalRuntime) -> None:

@@ -155,6 +155,21 @@ async def test_a_services_postgres_backends_are_renewed_when_it_goes_quiet(setti
             assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
 
 
+async def test_a_pool_lends_the_connection_returned_last_so_a_trickle_keeps_to_one_backend(
+    settings: Settings,
+) -> None:
+    # psycopg_pool's own order is a round robin: eight requests one after another would
+    # each wake another of the four backends.
+    async with ServiceStack(settings) as stack:
+        pool = await stack.pool("lifo-test", min_size=4, max_size=4)
+        one_at_a_time = set()
+        for _ in range(8):
+            async with pool.connection() as conn:
+                one_at_a_time.add(conn.info.backend_pid)
+        assert len(one_at_a_time) == 1, one_at_a_time
+        assert len(await _backends(pool, 4)) == 4  # all four still lent when all are asked for
+
+
 async def test_a_cached_decision_holds_under_a_kibibyte(settings: Settings) -> None:
     # Every request a gateway authorizes leaves a decision in the cache for its TTL: with
     # thousands of sessions, what each one holds is what the cache weighs.
