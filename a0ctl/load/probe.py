@@ -175,13 +175,12 @@ class AccountProbe:
             return {}
         try:
             cursor = await self._postgres.execute(
-                "SELECT (SELECT sum(xact_commit) FROM pg_stat_database),"
-                " (SELECT sum(sessions) FROM pg_stat_database),"
-                " (SELECT sum(tup_inserted) FROM pg_stat_database),"
-                " (SELECT sum(tup_updated) FROM pg_stat_database),"
-                " (SELECT sum(tup_deleted) FROM pg_stat_database),"
+                "SELECT db.*,"
                 " (SELECT coalesce(sum(n_tup_hot_upd), 0) FROM pg_stat_user_tables),"
-                " wal_records, wal_write, wal_sync FROM pg_stat_wal"
+                " wal.wal_records, wal.wal_write, wal.wal_sync"
+                " FROM (SELECT sum(xact_commit), sum(sessions), sum(tup_inserted),"
+                " sum(tup_updated), sum(tup_deleted) FROM pg_stat_database) AS db,"
+                " pg_stat_wal AS wal"
             )
             row = await cursor.fetchone()
         except Exception as exc:
